@@ -1,0 +1,144 @@
+// The one pybind11 module, fisherx._C. Submodules `cpu` and `cuda` expose the same kernels with the same names
+// (plus workspace and stream for CUDA). Arguments are addresses, sizes and strides in elements: the extension
+// knows nothing of torch, and fisherx/_ops.py is its only caller.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common.h"
+#include "cpu/distance.h"
+#ifdef FISHERX_WITH_CUDA
+#include "cuda/distance.h"
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using fisherx::DType;
+using fisherx::Rows;
+
+namespace {
+
+template <typename T>
+const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
+double* dptr(std::uintptr_t p) { return reinterpret_cast<double*>(p); }
+
+template <typename T>
+Rows<T> rows(std::uintptr_t p, int64_t K, int64_t n, int64_t row_stride, int64_t stride) {
+  return Rows<T>{cptr<T>(p), K, n, row_stride, stride};
+}
+
+// Calls fn.template operator()<T>() for the dtype named by `dtype`.
+template <typename Fn>
+void dispatch(const std::string& dtype, Fn&& fn) {
+  if (fisherx::parse_dtype(dtype) == DType::Float32) fn(float{});
+  else fn(double{});
+}
+
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = FISHERX_VERSION;
+#ifdef FISHERX_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_archs"] = FISHERX_CUDA_ARCHS;
+  d["cuda_runtime_version"] = CUDART_VERSION;
+#else
+  d["cuda"] = false;
+  d["cuda_archs"] = "";
+  d["cuda_runtime_version"] = 0;
+#endif
+#ifdef _OPENMP
+  d["openmp"] = true;
+  d["openmp_max_threads"] = omp_get_max_threads();
+#else
+  d["openmp"] = false;
+  d["openmp_max_threads"] = 1;
+#endif
+  d["compiler"] = __VERSION__;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fisherx kernels (internal: call through fisherx._ops)";
+  m.def("build_info", &build_info, "How this extension was built");
+
+  auto cpu = m.def_submodule("cpu", "CPU kernels");
+  cpu.def("row_stats", [](const std::string& dt, std::uintptr_t x, int64_t rows_, int64_t n, int64_t rs, int64_t s,
+                          std::uintptr_t stats, int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::row_stats<T>(rows<T>(x, rows_, n, rs, s), dptr(stats), nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cpu.def("ftd_column", [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
+                           std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::ftd_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats), nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cpu.def("logdet_column", [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs,
+                              int64_t s, std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double tgt_scale,
+                              double sigma2, std::uintptr_t out, int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::logdet_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts),
+                                     reinterpret_cast<const double*>(scale), tgt_scale, sigma2, dptr(out), nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cpu.def("cosine_column", [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs,
+                              int64_t s, std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats,
+                              int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::cosine_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),
+                                     nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+
+#ifdef FISHERX_WITH_CUDA
+  auto cuda = m.def_submodule("cuda", "CUDA kernels (stream = torch.cuda.current_stream().cuda_stream)");
+  auto stream_of = [](std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); };
+  cuda.def("workspace_doubles", &fisherx::cuda::workspace_doubles);
+  cuda.def("row_stats", [=](const std::string& dt, std::uintptr_t x, int64_t rows_, int64_t n, int64_t rs, int64_t s,
+                            std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::row_stats<T>(rows<T>(x, rows_, n, rs, s), dptr(stats), dptr(ws), stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cuda.def("ftd_column", [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
+                             std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats,
+                             std::uintptr_t ws, std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::ftd_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),
+                                   dptr(ws), stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cuda.def("logdet_column", [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs,
+                                int64_t s, std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2,
+                                std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::logdet_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts),
+                                      reinterpret_cast<const double*>(scale), sigma2, dptr(out), dptr(ws),
+                                      stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cuda.def("cosine_column", [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs,
+                                int64_t s, std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats,
+                                std::uintptr_t ws, std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::cosine_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out),
+                                      dptr(stats), dptr(ws), stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+#endif
+}

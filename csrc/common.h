@@ -1,0 +1,37 @@
+// Shared declarations of the fisherx kernels. Every kernel takes raw pointers, element counts and element
+// strides (never libtorch types), so the extension works with any torch version; outputs and workspaces are
+// allocated by the Python side with torch.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace fisherx {
+
+enum class DType : int { Float32 = 0, Float64 = 1 };
+
+inline DType parse_dtype(const std::string& s) {
+  if (s == "float32") return DType::Float32;
+  if (s == "float64") return DType::Float64;
+  throw std::invalid_argument("fisherx kernels support float32 and float64, got " + s);
+}
+
+// A (rows x n) matrix given by its first element and two strides, in elements. A single vector is one row.
+template <typename T>
+struct Rows {
+  const T* data;
+  int64_t rows, n, row_stride, stride;
+  const T* row(int64_t k) const { return data + k * row_stride; }
+};
+
+// Per-row statistics every distance kernel reports so the caller can reject bad input without another pass:
+// kStatSum = sum of the entries (NaN/Inf if any entry is), kStatNeg = number of negative entries.
+constexpr int kStatSum = 0;
+constexpr int kStatNeg = 1;
+constexpr int kStats = 2;
+
+// When the one-pass FTD formula would lose more than ~1e-9 relative accuracy to cancellation (very different
+// traces, tiny distance), the kernels take a second, exact pass over the rows concerned.
+constexpr double kFtdRefineRatio = 1e6;
+
+}  // namespace fisherx

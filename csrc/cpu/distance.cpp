@@ -1,0 +1,211 @@
+// CPU distance kernels: one pass over the rows with float64 accumulation, parallel over fixed chunks of the
+// vector and reduced in chunk order, so the result does not depend on thread scheduling.
+#include "cpu/distance.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fisherx::cpu {
+namespace {
+
+constexpr int64_t kChunk = 4096;  // elements per work item: the target chunk and its sqrt stay in L1/L2
+
+// Runs body(begin, end, acc) over fixed chunks of [0, n); every chunk accumulates into its own slot of m
+// doubles, and the slots are summed in chunk order, so the answer is the same for any thread count.
+template <typename Body>
+std::vector<double> chunked_sum(int64_t n, int64_t m, int nthreads, Body body) {
+  const int64_t nchunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
+  std::vector<double> partial(static_cast<size_t>(nchunks * m), 0.0);
+#pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads)) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+    body(b, e, partial.data() + c * m);
+  }
+  std::vector<double> total(static_cast<size_t>(m), 0.0);
+  for (int64_t c = 0; c < nchunks; ++c)
+    for (int64_t i = 0; i < m; ++i) total[i] += partial[c * m + i];
+  return total;
+}
+
+template <typename T>
+inline double at(const T* p, int64_t j, int64_t stride) {
+  return static_cast<double>(p[j * stride]);
+}
+
+inline bool row_ok(const double* st) {
+  return std::isfinite(st[kStatSum]) && st[kStatSum] > 0.0 && st[kStatNeg] == 0.0;
+}
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+}  // namespace
+
+template <typename T>
+void row_stats(Rows<T> x, double* stats, int nthreads) {
+  auto tot = chunked_sum(x.n, x.rows * kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
+    for (int64_t k = 0; k < x.rows; ++k) {
+      const T* p = x.row(k);
+      double s = 0.0, neg = 0.0;
+      for (int64_t j = b; j < e; ++j) {
+        const double v = at(p, j, x.stride);
+        s += v;
+        neg += v < 0.0;
+      }
+      acc[k * kStats + kStatSum] += s;
+      acc[k * kStats + kStatNeg] += neg;
+    }
+  });
+  std::copy(tot.begin(), tot.end(), stats);
+}
+
+template <typename T>
+void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthreads) {
+  const int64_t K = src.rows, n = src.n;
+  // Per source row: A = Σa, negatives, S = Σ(√a − √b)²; then the target's B and negatives.
+  constexpr int M = 3;
+  auto tot = chunked_sum(n, K * M + kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
+    double sb[kChunk];
+    double B = 0.0, negb = 0.0;
+    for (int64_t j = b; j < e; ++j) {
+      const double v = at(tgt.data, j, tgt.stride);
+      B += v;
+      negb += v < 0.0;
+      sb[j - b] = std::sqrt(v);
+    }
+    acc[K * M + kStatSum] += B;
+    acc[K * M + kStatNeg] += negb;
+    for (int64_t k = 0; k < K; ++k) {
+      const T* p = src.row(k);
+      double A = 0.0, neg = 0.0, S = 0.0;
+      for (int64_t j = b; j < e; ++j) {
+        const double v = at(p, j, src.stride);
+        A += v;
+        neg += v < 0.0;
+        const double diff = std::sqrt(v) - sb[j - b];
+        S += diff * diff;
+      }
+      acc[k * M + 0] += A;
+      acc[k * M + 1] += neg;
+      acc[k * M + 2] += S;
+    }
+  });
+  double* tst = stats + K * kStats;
+  tst[kStatSum] = tot[K * M + kStatSum];
+  tst[kStatNeg] = tot[K * M + kStatNeg];
+  const double B = tst[kStatSum];
+  std::vector<int64_t> refine;
+  for (int64_t k = 0; k < K; ++k) {
+    double* st = stats + k * kStats;
+    st[kStatSum] = tot[k * M + 0];
+    st[kStatNeg] = tot[k * M + 1];
+    if (!row_ok(st) || !row_ok(tst)) {
+      out[k] = kNaN;
+      continue;
+    }
+    const double A = st[kStatSum], S = tot[k * M + 2];
+    // d² = (S − (√A − √B)²) / (2√(AB)): exact algebra, but the subtraction cancels when the traces differ
+    // much more than the normalised vectors do; such rows get the exact second pass below.
+    const double r = (std::sqrt(A) - std::sqrt(B)) * (std::sqrt(A) - std::sqrt(B));
+    const double d2 = (S - r) / (2.0 * std::sqrt(A * B));
+    if (r > kFtdRefineRatio * std::max(d2, 0.0)) refine.push_back(k);
+    out[k] = std::sqrt(std::clamp(d2, 0.0, 1.0));
+  }
+  if (refine.empty()) return;
+  const int64_t R = static_cast<int64_t>(refine.size());
+  const double ib = 1.0 / B;
+  auto sq = chunked_sum(n, R, nthreads, [&](int64_t b, int64_t e, double* acc) {
+    for (int64_t i = 0; i < R; ++i) {
+      const int64_t k = refine[i];
+      const T* p = src.row(k);
+      const double ia = 1.0 / stats[k * kStats + kStatSum];
+      double S = 0.0;
+      for (int64_t j = b; j < e; ++j) {
+        const double diff = std::sqrt(at(p, j, src.stride) * ia) - std::sqrt(at(tgt.data, j, tgt.stride) * ib);
+        S += diff * diff;
+      }
+      acc[i] += S;
+    }
+  });
+  for (int64_t i = 0; i < R; ++i) out[refine[i]] = std::sqrt(std::clamp(0.5 * sq[i], 0.0, 1.0));
+}
+
+template <typename T>
+void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double tgt_scale, double sigma2,
+                   double* out, int nthreads) {
+  const int64_t K = src.rows, n = src.n;
+  auto tot = chunked_sum(n, K, nthreads, [&](int64_t b, int64_t e, double* acc) {
+    double lb[kChunk];
+    for (int64_t j = b; j < e; ++j) lb[j - b] = std::log(at(tgt.data, j, tgt.stride) * tgt_scale + sigma2);
+    for (int64_t k = 0; k < K; ++k) {
+      const T* p = src.row(k);
+      const double s = src_scale[k];
+      double L = 0.0;
+      for (int64_t j = b; j < e; ++j) L += std::log(at(p, j, src.stride) * s + sigma2) - lb[j - b];
+      acc[k] += L;
+    }
+  });
+  for (int64_t k = 0; k < K; ++k) out[k] = n > 0 ? std::fabs(tot[k]) / static_cast<double>(n) : kNaN;
+}
+
+template <typename T>
+void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthreads) {
+  const int64_t K = src.rows, n = src.n;
+  // Per source row: Σa, negatives, Σa², Σab; then the target's Σb, negatives, Σb².
+  constexpr int M = 4;
+  auto tot = chunked_sum(n, K * M + 3, nthreads, [&](int64_t b, int64_t e, double* acc) {
+    double vb[kChunk];
+    double B = 0.0, negb = 0.0, BB = 0.0;
+    for (int64_t j = b; j < e; ++j) {
+      const double v = at(tgt.data, j, tgt.stride);
+      B += v;
+      negb += v < 0.0;
+      BB += v * v;
+      vb[j - b] = v;
+    }
+    acc[K * M + 0] += B;
+    acc[K * M + 1] += negb;
+    acc[K * M + 2] += BB;
+    for (int64_t k = 0; k < K; ++k) {
+      const T* p = src.row(k);
+      double A = 0.0, neg = 0.0, AA = 0.0, AB = 0.0;
+      for (int64_t j = b; j < e; ++j) {
+        const double v = at(p, j, src.stride);
+        A += v;
+        neg += v < 0.0;
+        AA += v * v;
+        AB += v * vb[j - b];
+      }
+      acc[k * M + 0] += A;
+      acc[k * M + 1] += neg;
+      acc[k * M + 2] += AA;
+      acc[k * M + 3] += AB;
+    }
+  });
+  double* tst = stats + K * kStats;
+  tst[kStatSum] = tot[K * M + 0];
+  tst[kStatNeg] = tot[K * M + 1];
+  const double BB = tot[K * M + 2];
+  for (int64_t k = 0; k < K; ++k) {
+    double* st = stats + k * kStats;
+    st[kStatSum] = tot[k * M + 0];
+    st[kStatNeg] = tot[k * M + 1];
+    out[k] = (row_ok(st) && row_ok(tst)) ? tot[k * M + 3] / std::sqrt(tot[k * M + 2] * BB) : kNaN;
+  }
+}
+
+#define FISHERX_INSTANTIATE(T)                                                                         \
+  template void row_stats<T>(Rows<T>, double*, int);                                                   \
+  template void ftd_column<T>(Rows<T>, Rows<T>, double*, double*, int);                                \
+  template void logdet_column<T>(Rows<T>, Rows<T>, const double*, double, double, double*, int);       \
+  template void cosine_column<T>(Rows<T>, Rows<T>, double*, double*, int);
+FISHERX_INSTANTIATE(float)
+FISHERX_INSTANTIATE(double)
+#undef FISHERX_INSTANTIATE
+
+}  // namespace fisherx::cpu

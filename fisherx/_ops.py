@@ -1,0 +1,265 @@
+"""The only caller of the compiled extension ``fisherx._C``.
+
+Every op here checks its inputs (dtype, device, shape), allocates its outputs and workspaces with torch, picks the
+backend (the C++ CPU kernel, the CUDA kernel, or the pure-PyTorch reference in :mod:`fisherx._reference` where no
+compiled kernel can run) and is registered with :func:`torch.library.custom_op` plus a fake implementation, so it
+works under ``torch.compile(fullgraph=True)``.
+
+Kernels report per-row statistics (sum, negative count) from the same pass that computes the result, so bad
+input is rejected with a message naming the tensor at no extra cost.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from . import _reference as ref
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - only when the package was not built
+    raise ImportError(
+        "fisherx's compiled extension fisherx._C is missing or failed to load "
+        f"({exc}). Build it with `pip install -e .` from the repository root."
+    ) from exc
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def build_info() -> dict:
+    """How the extension was built: version, CUDA on/off and architectures, OpenMP."""
+    return dict(_C.build_info())
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_kernels_usable(device_index: int = 0) -> bool:
+    """True when the compiled CUDA kernels can run on this device (compiled in, and the device accepts them)."""
+    if not hasattr(_C, "cuda") or not torch.cuda.is_available():
+        return False
+    try:  # a tiny real launch: an architecture that is not compiled in fails here, not in the middle of a job
+        with torch.cuda.device(device_index):
+            x = torch.ones(1, 3, device="cuda", dtype=torch.float32)
+            stats = _row_stats_kernel(x, "cuda")
+            torch.cuda.synchronize()
+            return bool(stats[0, 0].item() == 3.0)
+    except RuntimeError as exc:
+        warnings.warn(
+            f"fisherx: the CUDA kernels of this build cannot run on {torch.cuda.get_device_name(device_index)} "
+            f"({exc}); falling back to the PyTorch reference ops. Rebuild with FISHERX_CUDA_ARCHS set for this GPU.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+
+
+def _backend(t: torch.Tensor) -> str:
+    if t.device.type == "cpu":
+        return "cpu"
+    if t.device.type == "cuda" and cuda_kernels_usable(t.device.index or 0):
+        return "cuda"
+    return "reference"
+
+
+def _check_float(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
+def _check_column(sources: torch.Tensor, target: torch.Tensor, src_name: str, tgt_name: str) -> None:
+    _check_float(sources, src_name)
+    _check_float(target, tgt_name)
+    if sources.dim() != 2 or target.dim() != 1:
+        raise ValueError(
+            f"expected {src_name} of shape (K, n) and {tgt_name} of shape (n,), "
+            f"got {tuple(sources.shape)} and {tuple(target.shape)}"
+        )
+    if sources.shape[1] != target.shape[0]:
+        raise ValueError(
+            f"length mismatch: {src_name} has {sources.shape[1]} entries per row, {tgt_name} has {target.shape[0]}"
+        )
+    if sources.device != target.device:
+        raise ValueError(f"{src_name} is on {sources.device} but {tgt_name} is on {target.device}")
+    if sources.dtype != target.dtype:
+        raise TypeError(f"{src_name} is {sources.dtype} but {tgt_name} is {target.dtype}; convert one of them")
+
+
+def _row_names(src_name: str, k: int) -> list[str]:
+    return [src_name] if k == 1 else [f"{src_name}[{i}]" for i in range(k)]
+
+
+def _raise_on_bad_rows(stats: torch.Tensor, names: list[str], need_positive_trace: bool = True) -> None:
+    """Raise ValueError naming the first tensor whose statistics show NaN/Inf, negatives or a zero trace."""
+    s = stats.detach().cpu()
+    for i, name in enumerate(names):
+        total, neg = float(s[i, 0]), int(s[i, 1])
+        if not torch.isfinite(s[i, 0]):
+            raise ValueError(f"{name} contains NaN or Inf")
+        if neg:
+            raise ValueError(f"{name} has {neg} negative entries; a Fisher diagonal is non-negative")
+        if need_positive_trace and total <= 0.0:
+            raise ValueError(f"{name} has zero trace, so its unit-trace normalisation is undefined")
+
+
+def _rows(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """(address, rows, row stride, element stride) of a 2-D tensor, for the kernels."""
+    return t.data_ptr(), t.shape[0], t.stride(0), t.stride(1)
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return "float32" if t.dtype == torch.float32 else "float64"
+
+
+def _workspace(k: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(_C.cuda.workspace_doubles(k, n), dtype=torch.float64, device=device)
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# row_stats: the trace (and negative count) of every row in one pass
+
+
+def _row_stats_kernel(x: torch.Tensor, backend: str) -> torch.Tensor:
+    stats = torch.empty(x.shape[0], 2, dtype=torch.float64, device=x.device)
+    if x.shape[0] == 0:
+        return stats
+    addr, k, rs, s = _rows(x)
+    if backend == "cpu":
+        _C.cpu.row_stats(_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr(), torch.get_num_threads())
+    elif backend == "cuda":
+        with torch.cuda.device(x.device):
+            _C.cuda.row_stats(_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr(),
+                              _workspace(k, x.shape[1], x.device).data_ptr(), _stream(x.device))
+    else:
+        stats.copy_(ref.row_stats(x))
+    return stats
+
+
+@torch.library.custom_op("fisherx::row_stats", mutates_args=())
+def row_stats(x: torch.Tensor) -> torch.Tensor:
+    """(rows, 2) float64 statistics of a 2-D tensor: column 0 the row sums (traces), column 1 negative counts."""
+    _check_float(x, "x")
+    if x.dim() != 2:
+        raise ValueError(f"row_stats expects a 2-D tensor, got shape {tuple(x.shape)}")
+    return _row_stats_kernel(x, _backend(x))
+
+
+@row_stats.register_fake
+def _(x):
+    return x.new_empty((x.shape[0], 2), dtype=torch.float64)
+
+
+def trace(x: torch.Tensor) -> torch.Tensor:
+    """Σ_j x_j of any float tensor, accumulated in float64 (0-dim float64 tensor)."""
+    _check_float(x, "x")
+    return row_stats(x.reshape(1, -1))[0, 0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distances of K source rows against one target, in one launch
+
+
+@torch.library.custom_op("fisherx::ftd_column", mutates_args=())
+def ftd_column(sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
+    """FTD of every row of ``sources`` (K, n) against ``target`` (n,): (K,) float64.
+
+    d_k = (1/√2)·‖√F̂_k − √F̂_target‖₂, with F̂ = F / tr(F).
+    """
+    _check_column(sources, target, source_name, target_name)
+    k, n = sources.shape
+    out = torch.empty(k, dtype=torch.float64, device=sources.device)
+    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
+    backend = _backend(sources)
+    if backend == "reference":
+        stats[:k] = ref.row_stats(sources)
+        stats[k] = ref.row_stats(target[None])[0]
+        _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
+        return ref.ftd_column(sources, target)
+    addr, _, rs, s = _rows(sources)
+    if backend == "cpu":
+        _C.cpu.ftd_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
+                          out.data_ptr(), stats.data_ptr(), torch.get_num_threads())
+    else:
+        with torch.cuda.device(sources.device):
+            _C.cuda.ftd_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
+                               out.data_ptr(), stats.data_ptr(), _workspace(k, n, sources.device).data_ptr(),
+                               _stream(sources.device))
+    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
+    return out
+
+
+@ftd_column.register_fake
+def _(sources, target, source_name, target_name):
+    return sources.new_empty((sources.shape[0],), dtype=torch.float64)
+
+
+@torch.library.custom_op("fisherx::logdet_column", mutates_args=())
+def logdet_column(sources: torch.Tensor, target: torch.Tensor, sigma2: float, normalize: bool,
+                  source_name: str, target_name: str) -> torch.Tensor:
+    """Log-determinant distance of every source row against the target: (K,) float64.
+
+    d_k = (1/n)·|Σ_j log((a_kj + σ²)/(b_j + σ²))|, on unit-trace vectors when ``normalize``.
+    """
+    _check_column(sources, target, source_name, target_name)
+    if not sigma2 > 0.0:
+        raise ValueError(f"sigma2 must be positive, got {sigma2}")
+    k, n = sources.shape
+    stats = torch.cat([row_stats(sources), row_stats(target[None])])
+    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name], need_positive_trace=normalize)
+    backend = _backend(sources)
+    if backend == "reference" or n == 0:
+        return ref.logdet_column(sources, target, sigma2, normalize)
+    scale = (1.0 / stats[:, 0]) if normalize else torch.ones(k + 1, dtype=torch.float64, device=sources.device)
+    out = torch.empty(k, dtype=torch.float64, device=sources.device)
+    addr, _, rs, s = _rows(sources)
+    if backend == "cpu":
+        _C.cpu.logdet_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
+                             scale.data_ptr(), float(scale[k]), sigma2, out.data_ptr(), torch.get_num_threads())
+    else:
+        with torch.cuda.device(sources.device):
+            _C.cuda.logdet_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
+                                  scale.data_ptr(), sigma2, out.data_ptr(),
+                                  _workspace(k, n, sources.device).data_ptr(), _stream(sources.device))
+    return out
+
+
+@logdet_column.register_fake
+def _(sources, target, sigma2, normalize, source_name, target_name):
+    return sources.new_empty((sources.shape[0],), dtype=torch.float64)
+
+
+@torch.library.custom_op("fisherx::cosine_column", mutates_args=())
+def cosine_column(sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
+    """Cosine similarity Σ_j a_kj·b_j / (‖a_k‖·‖b‖) of every source row against the target: (K,) float64."""
+    _check_column(sources, target, source_name, target_name)
+    k, n = sources.shape
+    out = torch.empty(k, dtype=torch.float64, device=sources.device)
+    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
+    backend = _backend(sources)
+    if backend == "reference":
+        stats[:k] = ref.row_stats(sources)
+        stats[k] = ref.row_stats(target[None])[0]
+        _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
+        return ref.cosine_column(sources, target)
+    addr, _, rs, s = _rows(sources)
+    if backend == "cpu":
+        _C.cpu.cosine_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
+                             out.data_ptr(), stats.data_ptr(), torch.get_num_threads())
+    else:
+        with torch.cuda.device(sources.device):
+            _C.cuda.cosine_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
+                                  out.data_ptr(), stats.data_ptr(), _workspace(k, n, sources.device).data_ptr(),
+                                  _stream(sources.device))
+    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
+    return out
+
+
+@cosine_column.register_fake
+def _(sources, target, source_name, target_name):
+    return sources.new_empty((sources.shape[0],), dtype=torch.float64)

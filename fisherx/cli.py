@@ -1,0 +1,46 @@
+"""The ``fisherx`` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from . import _ops
+
+    info = _ops.build_info()
+    rows = [
+        ("fisherx", info["version"]),
+        ("CUDA kernels", f"compiled for {info['cuda_archs']}" if info["cuda"] else "not compiled in"),
+        ("CUDA usable here", str(_ops.cuda_kernels_usable()) if info["cuda"] else "n/a"),
+        ("OpenMP", f"yes, {info['openmp_max_threads']} threads max" if info["openmp"] else "no"),
+        ("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)"),
+        ("torch CUDA", f"{torch.version.cuda} ({torch.cuda.device_count()} devices)" if torch.version.cuda else "none"),
+        ("python", platform.python_version()),
+        ("compiler", info["compiler"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fisherx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="print how fisherx was built and what it can use here")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
