@@ -1,0 +1,214 @@
+"""A task (T, X) of the papers: a dataset, the classes of interest, an optional "anything else" label, balanced
+sampling, and train / validation / test splits, all deterministic from a seed (DESIGN §4)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..data.sources import Source, open_source
+
+OTHER_LABEL = "anything else"
+
+ClassSpec = Union[str, tuple]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's tensors: ``train``, ``val`` (held out of the training data) and ``test`` as ``(x, y)`` pairs, with
+    ``x`` float32 N×C×H×W (normalised per channel with the source's statistics) and ``y`` int64 labels in
+    ``[0, num_classes)``."""
+
+    task: "Task"
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    class_names: tuple[str, ...]
+    in_channels: int
+    image_size: int
+    origin: str = ""
+    label_members: tuple[tuple[str, ...], ...] = field(default=())  # the source classes behind every label
+
+    def label_counts(self, split: str = "train") -> list[int]:
+        """How many samples of ``split`` ("train", "val" or "test") carry each label."""
+        y = getattr(self, split)[1]
+        return torch.bincount(y, minlength=self.num_classes).tolist()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every split's tensors: what a cache key needs to tell one data set from another."""
+        h = hashlib.sha256()
+        for x, y in (self.train, self.val, self.test):
+            for t in (x, y):
+                h.update(str((tuple(t.shape), str(t.dtype))).encode())
+                h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One classification task on a dataset source.
+
+    - ``classes``: the classes of interest, one label each; an entry that is a tuple of class names makes those
+      classes one label. ``None`` means every class of the source, one label each.
+    - ``other``: add one last label, "anything else", for every class not named in ``classes``.
+    - ``balanced``: every label gets the same number of training samples (the smallest label's count, or
+      ``max_train_per_label``), each label's samples drawn evenly across the classes it collects.
+    - ``max_train_per_label``: cap on training samples per label (quick runs); ``None`` keeps them all.
+    - ``val_fraction``: part of each label's training samples held out as ``val``.
+    - ``image_size``: resize images to this side length (``None``: the source's own size; image folders: 32).
+    - ``seed``: drives the balanced draw and the validation split. The test split never depends on it: tasks on
+      one source share its test images (restricted to the classes they cover).
+    """
+
+    name: str
+    source: str = "digits"
+    classes: Optional[tuple] = None
+    other: bool = False
+    balanced: bool = True
+    seed: int = 0
+    val_fraction: float = 0.1
+    max_train_per_label: Optional[int] = None
+    image_size: Optional[int] = None
+    label_names: Optional[tuple] = None
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            if isinstance(self.classes, str):
+                raise TypeError(f"task {self.name!r}: classes must be a sequence of class names (or of tuples of "
+                                f"names), not the string {self.classes!r}")
+            norm = tuple(tuple(str(c) for c in e) if isinstance(e, (tuple, list)) else str(e) for e in self.classes)
+            if not norm:
+                raise ValueError(f"task {self.name!r}: classes is empty; give class names or None for all classes")
+            object.__setattr__(self, "classes", norm)
+        if self.label_names is not None:
+            object.__setattr__(self, "label_names", tuple(str(n) for n in self.label_names))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"task {self.name!r}: val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.max_train_per_label is not None and self.max_train_per_label < 1:
+            raise ValueError(f"task {self.name!r}: max_train_per_label must be >= 1, got {self.max_train_per_label}")
+        if self.classes is None and self.other:
+            raise ValueError(f"task {self.name!r}: other=True needs classes of interest (with classes=None every class "
+                             "has its own label and nothing is left for 'anything else')")
+
+    def config(self) -> dict:
+        """The task as plain JSON-able data (for cache keys and results)."""
+        d = asdict(self)
+        d["classes"] = None if self.classes is None else [list(c) if isinstance(c, tuple) else c for c in self.classes]
+        d["label_names"] = None if self.label_names is None else list(self.label_names)
+        return d
+
+    def load(self, data_dir=None) -> TaskData:
+        """Build the task's splits from its source (files under ``data_dir`` where the source needs them)."""
+        src = open_source(self.source, data_dir, self.image_size)
+        groups, names = self._labels(src)
+        label_of = {c: i for i, g in enumerate(groups) for c in g}
+        train, test = src.splits(None if self.other or self.classes is None else sorted(label_of))
+        if self.other:
+            rest = [c for c in range(len(src.class_names)) if c not in label_of]
+            groups.append(rest)
+            names.append(OTHER_LABEL)
+            for c in rest:
+                label_of[c] = len(groups) - 1
+        if self.label_names is not None:
+            if len(self.label_names) != len(groups):
+                raise ValueError(f"task {self.name!r}: {len(self.label_names)} label_names for {len(groups)} labels "
+                                 f"({', '.join(names)})")
+            names = list(self.label_names)
+        lut = np.full(len(src.class_names), -1, np.int64)
+        for c, l in label_of.items():
+            lut[c] = l
+        rng = np.random.default_rng(self.seed)
+        chosen = self._draw(train.y, groups, rng)
+        val_idx, train_idx = [], []
+        for idx in chosen:
+            idx = idx[rng.permutation(idx.size)]
+            k = int(round(idx.size * self.val_fraction))
+            if idx.size >= 2:
+                k = min(k, idx.size - 1)  # keep at least one training sample per label
+            else:
+                k = 0
+            val_idx.append(idx[:k])
+            train_idx.append(idx[k:])
+        tr, va = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+        x_tr, y_tr = self._tensor(src, train.x[tr]), torch.from_numpy(lut[train.y[tr]])
+        x_va, y_va = self._tensor(src, train.x[va]), torch.from_numpy(lut[train.y[va]])
+        keep = lut[test.y] >= 0
+        x_te, y_te = self._tensor(src, test.x[keep]), torch.from_numpy(lut[test.y[keep]])
+        for split, y in (("train", y_tr), ("test", y_te)):
+            missing = [names[l] for l in range(len(groups)) if not bool((y == l).any())]
+            if missing:
+                raise ValueError(f"task {self.name!r}: no {split} samples for label(s) {', '.join(missing)} in "
+                                 f"{src.name} ({src.origin})")
+        members = tuple(tuple(src.class_names[c] for c in g) for g in groups)
+        return TaskData(self, (x_tr, y_tr), (x_va, y_va), (x_te, y_te), len(groups), tuple(names),
+                        int(x_tr.shape[1]), int(x_tr.shape[-1]), src.origin, members)
+
+    def _labels(self, src: Source) -> tuple[list[list[int]], list[str]]:
+        if self.classes is None:
+            return [[c] for c in range(len(src.class_names))], list(src.class_names)
+        groups, names, seen = [], [], {}
+        for entry in self.classes:
+            members = [entry] if isinstance(entry, str) else list(entry)
+            idx = []
+            for m in members:
+                i = src.resolve(m)
+                if i in seen:
+                    raise ValueError(f"task {self.name!r}: class {src.class_names[i]!r} appears in two labels "
+                                     f"({seen[i]!r} and {m!r})")
+                seen[i] = m
+                idx.append(i)
+            groups.append(idx)
+            names.append(src.class_names[idx[0]] if len(idx) == 1 else "+".join(src.class_names[i] for i in idx))
+        if self.other and len(seen) == len(src.class_names):
+            raise ValueError(f"task {self.name!r}: other=True but the classes of interest cover every class of "
+                             f"{src.name}, so 'anything else' would be empty")
+        return groups, names
+
+    def _draw(self, y: np.ndarray, groups: list[list[int]], rng: np.random.Generator) -> list[np.ndarray]:
+        pools = [[np.flatnonzero(y == c) for c in g] for g in groups]
+        sizes = [sum(p.size for p in pool) for pool in pools]
+        if self.balanced:
+            n = min(sizes)
+            if self.max_train_per_label is not None:
+                n = min(n, self.max_train_per_label)
+            quotas = [n] * len(groups)
+        else:
+            cap = self.max_train_per_label
+            quotas = [s if cap is None else min(s, cap) for s in sizes]
+        return [_draw_evenly(pool, q, rng) for pool, q in zip(pools, quotas)]
+
+    def _tensor(self, src: Source, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(src.scale)
+        mean = torch.tensor(src.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(src.std, dtype=torch.float32).view(1, -1, 1, 1)
+        t = (t - mean) / std
+        if self.image_size is not None and t.shape[-1] != self.image_size and t.shape[0] > 0:
+            t = torch.nn.functional.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear",
+                                                align_corners=False, antialias=self.image_size < t.shape[-1])
+        return t.contiguous()
+
+
+def _draw_evenly(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices spread as evenly as the pools allow (water-filling), each pool's share drawn at random."""
+    k = len(pools)
+    quota = [0] * k
+    active, left = [i for i in range(k) if pools[i].size > 0], n
+    while left > 0 and active:
+        share, extra = divmod(left, len(active))
+        full = [i for i in active if pools[i].size - quota[i] <= share]
+        if full:
+            for i in full:
+                left -= pools[i].size - quota[i]
+                quota[i] = pools[i].size
+            active = [i for i in active if i not in full]
+            continue
+        for j, i in enumerate(rng.permutation(active)):
+            quota[i] += share + (1 if j < extra else 0)
+        left = 0
+    picked = [np.sort(rng.choice(p, size=q, replace=False)) if q < p.size else p for p, q in zip(pools, quota)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
