@@ -38,12 +38,8 @@ def cuda_kernels_usable(device_index: int = 0) -> bool:
     """True when the compiled CUDA kernels can run on this device (compiled in, and the device accepts them)."""
     if not hasattr(_C, "cuda") or not torch.cuda.is_available():
         return False
-    try:  # a tiny real launch: an architecture that is not compiled in fails here, not in the middle of a job
-        with torch.cuda.device(device_index):
-            x = torch.ones(1, 3, device="cuda", dtype=torch.float32)
-            stats = _row_stats_kernel(x, "cuda")
-            torch.cuda.synchronize()
-            return bool(stats[0, 0].item() == 3.0)
+    try:
+        return _probe_cuda_kernels(device_index)
     except RuntimeError as exc:
         warnings.warn(
             f"fisherx: the CUDA kernels of this build cannot run on {torch.cuda.get_device_name(device_index)} "
@@ -52,6 +48,15 @@ def cuda_kernels_usable(device_index: int = 0) -> bool:
             stacklevel=2,
         )
         return False
+
+
+def _probe_cuda_kernels(device_index: int) -> bool:
+    """A tiny real launch: an architecture the build lacks, or a driver too old, fails here, not mid-job."""
+    with torch.cuda.device(device_index):
+        x = torch.ones(1, 3, device="cuda", dtype=torch.float32)
+        stats = _row_stats_kernel(x, "cuda")
+        torch.cuda.synchronize()
+        return bool(stats[0, 0].item() == 3.0)
 
 
 def _backend(t: torch.Tensor) -> str:
