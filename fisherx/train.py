@@ -1,0 +1,168 @@
+"""Training ε-approximation networks with the papers' recipe: Adam, batch 128, cross-entropy (DESIGN §1, §4).
+
+The weights kept are those of the epoch with the best validation accuracy (the task's ``val`` split, held out of
+its training data); the test split is touched once, at the end, to record the test accuracy that decides whether
+the network is an ε-approximation (test accuracy ≥ 1 − ε).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+
+class EpsilonWarning(UserWarning):
+    """A network's test accuracy is below 1 − ε: it is not an ε-approximation of its task."""
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str | None = None):
+    """Run a block with torch's global generators seeded with ``seed``, restoring their state afterwards, so that
+    weight initialisation is reproducible without disturbing the caller's random stream."""
+    devices = [torch.device(device).index or 0] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def default_device(device=None) -> torch.device:
+    """``device`` as a torch.device; ``None`` means CUDA when it is available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class TrainResult:
+    """A trained network and how it did: accuracies in [0, 1], the per-epoch history, the time taken."""
+
+    model: nn.Module
+    test_accuracy: float
+    val_accuracy: Optional[float]
+    best_epoch: int
+    epochs: int
+    seconds: float
+    epsilon: Optional[float]
+    history: list = field(default_factory=list)
+
+    @property
+    def meets_epsilon(self) -> bool:
+        """Whether test accuracy ≥ 1 − ε (always True without an ε)."""
+        return self.epsilon is None or self.test_accuracy >= 1.0 - self.epsilon
+
+    def summary(self) -> dict:
+        """Everything but the model, as plain JSON-able data."""
+        return {"test_accuracy": self.test_accuracy, "val_accuracy": self.val_accuracy, "best_epoch": self.best_epoch,
+                "epochs": self.epochs, "seconds": self.seconds, "epsilon": self.epsilon,
+                "meets_epsilon": self.meets_epsilon, "history": self.history}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, device=None) -> float:
+    """Accuracy of ``model`` (in eval mode) on ``(x, y)``: the fraction of samples whose arg-max logit is ``y``."""
+    if x.shape[0] == 0:
+        raise ValueError("evaluate: no samples to evaluate on")
+    device = default_device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        out = model(x[i:i + batch_size].to(device))
+        correct += int((out.argmax(1).cpu() == y[i:i + batch_size]).sum())
+    model.train(was_training)
+    return correct / x.shape[0]
+
+
+def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int,
+          device=None, progress: bool = True, epsilon: Optional[float] = 0.1,
+          trainable: Optional[Iterable[nn.Parameter]] = None) -> TrainResult:
+    """Train ``model`` on ``task_data.train`` with Adam(lr) and cross-entropy for ``epochs`` epochs.
+
+    ``seed`` fixes the batch order (and any randomness inside the model). After every epoch the model is scored
+    on ``task_data.val``; the best epoch's weights are kept. The test accuracy is then recorded, with an
+    :class:`EpsilonWarning` when it is below ``1 − epsilon``. ``trainable``: train only these parameters, with
+    the rest frozen and the whole model in eval mode (BatchNorm statistics frozen too): this is how a head is
+    refitted on another task with its features fixed. The model is trained in place and returned in eval mode.
+    """
+    if epochs < 1:
+        raise ValueError(f"train: epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"train: batch_size must be >= 1, got {batch_size}")
+    device = default_device(device)
+    model.to(device)
+    x, y = task_data.train
+    xv, yv = task_data.val
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"train: task {getattr(task_data.task, 'name', '?')!r} has no training samples")
+    out_features = getattr(getattr(model, "classifier", None), "out_features", None)
+    if out_features is not None and out_features < task_data.num_classes:
+        raise ValueError(f"train: the model has {out_features} outputs but task {task_data.task.name!r} has "
+                         f"{task_data.num_classes} labels")
+    params = list(trainable) if trainable is not None else [p for p in model.parameters() if p.requires_grad]
+    frozen = []
+    if trainable is not None:
+        ids = {id(p) for p in params}
+        frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+    opt = torch.optim.Adam(params, lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    best_acc, best_state, best_epoch, history = -1.0, None, epochs, []
+    start = time.perf_counter()
+    bar = _progress(range(1, epochs + 1), progress, f"train {getattr(task_data.task, 'name', '')}")
+    try:
+        with seeded(seed, device):
+            for epoch in bar:
+                model.train(trainable is None)
+                order = torch.randperm(n, generator=gen)
+                total, count = 0.0, 0
+                for i in range(0, n, batch_size):
+                    idx = order[i:i + batch_size]
+                    if trainable is None and idx.numel() == 1 and n > 1:
+                        continue  # BatchNorm cannot train on a batch of one sample
+                    xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * idx.numel()
+                    count += idx.numel()
+                rec = {"epoch": epoch, "loss": total / max(count, 1)}
+                if xv.shape[0] > 0:
+                    rec["val_accuracy"] = evaluate(model, xv, yv, device=device)
+                    if rec["val_accuracy"] > best_acc:
+                        best_acc, best_epoch = rec["val_accuracy"], epoch
+                        best_state = copy.deepcopy(model.state_dict())
+                history.append(rec)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    test_acc = evaluate(model, *task_data.test, device=device)
+    result = TrainResult(model, test_acc, best_acc if best_state is not None else None, best_epoch, epochs,
+                         time.perf_counter() - start, epsilon, history)
+    if not result.meets_epsilon:
+        warnings.warn(f"the {type(model).__name__} trained on task {task_data.task.name!r} reached test accuracy "
+                      f"{test_acc:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; train it "
+                      "longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
+    return result
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
