@@ -6,6 +6,14 @@
 #include <stdexcept>
 #include <string>
 
+// Wheels are built for baseline x86-64, but the machines they run on have AVX2 or AVX-512: hot CPU loops are
+// compiled once per instruction set and the loader picks the best at run time (GCC/Clang function multiversioning).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define FISHERX_CPU_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FISHERX_CPU_DISPATCH
+#endif
+
 namespace fisherx {
 
 enum class DType : int { Float32 = 0, Float64 = 1 };
