@@ -1,0 +1,69 @@
+"""torch.distributed primitives with 2 gloo processes on 127.0.0.1."""
+import textwrap
+import time
+
+import pytest
+import torch
+
+from fisherx import distributed
+from distributed_util import torchrun
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+
+
+def test_outside_a_group_everything_is_local():
+    assert distributed.rank_and_world() == (0, 1)
+    assert distributed.is_main_process() and not distributed.is_distributed()
+    assert distributed.assigned(list(range(5))) == [0, 1, 2, 3, 4]
+    assert distributed.assigned(list(range(5)), rank=1, world=2) == [1, 3]
+    with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
+        distributed.assigned([1], rank=2, world=2)
+    x = torch.arange(3.0)
+    (y,), n = distributed.weighted_mean([x], 4)
+    assert n == 4 and torch.equal(x, y)
+
+
+def test_bad_timeout_is_named(monkeypatch):
+    monkeypatch.setenv("FISHERX_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="FISHERX_DIST_TIMEOUT"):
+        distributed.timeout()
+
+
+def test_weighted_mean_over_two_ranks(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import sys, torch
+        from fisherx import distributed
+        assert distributed.init_from_env()
+        rank, world = distributed.rank_and_world()
+        n = 3 if rank == 0 else 5                       # unequal shards
+        x = torch.full((2, 3), float(rank + 1), dtype=torch.float32)
+        (mean,), total = distributed.weighted_mean([x], n)
+        expected = (3 * 1.0 + 5 * 2.0) / 8
+        assert total == 8, total
+        assert mean.dtype == torch.float32 and torch.allclose(mean, torch.full((2, 3), expected)), mean
+        assert distributed.assigned(list("abcde")) == (["a", "c", "e"] if rank == 0 else ["b", "d"])
+        distributed.barrier()
+        print(f"rank {rank} ok")
+    """))
+    res = torchrun([str(script)])
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_a_dead_rank_fails_the_job_within_the_timeout(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import os, torch
+        from fisherx import distributed
+        distributed.init_from_env()
+        rank, _ = distributed.rank_and_world()
+        if rank == 1:
+            os._exit(9)                                  # dies without a word, like a killed process
+        distributed.all_reduce_sum([torch.ones(4)])      # would wait forever without a timeout
+        print("unreachable")
+    """))
+    start = time.monotonic()
+    res = torchrun([str(script)], env={"FISHERX_DIST_TIMEOUT": "20"}, timeout=100)
+    assert res.returncode != 0
+    assert "unreachable" not in res.stdout
+    assert time.monotonic() - start < 90
