@@ -11,6 +11,7 @@ input is rejected with a message naming the tensor at no extra cost.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import torch
@@ -93,6 +94,10 @@ def _check_column(sources: torch.Tensor, target: torch.Tensor, src_name: str, tg
 
 
 def _row_names(src_name: str, k: int) -> list[str]:
+    """Names of the K source rows for error messages: K names joined by newlines, or one name indexed per row."""
+    names = src_name.split("\n")
+    if len(names) == k:
+        return names
     return [src_name] if k == 1 else [f"{src_name}[{i}]" for i in range(k)]
 
 
@@ -212,8 +217,8 @@ def logdet_column(sources: torch.Tensor, target: torch.Tensor, sigma2: float, no
     d_k = (1/n)·|Σ_j log((a_kj + σ²)/(b_j + σ²))|, on unit-trace vectors when ``normalize``.
     """
     _check_column(sources, target, source_name, target_name)
-    if not sigma2 > 0.0:
-        raise ValueError(f"sigma2 must be positive, got {sigma2}")
+    if not 0.0 < sigma2 < math.inf:
+        raise ValueError(f"sigma2 must be positive and finite, got {sigma2}")
     k, n = sources.shape
     stats = torch.cat([row_stats(sources), row_stats(target[None])])
     _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name], need_positive_trace=normalize)

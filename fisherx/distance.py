@@ -44,6 +44,8 @@ def _check_same_layout(a: Mapping, b: Mapping, name_a: str, name_b: str) -> None
 
 def _flat(f: FisherLike, name: str) -> torch.Tensor:
     if isinstance(f, torch.Tensor):
+        if f.dim() == 0:
+            raise ValueError(f"{name} is a 0-dim tensor; a Fisher diagonal has one entry per parameter")
         return f.reshape(-1) if f.dim() != 1 else f
     if hasattr(f, "flat"):
         return f.flat()
@@ -56,6 +58,12 @@ def _aligned(sources: Sequence[FisherLike], target: FisherLike, names: Sequence[
     for s, n in zip(sources, names):
         if isinstance(s, Mapping) and isinstance(target, Mapping):
             _check_same_layout(s, target, n, target_name)
+        # Parameter-shaped tensors are flattened, so (2, 3) against (3, 2) would silently pair the wrong entries:
+        # shapes must agree unless one side is already flat.
+        if (isinstance(s, torch.Tensor) and isinstance(target, torch.Tensor) and s.dim() != 1
+                and target.dim() != 1 and s.shape != target.shape):
+            raise ValueError(f"shape mismatch: {n} has shape {tuple(s.shape)} but {target_name} has shape "
+                             f"{tuple(target.shape)}")
     return [_flat(s, n) for s, n in zip(sources, names)], _flat(target, target_name)
 
 
@@ -104,7 +112,7 @@ def distance_column(sources: Sequence[FisherLike], target: FisherLike, metric: s
                 # Let the op name the problem precisely.
                 _ops._check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)
         rows = flats[0][None] if len(flats) == 1 else torch.stack(flats)
-        src_name = names[0] if len(flats) == 1 else "sources"
+        src_name = "\n".join(names)  # the op names each bad row by its own name
     if metric == "ftd":
         return _ops.ftd_column(rows, tgt, src_name, target_name)
     if metric == "cosine":

@@ -109,10 +109,12 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthrea
       continue;
     }
     const double A = st[kStatSum], S = tot[k * M + 2];
-    // d² = (S − (√A − √B)²) / (2√(AB)): exact algebra, but the subtraction cancels when the traces differ
-    // much more than the normalised vectors do; such rows get the exact second pass below.
-    const double r = (std::sqrt(A) - std::sqrt(B)) * (std::sqrt(A) - std::sqrt(B));
-    const double d2 = (S - r) / (2.0 * std::sqrt(A * B));
+    // d² = S/(2√A√B) − r with r = (√A − √B)²/(2√A√B): exact algebra, but the subtraction cancels when the traces
+    // differ much more than the normalised vectors do (r ≫ d², both dimensionless); such rows get the exact second
+    // pass below. √A·√B, not √(AB), so that traces up to the float64 limit do not overflow.
+    const double den = 2.0 * std::sqrt(A) * std::sqrt(B);
+    const double r = (std::sqrt(A) - std::sqrt(B)) * (std::sqrt(A) - std::sqrt(B)) / den;
+    const double d2 = S / den - r;
     if (r > kFtdRefineRatio * std::max(d2, 0.0)) refine.push_back(k);
     out[k] = std::sqrt(std::clamp(d2, 0.0, 1.0));
   }
@@ -195,7 +197,8 @@ void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nth
     double* st = stats + k * kStats;
     st[kStatSum] = tot[k * M + 0];
     st[kStatNeg] = tot[k * M + 1];
-    out[k] = (row_ok(st) && row_ok(tst)) ? tot[k * M + 3] / std::sqrt(tot[k * M + 2] * BB) : kNaN;
+    // √Σa²·√Σb², not √(Σa²·Σb²): the product of the two sums leaves the float64 range for entries near 1e±77.
+    out[k] = (row_ok(st) && row_ok(tst)) ? tot[k * M + 3] / (std::sqrt(tot[k * M + 2]) * std::sqrt(BB)) : kNaN;
   }
 }
 

@@ -156,8 +156,10 @@ __global__ void ftd_finish(const double* sums, int64_t K, double* stats, double*
     return;
   }
   const double A = sums[k * 3 + 0], B = tst[kStatSum], S = sums[k * 3 + 2];
-  const double r = (sqrt(A) - sqrt(B)) * (sqrt(A) - sqrt(B));
-  const double d2 = (S - r) / (2.0 * sqrt(A * B));
+  // Dimensionless, as on the CPU: d² = S/(2√A√B) − r; refine when r ≫ d² (the subtraction would cancel).
+  const double den = 2.0 * sqrt(A) * sqrt(B);
+  const double r = (sqrt(A) - sqrt(B)) * (sqrt(A) - sqrt(B)) / den;
+  const double d2 = S / den - r;
   if (r > kFtdRefineRatio * fmax(d2, 0.0)) flag[k] = 1.0;
   out[k] = sqrt(fmin(fmax(d2, 0.0), 1.0));
 }
@@ -171,7 +173,8 @@ __global__ void cosine_finish(const double* sums, int64_t K, const double* stats
   const int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (k >= K) return;
   const bool ok = row_ok(stats + k * kStats) && row_ok(stats + K * kStats);
-  out[k] = ok ? sums[k * 4 + 3] / sqrt(sums[k * 4 + 2] * sums[K * 4 + 2]) : nan("");
+  // √Σa²·√Σb², not √(Σa²·Σb²): the product of the two sums leaves the float64 range for entries near 1e±77.
+  out[k] = ok ? sums[k * 4 + 3] / (sqrt(sums[k * 4 + 2]) * sqrt(sums[K * 4 + 2])) : nan("");
 }
 
 __global__ void logdet_finish(const double* sums, int64_t K, int64_t n, double* out) {
