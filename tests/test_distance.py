@@ -231,6 +231,17 @@ def test_logdet_zero_trace():
     assert raw.item() == pytest.approx(abs(want) / 3, rel=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["ftd", "logdet", "cosine"])
+def test_empty_column_still_checks_the_target(metric, device):
+    """K = 0 sources is an empty result (no launch of a 0-block grid on CUDA), but a bad target is still an error."""
+    t = torch.rand(5, device=device) + 0.1
+    out = fisherx.distance_column(torch.empty(0, 5, device=device), t, metric)
+    assert out.shape == (0,) and out.dtype == torch.float64 and out.device == t.device
+    with pytest.raises(ValueError, match="target has 5 negative"):
+        fisherx.distance_column(torch.empty(0, 5, device=device), -t, metric)
+
+
 @pytest.mark.parametrize("sigma2", [0.0, -1e-8, math.nan, math.inf])
 def test_logdet_sigma2_must_be_positive_and_finite(sigma2):
     with pytest.raises(ValueError, match="sigma2 must be positive"):

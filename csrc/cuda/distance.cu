@@ -192,11 +192,16 @@ struct Workspace {
   }
 };
 
-unsigned grid1(int64_t rows) { return static_cast<unsigned>((rows + kThreads - 1) / kThreads); }
+// At least one block: a grid of 0 blocks is a launch error, and every finish kernel checks its bounds (K = 0 is
+// a valid empty column whose target must still be checked).
+unsigned grid1(int64_t rows) { return static_cast<unsigned>(std::max<int64_t>(1, (rows + kThreads - 1) / kThreads)); }
 
 template <typename T, int M, typename F>
 void run_accumulate(const Rows<T>& src, const Rows<T>& tgt, int64_t rows, const F& f, const Workspace& ws,
                     cudaStream_t stream) {
+  if (rows == 0) return;  // a 0-row grid is a launch error; nothing to accumulate
+  if (rows > 65535)  // gridDim.y limit
+    throw std::invalid_argument("fisherx CUDA distance kernels take at most 65534 source rows per call");
   const dim3 grid(static_cast<unsigned>(ws.nb), static_cast<unsigned>(rows));
   accumulate<T, M, F><<<grid, kThreads, 0, stream>>>(src, tgt, f, ws.partial);
   reduce_partials<M, F><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(ws.partial, ws.nb, f, ws.sums);
