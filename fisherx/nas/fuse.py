@@ -1,0 +1,278 @@
+"""FUSE, the fusion search of the TA-NAS papers (DESIGN §5), with per-round checkpoints and exact resume.
+
+One round trains a set of candidate networks C jointly through their convex combination
+
+    c̄(X) = Σ_{c∈C} softmax(α)_c · c(X),        α initialised to 1/|C| (so softmax(α) starts uniform),
+
+where c(X) are the candidates' logits, by alternating
+
+    weight phase:  min_w  L_train(w; α, c̄)   (cross-entropy of c̄ on training batches, α held fixed)
+    α phase:       min_α  L_val(α; w, c̄)     (cross-entropy of c̄ on the held-out *validation* split, w fixed)
+
+until α converges (max_c |Δα_c| over one alternation below ``alpha_tol``) or ``alternations`` run out. The round's
+winner is argmax_c α_c. Every round samples ``candidates`` new architectures from the space, distinct from each
+other and from the current best, which joins them; the winner of the last round is retrained from scratch and
+evaluated on the test split, which the search itself never sees.
+
+Choices and why:
+- The α phase runs the candidates in eval mode and computes their validation logits once per phase (the weights
+  are fixed, so the logits are too); the α steps then only re-weight cached logits. This is exact, cheap, and keeps
+  BatchNorm statistics from drifting on validation data.
+- Candidates are re-initialised every round, the incumbent included: with its weights carried over the incumbent
+  would win by having been trained longer, not by being a better architecture.
+- All randomness comes from one ``torch.Generator`` seeded by ``seed``: it draws the candidates and a per-round seed
+  that fixes initialisation (under ``torch.random.fork_rng``, so the global RNG is left alone) and batch order.
+  Its state is in every checkpoint, so a search killed and rerun with the same call resumes at the next round and
+  ends exactly as an uninterrupted run would (same machine and thread count).
+- The authors' script tuned α on the test set and seeded its two new candidates identically; neither is copied.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..io import save_tree
+from ..train import seeded
+from ._common import (SearchFiles, accuracy, batches, data_fingerprint, device_name, final_training, logits_of,
+                      pick_device, resolve_data, shape_of, show_progress, split)
+from .genotype import Genotype
+from .space import SearchSpace
+
+
+class FuseRound:
+    """The state of one FUSE round: the candidate networks, α, and the two optimisers.
+
+    ``weight_step`` changes only the candidates' weights; ``alpha_phase`` changes only α. Both are the exact code
+    the search runs, so tests can check each in isolation.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module], *, lr: float, alpha_lr: float, weight_decay: float = 0.0):
+        self.nets = nn.ModuleList(nets)
+        n = len(self.nets)
+        if n < 1:
+            raise ValueError("FUSE needs at least one candidate")
+        device = next(self.nets.parameters()).device
+        self.alpha = torch.full((n,), 1.0 / n, device=device, requires_grad=True)
+        self.w_opt = torch.optim.Adam(self.nets.parameters(), lr=lr, weight_decay=weight_decay)
+        self.a_opt = torch.optim.Adam([self.alpha], lr=alpha_lr)
+
+    def mixed(self, logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """c̄ = Σ_c softmax(α)_c · logits_c for logits of shape (|C|, B, K)."""
+        return torch.einsum("c,cbk->bk", torch.softmax(alpha, 0), logits)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One descent step on the candidates' weights for L_train(w; α, c̄) with α fixed (detached)."""
+        self.nets.train()
+        logits = torch.stack([net(x) for net in self.nets])
+        loss = F.cross_entropy(self.mixed(logits, self.alpha.detach()), y)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.w_opt.step()
+        return loss.item()
+
+    def val_logits(self, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(|C|, N, K) eval-mode logits of the validation inputs; no gradient reaches the weights."""
+        return torch.stack([logits_of(net, x, batch_size, device) for net in self.nets])
+
+    def alpha_step(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        """One descent step on α for L_val(α; w, c̄), the weights fixed (``logits`` carry no graph to them)."""
+        loss = F.cross_entropy(self.mixed(logits.detach(), self.alpha), y)
+        self.a_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.a_opt.step()
+        return loss.item()
+
+    def alpha_phase(self, x_val, y_val, *, epochs: int, batch_size: int, gen: torch.Generator,
+                    device: torch.device) -> dict:
+        logits = self.val_logits(x_val, batch_size, device)
+        y_val = y_val.to(device)
+        losses = []
+        for _ in range(epochs):
+            for idx in batches(len(y_val), batch_size, gen):
+                idx = idx.to(device)
+                losses.append(self.alpha_step(logits[:, idx], y_val[idx]))
+        with torch.no_grad():
+            mixed_loss = float(F.cross_entropy(self.mixed(logits, self.alpha), y_val))
+            mixed_acc = accuracy(self.mixed(logits, self.alpha), y_val)
+        return {"alpha_steps": len(losses), "val_loss": mixed_loss, "val_accuracy": mixed_acc,
+                "candidate_val_accuracy": [accuracy(l, y_val) for l in logits]}
+
+
+@dataclass
+class FuseResult:
+    """What a search returns: the winning genotype, its accuracy after final training, its parameter count, the
+    search cost, and the per-round history (α, losses, accuracies)."""
+
+    genotype: Genotype
+    test_accuracy: float
+    val_accuracy: float
+    params: int
+    cost: dict
+    history: list[dict] = field(repr=False)
+    space: SearchSpace = field(repr=False)
+    method: str = "fuse"
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "genotype": self.genotype.to_dict(), "test_accuracy": self.test_accuracy,
+                "val_accuracy": self.val_accuracy, "params": self.params, "cost": self.cost,
+                "history": self.history, "space": self.space.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FuseResult":
+        return cls(Genotype.from_dict(d["genotype"]), d["test_accuracy"], d["val_accuracy"], d["params"],
+                   d["cost"], d["history"], SearchSpace.from_dict(d["space"]), d.get("method", "fuse"))
+
+    def summary(self) -> str:
+        c = self.cost
+        return (f"{self.method}: test accuracy {self.test_accuracy:.4f}, {self.params:,} parameters, search "
+                f"{c['search_s']:.1f} s + final training {c['final_train_s']:.1f} s on {c['device']}, "
+                f"{c['candidate_epochs']} candidate-epochs\n{self.genotype}")
+
+
+def _distinct_candidates(space: SearchSpace, gen: torch.Generator, count: int, exclude: set) -> list[Genotype]:
+    """``count`` genotypes distinct from each other and from ``exclude`` (keys), drawn from ``gen``. A space too small
+    to provide them yields fewer (never duplicates)."""
+    out, seen = [], set(exclude)
+    for _ in range(max(50, 50 * count)):
+        if len(out) == count:
+            break
+        g = space.sample(gen)
+        if g.key() not in seen:
+            seen.add(g.key())
+            out.append(g)
+    return out
+
+
+def _new_seed(gen: torch.Generator) -> int:
+    return int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+
+
+def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10, alternations: int = 10,
+         weight_epochs: int = 1, alpha_epochs: int = 1, alpha_tol: float = 1e-3, batch_size: int = 64,
+         lr: float = 3e-3, alpha_lr: float = 0.05, weight_decay: float = 0.0, final_epochs: int = 20,
+         seed: int = 0, init: Genotype | None = None, device=None, out_dir=None, progress: bool | None = None,
+         data_dir=None) -> FuseResult:
+    """Search ``space`` for ``task`` (a Task or its loaded TaskData) with FUSE; see the module docstring.
+
+    Budget knobs: ``candidates`` (C new architectures per round; the round trains C + 1 networks at once, so C and
+    ``batch_size`` bound the memory), ``rounds``, ``alternations`` (max weight/α alternations per round),
+    ``weight_epochs`` / ``alpha_epochs`` (passes over train / validation data per alternation). ``init`` is an
+    optional starting best (else round 0 has C candidates). ``out_dir`` holds the checkpoint, the JSON-lines log
+    and the result; rerunning the same call there resumes (or returns the finished result).
+
+    Returns a :class:`FuseResult`; ``cost`` has ``search_s`` (wall time of the rounds, summed over resumes),
+    ``final_train_s``, ``device``, ``rounds``, ``candidate_epochs`` (Σ networks × weight epochs, the budget unit
+    random search is matched on), ``weight_steps`` and ``alpha_steps``.
+    """
+    for name, v in (("candidates", candidates), ("rounds", rounds), ("alternations", alternations),
+                    ("weight_epochs", weight_epochs), ("alpha_epochs", alpha_epochs), ("batch_size", batch_size),
+                    ("final_epochs", final_epochs)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if init is not None:
+        space.check(init)
+    data = resolve_data(task, data_dir)
+    device = pick_device(device)
+    x_tr, y_tr = split(data, "train")
+    x_val, y_val = split(data, "val")
+    in_channels, num_classes = shape_of(data)
+    config = {"method": "fuse", "space": space.to_dict(), "data": data_fingerprint(data), "candidates": candidates,
+              "rounds": rounds, "alternations": alternations, "weight_epochs": weight_epochs,
+              "alpha_epochs": alpha_epochs, "alpha_tol": alpha_tol, "batch_size": batch_size, "lr": lr,
+              "alpha_lr": alpha_lr, "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed,
+              "init": init.to_dict() if init is not None else None}
+    files = SearchFiles(out_dir, "fuse", config)
+    done = files.load_result()
+    if done is not None:
+        return FuseResult.from_dict(done)
+
+    gen = torch.Generator().manual_seed(seed)
+    best, history, start, elapsed = init, [], 0, 0.0
+    state = files.load_checkpoint()
+    if state is not None:
+        gen.set_state(state["generator"])
+        best = Genotype.from_dict(state["best"]) if state["best"] is not None else None
+        history, start, elapsed = list(state["history"]), int(state["round"]) + 1, float(state["elapsed"])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=rounds, initial=start, desc="FUSE", unit="round", disable=not show_progress(progress))
+    x_tr, y_tr = x_tr.to(device), y_tr.to(device)
+    for r in range(start, rounds):
+        t0 = time.perf_counter()
+        exclude = {best.key()} if best is not None else set()
+        new = _distinct_candidates(space, gen, candidates, exclude)
+        cands = ([best] if best is not None else []) + new
+        round_seed = _new_seed(gen)
+        with seeded(round_seed, device):
+            nets = [space.build(g, in_channels, num_classes).to(device) for g in cands]
+        state_r = FuseRound(nets, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay)
+        data_gen = torch.Generator().manual_seed(round_seed)
+        steps = {"weight_steps": 0, "alpha_steps": 0}
+        alts = []
+        for a in range(alternations):
+            before = state_r.alpha.detach().clone()
+            losses = []
+            for _ in range(weight_epochs):
+                for idx in batches(len(y_tr), batch_size, data_gen):
+                    idx = idx.to(device)
+                    losses.append(state_r.weight_step(x_tr[idx], y_tr[idx]))
+            steps["weight_steps"] += len(losses)
+            info = state_r.alpha_phase(x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen,
+                                       device=device)
+            steps["alpha_steps"] += info.pop("alpha_steps")
+            change = float((state_r.alpha.detach() - before).abs().max())
+            alts.append({"train_loss": sum(losses) / len(losses), **info, "alpha": state_r.alpha.tolist(),
+                         "alpha_change": change})
+            if change < alpha_tol:
+                break
+        alpha = state_r.alpha.detach().cpu()
+        winner = int(torch.argmax(alpha))  # ties go to the lower index: the incumbent, listed first
+        best = cands[winner]
+        elapsed += time.perf_counter() - t0
+        history.append({
+            "round": r, "candidates": [g.to_dict() for g in cands], "incumbent": 0 if len(cands) > len(new) else None,
+            "alpha": alpha.tolist(), "weights": torch.softmax(alpha, 0).tolist(), "winner": winner,
+            "alternations": alts, "candidate_epochs": len(cands) * weight_epochs * len(alts), **steps,
+            "elapsed_s": elapsed,
+        })
+        files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(), "history": history,
+                          "elapsed": elapsed}, history)
+        bar.update(1)
+        bar.set_postfix(val_acc=f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}", C=len(cands))
+    bar.close()
+    if best is None:  # rounds ≥ 1 is enforced, so this cannot happen unless the space yields nothing
+        raise RuntimeError("FUSE found no candidate; the search space produced no architectures")
+
+    final, net = _final(space, best, data, final_epochs, batch_size, lr, seed, device)
+    cost = {"search_s": elapsed, "final_train_s": final["train_s"], "device": device_name(device),
+            "rounds": len(history), "candidate_epochs": sum(h["candidate_epochs"] for h in history),
+            "weight_steps": sum(h["weight_steps"] for h in history),
+            "alpha_steps": sum(h["alpha_steps"] for h in history),
+            "candidates_trained": sum(len(h["candidates"]) for h in history)}
+    result = FuseResult(best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space,
+                        "fuse", net)
+    _save_winner(files, net, result)
+    return result
+
+
+def _final(space, best, data, final_epochs, batch_size, lr, seed, device):
+    # The final seed is derived from the search seed, distinct from every round seed stream.
+    return final_training(space, best, data, epochs=final_epochs, batch_size=batch_size, lr=lr,
+                          seed=seed * 1_000_003 + 7, device=device)
+
+
+def _save_winner(files: SearchFiles, net: nn.Module, result) -> None:
+    if files.dir is None:
+        return
+    save_tree(files.dir / f"{files.kind}_winner.fx", {k: v.detach().cpu() for k, v in net.state_dict().items()},
+              meta={"genotype": result.genotype.to_dict(), "space": result.space.to_dict()})
+    result.genotype.save(files.dir / f"{files.kind}_genotype.json")
+    files.save_result(result.to_dict())

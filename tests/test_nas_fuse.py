@@ -1,0 +1,152 @@
+"""FUSE and random search: selection, the separation of weight and α steps, distinct candidates, exact resume."""
+import json
+
+import pytest
+import torch
+
+from fisherx.nas import Genotype, SearchSpace
+from fisherx.nas import fuse as fuse_mod
+from fisherx.nas.fuse import FuseRound, fuse
+from fisherx.nas.random_search import random_search
+from fisherx.tasks import preset
+
+ZERO = Genotype([[("zero", 0), ("zero", 1)]] * 3, [[("zero", 0), ("zero", 1)]] * 3)
+CONV = Genotype([[("conv_3x3", 0), ("conv_3x3", 1)]] * 3, [[("conv_3x3", 0), ("conv_3x3", 1)]] * 3)
+SMALL = dict(candidates=2, rounds=3, alternations=2, batch_size=128, final_epochs=1, device="cpu",
+             progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return preset("digits")[2].load()  # T2: 0, 1, 2, 3, anything else
+
+
+def _nets(gs, seed=0):
+    torch.manual_seed(seed)
+    return [g.build(1, 5, width=4, depth=2) for g in gs]
+
+
+def test_weight_steps_move_only_weights_and_alpha_steps_only_alpha(digits):
+    r = FuseRound(_nets([CONV, ZERO]), lr=1e-2, alpha_lr=0.1)
+    x, y = digits.train[0][:64], digits.train[1][:64]
+    assert torch.allclose(r.alpha, torch.full((2,), 0.5))  # α starts at 1/|C|
+    snapshot = lambda: [t.detach().clone() for t in r.nets.state_dict().values()]
+    alpha0, w0 = r.alpha.detach().clone(), snapshot()
+    r.weight_step(x, y)
+    assert torch.equal(r.alpha.detach(), alpha0), "a weight step changed α"
+    assert any(not torch.equal(a, b) for a, b in zip(w0, snapshot())), "a weight step changed no weight"
+    w1 = snapshot()
+    r.alpha_phase(*digits.val, epochs=2, batch_size=32, gen=torch.Generator().manual_seed(0),
+                  device=torch.device("cpu"))
+    assert not torch.equal(r.alpha.detach(), alpha0), "the α phase left α unchanged"
+    # Weights *and* BatchNorm buffers stay exactly as they were.
+    assert all(torch.equal(a, b) for a, b in zip(w1, snapshot())), "an α step changed the candidates"
+
+
+def test_mixed_output_is_the_softmax_weighted_sum_of_logits():
+    r = FuseRound(_nets([CONV, ZERO, CONV]), lr=1e-3, alpha_lr=0.1)
+    logits = torch.randn(3, 7, 5)
+    alpha = torch.tensor([0.3, -1.0, 2.0])
+    w = torch.softmax(alpha, 0)
+    assert torch.allclose(r.mixed(logits, alpha), w[0] * logits[0] + w[1] * logits[1] + w[2] * logits[2])
+
+
+def test_alternation_picks_convolutions_over_all_zero_cells(digits):
+    # All-zero cells give the classifier nothing (constant logits); convolutions learn the task.
+    r = FuseRound(_nets([ZERO, CONV]), lr=1e-2, alpha_lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    from fisherx.nas._common import batches
+
+    x, y = digits.train
+    for _ in range(3):
+        for idx in batches(len(y), 128, gen):
+            r.weight_step(x[idx], y[idx])
+        info = r.alpha_phase(*digits.val, epochs=1, batch_size=64, gen=gen, device=torch.device("cpu"))
+    assert int(torch.argmax(r.alpha)) == 1, r.alpha
+    assert info["candidate_val_accuracy"][1] > info["candidate_val_accuracy"][0] + 0.2
+
+
+def test_fuse_replaces_an_all_zero_incumbent_and_samples_distinct_candidates(digits, tmp_path):
+    space = SearchSpace(ops=("zero", "conv_3x3", "max_pool_3x3"), nodes=(3,), width=4, depth=2)
+    res = fuse(space, digits, init=ZERO, seed=1, out_dir=tmp_path, **{**SMALL, "rounds": 2})
+    first = res.history[0]
+    assert Genotype.from_dict(first["candidates"][0]) == ZERO and first["incumbent"] == 0
+    assert first["winner"] != 0 and res.genotype != ZERO
+    for h in res.history:
+        keys = [Genotype.from_dict(c).key() for c in h["candidates"]]
+        assert len(keys) == len(set(keys)) == 3  # C = 2 new + the incumbent, all different
+        assert len(h["alpha"]) == 3 and h["winner"] == max(range(3), key=lambda i: h["alpha"][i])
+    assert res.genotype in space
+    assert 0.0 <= res.test_accuracy <= 1.0 and res.params == space.num_params(res.genotype, 1, 5)
+    c = res.cost
+    assert c["rounds"] == 2 and c["device"].startswith("cpu") and c["search_s"] > 0
+    assert c["candidate_epochs"] == sum(len(h["candidates"]) * len(h["alternations"]) for h in res.history)
+    # One JSON line per round, the genotype and result files, all readable.
+    lines = (tmp_path / "fuse_log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["round"] for l in lines] == [0, 1]
+    assert Genotype.load(tmp_path / "fuse_genotype.json") == res.genotype
+
+
+def test_killed_search_resumes_to_the_uninterrupted_result(digits, tmp_path, monkeypatch):
+    space = SearchSpace(width=4, depth=2)
+    whole = fuse(space, digits, seed=3, out_dir=tmp_path / "a", **SMALL)
+
+    real_save = fuse_mod.SearchFiles.save_round
+    calls = []
+
+    def save_then_die(self, state, history):
+        real_save(self, state, history)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed right after round 1's checkpoint
+
+    monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fuse(space, digits, seed=3, out_dir=tmp_path / "b", **SMALL)
+    monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", real_save)
+    assert len((tmp_path / "b" / "fuse_log.jsonl").read_text().splitlines()) == 2
+    resumed = fuse(space, digits, seed=3, out_dir=tmp_path / "b", **SMALL)
+
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+    assert strip(resumed.history) == strip(whole.history)  # same candidates, α, losses, accuracies
+    assert resumed.genotype == whole.genotype and resumed.test_accuracy == whole.test_accuracy
+    # A finished search in the same directory returns its result instead of searching again.
+    again = fuse(space, digits, seed=3, out_dir=tmp_path / "b", **SMALL)
+    assert again.genotype == whole.genotype and strip(again.history) == strip(whole.history)
+    # A different search in the same directory is refused, naming what differs.
+    with pytest.raises(ValueError, match="lr: saved 0.003, now 0.01"):
+        fuse(space, digits, seed=3, out_dir=tmp_path / "b", **{**SMALL, "lr": 0.01})
+
+
+def test_same_seed_same_search_different_seed_different_candidates(digits):
+    space = SearchSpace(width=4, depth=2)
+    kw = {**SMALL, "rounds": 1, "alternations": 1}
+    a, b, c = (fuse(space, digits, seed=s, **kw) for s in (5, 5, 6))
+    assert a.history[0]["candidates"] == b.history[0]["candidates"] and a.history[0]["alpha"] == b.history[0]["alpha"]
+    assert a.history[0]["candidates"] != c.history[0]["candidates"]
+
+
+def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(digits, tmp_path, monkeypatch):
+    space = SearchSpace(width=4, depth=2)
+    kw = dict(budget=5, epochs_per_candidate=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
+    whole = random_search(space, digits, seed=0, **kw)
+    assert whole.method == "random" and whole.cost["candidate_epochs"] == 4 and len(whole.history) == 2
+    assert whole.history[0]["genotype"] != whole.history[1]["genotype"]
+    best = max(whole.history, key=lambda h: h["val_accuracy"])
+    assert whole.genotype == Genotype.from_dict(best["genotype"])
+
+    real_save = fuse_mod.SearchFiles.save_round
+
+    def save_then_die(self, state, history):
+        real_save(self, state, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        random_search(space, digits, seed=0, out_dir=tmp_path, **kw)
+    monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", real_save)
+    resumed = random_search(space, digits, seed=0, out_dir=tmp_path, **kw)
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+    assert strip(resumed.history) == strip(whole.history) and resumed.genotype == whole.genotype
+    with pytest.raises(ValueError, match="trains no candidate"):
+        random_search(space, digits, budget=1, epochs_per_candidate=2)
