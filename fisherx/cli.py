@@ -34,7 +34,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print how fisherx was built and what it can use here")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("distances", help="task-distance matrices of a preset's tasks T0-T3 (table, heatmaps, atlas)")
+    p.add_argument("--preset", default="digits", help="digits (built in), mnist, cifar10, cifar100 or imagenet")
+    p.add_argument("--archs", default="cnn", help="comma-separated: vgg16,resnet18,densenet121,cnn,mlp")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated network seeds (mean ± std over them)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per network (the papers: 100)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset's files (not needed for digits)")
+    p.add_argument("--out", required=True, help="output folder: result.json, distances.csv, table.txt, *.png")
+    p.add_argument("--cache-dir", default=None, help="cache of networks and Fishers (default OUT/cache)")
+    p.add_argument("--metric", default="ftd", choices=["ftd", "logdet", "cosine"])
+    p.add_argument("--head", default="shared", choices=["shared", "refit"],
+                   help="shared head width for all tasks (default), or refit N_a's head on task b")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the preset's tasks (e.g. T0,T1,T2)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epsilon", type=float, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")
+    p.add_argument("--fisher-samples", type=int, default=None, help="at most this many test samples per Fisher")
+    p.add_argument("--max-train-per-label", type=int, default=None, help="cap training samples per label")
+    p.add_argument("--image-size", type=int, default=None, help="resize images (image folders default to 32)")
+    p.add_argument("--task-seed", type=int, default=0, help="seed of the balanced draw and validation split")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_distances)
     return parser
+
+
+def _cmd_distances(args: argparse.Namespace) -> int:
+    from .experiment import distances_command
+
+    return distances_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
