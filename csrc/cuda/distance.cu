@@ -1,4 +1,4 @@
-// CUDA distance kernels. Each op is: accumulate<M> (grid = blocks x rows, each block writes M partial sums of
+// CUDA distance kernels. Each op is: accumulate<M> (grid = rows x blocks, each block writes M partial sums of
 // its row), reduce_partials (one block per row, fixed order) and a small finish kernel that turns sums into
 // distances. Row K of every grid is the target itself, so its statistics come out of the same launch.
 #include "cuda/distance.h"
@@ -49,15 +49,29 @@ __device__ void block_sum(double (&v)[M]) {
   }
 }
 
-// Row k < K reads source row k; row K reads the target (a == b there).
+// Row k < K reads source row k; row K reads the target (a == b there). The row is blockIdx.x, the fastest-varying
+// index in launch order, so the blocks of all rows for one stretch of the vector are resident together and the
+// target they all read comes from L2, not K + 1 times from DRAM. Four strided loads per operand are issued before
+// any arithmetic, so enough bytes are in flight to saturate HBM.
 template <typename T, int M, typename F>
 __global__ void accumulate(Rows<T> src, Rows<T> tgt, F f, double* partial) {
-  const int64_t k = blockIdx.y, K = src.rows, n = src.n;
+  const int64_t k = blockIdx.x, K = src.rows, n = src.n, nb = gridDim.y;
   if (!f.active(k)) return;
   double acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0;
-  for (int64_t j = blockIdx.x * (int64_t)kThreads + threadIdx.x; j < n; j += (int64_t)gridDim.x * kThreads) {
+  const int64_t stride = nb * kThreads;
+  int64_t j = blockIdx.y * (int64_t)kThreads + threadIdx.x;
+  for (; j + 3 * stride < n; j += 4 * stride) {
+    double a[4], b[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) b[u] = load(tgt, 0, j + u * stride);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) a[u] = k < K ? load(src, k, j + u * stride) : b[u];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) f(k, a[u], b[u], acc);
+  }
+  for (; j < n; j += stride) {
     const double b = load(tgt, 0, j);
     const double a = k < K ? load(src, k, j) : b;
     f(k, a, b, acc);
@@ -65,7 +79,7 @@ __global__ void accumulate(Rows<T> src, Rows<T> tgt, F f, double* partial) {
   block_sum<M>(acc);
   if (threadIdx.x == 0)
 #pragma unroll
-    for (int m = 0; m < M; ++m) partial[(k * gridDim.x + blockIdx.x) * M + m] = acc[m];
+    for (int m = 0; m < M; ++m) partial[(k * nb + blockIdx.y) * M + m] = acc[m];
 }
 
 template <int M, typename F>
@@ -200,9 +214,7 @@ template <typename T, int M, typename F>
 void run_accumulate(const Rows<T>& src, const Rows<T>& tgt, int64_t rows, const F& f, const Workspace& ws,
                     cudaStream_t stream) {
   if (rows == 0) return;  // a 0-row grid is a launch error; nothing to accumulate
-  if (rows > 65535)  // gridDim.y limit
-    throw std::invalid_argument("fisherx CUDA distance kernels take at most 65534 source rows per call");
-  const dim3 grid(static_cast<unsigned>(ws.nb), static_cast<unsigned>(rows));
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(ws.nb));  // rows in x: no 65535 limit
   accumulate<T, M, F><<<grid, kThreads, 0, stream>>>(src, tgt, f, ws.partial);
   reduce_partials<M, F><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(ws.partial, ws.nb, f, ws.sums);
   check(cudaGetLastError(), "launch");
