@@ -1,0 +1,121 @@
+"""Distance kernels vs their pure-PyTorch references (pytest-benchmark; not part of the test run).
+
+    pytest bench/bench_distance.py --benchmark-only                 # CPU and, when present, CUDA
+    pytest bench/bench_distance.py --benchmark-only -m cuda         # CUDA only (bench/gpu.sh)
+
+One benchmark group per (op, size, device), so pytest-benchmark's table lists kernel and reference side by side;
+bench/conftest.py then prints a summary with the speed-up over the reference and, on CUDA, the bandwidth (bytes
+the op must read / time) as a fraction of a device-to-device copy of the same bytes (read + write / time).
+
+Implementations per group:
+- ``kernel``: the public call (fisherx.ftd / distance / distance_column / _ops.trace), input checks included.
+- ``reference``: fisherx._reference, the plain float64 PyTorch formula (trace: ``x.sum(dtype=torch.float64)``).
+- CUDA only: ``kernel_raw``, the compiled kernel called directly with preallocated outputs (no checks, no host
+  sync), and ``d2d_copy``, ``torch.Tensor.copy_`` of as many bytes as the op reads. On CUDA every implementation
+  runs REPS back-to-back calls and one synchronize per timed round (so launch latency overlaps execution as in a
+  real pipeline); the summary divides by REPS, the pytest-benchmark table does not.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fisherx
+from fisherx import _ops
+from fisherx import _reference as ref
+
+SIZES = (10**5, 10**7)
+DTYPE = torch.float32
+REPS = {"cpu": 1, "cuda": 20}
+SIGMA2 = 1e-8
+
+# op -> (number of source rows K, kernel(src, tgt), reference(src, tgt)). src is (K, n), tgt is (n,).
+OPS = {
+    "ftd": (1, lambda s, t: fisherx.ftd(s[0], t), lambda s, t: ref.ftd_column(s, t)),
+    "logdet": (1, lambda s, t: fisherx.distance(s[0], t, "logdet", sigma2=SIGMA2),
+               lambda s, t: ref.logdet_column(s, t, SIGMA2, True)),
+    "cosine": (1, lambda s, t: fisherx.distance(s[0], t, "cosine"), lambda s, t: ref.cosine_column(s, t)),
+    "trace": (0, lambda s, t: _ops.trace(t), lambda s, t: t.sum(dtype=torch.float64)),
+    "ftd_column_K8": (8, lambda s, t: fisherx.distance_column(s, t, "ftd"), lambda s, t: ref.ftd_column(s, t)),
+}
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+]
+IMPLS = ("kernel", "reference", "kernel_raw", "d2d_copy")
+
+
+def _inputs(k: int, n: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    src = (torch.rand(max(k, 1), n, generator=g, dtype=DTYPE) + 1e-3).to(device)
+    tgt = (torch.rand(n, generator=g, dtype=DTYPE) + 1e-3).to(device)
+    return src, tgt
+
+
+def _raw_cuda(op: str, src: torch.Tensor, tgt: torch.Tensor):
+    """The compiled CUDA kernel with everything preallocated: what the op costs on the GPU alone."""
+    C = _ops._C.cuda
+    k, n = src.shape
+    dt = _ops._dtype_name(src)
+    dev = src.device
+    out = torch.empty(k, dtype=torch.float64, device=dev)
+    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=dev)
+    ws = _ops._workspace(k, n, dev)
+    scale = torch.ones(k + 1, dtype=torch.float64, device=dev)
+    stream = _ops._stream(dev)
+    a, rs, s = src.data_ptr(), src.stride(0), src.stride(1)
+    if op == "trace":
+        return lambda: C.row_stats(dt, tgt.data_ptr(), 1, n, n, tgt.stride(0), stats.data_ptr(), ws.data_ptr(),
+                                   stream)
+    if op.startswith("ftd"):
+        return lambda: C.ftd_column(dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(),
+                                    stats.data_ptr(), ws.data_ptr(), stream)
+    if op == "logdet":
+        return lambda: C.logdet_column(dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), scale.data_ptr(), SIGMA2,
+                                       out.data_ptr(), ws.data_ptr(), stream)
+    return lambda: C.cosine_column(dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(),
+                                   stats.data_ptr(), ws.data_ptr(), stream)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", SIZES, ids=lambda n: f"n1e{len(str(n)) - 1}")
+@pytest.mark.parametrize("op", list(OPS))
+def test_distance(benchmark, summary, op, n, device, impl):
+    if impl in ("kernel_raw", "d2d_copy") and device != "cuda":
+        pytest.skip("CUDA-only row")
+    if impl == "kernel_raw" and not _ops.cuda_kernels_usable(0):
+        pytest.skip("no compiled CUDA kernels in this build")
+    k, kernel, reference = OPS[op]
+    src, tgt = _inputs(k, n, device)
+    bytes_read = (k + 1) * n * DTYPE.itemsize  # every source row and the target, once
+    if impl == "kernel":
+        call = lambda: kernel(src, tgt)  # noqa: E731
+    elif impl == "reference":
+        call = lambda: reference(src, tgt)  # noqa: E731
+    elif impl == "kernel_raw":
+        call = _raw_cuda(op, src, tgt)
+    else:
+        flat = torch.empty(bytes_read // DTYPE.itemsize, dtype=DTYPE, device=device)
+        dst = torch.empty_like(flat)
+        call = lambda: dst.copy_(flat)  # noqa: E731
+    if impl in ("kernel", "reference"):  # the two must agree, or the comparison means nothing
+        torch.testing.assert_close(kernel(src, tgt), reference(src, tgt).reshape(kernel(src, tgt).shape),
+                                   rtol=1e-9, atol=1e-12)
+
+    reps = REPS[device]
+
+    def run():
+        for _ in range(reps):
+            call()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    run()  # warm-up (allocator, lazy CUDA init)
+    benchmark.group = f"{op}-n1e{len(str(n)) - 1}-{device}"
+    benchmark.extra_info.update(reps=reps, bytes_read=bytes_read)
+    benchmark.pedantic(run, rounds=5 if n >= 10**7 else 30, iterations=1, warmup_rounds=1)
+    per_call = benchmark.stats.stats.median / reps
+    summary.add(benchmark.group, impl, per_call, 2 * bytes_read if impl == "d2d_copy" else bytes_read)
