@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_distances)
+    from .nas import cli as nas_cli  # the search command's options and logic live with the NAS code
+
+    p = sub.add_parser("search", help="TA-NAS for a preset's task against a dictionary of baseline tasks")
+    nas_cli.add_arguments(p)
+    p.set_defaults(func=_cmd_search)
     return parser
 
 
@@ -63,6 +68,12 @@ def _cmd_distances(args: argparse.Namespace) -> int:
     from .experiment import distances_command
 
     return distances_command(args)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .nas import cli as nas_cli
+
+    return nas_cli.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
