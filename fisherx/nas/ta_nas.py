@@ -1,0 +1,401 @@
+"""TA-NAS: task-aware architecture search from a dictionary of solved baseline tasks (DESIGN §5, Algorithm 2).
+
+For a target task b and baseline tasks a ∈ A, each with an ε-approximation network N_a, a search space S_a and a
+best genotype:
+
+    d[a, b] = FTD(F_ab, F_bb) = (1/√2)·‖√F̂_ab − √F̂_bb‖₂        (F̂ = F / tr F, diagonal empirical Fishers)
+    a* = argmin_a d[a, b]
+    c* = FUSE(S_{a*}, b)
+
+F_ab is the Fisher of N_a on b's **test** data with b's labels, F_bb that of b's own ε-network on the same data
+(DESIGN §1). All ε-networks of one dictionary share one architecture and one head width (the family's largest
+label count, as :func:`fisherx.task_distances` does in its default "shared" mode), so every Fisher covers the same
+parameters and b's labels index N_a's logits directly; a target with more labels than that width is refused.
+
+The dictionary is a directory::
+
+    dictionary.json            versioned index: the family (arch, head width, input shape) and one entry per task
+                               (task config, ε-network accuracy and training settings, search space, best genotype)
+    <task>/eps_network.fx      the ε-network's weights (fisherx.io.save_tree: checksummed, atomic, no pickle)
+    <task>/genotype.json       the best genotype, readable on its own
+
+It grows as tasks are solved (:func:`add_baseline`, or ``ta_nas(..., grow=True)``).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..io import FormatError, atomic_write_text, load_tree, save_tree
+from ._common import device_name, pick_device, resolve_data, show_progress
+from .fuse import FuseResult, fuse
+from .genotype import Genotype
+from .random_search import random_search
+from .space import SearchSpace
+
+DICTIONARY_FORMAT = "fisherx.task_dictionary"
+DICTIONARY_VERSION = 1
+INDEX = "dictionary.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ValueError(f"baseline name {name!r} is not usable as a folder name: use letters, digits, '_', '-', '.'")
+    return name
+
+
+@dataclass
+class DictionaryEntry:
+    """One solved baseline task: its ε-network's accuracy and training settings, its space and best genotype."""
+
+    name: str
+    task: dict
+    eps: dict
+    space: SearchSpace
+    genotype: Genotype
+    search: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "task": self.task, "eps": self.eps, "space": self.space.to_dict(),
+                "genotype": self.genotype.to_dict(), "search": self.search}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "DictionaryEntry":
+        try:
+            return cls(_check_name(d["name"]), d["task"], d["eps"],
+                       SearchSpace.from_dict(d["space"], f"{source}: space"),
+                       Genotype.from_dict(d["genotype"], f"{source}: genotype"), d.get("search", {}))
+        except KeyError as e:
+            raise FormatError(f"{source}: entry lacks {e}") from None
+
+
+class TaskDictionary:
+    """The dictionary of baseline tasks on disk (see the module docstring). Open an existing one with
+    ``TaskDictionary(path)``; make a new one with :meth:`create`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        index = self.path / INDEX
+        if not index.is_file():
+            raise FileNotFoundError(f"{index} does not exist; make a dictionary with TaskDictionary.create(...)")
+        try:
+            d = json.loads(index.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{index} is not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != DICTIONARY_FORMAT:
+            raise FormatError(f"{index} is not a fisherx task dictionary")
+        if d.get("version") != DICTIONARY_VERSION:
+            raise FormatError(f"{index}: dictionary version {d.get('version')!r} is not supported (this fisherx "
+                              f"reads version {DICTIONARY_VERSION})")
+        fam = d.get("family", {})
+        missing = {"arch", "head_width", "in_channels", "image_size"} - set(fam)
+        if missing:
+            raise FormatError(f"{index}: the family lacks {sorted(missing)}")
+        self.family = fam
+        self.entries: dict[str, DictionaryEntry] = {}
+        for i, e in enumerate(d.get("entries", [])):
+            entry = DictionaryEntry.from_dict(e, f"{index} entry {i}")
+            if entry.name in self.entries:
+                raise FormatError(f"{index}: two entries named {entry.name!r}")
+            self.entries[entry.name] = entry
+
+    @classmethod
+    def create(cls, path, *, arch: str, head_width: int, in_channels: int, image_size: int) -> "TaskDictionary":
+        """An empty dictionary whose ε-networks are ``arch`` with ``head_width`` outputs on
+        ``in_channels``×``image_size``² inputs. Refuses to overwrite an existing dictionary."""
+        from .. import models
+
+        if arch not in models.ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(models.ARCHS)}")
+        path = Path(path)
+        if (path / INDEX).exists():
+            raise FileExistsError(f"{path / INDEX} already exists; open it with TaskDictionary(path)")
+        path.mkdir(parents=True, exist_ok=True)
+        fam = {"arch": arch, "head_width": int(head_width), "in_channels": int(in_channels),
+               "image_size": int(image_size)}
+        atomic_write_text(path / INDEX, json.dumps({"format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION,
+                                                    "family": fam, "entries": []}, indent=1) + "\n")
+        return cls(path)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def __getitem__(self, name: str) -> DictionaryEntry:
+        if name not in self.entries:
+            raise KeyError(f"no baseline {name!r} in {self.path} (it has: {', '.join(self.entries) or 'none'})")
+        return self.entries[name]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def _eps_file(self, name: str) -> Path:
+        return self.path / _check_name(name) / "eps_network.fx"
+
+    def new_network(self) -> nn.Module:
+        """A fresh network of the family's architecture and head width."""
+        from .. import models
+
+        f = self.family
+        return models.build(f["arch"], f["in_channels"], f["head_width"], f["image_size"])
+
+    def check_task(self, data: Any, name: str = "target") -> None:
+        """Refuse task data whose Fishers could not be compared with the family's."""
+        f = self.family
+        if (data.in_channels, data.image_size) != (f["in_channels"], f["image_size"]):
+            raise ValueError(f"task {name!r} has {data.in_channels}×{data.image_size}×{data.image_size} inputs; the "
+                             f"dictionary's networks take {f['in_channels']}×{f['image_size']}×{f['image_size']}")
+        if data.num_classes > f["head_width"]:
+            raise ValueError(f"task {name!r} has {data.num_classes} labels but the dictionary's networks have "
+                             f"{f['head_width']} outputs: its labels cannot index their logits (make a dictionary "
+                             f"with head_width ≥ {data.num_classes})")
+
+    def eps_network(self, name: str, device=None) -> nn.Module:
+        """Baseline ``name``'s ε-network, loaded in eval mode."""
+        entry = self[name]
+        p = self._eps_file(name)
+        state, meta = load_tree(p, with_meta=True)
+        expect = {k: self.family[k] for k in ("arch", "head_width", "in_channels", "image_size")}
+        if {k: meta.get(k) for k in expect} != expect:
+            raise FormatError(f"{p} holds a network of another family ({ {k: meta.get(k) for k in expect} }, "
+                              f"expected {expect})")
+        net = self.new_network()
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise FormatError(f"{p}: the weights do not fit the family's {self.family['arch']}: {e}") from None
+        del entry
+        return net.to(pick_device(device)).eval()
+
+    def add(self, name: str, *, task: dict, eps_network: nn.Module, eps: dict, space: SearchSpace,
+            genotype: Genotype, search: dict | None = None, replace: bool = False) -> DictionaryEntry:
+        """Store a solved task: the ε-network's weights first, then the index (each write atomic), so a crash
+        leaves either the old dictionary or the new one."""
+        _check_name(name)
+        if name in self.entries and not replace:
+            raise ValueError(f"{self.path} already has a baseline {name!r} (pass replace=True to overwrite it)")
+        space.check(genotype)
+        state = {k: v.detach().cpu() for k, v in eps_network.state_dict().items()}
+        save_tree(self._eps_file(name), state, meta={k: self.family[k] for k in
+                                                    ("arch", "head_width", "in_channels", "image_size")})
+        genotype.save(self.path / name / "genotype.json")
+        entry = DictionaryEntry(name, task, eps, space, genotype, search or {})
+        self.entries[name] = entry
+        self._write_index()
+        return entry
+
+    def _write_index(self) -> None:
+        atomic_write_text(self.path / INDEX, json.dumps({
+            "format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION, "family": self.family,
+            "entries": [e.to_dict() for e in self.entries.values()]}, indent=1) + "\n")
+
+    def __repr__(self) -> str:
+        return f"TaskDictionary({str(self.path)!r}, {self.family['arch']}, baselines {self.names()})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def _task_config(task: Any, data: Any) -> dict:
+    t = getattr(data, "task", None) or task
+    return t.config() if hasattr(t, "config") else {"name": getattr(t, "name", str(t))}
+
+
+def _task_name(task: Any, data: Any) -> str:
+    t = getattr(data, "task", None) or task
+    return getattr(t, "name", "target")
+
+
+def train_eps_network(dictionary: TaskDictionary, data: Any, *, epochs: int, seed: int, batch_size: int = 128,
+                      lr: float = 1e-3, epsilon: Optional[float] = 0.1, device=None, out_file=None,
+                      progress: bool = False) -> tuple[nn.Module, dict]:
+    """Train the family's network on ``data`` with :func:`fisherx.train.train` (weights from ``seed``). With
+    ``out_file`` the trained network is saved there and reloaded on the next call with the same settings."""
+    from ..train import seeded, train
+
+    device = pick_device(device)
+    info = {"arch": dictionary.family["arch"], "head_width": dictionary.family["head_width"], "epochs": epochs,
+            "seed": seed, "batch_size": batch_size, "lr": lr}
+    net = None
+    if out_file is not None and Path(out_file).is_file():
+        state, meta = load_tree(out_file, with_meta=True)
+        if meta.get("settings") == info:
+            net = dictionary.new_network()
+            net.load_state_dict(state)
+            return net.to(device).eval(), meta["eps"]
+    with seeded(seed, device):
+        net = dictionary.new_network()
+    res = train(net, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                progress=progress, epsilon=epsilon)
+    eps = {**info, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
+           "meets_epsilon": res.meets_epsilon, "epsilon": epsilon, "train_s": res.seconds}
+    if out_file is not None:
+        save_tree(out_file, {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                  meta={"settings": info, "eps": eps})
+    return net.eval(), eps
+
+
+def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | None = None, eps_epochs: int = 10,
+                 eps_seed: int = 0, data_dir=None, device=None, out_dir=None, progress: bool | None = None,
+                 **search) -> DictionaryEntry:
+    """Solve a baseline task and add it: train its ε-network, search the general space (or ``space``) with FUSE
+    (``search`` is passed to :func:`fisherx.nas.fuse`), derive the task's space from the best genotype
+    (:meth:`SearchSpace.from_genotypes`, same skeleton) and store all three."""
+    data = resolve_data(task, data_dir)
+    name = _task_name(task, data)
+    dictionary.check_task(data, name)
+    space = space or SearchSpace.general()
+    out = Path(out_dir) / name if out_dir is not None else None
+    net, eps = train_eps_network(dictionary, data, epochs=eps_epochs, seed=eps_seed, device=device,
+                                 out_file=out / "eps_network.fx" if out else None,
+                                 progress=show_progress(progress))
+    res = fuse(space, data, device=device, out_dir=out / "fuse" if out else None, progress=progress, **search)
+    derived = SearchSpace.from_genotypes(res.genotype, base=space, name=name)
+    return dictionary.add(name, task=_task_config(task, data), eps_network=net, eps=eps, space=derived,
+                          genotype=res.genotype, search=_brief(res))
+
+
+def _brief(res: FuseResult) -> dict:
+    return {"method": res.method, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
+            "params": res.params, "cost": res.cost, "space": res.space.to_dict()}
+
+
+@dataclass
+class TaNasResult:
+    """The outcome of :func:`ta_nas`: the distances from every baseline, the chosen baseline and space, the FUSE
+    result, and the comparison searches (``"random"``: random search in the same space with the same budget;
+    ``"general"``: FUSE in the general space with the same settings)."""
+
+    target: str
+    distances: dict
+    closest: str
+    space: SearchSpace
+    result: FuseResult
+    comparisons: dict
+    eps: dict
+    cost: dict
+    head: dict
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "metric": "ftd", "head": self.head, "distances": self.distances,
+                "closest": self.closest, "space": self.space.to_dict(), "eps": self.eps, "cost": self.cost,
+                "result": self.result.to_dict(),
+                "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()}}
+
+    def summary(self) -> str:
+        lines = [f"TA-NAS for {self.target} (FTD, shared head width {self.head['width']}; target ε-network test "
+                 f"accuracy {self.eps['target']['test_accuracy']:.4f})", "distances d[baseline → target]:"]
+        for n, d in sorted(self.distances.items(), key=lambda kv: kv[1]):
+            lines.append(f"  {n:<12} {d:.4f}{'   ← closest' if n == self.closest else ''}")
+        lines.append(f"search space: {self.space}")
+        rows = [("TA-NAS (FUSE, closest space)", self.result)] + [
+            ({"random": "random search, same space & budget", "general": "FUSE, general space"}.get(k, k), v)
+            for k, v in self.comparisons.items()]
+        lines.append(f"{'method':<36} {'test acc':>8} {'params':>9} {'search s':>9} {'final s':>8} {'cand-ep':>8}")
+        for label, r in rows:
+            c = r.cost
+            lines.append(f"{label:<36} {r.test_accuracy:>8.4f} {r.params:>9,} {c['search_s']:>9.1f} "
+                         f"{c['final_train_s']:>8.1f} {c['candidate_epochs']:>8}")
+        lines.append(f"device: {self.result.cost['device']}")
+        lines.append("winner:\n" + str(self.result.genotype))
+        return "\n".join(lines)
+
+    def save(self, path) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Sequence[str] = ("random",),
+           eps_epochs: int = 10, eps_seed: int = 0, fisher_samples: Optional[int] = None,
+           random_epochs_per_candidate: Optional[int] = None, grow: bool = False, data_dir=None, device=None,
+           out_dir=None, progress: bool | None = None, **search) -> TaNasResult:
+    """Algorithm 2 of the papers for ``target`` (a Task or its TaskData) against ``dictionary``.
+
+    1. Train the target's ε-network (the family's architecture and head width; ``eps_epochs``, ``eps_seed``).
+    2. d[a, b] = FTD(F_ab, F_bb) for every baseline a (Fishers on the target's test split, at most
+       ``fisher_samples`` samples), and a* = argmin.
+    3. FUSE in a*'s space (``search`` is passed to :func:`fisherx.nas.fuse`: candidates, rounds, batch_size, ...).
+    4. ``compare``: ``"random"`` runs random search in the same space with the candidate-epoch budget FUSE used
+       (each candidate trained ``random_epochs_per_candidate`` epochs, default alternations × weight_epochs, what a
+       FUSE candidate gets in a round that runs all its alternations); ``"general"`` runs FUSE in the general
+       space (same skeleton and settings).
+    5. ``grow``: add the target to the dictionary with its ε-network, best genotype and derived space.
+
+    ``out_dir`` holds the target ε-network, every search's checkpoints/logs and ``report.json``; rerunning the same
+    call resumes. Returns a :class:`TaNasResult` (``summary()`` prints the table).
+    """
+    from ..distance import distance_column
+    from ..fisher import fisher_diag
+
+    unknown = set(compare) - {"random", "general"}
+    if unknown:
+        raise ValueError(f"unknown comparison(s) {sorted(unknown)}; choose from 'random', 'general'")
+    if not isinstance(dictionary, TaskDictionary):
+        dictionary = TaskDictionary(dictionary)
+    if len(dictionary) == 0:
+        raise ValueError(f"the dictionary {dictionary.path} has no baseline tasks; add some with add_baseline()")
+    data = resolve_data(target, data_dir)
+    name = _task_name(target, data)
+    dictionary.check_task(data, name)
+    device = pick_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    target_net, target_eps = train_eps_network(dictionary, data, epochs=eps_epochs, seed=eps_seed, device=device,
+                                               out_file=out / "target_eps_network.fx" if out else None,
+                                               progress=show_progress(progress))
+    eps_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    x_test, y_test = data.test
+
+    def fisher(net):
+        return fisher_diag(net.eval(), (x_test, y_test), loss="cross_entropy", kind="empirical",
+                           max_samples=fisher_samples, device=device, progress=False)
+
+    names = dictionary.names()
+    f_bb = fisher(target_net)
+    f_ab = [fisher(dictionary.eps_network(n, device)) for n in names]
+    col = distance_column(f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names],
+                          target_name=f"F[{name}→{name}]")
+    distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
+    closest = min(names, key=lambda n: (distances[n], names.index(n)))
+    fisher_s = time.perf_counter() - t0
+    space = dictionary[closest].space
+
+    sub = (lambda s: out / s) if out is not None else (lambda s: None)
+    result = fuse(space, data, device=device, out_dir=sub("fuse"), progress=progress, **search)
+    comparisons: dict[str, FuseResult] = {}
+    if "random" in compare:
+        budget = result.cost["candidate_epochs"]  # equal budget: exactly what FUSE spent
+        per = random_epochs_per_candidate or search.get("alternations", 10) * search.get("weight_epochs", 1)
+        shared = {k: search[k] for k in ("batch_size", "lr", "weight_decay", "final_epochs", "seed") if k in search}
+        comparisons["random"] = random_search(space, data, budget=budget, epochs_per_candidate=min(per, budget),
+                                              device=device, out_dir=sub("random"), progress=progress, **shared)
+    if "general" in compare:
+        general = SearchSpace.general(width=space.width, depth=space.depth, stem_multiplier=space.stem_multiplier)
+        comparisons["general"] = fuse(general, data, device=device, out_dir=sub("general"), progress=progress,
+                                      **search)
+
+    eps = {"target": target_eps, "baselines": {n: dictionary[n].eps for n in names}}
+    head = {"mode": "shared", "width": dictionary.family["head_width"], "arch": dictionary.family["arch"]}
+    cost = {"eps_s": eps_s, "fisher_and_distance_s": fisher_s, "device": device_name(device)}
+    report = TaNasResult(name, distances, closest, space, result, comparisons, eps, cost, head)
+    if out is not None:
+        report.save(out / "report.json")
+    if grow:
+        derived = SearchSpace.from_genotypes(result.genotype, base=space, name=name)
+        dictionary.add(name, task=_task_config(target, data), eps_network=target_net, eps=target_eps,
+                       space=derived, genotype=result.genotype, search=_brief(result), replace=name in dictionary)
+    return report
