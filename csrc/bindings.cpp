@@ -2,14 +2,17 @@
 // (plus workspace and stream for CUDA). Arguments are addresses, sizes and strides in elements: the extension
 // knows nothing of torch, and fisherx/_ops.py is its only caller.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
 
 #include "common.h"
 #include "cpu/distance.h"
+#include "cpu/sqgrad.h"
 #ifdef FISHERX_WITH_CUDA
 #include "cuda/distance.h"
+#include "cuda/sqgrad.h"
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,6 +31,19 @@ double* dptr(std::uintptr_t p) { return reinterpret_cast<double*>(p); }
 template <typename T>
 Rows<T> rows(std::uintptr_t p, int64_t K, int64_t n, int64_t row_stride, int64_t stride) {
   return Rows<T>{cptr<T>(p), K, n, row_stride, stride};
+}
+
+// Fisher engine (sqgrad kernels): a strided view from an address plus sizes and strides in elements.
+using Shape4 = std::array<int64_t, 4>;
+using Shape3 = std::array<int64_t, 3>;
+template <typename T>
+fisherx::Strided4<T> view4(std::uintptr_t p, const Shape4& size, const Shape4& stride) {
+  return fisherx::Strided4<T>{cptr<T>(p), {size[0], size[1], size[2], size[3]},
+                              {stride[0], stride[1], stride[2], stride[3]}};
+}
+template <typename T>
+fisherx::Strided3<T> view3(std::uintptr_t p, const Shape3& size, const Shape3& stride) {
+  return fisherx::Strided3<T>{cptr<T>(p), {size[0], size[1], size[2]}, {stride[0], stride[1], stride[2]}};
 }
 
 // Calls fn.template operator()<T>() for the dtype named by `dtype`.
@@ -101,6 +117,25 @@ PYBIND11_MODULE(_C, m) {
     });
   }, py::call_guard<py::gil_scoped_release>());
 
+  // Fisher engine: per-sample squared-gradient sums (csrc/cpu/sqgrad.h).
+  cpu.def("sqgrad_gemm", [](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t u,
+                            Shape4 us, Shape4 ust, std::uintptr_t out, bool accumulate, int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::sqgrad_gemm<T>(view4<T>(g, gs, gst), view4<T>(u, us, ust), reinterpret_cast<T*>(out),
+                                   accumulate, nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cpu.def("sqgrad_norm", [](const std::string& dt, Shape3 size, std::uintptr_t g, Shape3 gst, std::uintptr_t x,
+                            Shape3 xst, std::uintptr_t mean, Shape3 mst, std::uintptr_t rstd, Shape3 rst,
+                            std::uintptr_t out, std::uintptr_t ws, int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::sqgrad_norm<T>(view3<T>(g, size, gst), view3<T>(x, size, xst), view3<T>(mean, size, mst),
+                                   view3<T>(rstd, size, rst), reinterpret_cast<T*>(out), dptr(ws), nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+
 #ifdef FISHERX_WITH_CUDA
   auto cuda = m.def_submodule("cuda", "CUDA kernels (stream = torch.cuda.current_stream().cuda_stream)");
   auto stream_of = [](std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); };
@@ -138,6 +173,27 @@ PYBIND11_MODULE(_C, m) {
       using T = decltype(t);
       fisherx::cuda::cosine_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out),
                                       dptr(stats), dptr(ws), stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  // Fisher engine: per-sample squared-gradient sums (csrc/cuda/sqgrad.h).
+  cuda.def("sqgrad_gemm_workspace", &fisherx::cuda::sqgrad_gemm_workspace);
+  cuda.def("sqgrad_gemm", [=](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t u,
+                              Shape4 us, Shape4 ust, std::uintptr_t out, bool accumulate, std::uintptr_t ws,
+                              std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::sqgrad_gemm<T>(view4<T>(g, gs, gst), view4<T>(u, us, ust), reinterpret_cast<T*>(out),
+                                    accumulate, reinterpret_cast<T*>(ws), stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cuda.def("sqgrad_norm", [=](const std::string& dt, Shape3 size, std::uintptr_t g, Shape3 gst, std::uintptr_t x,
+                              Shape3 xst, std::uintptr_t mean, Shape3 mst, std::uintptr_t rstd, Shape3 rst,
+                              std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::sqgrad_norm<T>(view3<T>(g, size, gst), view3<T>(x, size, xst), view3<T>(mean, size, mst),
+                                    view3<T>(rstd, size, rst), reinterpret_cast<T*>(out), dptr(ws),
+                                    stream_of(stream));
     });
   }, py::call_guard<py::gil_scoped_release>());
 #endif

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from ._ops import build_info
 from .distance import distance, distance_column, ftd
+from .fisher import FisherDiag, fisher_diag
 from . import models, tasks, train  # noqa: F401  (fisherx.tasks.Task, fisherx.models.build, fisherx.train.train)
 from .experiment import TaskDistanceResult, task_distances
 from .tasks import Task, TaskData
 
 __version__ = build_info()["version"]
 
-__all__ = ["__version__", "build_info", "distance", "distance_column", "ftd",
+__all__ = ["__version__", "build_info", "distance", "distance_column", "ftd", "FisherDiag", "fisher_diag",
            "Task", "TaskData", "TaskDistanceResult", "models", "task_distances", "tasks", "train"]

@@ -273,3 +273,92 @@ def cosine_column(sources: torch.Tensor, target: torch.Tensor, source_name: str,
 @cosine_column.register_fake
 def _(sources, target, source_name, target_name):
     return sources.new_empty((sources.shape[0],), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fisher engine: per-sample squared-gradient sums (csrc/cpu/sqgrad.*, csrc/cuda/sqgrad.*; used by fisherx/fisher)
+
+
+def _check_same(tensors: dict, op: str) -> None:
+    first_name, first = next(iter(tensors.items()))
+    for name, t in tensors.items():
+        _check_float(t, name)
+        if t.dtype != first.dtype:
+            raise TypeError(f"{op}: {name} is {t.dtype} but {first_name} is {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def _check_sqgrad_gemm(g: torch.Tensor, u: torch.Tensor) -> None:
+    _check_same({"g": g, "u": u}, "sqgrad_gemm")
+    if g.dim() != 4 or u.dim() != 4 or g.shape[:3] != u.shape[:3]:
+        raise ValueError(
+            "sqgrad_gemm expects g of shape (B, C, P, M) and u of shape (B, C, P, K) with the same B, C, P; "
+            f"got {tuple(g.shape)} and {tuple(u.shape)}"
+        )
+
+
+@torch.library.custom_op("fisherx::sqgrad_gemm", mutates_args=())
+def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """out[c,m,k] = Σ_b (Σ_p g[b,c,p,m]·u[b,c,p,k])²: (C, M, K), the dtype of the inputs.
+
+    The summed squared per-sample gradient of a weight used at P positions (Linear on sequences; convolutions
+    after im2col, C = groups). The per-sample products g_bᵀu_b never reach memory: each is squared and summed
+    over the batch in registers (CPU micro-kernel) or registers/shared memory (CUDA). Any strides are accepted.
+    """
+    _check_sqgrad_gemm(g, u)
+    b, c, p, m = g.shape
+    k = u.shape[3]
+    backend = _backend(g)
+    if backend == "reference":
+        return ref.sqgrad_gemm(g, u)
+    out = torch.empty(c, m, k, dtype=g.dtype, device=g.device)
+    if backend == "cpu":
+        _C.cpu.sqgrad_gemm(_dtype_name(g), g.data_ptr(), list(g.shape), list(g.stride()), u.data_ptr(),
+                           list(u.shape), list(u.stride()), out.data_ptr(), False, torch.get_num_threads())
+    else:
+        ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, c, m, k), dtype=g.dtype, device=g.device)
+        with torch.cuda.device(g.device):
+            _C.cuda.sqgrad_gemm(_dtype_name(g), g.data_ptr(), list(g.shape), list(g.stride()), u.data_ptr(),
+                                list(u.shape), list(u.stride()), out.data_ptr(), False, ws.data_ptr(),
+                                _stream(g.device))
+    return out
+
+
+@sqgrad_gemm.register_fake
+def _(g, u):
+    return g.new_empty((g.shape[1], g.shape[3], u.shape[3]))
+
+
+@torch.library.custom_op("fisherx::sqgrad_norm", mutates_args=())
+def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """(2, C): row 0 Σ_b (Σ_p g·(x − mean)·rstd)², row 1 Σ_b (Σ_p g)²; inputs (B, P, C), mean/rstd may be broadcast.
+
+    The summed squared per-sample gradients of a normalisation layer's weight (row 0) and bias (row 1) in one
+    fused pass; x̂ = (x − mean)·rstd is formed on the fly, never stored. Per-sample sums are kept in float64.
+    """
+    _check_same({"g": g, "x": x, "mean": mean, "rstd": rstd}, "sqgrad_norm")
+    if g.dim() != 3 or any(t.shape != g.shape for t in (x, mean, rstd)):
+        raise ValueError(
+            "sqgrad_norm expects g, x, mean and rstd of one shape (B, P, C) (expand mean and rstd); got "
+            f"{tuple(g.shape)}, {tuple(x.shape)}, {tuple(mean.shape)}, {tuple(rstd.shape)}"
+        )
+    b, _, c = g.shape
+    backend = _backend(g)
+    if backend == "reference":
+        return ref.sqgrad_norm(g, x, mean, rstd)
+    out = torch.empty(2, c, dtype=g.dtype, device=g.device)
+    ws = torch.empty(max(1, b * 2 * c), dtype=torch.float64, device=g.device)
+    args = (_dtype_name(g), list(g.shape), g.data_ptr(), list(g.stride()), x.data_ptr(), list(x.stride()),
+            mean.data_ptr(), list(mean.stride()), rstd.data_ptr(), list(rstd.stride()), out.data_ptr(), ws.data_ptr())
+    if backend == "cpu":
+        _C.cpu.sqgrad_norm(*args, torch.get_num_threads())
+    else:
+        with torch.cuda.device(g.device):
+            _C.cuda.sqgrad_norm(*args, _stream(g.device))
+    return out
+
+
+@sqgrad_norm.register_fake
+def _(g, x, mean, rstd):
+    return g.new_empty((2, g.shape[2]))

@@ -44,3 +44,27 @@ def cosine_column(sources: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     a = sources.to(torch.float64)
     b = target.to(torch.float64)
     return (a @ b) / (a.norm(dim=1) * b.norm())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fisher engine: per-sample squared-gradient sums (see fisherx/fisher and csrc/*/sqgrad.*)
+
+
+def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """out[c,m,k] = Σ_b (Σ_p g[b,c,p,m]·u[b,c,p,k])²: squared per-sample GEMMs summed over the batch.
+
+    ``g`` is (B, C, P, M) (output gradients, C weight groups, P positions), ``u`` is (B, C, P, K) (layer inputs,
+    im2col'ed for convolutions); the result has the dtype of ``g``. Materialises every per-sample product.
+    """
+    w = torch.matmul(g.to(torch.float64).transpose(-1, -2), u.to(torch.float64))  # (B, C, M, K)
+    return w.square().sum(dim=0).to(g.dtype)
+
+
+def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """(2, C): row 0 Σ_b (Σ_p g·(x − mean)·rstd)², row 1 Σ_b (Σ_p g)², all inputs (B, P, C) (broadcast views allowed).
+
+    Row 0 is the summed squared per-sample gradient of a normalisation layer's weight, row 1 of its bias.
+    """
+    g64 = g.to(torch.float64)
+    xhat = (x.to(torch.float64) - mean.to(torch.float64)) * rstd.to(torch.float64)
+    return torch.stack([(g64 * xhat).sum(dim=1).square().sum(dim=0), g64.sum(dim=1).square().sum(dim=0)]).to(g.dtype)

@@ -1,0 +1,193 @@
+// CUDA per-sample squared-gradient kernels (see csrc/cuda/sqgrad.h; CPU twin csrc/cpu/sqgrad.cpp).
+//
+// sqgrad_gemm: a block owns a 64x64 tile of one group's (M, K) output and a slice of the batch. For every sample it
+// computes that sample's tile of g_bᵀu_b with the usual shared-memory GEMM (16 positions staged at a time, a 4x4
+// register tile per thread), squares it in registers and adds it to a second register tile that runs over the
+// samples. Per-sample gradients therefore never reach global memory. When the output has too few tiles to fill
+// the GPU the batch is split over blockIdx.z; the partial sums go to the workspace and are reduced in order.
+#include "cuda/sqgrad.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace fisherx::cuda {
+namespace {
+
+constexpr int TM = 64, TK = 64, TP = 16, RT = 4;  // tile sizes; RT x RT outputs per thread
+constexpr int kThreads = (TM / RT) * (TK / RT);     // 256
+constexpr int64_t kTargetBlocks = 512;              // enough to fill an H100 (132 SMs) a few times over
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("fisherx CUDA ") + what + ": " + cudaGetErrorString(err));
+}
+
+int64_t tiles(int64_t C, int64_t M, int64_t K) { return C * ((M + TM - 1) / TM) * ((K + TK - 1) / TK); }
+
+int64_t splits_for(int64_t B, int64_t C, int64_t M, int64_t K) {
+  const int64_t t = std::max<int64_t>(1, tiles(C, M, K));
+  return std::clamp<int64_t>((kTargetBlocks + t - 1) / t, 1, std::max<int64_t>(1, std::min<int64_t>(B, 64)));
+}
+
+template <typename T>
+__global__ void sqgrad_gemm_kernel(Strided4<T> g, Strided4<T> u, T* dst, int64_t per_split, bool accumulate) {
+  const int64_t B = g.size[0], P = g.size[2], M = g.size[3], K = u.size[3];
+  const int64_t nmt = (M + TM - 1) / TM, nkt = (K + TK - 1) / TK;
+  const int64_t tile = blockIdx.x;
+  const int64_t c = tile / (nmt * nkt), m0 = ((tile / nkt) % nmt) * TM, k0 = (tile % nkt) * TK;
+  const int64_t b_begin = blockIdx.y * per_split, b_end = min(B, b_begin + per_split);
+  __shared__ T gs[TP][TM];
+  __shared__ T us[TP][TK];
+  const int tx = threadIdx.x % (TK / RT), ty = threadIdx.x / (TK / RT);
+  T acc[RT][RT];
+#pragma unroll
+  for (int i = 0; i < RT; ++i)
+#pragma unroll
+    for (int j = 0; j < RT; ++j) acc[i][j] = T(0);
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    T t[RT][RT];
+#pragma unroll
+    for (int i = 0; i < RT; ++i)
+#pragma unroll
+      for (int j = 0; j < RT; ++j) t[i][j] = T(0);
+    for (int64_t p0 = 0; p0 < P; p0 += TP) {
+      // 256 threads stage 16x64 elements of each operand: 4 each.
+      for (int e = threadIdx.x; e < TP * TM; e += kThreads) {
+        const int pp = e / TM, mm = e % TM;
+        const int64_t p = p0 + pp, m = m0 + mm, k = k0 + mm;
+        gs[pp][mm] = (p < P && m < M) ? g.at(b, c, p, m) : T(0);
+        us[pp][mm] = (p < P && k < K) ? u.at(b, c, p, k) : T(0);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int pp = 0; pp < TP; ++pp) {
+        T gv[RT], uv[RT];
+#pragma unroll
+        for (int i = 0; i < RT; ++i) gv[i] = gs[pp][ty * RT + i];
+#pragma unroll
+        for (int j = 0; j < RT; ++j) uv[j] = us[pp][tx * RT + j];
+#pragma unroll
+        for (int i = 0; i < RT; ++i)
+#pragma unroll
+          for (int j = 0; j < RT; ++j) t[i][j] += gv[i] * uv[j];
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < RT; ++i)
+#pragma unroll
+      for (int j = 0; j < RT; ++j) acc[i][j] += t[i][j] * t[i][j];
+  }
+  // dst is (splits, C, M, K) partials, or the output itself when there is one split.
+  T* base = dst + blockIdx.y * (g.size[1] * M * K);
+#pragma unroll
+  for (int i = 0; i < RT; ++i) {
+    const int64_t m = m0 + ty * RT + i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < RT; ++j) {
+      const int64_t k = k0 + tx * RT + j;
+      if (k >= K) continue;
+      T* o = base + (c * M + m) * K + k;
+      *o = accumulate ? *o + acc[i][j] : acc[i][j];
+    }
+  }
+}
+
+template <typename T>
+__global__ void reduce_splits(const T* partial, int64_t splits, int64_t n, T* out, bool accumulate) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    T s = accumulate ? out[i] : T(0);
+    for (int64_t z = 0; z < splits; ++z) s += partial[z * n + i];
+    out[i] = s;
+  }
+}
+
+template <typename T>
+__global__ void fill_zero(T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = T(0);
+}
+
+template <typename T>
+__global__ void norm_per_sample(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, double* ws) {
+  const int64_t P = g.size[1], C = g.size[2];
+  const int64_t b = blockIdx.y, c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s = 0.0, t = 0.0;
+  for (int64_t p = 0; p < P; ++p) {
+    const double gv = g.at(b, p, c);
+    s += gv * (static_cast<double>(x.at(b, p, c)) - static_cast<double>(mean.at(b, p, c))) *
+         static_cast<double>(rstd.at(b, p, c));
+    t += gv;
+  }
+  ws[(b * 2) * C + c] = s;
+  ws[(b * 2 + 1) * C + c] = t;
+}
+
+template <typename T>
+__global__ void norm_reduce(const double* ws, int64_t B, int64_t C, T* out) {
+  const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double w = 0.0, bias = 0.0;
+  for (int64_t b = 0; b < B; ++b) {
+    const double s = ws[(b * 2) * C + c], t = ws[(b * 2 + 1) * C + c];
+    w += s * s;
+    bias += t * t;
+  }
+  out[c] = static_cast<T>(w);
+  out[C + c] = static_cast<T>(bias);
+}
+
+}  // namespace
+
+int64_t sqgrad_gemm_workspace(int64_t B, int64_t C, int64_t M, int64_t K) {
+  const int64_t s = splits_for(B, C, M, K);
+  return s > 1 ? s * C * M * K : 1;
+}
+
+template <typename T>
+void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream) {
+  const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3], K = u.size[3];
+  const int64_t n = C * M * K;
+  if (n == 0) return;
+  if (B == 0 || P == 0) {
+    if (!accumulate) fill_zero<T><<<(int)std::min<int64_t>(1024, (n + 255) / 256), 256, 0, stream>>>(out, n);
+    check(cudaGetLastError(), "sqgrad_gemm (zero)");
+    return;
+  }
+  const int64_t splits = splits_for(B, C, M, K);
+  const int64_t per_split = (B + splits - 1) / splits;
+  const int64_t used = (B + per_split - 1) / per_split;
+  dim3 grid((unsigned)tiles(C, M, K), (unsigned)used);
+  if (used == 1) {
+    sqgrad_gemm_kernel<T><<<grid, kThreads, 0, stream>>>(g, u, out, per_split, accumulate);
+  } else {
+    sqgrad_gemm_kernel<T><<<grid, kThreads, 0, stream>>>(g, u, workspace, per_split, false);
+    reduce_splits<T><<<(int)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(workspace, used, n, out,
+                                                                                         accumulate);
+  }
+  check(cudaGetLastError(), "sqgrad_gemm");
+}
+
+template <typename T>
+void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* ws,
+                 cudaStream_t stream) {
+  const int64_t B = g.size[0], C = g.size[2];
+  if (C == 0) return;
+  if (B > 0) {
+    dim3 grid((unsigned)((C + 255) / 256), (unsigned)B);
+    norm_per_sample<T><<<grid, 256, 0, stream>>>(g, x, mean, rstd, ws);
+  }
+  norm_reduce<T><<<(unsigned)((C + 255) / 256), 256, 0, stream>>>(ws, B, C, out);
+  check(cudaGetLastError(), "sqgrad_norm");
+}
+
+template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, float*, cudaStream_t);
+template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, double*, cudaStream_t);
+template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
+                                 double*, cudaStream_t);
+template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>,
+                                  double*, double*, cudaStream_t);
+
+}  // namespace fisherx::cuda

@@ -1,0 +1,24 @@
+// CUDA per-sample squared-gradient kernels of the Fisher engine; the twins of csrc/cpu/sqgrad.h with a workspace
+// and a stream. Deterministic: split-batch partial sums are reduced in a fixed order (no atomics).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "common.h"
+#include "sqgrad_types.h"
+
+namespace fisherx::cuda {
+
+// Elements (of the data type) of workspace sqgrad_gemm needs for batch B, C groups, an (M, K) weight block.
+int64_t sqgrad_gemm_workspace(int64_t B, int64_t C, int64_t M, int64_t K);
+
+// out[c,m,k] (+)= Σ_b (Σ_p g[b,c,p,m]·u[b,c,p,k])², out contiguous (C, M, K). Each per-sample product lives in
+// registers (a 4x4 tile per thread, operands staged through shared memory) and is squared into the batch sum.
+template <typename T>
+void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream);
+
+// out[0,c] = Σ_b (Σ_p g·(x − mean)·rstd)², out[1,c] = Σ_b (Σ_p g)²; workspace B·2·C doubles.
+template <typename T>
+void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* workspace,
+                 cudaStream_t stream);
+
+}  // namespace fisherx::cuda

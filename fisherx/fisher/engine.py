@@ -1,0 +1,637 @@
+"""fisher_diag: the diagonal Fisher of any PyTorch model, from one forward and one backward per batch.
+
+How it works. A probe forward on two samples of the first batch records, under a TorchFunctionMode, which module
+call uses each parameter. Every parameter then gets a route:
+
+- ``rule``: used once, inside the module that owns it, and that module type has a rule (:mod:`.rules`);
+- ``fallback``: used once, inside one call of a module holding it (itself or an ancestor) with no rule: the
+  chunked ``torch.func`` fallback on that module;
+- ``tied``: used in several module calls that all hold it (tied weights, a module applied twice): per-use
+  per-sample gradients are summed per sample before squaring, a chunk of the batch at a time;
+- ``external``: used by code outside any module holding it (e.g. ``h @ self.embed.weight.T`` in a parent's
+  forward): per-sample gradients of the whole model by ``torch.func``, chunked (correct, slower).
+
+Each batch then runs one forward with hooks that keep the inputs of the modules concerned and pass their outputs
+through a tap (an identity autograd Function). The backward is ``torch.autograd.grad(Σ_i ℓ_i, anchor)`` where
+``anchor`` is a dummy tensor that only the taps depend on: autograd then runs every layer's input-gradient
+computation but skips the parameter gradients (the weight GEMMs of an ordinary backward), and each tap hands
+its layer's output gradient G (row i = ∂ℓ_i/∂y_i, samples being independent) to the layer's rule, which adds
+Σ_i (∂ℓ_i/∂θ)² to the accumulator and drops A and G at once.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .result import FisherDiag
+from .rules import Activations, fallback, find_rule
+from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_once
+
+LOSSES = ("cross_entropy", "mse")
+KINDS = ("empirical", "mc")
+PAIR_BATCH = 256  # batch size when ``data`` is a pair of tensors
+_PROBE = 2  # samples of the first batch the probe forward runs on
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-sample losses
+
+
+def _per_sample_loss(loss, out: torch.Tensor, y, batch: int) -> torch.Tensor:
+    """(B,) per-sample losses ℓ_i: cross-entropy of the label (summed over extra positions), ½‖f(x_i) − y_i‖²,
+    or the caller's function, which must return one value per sample."""
+    if loss == "cross_entropy":
+        ce = F.cross_entropy(out, y, reduction="none")
+        return ce.reshape(batch, -1).sum(1)
+    if loss == "mse":
+        if out.shape != y.shape:
+            raise ValueError(f"loss='mse' needs targets shaped like the output {tuple(out.shape)}, got {tuple(y.shape)}")
+        return 0.5 * (out - y).square().reshape(batch, -1).sum(1)
+    val = loss(out, y)
+    if not isinstance(val, torch.Tensor) or val.shape != (batch,):
+        shape = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
+        raise ValueError(
+            f"the loss function must return one loss per sample, a tensor of shape ({batch},) for this batch, got "
+            f"{shape}; use reduction='none' (a mean or sum over the batch is not a per-sample loss)"
+        )
+    return val
+
+
+def _sample_labels(loss: str, out: torch.Tensor) -> torch.Tensor:
+    """Labels drawn from the model's predictive distribution: ỹ ~ softmax(f(x)) over dim 1, or ỹ ~ N(f(x), I)."""
+    out = out.detach()
+    if loss == "cross_entropy":
+        probs = torch.softmax(out.to(torch.float64), dim=1).movedim(1, -1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1).reshape(probs.shape[:-1])
+    return out + torch.randn_like(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def _batches(data) -> tuple[Iterable, int | None]:
+    """(iterator of (x, y), total samples if known). ``data``: a DataLoader, any iterable of (x, y), or (X, Y)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"the input and target tensors have {x.shape[0]} and {y.shape[0]} samples")
+        return ((x[s:s + PAIR_BATCH], y[s:s + PAIR_BATCH]) for s in range(0, x.shape[0], PAIR_BATCH)), x.shape[0]
+    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+        raise TypeError("data must be a DataLoader, an iterable of (x, y) batches, or a pair (X, Y) of tensors; "
+                        f"got {type(data).__name__}")
+    total = None
+    ds = getattr(data, "dataset", None)
+    if ds is not None and hasattr(ds, "__len__"):
+        total = len(ds)
+    return data, total
+
+
+def _batch_size(x) -> int:
+    leaves = [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+    if not leaves:
+        raise TypeError(f"a batch's input holds no tensor ({type(x).__name__})")
+    return leaves[0].shape[0]
+
+
+def _move(x, device: torch.device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: _move(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_move(v, device) for v in x)
+    return x
+
+
+def _slice(x, s: slice):
+    if isinstance(x, torch.Tensor):
+        return x[s]
+    if isinstance(x, Mapping):
+        return {k: _slice(v, s) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_slice(v, s) for v in x)
+    return x
+
+
+def _call(model: nn.Module, x):
+    if isinstance(x, Mapping):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probe: which module call uses which parameter
+
+
+class _UseRecorder(TorchFunctionMode):
+    def __init__(self, ids: dict[int, str]):
+        super().__init__()
+        self.ids = ids
+        self.stack: list[tuple[nn.Module, int]] = []
+        self.parents: dict[tuple[nn.Module, int], set] = {}  # module call → the calls it runs inside
+        self.uses: dict[str, list[tuple[nn.Module, int]]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in tree_flatten((args, kwargs))[0]:
+            name = self.ids.get(id(a)) if isinstance(a, torch.Tensor) else None
+            if name is not None:
+                site = self.stack[-1] if self.stack else (None, 0)
+                lst = self.uses.setdefault(name, [])
+                if site not in lst:
+                    lst.append(site)
+        return func(*args, **kwargs)
+
+
+def _holds(module: nn.Module | None, p: torch.Tensor) -> str | None:
+    """The name of ``p`` inside ``module`` (recursively), or None."""
+    if module is None:
+        return None
+    for n, q in module.named_parameters(remove_duplicate=False):
+        if q is p:
+            return n
+    return None
+
+
+def _out_rows(out) -> list[int]:
+    return [t.shape[0] if t.dim() else -1 for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def _probe(model: nn.Module, x, rec: _UseRecorder | None):
+    """Run ``model`` on ``x``; return (calls per module, leading sizes of each call's tensor outputs)."""
+    counts: dict[nn.Module, int] = {}
+    rows: dict[tuple[nn.Module, int], list[int]] = {}
+    handles = []
+    stack = rec.stack if rec is not None else []
+
+    def pre(mod, args):
+        c = counts.get(mod, 0)
+        counts[mod] = c + 1
+        if rec is not None:
+            rec.parents[(mod, c)] = set(stack)
+        stack.append((mod, c))
+
+    def post(mod, args, out):
+        rows[stack.pop()] = _out_rows(out)
+
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            if rec is not None:
+                with rec:
+                    _call(model, x)
+            else:
+                _call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts, rows
+
+
+class _Plan:
+    """Routes of the selected parameters, from a probe forward (two, to tell batched outputs from shared ones)."""
+
+    def __init__(self, model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int):
+        ids = {id(p): n for n, p in selected.items()}
+        rec = _UseRecorder(ids)
+        n1 = min(batch, _PROBE)
+        counts, rows = _probe(model, _slice(x, slice(0, n1)), rec)
+        # A module call is batched when the leading size of its outputs follows the batch size: with a second probe
+        # on one more sample, a coincidence (a position embedding of length 2, say) cannot pass for a batch dim.
+        batched = {site: all(r == n1 for r in rs) for site, rs in rows.items()}
+        if batch > n1:
+            _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), None)
+            for site, rs in rows2.items():
+                batched[site] = batched.get(site, False) and all(r == n1 + 1 for r in rs)
+        self.calls = counts
+        self.rule: dict[nn.Module, dict[str, str]] = {}  # module → {local name: full name}
+        self.fallback: dict[nn.Module, dict[str, str]] = {}  # module → {relative name: full name}
+        self.tied: dict[str, list[tuple[nn.Module, int, str]]] = {}  # full name → [(module, call, relative name)]
+        self.external: list[str] = []
+        self.unused: list[str] = []
+        for name, p in selected.items():
+            sites = rec.uses.get(name, [])
+            # A use inside a call that itself uses the parameter is already part of that call's vjp: keep the
+            # outermost using calls only.
+            sites = [st for st in sites if not any(o in rec.parents.get(st, ()) for o in sites if o != st)]
+            if not sites:
+                self.unused.append(name)
+                continue
+            rel = [_holds(m, p) for m, _ in sites]
+            # Outside any module holding it, or in a call whose output is shared by the samples (not batched): the
+            # per-sample gradient cannot be read off that call's output gradient.
+            if any(r is None for r in rel) or not all(batched.get(site, False) for site in sites):
+                self.external.append(name)
+            elif len(sites) == 1 and counts[sites[0][0]] == 1 and sites[0][0] is not None:
+                mod = sites[0][0]
+                own = next((k for k, q in mod._parameters.items() if q is p), None)
+                if own is not None and find_rule(mod) is not None:
+                    self.rule.setdefault(mod, {})[own] = name
+                else:
+                    self.fallback.setdefault(mod, {})[rel[0]] = name
+            else:
+                self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
+        for mod in self.fallback:
+            warn_once(mod)
+
+    def hooked(self) -> list[nn.Module]:
+        mods = list(self.rule) + [m for m in self.fallback if m not in self.rule]
+        for sites in self.tied.values():
+            for m, _, _ in sites:
+                if m not in mods:
+                    mods.append(m)
+        return mods
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Capture
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a layer's outputs whose backward hands their gradients to ``handler``.
+
+    ``inplace``: return the outputs themselves (mark_dirty: no copy), allowed when the layer's own backward does
+    not save its output (Linear, Conv, norms, Embedding). Otherwise clone, so in-place ops after the layer
+    cannot invalidate a tensor the layer saved.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, handler, inplace, *outs):
+        ctx.handler = handler
+        if inplace:
+            ctx.mark_dirty(*outs)
+            return outs
+        return tuple(o.clone() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.handler(grads)
+        return (None, None, None, *grads)
+
+
+def _detach(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(v) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
+
+
+def _versions(acts) -> list:
+    return [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
+
+
+class _Engine:
+    def __init__(self, model, plan: _Plan, acc: dict[str, torch.Tensor], params: dict[str, torch.Tensor]):
+        self.model, self.plan, self.acc, self.acc_param = model, plan, acc, params
+        self.scale = 1.0
+        self.anchor = None
+        self.capturing = False
+        self.calls: dict[nn.Module, int] = {}
+        self.tied_uses: dict[tuple[nn.Module, int], tuple] = {}
+        self.handles = []
+        for m in plan.hooked():
+            self.handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def _forward_hook(self, mod, args, kwargs, out):
+        if not self.capturing:  # any other forward (fallback vjp, external path, the caller's own): leave it alone
+            return None
+        call = self.calls.get(mod, 0)
+        self.calls[mod] = call + 1
+        single = isinstance(out, torch.Tensor)
+        outs = (out,) if single else out
+        if not isinstance(outs, (tuple, list)) or not all(o is None or isinstance(o, torch.Tensor) for o in outs):
+            raise TypeError(f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
+                            "tensors or tuples of tensors can be captured")
+        pos = [i for i, o in enumerate(outs) if o is not None and o.requires_grad]
+        if not pos:
+            return None
+        if any(outs[i].dim() == 0 or outs[i].shape[0] != self.batch for i in pos):
+            raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned leading size "
+                               f"{[tuple(outs[i].shape[:1]) for i in pos]} for a batch of {self.batch}; its outputs "
+                               "must have the batch as dim 0 (it did in the first batch)")
+        acts = Activations(_detach(tuple(args)), _detach(kwargs))
+        versions = _versions(acts)
+        n_out = len(outs)
+
+        def handler(grads):
+            full = [None] * n_out
+            for i, g in zip(pos, grads):
+                full[i] = g
+            for t, v in versions:
+                if t._version != v:
+                    raise RuntimeError(f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
+                                       "the layer ran; its per-sample gradients cannot be computed")
+            self._on_backward(mod, call, acts, full[0] if single else tuple(full))
+
+        # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
+        # returns a view of a 2-D product), so views are cloned.
+        inplace = single and find_rule(mod) is not None and out._base is None
+        tapped = _Tap.apply(self.anchor, handler, inplace, *[outs[i] for i in pos])
+        if single:
+            return tapped[0]
+        new = list(outs)
+        for i, t in zip(pos, tapped):
+            new[i] = t
+        if hasattr(out, "_fields"):  # a namedtuple
+            return type(out)(*new)
+        return type(out)(new)
+
+    def _add(self, name: str, value: torch.Tensor):
+        self.acc[name].add_(value.to(self.acc[name].dtype), alpha=self.scale)
+
+    def _on_backward(self, mod, call, acts, g):
+        names = self.plan.rule.get(mod)
+        if names:
+            res = find_rule(mod)(mod, acts, g)
+            for local, full in names.items():
+                self._add(full, res[local])
+        names = self.plan.fallback.get(mod)
+        if names:
+            res = fallback_rule(mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()})
+            for rel, full in names.items():
+                self._add(full, res[rel])
+        if any((mod, call) == (m, c) for sites in self.plan.tied.values() for m, c, _ in sites):
+            self.tied_uses[(mod, call)] = (acts, g)
+
+    def finish_tied(self, batch: int):
+        """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter, a chunk of samples at a time."""
+        for full, sites in self.plan.tied.items():
+            p = self.acc_param[full]
+            step = chunk_size({full: p})
+            for s in range(0, batch, step):
+                e = min(batch, s + step)
+                tot = torch.zeros((e - s, *p.shape), dtype=p.dtype, device=p.device)
+                for m, c, rel in sites:
+                    if (m, c) not in self.tied_uses:  # that use did not reach the loss: no gradient from it
+                        continue
+                    acts, g = self.tied_uses[(m, c)]
+                    tot += per_sample_grads(m, acts, g, {rel: p}, s, e)[rel]
+                self._add(full, tot.square().sum(0))
+        self.tied_uses.clear()
+
+
+def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine: _Engine):
+    """Whole-model per-sample gradients (torch.func) for parameters used outside the modules holding them."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: acc_param[n].detach() for n in names}
+
+    def loss_one(p, xi, yi):
+        out = _call_functional(model, p, _unsq(xi), functional_call)
+        return _per_sample_loss(loss, out, _unsq(yi), 1).sum()
+
+    per = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    step = chunk_size(params)
+    for s in range(0, batch, step):
+        sl = slice(s, min(batch, s + step))
+        gs = per(params, _slice(x, sl), _slice(y, sl))
+        for n in names:
+            engine._add(n, gs[n].square().sum(0))
+
+
+def _unsq(x):
+    if isinstance(x, torch.Tensor):
+        return x.unsqueeze(0)
+    if isinstance(x, Mapping):
+        return {k: _unsq(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_unsq(v) for v in x)
+    return x
+
+
+def _call_functional(model, params, x, functional_call):
+    if isinstance(x, Mapping):
+        return functional_call(model, params, (), x, strict=False)
+    if isinstance(x, (tuple, list)):
+        return functional_call(model, params, tuple(x), strict=False)
+    return functional_call(model, params, (x,), strict=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public function
+
+
+def _select(model: nn.Module, params) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = list(named)
+    elif callable(params):
+        chosen = [n for n in named if params(n)]
+    else:
+        if isinstance(params, str):
+            params = [params]
+        chosen = list(params)
+        unknown = [n for n in chosen if n not in named]
+        if unknown:
+            raise ValueError(f"params names parameters the model does not have: {', '.join(unknown[:5])}"
+                             f"{' ...' if len(unknown) > 5 else ''}")
+        chosen = [n for n in named if n in set(chosen)]  # model order
+    sel = {n: named[n] for n in chosen if named[n].requires_grad}
+    if not sel:
+        raise ValueError("the model has no trainable parameters to compute a Fisher for"
+                         + ("" if params is None else " among those selected by params")
+                         + " (all have requires_grad=False or none exist)")
+    return sel
+
+
+def _model_device(model: nn.Module, device) -> torch.device:
+    devs = {t.device for t in list(model.parameters()) + list(model.buffers())}
+    if len(devs) > 1:
+        raise ValueError("the model's parameters and buffers are on several devices "
+                         f"({', '.join(sorted(str(d) for d in devs))}); fisher_diag needs them on one device")
+    dev = devs.pop() if devs else torch.device("cpu")
+    if device is not None and torch.device(device) != dev:
+        want = torch.device(device)
+        if not (want.type == dev.type and want.index is None):
+            raise ValueError(f"device={want} but the model is on {dev}; move the model first (model.to(device))")
+    return dev
+
+
+def _check_norms(model: nn.Module) -> bool:
+    """Refuse BatchNorm without running statistics; say whether any BatchNorm was in training mode."""
+    was_training = False
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.running_mean is None:
+                raise ValueError(
+                    f"{name or 'model'} ({type(m).__name__}) has track_running_stats=False, so it normalises with "
+                    "batch statistics even in eval mode; that couples the samples and per-sample gradients are "
+                    "undefined. Use running statistics, GroupNorm or LayerNorm."
+                )
+            was_training |= m.training
+    return was_training
+
+
+def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy", kind: str = "empirical",
+                mc_samples: int = 1, max_samples: int | None = None, params=None, device=None,
+                progress: bool = True) -> FisherDiag:
+    """Diagonal Fisher information F_j = (1/N) Σ_i (∂ℓ_i/∂θ_j)² of ``model`` over the N samples of ``data``.
+
+    ℓ_i is the per-sample loss: ``"cross_entropy"`` (the label's negative log-likelihood, logits (B, C, ...)),
+    ``"mse"`` (½‖f(x_i) − y_i‖²), or a callable ``loss(output, target) -> (B,)``. With ``kind="mc"`` the labels are
+    drawn from the model's predictive distribution (softmax, or N(f(x), I) for mse), ``mc_samples`` draws per
+    input, each squared separately: F_j = (1/N) Σ_i (1/k) Σ_d (∂ℓ(x_i, ỹ_id)/∂θ_j)².
+
+    ``data``: a DataLoader, any iterable of (x, y) batches (x a tensor, tuple or dict of tensors), or a pair
+    (X, Y) of tensors (taken in batches of 256). ``params``: names, or a predicate on names; parameters with
+    ``requires_grad=False`` are left out. ``device``: must match the model's (batches are moved there).
+
+    The model runs in eval mode (its training flags are restored afterwards): per-sample gradients are undefined
+    when BatchNorm uses batch statistics, so a model in training mode with BatchNorm is switched with a warning,
+    and BatchNorm with ``track_running_stats=False`` is refused.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not callable(loss) and loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
+    if kind == "mc" and callable(loss):
+        raise ValueError("kind='mc' needs a predictive distribution to draw labels from: use loss='cross_entropy' "
+                         "or 'mse'")
+    if not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive int, got {mc_samples!r}")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+    selected = _select(model, params)
+    dev = _model_device(model, device)
+    if _check_norms(model) and model.training:
+        import warnings
+        warnings.warn("fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
+                      "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
+                      "model.eval() to silence this.", RuntimeWarning, stacklevel=2)
+    batches, total = _batches(data)
+    if max_samples is not None:
+        total = min(total, max_samples) if total is not None else max_samples
+    draws = mc_samples if kind == "mc" else 1
+
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    acc = {n: torch.zeros_like(p, memory_format=torch.contiguous_format) for n, p in selected.items()}
+    engine = None
+    n_seen = 0
+    bar = _progress(total, progress)
+    try:
+        for k, batch in enumerate(batches):
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise TypeError(f"batch {k} is not an (x, y) pair (got {type(batch).__name__})")
+            x, y = batch
+            b = _batch_size(x)
+            if max_samples is not None and n_seen + b > max_samples:
+                b = max_samples - n_seen
+                x, y = _slice(x, slice(0, b)), _slice(y, slice(0, b))
+            if b == 0:
+                continue
+            x, y = _move(x, dev), _move(y, dev)
+            if engine is None:
+                plan = _Plan(model, selected, x, b)
+                engine = _Engine(model, plan, acc, selected)
+            _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
+            n_seen += b
+            bar.update(b)
+            if max_samples is not None and n_seen >= max_samples:
+                break
+    finally:
+        bar.close()
+        if engine is not None:
+            engine.close()
+        for m, t in flags.items():
+            m.training = t
+    from .. import distributed as fxd
+    if fxd.is_distributed():
+        # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
+        names = list(acc)
+        means, n_seen = fxd.weighted_mean([acc[n] / max(n_seen, 1) for n in names], n_seen)
+        acc = {n: m * n_seen for n, m in zip(names, means)}
+    if n_seen == 0:
+        raise ValueError("data is empty: fisher_diag saw no samples")
+    meta = {
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "n_params": int(sum(p.numel() for p in selected.values())),
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__),
+        "kind": kind,
+        "dtype": str(next(iter(selected.values())).dtype).replace("torch.", ""),
+    }
+    if kind == "mc":
+        meta["mc_samples"] = mc_samples
+    return FisherDiag({n: a.div_(n_seen) for n, a in acc.items()}, n_seen, meta)
+
+
+def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, kind: str, draws: int):
+    plan = engine.plan
+    engine.calls = {}
+    engine.batch = b
+    engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc.values())).device)
+    try:
+        engine.capturing = True
+        try:
+            with torch.enable_grad():
+                out = _call(model, x)
+        finally:
+            engine.capturing = False
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model returned {type(out).__name__}; fisher_diag needs a tensor output (wrap the "
+                            "model to select the logits)")
+        if out.shape[0] != b:
+            raise ValueError(f"the model's output has {out.shape[0]} rows for a batch of {b} samples")
+        for mod, n in engine.calls.items():
+            if plan.calls.get(mod, 0) != n:
+                raise RuntimeError(f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
+                                   "times in the first batch; fisher_diag needs the same layer calls for every batch")
+        engine.scale = 1.0 / draws
+        for d in range(draws):
+            yd = y if kind == "empirical" else _sample_labels(loss, out)
+            losses = _per_sample_loss(loss, out, yd, b)
+            bad = ~torch.isfinite(losses.detach())
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(f"the loss of batch {k} (samples {start}..{start + b - 1}) is not finite: sample "
+                                 f"{start + i} has loss {losses[i].item()}")
+            if engine.handles and losses.requires_grad:
+                torch.autograd.grad(losses.sum(), [engine.anchor], allow_unused=True, retain_graph=d < draws - 1)
+            engine.finish_tied(b)
+            if plan.external:
+                _external(model, plan.external, engine.acc_param, x, yd, loss, b, engine)
+    finally:
+        engine.anchor = None
+        engine.tied_uses.clear()
+
+
+def _progress(total, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    show = enabled and tqdm is not None and sys.stderr.isatty()
+    if not show:
+        class _Null:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+        return _Null()
+    return tqdm(total=total, unit="sample", desc="fisher_diag", leave=False)

@@ -1,0 +1,67 @@
+"""Per-layer rules of the Fisher engine: a registry keyed by module type, one small file per layer family.
+
+A rule is a function ``rule(layer, activations, backprops) -> {param_name: Σ_i (∂ℓ_i/∂θ)²}`` (Opacus' grad-sample
+signature, returning summed squares instead of per-sample gradients). ``activations`` is the tuple of the
+layer's positional inputs (detached; keyword inputs in ``activations.kwargs``), ``backprops`` the gradient of
+Σ_i ℓ_i with respect to the layer's output, whose row i is ∂ℓ_i/∂y_i because samples are independent. A rule
+returns an entry for each of the layer's own (non-recursive) parameters that it computes.
+
+Adding a layer is one new file here::
+
+    @register_rule(MyLayer)
+    def my_layer(layer, activations, backprops):
+        ...
+        return {"weight": ..., "bias": ...}
+
+Modules without a rule go through :mod:`.fallback` (chunked ``torch.func``), with a one-time warning.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+Rule = Callable[[nn.Module, tuple, torch.Tensor], dict]
+
+RULES: dict[type, Rule] = {}
+
+
+class Activations(tuple):
+    """A layer's positional inputs, with its keyword inputs in ``.kwargs``."""
+
+    kwargs: dict
+
+    def __new__(cls, args, kwargs=None):
+        obj = super().__new__(cls, args)
+        obj.kwargs = dict(kwargs or {})
+        return obj
+
+
+def register_rule(*module_types: type) -> Callable[[Rule], Rule]:
+    """Decorator: register ``rule`` for the given module types."""
+
+    def deco(fn: Rule) -> Rule:
+        for t in module_types:
+            RULES[t] = fn
+        return fn
+
+    return deco
+
+
+def find_rule(module: nn.Module) -> Rule | None:
+    """The rule registered for ``type(module)``, else None.
+
+    A subclass inherits its base's rule only if it does not override ``forward``: a subclass that computes
+    something else (a LoRA Linear, say) must not be treated as its base, so it goes to the fallback.
+    """
+    cls = type(module)
+    for base in cls.__mro__:
+        if base in RULES:
+            return RULES[base] if base is cls or cls.forward is base.forward else None
+    return None
+
+
+# Importing the families registers their rules.
+from . import conv, embedding, linear, norm  # noqa: E402,F401
+from .fallback import per_sample_grads, fallback_rule  # noqa: E402,F401

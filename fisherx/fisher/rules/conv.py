@@ -1,0 +1,71 @@
+"""nn.Conv1d, nn.Conv2d, nn.Conv3d (any stride, padding including 'same', padding mode, dilation, groups).
+
+With U_i the im2col matrix of sample i (positions × in·k), per group W_i = G_iᵀU_i; the weight is shared across
+positions, so Σ_i W_i∘W_i goes through :func:`fisherx._ops.sqgrad_gemm`, which squares and sums the per-sample
+products tile by tile. U is built for a bounded chunk of the batch at a time. Bias: Σ_i (Σ_positions g_i)².
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ... import _ops
+from . import register_rule
+
+# Elements of im2col workspace per chunk of the batch (64 MiB in float32): bounds the memory the rule adds.
+UNFOLD_BUDGET = 1 << 24
+
+
+def unfold(x: torch.Tensor, layer: nn.modules.conv._ConvNd) -> torch.Tensor:
+    """im2col of ``x`` (B, C, *S) for ``layer``: (B, groups, L, C/groups·prod(k)), L the output positions.
+
+    Handles any number of spatial dims, stride, dilation, explicit/'same'/'valid' padding and padding modes by
+    padding first (as the layer does) and taking strided windows.
+    """
+    n = x.dim() - 2
+    pad = layer._reversed_padding_repeated_twice
+    if any(pad):
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        x = F.pad(x, pad, mode=mode)
+    for i in range(n):
+        span = layer.dilation[i] * (layer.kernel_size[i] - 1) + 1
+        x = x.unfold(2 + i, span, layer.stride[i])  # appends the window dim
+    if any(d > 1 for d in layer.dilation):
+        x = x[(...,) + tuple(slice(None, None, d) for d in layer.dilation)]
+    b, c = x.shape[:2]
+    g = layer.groups
+    out_sz = x.shape[2:2 + n]
+    x = x.reshape(b, g, c // g, *out_sz, *layer.kernel_size)
+    # (b, g, o..., c/g, k...): the K dim (c/g·k) contiguous after the copy, which the kernel packs fastest.
+    perm = [0, 1, *range(3, 3 + n), 2, *range(3 + n, 3 + 2 * n)]
+    L = 1
+    for o in out_sz:
+        L *= o
+    return x.permute(perm).reshape(b, g, L, -1)
+
+
+@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(layer: nn.modules.conv._ConvNd, activations, backprops) -> dict:
+    """Σ_i (∂ℓ_i/∂W)² via im2col + squared per-sample GEMMs; Σ_i (Σ_positions ∂ℓ_i/∂y_i)² for the bias."""
+    x, g = activations[0], backprops
+    if x.dim() == layer.weight.dim() - 1:
+        raise ValueError(f"{type(layer).__name__} got an unbatched input of shape {tuple(x.shape)}")
+    b = x.shape[0]
+    out = {}
+    if layer.weight.requires_grad:
+        groups = layer.groups
+        go = g.reshape(b, groups, g.shape[1] // groups, -1).transpose(2, 3)  # (B, groups, L, O/groups), a view
+        L = go.shape[2]
+        per_sample = max(1, L * layer.weight[0].numel() * groups)
+        chunk = max(1, min(b, UNFOLD_BUDGET // per_sample))
+        acc = None
+        for s in range(0, b, chunk):
+            part = _ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer))
+            acc = part if acc is None else acc.add_(part)
+        if acc is None:  # empty batch
+            acc = torch.zeros(groups, go.shape[3], layer.weight[0].numel(), dtype=g.dtype, device=g.device)
+        out["weight"] = acc.reshape(layer.weight.shape)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out["bias"] = g.reshape(b, g.shape[1], -1).sum(2).square().sum(0)
+    return out

@@ -1,0 +1,96 @@
+"""Any other module: per-sample gradients of its parameters by ``torch.func`` (vmap of a vjp), a chunk at a time.
+
+For sample i, ∂ℓ_i/∂θ = vjp(θ ↦ module(x_i; θ))(g_i): the module's own forward run on one sample (with a batch dim
+of 1) and pulled back with that sample's output gradient. The (chunk × parameters) block of per-sample gradients
+does exist here, bounded by :data:`CHUNK_BUDGET` elements. The same function gives per-use gradients for
+parameters shared by several modules or calls (tied weights), which must be summed before squaring.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.func import functional_call, vjp, vmap
+
+# Elements of per-sample gradients held at once (64 MiB in float32).
+CHUNK_BUDGET = 1 << 24
+
+_warned: set[str] = set()
+
+
+def warn_once(module: nn.Module) -> None:
+    """Warn once per module type that it has no rule and runs through the (slower) torch.func fallback."""
+    name = f"{type(module).__module__}.{type(module).__qualname__}"
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(
+            f"fisherx.fisher_diag: no per-layer rule for {name}; its parameters use the chunked torch.func "
+            "fallback (correct, but slower and holding a chunk of per-sample gradients). Register a rule with "
+            "fisherx.fisher.register_rule to make it fast.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _batch_size(activations, backprops) -> int:
+    g = backprops if isinstance(backprops, torch.Tensor) else next(t for t in backprops if t is not None)
+    return g.shape[0]
+
+
+def chunk_size(params: dict) -> int:
+    """Samples per chunk so that the per-sample gradients of ``params`` stay within CHUNK_BUDGET elements."""
+    n = sum(p.numel() for p in params.values())
+    return max(1, CHUNK_BUDGET // max(1, n))
+
+
+def per_sample_grads(module: nn.Module, activations, backprops, params: dict, start: int, stop: int) -> dict:
+    """{name: (stop − start, *shape)}: ∂ℓ_i/∂θ for samples start..stop of the parameters ``params`` (names relative
+    to ``module``; any of its own or its descendants' parameters), from the module's inputs and output gradient."""
+    bsz = _batch_size(activations, backprops)
+    args = list(activations)
+    kwargs = dict(getattr(activations, "kwargs", {}))
+
+    def batched(t):
+        return isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == bsz
+
+    arg_dims = tuple(0 if batched(a) else None for a in args)
+    kw_names = [k for k, v in kwargs.items() if batched(v)]
+    kw_fixed = {k: v for k, v in kwargs.items() if k not in kw_names}
+    detached = {k: v.detach() for k, v in params.items()}
+
+    def one(arg_vals, kw_vals, cot):
+        a1 = [a.unsqueeze(0) if d == 0 else a for a, d in zip(arg_vals, arg_dims)]
+        kw1 = dict(kw_fixed, **{k: v.unsqueeze(0) for k, v in zip(kw_names, kw_vals)})
+        _, pull = vjp(lambda p: functional_call(module, p, tuple(a1), kw1, strict=False), detached)
+        if isinstance(cot, torch.Tensor):
+            cot1 = cot.unsqueeze(0)
+        else:
+            cot1 = tuple(c.unsqueeze(0) if c is not None else None for c in cot)
+        return pull(cot1)[0]
+
+    sl = slice(start, stop)
+    arg_vals = tuple(a[sl] if d == 0 else a for a, d in zip(args, arg_dims))
+    kw_vals = tuple(kwargs[k][sl] for k in kw_names)
+    if isinstance(backprops, torch.Tensor):
+        cot, cot_dims = backprops[sl], 0
+    else:
+        cot = tuple(c[sl] if c is not None else None for c in backprops)
+        cot_dims = tuple(0 if c is not None else None for c in backprops)
+    return vmap(one, in_dims=(arg_dims, 0, cot_dims))(arg_vals, kw_vals, cot)
+
+
+def fallback_rule(layer: nn.Module, activations, backprops, params: dict | None = None) -> dict:
+    """Σ_i (∂ℓ_i/∂θ)² for ``params`` (default: the layer's own trainable parameters), chunk by chunk."""
+    if params is None:
+        params = {n: p for n, p in layer.named_parameters(recurse=False) if p.requires_grad}
+    out = {n: torch.zeros_like(p) for n, p in params.items()}
+    if not params:
+        return out
+    bsz = _batch_size(activations, backprops)
+    step = chunk_size(params)
+    for s in range(0, bsz, step):
+        grads = per_sample_grads(layer, activations, backprops, params, s, min(bsz, s + step))
+        for n in out:
+            out[n] += grads[n].square().sum(0)
+    return out

@@ -1,0 +1,87 @@
+"""Normalisation layers: BatchNorm (eval), LayerNorm, GroupNorm, RMSNorm.
+
+With x̂ the normalised input, the per-sample gradients are ∂ℓ_i/∂γ_c = Σ_positions g·x̂ and ∂ℓ_i/∂β_c = Σ_positions g;
+:func:`fisherx._ops.sqgrad_norm` forms x̂ = (x − mean)·rstd on the fly and squares and sums both in one pass.
+Each rule only lays its tensors out as (B, positions, channels) views and supplies mean and rstd (broadcast).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ... import _ops
+from . import register_rule
+
+
+def _to_bpc(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, *S) → (B, P, C) as a view (P = prod S)."""
+    return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 2)
+
+
+def _result(layer: nn.Module, sq: torch.Tensor, shape) -> dict:
+    out = {}
+    if layer.weight is not None and layer.weight.requires_grad:
+        out["weight"] = sq[0].reshape(shape)
+    if getattr(layer, "bias", None) is not None and layer.bias.requires_grad:
+        out["bias"] = sq[1].reshape(shape)
+    return out
+
+
+@register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations, backprops) -> dict:
+    """Eval-mode BatchNorm: x̂ = (x − running_mean)/√(running_var + ε), per channel."""
+    if layer.training or layer.running_mean is None:
+        raise RuntimeError(
+            f"{type(layer).__name__} normalises with batch statistics (training mode or track_running_stats=False), "
+            "which couples the samples; per-sample gradients are undefined"
+        )
+    x, g = activations[0], backprops
+    xb, gb = _to_bpc(x), _to_bpc(g)
+    mean = layer.running_mean.to(x.dtype).expand_as(xb)
+    rstd = torch.rsqrt(layer.running_var.to(x.dtype) + layer.eps).expand_as(xb)
+    return _result(layer, _ops.sqgrad_norm(gb, xb, mean, rstd), layer.num_features)
+
+
+@register_rule(nn.LayerNorm)
+def layer_norm(layer: nn.LayerNorm, activations, backprops) -> dict:
+    """x̂ = (x − mean)/√(var + ε) over the trailing ``normalized_shape`` dims; γ, β of that shape."""
+    x, g = activations[0], backprops
+    d = 1
+    for s in layer.normalized_shape:
+        d *= s
+    xb = x.reshape(x.shape[0], -1, d)
+    var, mean = torch.var_mean(xb, dim=2, keepdim=True, unbiased=False)
+    rstd = torch.rsqrt(var + layer.eps)
+    sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, mean.expand_as(xb), rstd.expand_as(xb))
+    return _result(layer, sq, layer.normalized_shape)
+
+
+@register_rule(nn.GroupNorm)
+def group_norm(layer: nn.GroupNorm, activations, backprops) -> dict:
+    """x̂ = (x − mean)/√(var + ε) per sample and group of C/groups channels; γ, β per channel."""
+    x, g = activations[0], backprops
+    b, c = x.shape[:2]
+    var, mean = torch.var_mean(x.reshape(b, layer.num_groups, -1), dim=2, unbiased=False)
+    per = c // layer.num_groups
+    rstd = torch.rsqrt(var + layer.eps).repeat_interleave(per, dim=1)  # (B, C): small
+    mean = mean.repeat_interleave(per, dim=1)
+    xb, gb = _to_bpc(x), _to_bpc(g)
+    sq = _ops.sqgrad_norm(gb, xb, mean[:, None, :].expand_as(xb), rstd[:, None, :].expand_as(xb))
+    return _result(layer, sq, c)
+
+
+if hasattr(nn, "RMSNorm"):
+
+    @register_rule(nn.RMSNorm)
+    def rms_norm(layer: nn.RMSNorm, activations, backprops) -> dict:
+        """x̂ = x/√(mean(x²) + ε) over the trailing ``normalized_shape`` dims; γ only."""
+        x, g = activations[0], backprops
+        d = 1
+        for s in layer.normalized_shape:
+            d *= s
+        xb = x.reshape(x.shape[0], -1, d)
+        eps = layer.eps if layer.eps is not None else torch.finfo(x.dtype).eps
+        rstd = torch.rsqrt(xb.square().mean(dim=2, keepdim=True) + eps)
+        sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, torch.zeros((), dtype=x.dtype, device=x.device).expand_as(xb),
+                              rstd.expand_as(xb))
+        return _result(layer, sq, layer.normalized_shape)

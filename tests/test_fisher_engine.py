@@ -1,0 +1,193 @@
+"""fisher_diag against a naive per-sample loop (one backward per sample, float64) on every layer rule and on whole
+models: one table of cases, one test. Relative error ≤ 1e-10 in float64 and ≤ 1e-4 in float32."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fisherx
+from fisherx.fisher.rules import fallback as fallback_mod
+from fisher_models import (Bilinear2, FunctionalUse, Residual, TiedLM, TransformerBlock, TwiceApplied, WithUnknown,
+                           naive_fisher)
+
+B = 7  # odd on purpose
+
+
+def _img(c, *s):
+    return lambda dt: (torch.randn(B, c, *s, dtype=dt), torch.randint(0, 4, (B,)))
+
+
+def _vec(d, classes=4):
+    return lambda dt: (torch.randn(B, d, dtype=dt), torch.randint(0, classes, (B,)))
+
+
+def _tokens(vocab, t, classes):
+    # A small vocabulary so tokens repeat inside a sample (their rows must add up before squaring).
+    return lambda dt: (torch.randint(0, vocab, (B, t)), torch.randint(0, classes, (B, t)))
+
+
+def _frozen_mlp():
+    m = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4))
+    m[0].weight.requires_grad_(False)
+    return m
+
+
+def _randomize_norms(m):
+    # Non-trivial running statistics and affine parameters, so the BatchNorm rule is really exercised.
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+        if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and mod.weight is not None:
+            with torch.no_grad():
+                mod.weight.normal_()
+                mod.bias.normal_()
+    return m
+
+
+# id, model builder, input builder (dtype -> (x, y)), loss
+CASES = [
+    ("mlp", lambda: nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)), _vec(5), "cross_entropy"),
+    ("linear-frozen-weight", _frozen_mlp, _vec(5), "cross_entropy"),
+    ("linear-seq", lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(15, 4)),
+     lambda dt: (torch.randn(B, 3, 6, dtype=dt), torch.randint(0, 4, (B,))), "cross_entropy"),
+    ("linear-4d", lambda: nn.Sequential(nn.Linear(3, 5), nn.Flatten(), nn.Linear(40, 4)),
+     lambda dt: (torch.randn(B, 2, 4, 3, dtype=dt), torch.randint(0, 4, (B,))), "cross_entropy"),
+    ("conv1d-stride-pad", lambda: nn.Sequential(nn.Conv1d(3, 4, 3, stride=2, padding=2), nn.ReLU(), nn.Flatten(),
+                                                nn.Linear(4 * 6, 4)), _img(3, 9), "cross_entropy"),
+    ("conv1d-same-dil-groups", lambda: nn.Sequential(nn.Conv1d(4, 6, 3, padding="same", dilation=2, groups=2),
+                                                     nn.Flatten(), nn.Linear(6 * 9, 4)), _img(4, 9), "cross_entropy"),
+    ("conv2d-same-dil-reflect", lambda: nn.Sequential(
+        nn.Conv2d(3, 6, (3, 2), padding="same", dilation=(2, 1), groups=3, padding_mode="reflect"), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 7 * 5, 4)), _img(3, 7, 5), "cross_entropy"),
+    ("conv2d-stride-circular", lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=(2, 1), padding=1, padding_mode="circular", bias=False), nn.Tanh(),
+        nn.Conv2d(4, 3, 2, stride=2, dilation=1), nn.Flatten(), nn.LazyLinear(4)), _img(2, 9, 6), "cross_entropy"),
+    ("conv3d-groups", lambda: nn.Sequential(
+        nn.Conv3d(2, 4, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(1, 1, 2), groups=2),
+        nn.Flatten(), nn.LazyLinear(4)), _img(2, 4, 5, 5), "cross_entropy"),
+    ("cnn-batchnorm-eval", lambda: _randomize_norms(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(6, 4))), _img(1, 8, 8), "cross_entropy"),
+    ("batchnorm1d", lambda: _randomize_norms(nn.Sequential(
+        nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Unflatten(1, (2, 3)), nn.BatchNorm1d(2), nn.Flatten(),
+        nn.Linear(6, 4))), _vec(5), "cross_entropy"),
+    ("batchnorm3d", lambda: _randomize_norms(nn.Sequential(
+        nn.Conv3d(1, 3, 2), nn.BatchNorm3d(3), nn.Flatten(), nn.LazyLinear(4))), _img(1, 3, 3, 3), "cross_entropy"),
+    ("groupnorm-layernorm", lambda: _randomize_norms(nn.Sequential(
+        nn.Conv2d(2, 6, 3), nn.GroupNorm(3, 6), nn.ReLU(), nn.LayerNorm([6, 3, 3]), nn.Flatten(), nn.Linear(54, 4))),
+     _img(2, 5, 5), "cross_entropy"),
+    ("residual-block", lambda: _randomize_norms(Residual()), _img(3, 6, 6), "cross_entropy"),
+    ("transformer-block", lambda: _randomize_norms(TransformerBlock()), _tokens(11, 5, 3), "cross_entropy"),
+    ("embedding-freq", lambda: nn.Sequential(nn.Embedding(5, 3, scale_grad_by_freq=True), nn.Flatten(),
+                                             nn.Linear(12, 4)),
+     lambda dt: (torch.randint(0, 5, (B, 4)), torch.randint(0, 4, (B,))), "cross_entropy"),
+    ("tied-weights", TiedLM, _tokens(7, 6, 7), "cross_entropy"),
+    ("module-called-twice", TwiceApplied, _vec(6, 3), "cross_entropy"),
+    ("functional-use", FunctionalUse, _tokens(6, 4, 6), "cross_entropy"),
+    ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
+    ("mse-conv", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 1)),
+     lambda dt: (torch.randn(B, 2, 5, 5, dtype=dt), torch.randn(B, 2, 5, 5, dtype=dt)), "mse"),
+]
+if hasattr(nn, "RMSNorm"):
+    CASES.append(("rmsnorm", lambda: nn.Sequential(nn.Linear(5, 6), nn.RMSNorm(6), nn.Linear(6, 4)), _vec(5),
+                  "cross_entropy"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_naive_per_sample_loop(case, dtype):
+    name, build, inputs, loss = case
+    torch.manual_seed(hash(name) % 2**31)
+    x, y = inputs(dtype)
+    model = build().to(dtype).eval()
+    model(x[:1])  # materialise lazy layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback's one-time warning is tested on its own
+        f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
+    ref = naive_fisher(model, x, y, loss)
+    assert list(f) == list(ref), "parameters covered, in model order"
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for pname, r in ref.items():
+        got = f[pname]
+        assert got.shape == r.shape and got.dtype == dtype
+        scale = r.norm().item()
+        assert scale > 0, f"{pname}: the reference is zero, the case does not test it"
+        err = (got.double() - r).norm().item() / scale
+        assert err <= tol, f"{name} {pname}: relative error {err:.3g} > {tol}"
+    assert f.n_samples == B
+
+
+def test_fallback_warns_once_naming_the_module_type():
+    fallback_mod._warned.clear()
+    x, y = torch.randn(4, 4), torch.randint(0, 3, (4,))
+    with pytest.warns(RuntimeWarning, match="Bilinear2"):
+        fisherx.fisher_diag(WithUnknown(), (x, y), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second run must not warn again
+        fisherx.fisher_diag(WithUnknown(), (x, y), progress=False)
+
+
+def test_params_selection_and_frozen_parameters():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    full = fisherx.fisher_diag(m, (x, y), progress=False)
+    part = fisherx.fisher_diag(m, (x, y), params=["2.weight", "0.bias"], progress=False)
+    assert list(part) == ["0.bias", "2.weight"]
+    for k in part:
+        torch.testing.assert_close(part[k], full[k])
+    pred = fisherx.fisher_diag(m, (x, y), params=lambda n: n.startswith("2."), progress=False)
+    assert list(pred) == ["2.weight", "2.bias"]
+    m[0].bias.requires_grad_(False)
+    assert "0.bias" not in fisherx.fisher_diag(m, (x, y), progress=False)
+    with pytest.raises(ValueError, match="nope"):
+        fisherx.fisher_diag(m, (x, y), params=["nope"], progress=False)
+
+
+def test_batches_max_samples_and_dataloader_agree():
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(27, 4)).eval()
+    x, y = torch.randn(10, 1, 5, 5), torch.randint(0, 4, (10,))
+    whole = fisherx.fisher_diag(m, (x, y), progress=False)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    streamed = fisherx.fisher_diag(m, dl, progress=False)
+    for k in whole:
+        torch.testing.assert_close(streamed[k], whole[k])
+    first6 = fisherx.fisher_diag(m, dl, max_samples=6, progress=False)
+    assert first6.n_samples == 6
+    for k, r in naive_fisher(m, x[:6], y[:6]).items():
+        torch.testing.assert_close(first6[k].double(), r, rtol=1e-4, atol=1e-7)
+    # merge of two halves = the whole, weighted by sample count
+    a = fisherx.fisher_diag(m, (x[:4], y[:4]), progress=False)
+    b = fisherx.fisher_diag(m, (x[4:], y[4:]), progress=False)
+    merged = a.merge(b)
+    assert merged.n_samples == 10
+    for k in whole:
+        torch.testing.assert_close(merged[k], whole[k])
+
+
+def test_batchnorm_in_training_mode_is_switched_to_eval_with_a_warning():
+    # Decision: per-sample gradients need independent samples, so the Fisher is taken in eval mode (running
+    # statistics). A model left in training mode is switched with a warning and its flags are restored after.
+    torch.manual_seed(2)
+    m = _randomize_norms(nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(27, 4)))
+    m.train()
+    x, y = torch.randn(5, 1, 5, 5), torch.randint(0, 4, (5,))
+    stats = m[1].running_mean.clone()
+    with pytest.warns(RuntimeWarning, match="eval mode"):
+        f = fisherx.fisher_diag(m, (x, y), progress=False)
+    assert m.training and m[1].training, "training flags restored"
+    assert torch.equal(m[1].running_mean, stats), "running statistics untouched"
+    ref = naive_fisher(m, x, y)  # naive_fisher uses eval mode
+    for k, r in ref.items():
+        torch.testing.assert_close(f[k].double(), r, rtol=1e-4, atol=1e-8)
+    m2 = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(),
+                       nn.Linear(27, 4))
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        fisherx.fisher_diag(m2, (x, y), progress=False)
