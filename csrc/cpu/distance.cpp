@@ -15,14 +15,19 @@ namespace fisherx::cpu {
 namespace {
 
 constexpr int64_t kChunk = 4096;  // elements per work item: the target chunk and its sqrt stay in L1/L2
+// Elements (over all rows) below which one more thread costs more than it saves: ~100 us of work. It matters most
+// on a busy machine, where a parallel region waits for a thread the OS has descheduled.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
 
-// Runs body(begin, end, acc) over fixed chunks of [0, n); every chunk accumulates into its own slot of m
-// doubles, and the slots are summed in chunk order, so the answer is the same for any thread count.
+// Runs body(begin, end, acc) over fixed chunks of [0, n) of `rows` vectors; every chunk accumulates into its own
+// slot of m doubles, and the slots are summed in chunk order, so the answer is the same for any thread count.
 template <typename Body>
-std::vector<double> chunked_sum(int64_t n, int64_t m, int nthreads, Body body) {
+std::vector<double> chunked_sum(int64_t n, int64_t rows, int64_t m, int nthreads, Body body) {
   const int64_t nchunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
   std::vector<double> partial(static_cast<size_t>(nchunks * m), 0.0);
-#pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads)) if (nchunks > 1)
+  const int64_t useful = std::max<int64_t>(1, n * std::max<int64_t>(rows, 1) / kMinWorkPerThread);
+  const int threads = static_cast<int>(std::clamp<int64_t>(useful, 1, std::max(1, nthreads)));
+#pragma omp parallel for schedule(static) num_threads(threads) if (nchunks > 1 && threads > 1)
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
     body(b, e, partial.data() + c * m);
@@ -48,7 +53,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 template <typename T>
 void row_stats(Rows<T> x, double* stats, int nthreads) {
-  auto tot = chunked_sum(x.n, x.rows * kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
+  auto tot = chunked_sum(x.n, x.rows, x.rows * kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
     for (int64_t k = 0; k < x.rows; ++k) {
       const T* p = x.row(k);
       double s = 0.0, neg = 0.0;
@@ -69,7 +74,7 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthrea
   const int64_t K = src.rows, n = src.n;
   // Per source row: A = Σa, negatives, S = Σ(√a − √b)²; then the target's B and negatives.
   constexpr int M = 3;
-  auto tot = chunked_sum(n, K * M + kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
+  auto tot = chunked_sum(n, K + 1, K * M + kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
     double sb[kChunk];
     double B = 0.0, negb = 0.0;
     for (int64_t j = b; j < e; ++j) {
@@ -121,7 +126,7 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthrea
   if (refine.empty()) return;
   const int64_t R = static_cast<int64_t>(refine.size());
   const double ib = 1.0 / B;
-  auto sq = chunked_sum(n, R, nthreads, [&](int64_t b, int64_t e, double* acc) {
+  auto sq = chunked_sum(n, R + 1, R, nthreads, [&](int64_t b, int64_t e, double* acc) {
     for (int64_t i = 0; i < R; ++i) {
       const int64_t k = refine[i];
       const T* p = src.row(k);
@@ -141,7 +146,7 @@ template <typename T>
 void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double tgt_scale, double sigma2,
                    double* out, int nthreads) {
   const int64_t K = src.rows, n = src.n;
-  auto tot = chunked_sum(n, K, nthreads, [&](int64_t b, int64_t e, double* acc) {
+  auto tot = chunked_sum(n, K + 1, K, nthreads, [&](int64_t b, int64_t e, double* acc) {
     double lb[kChunk];
     for (int64_t j = b; j < e; ++j) lb[j - b] = std::log(at(tgt.data, j, tgt.stride) * tgt_scale + sigma2);
     for (int64_t k = 0; k < K; ++k) {
@@ -160,7 +165,7 @@ void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nth
   const int64_t K = src.rows, n = src.n;
   // Per source row: Σa, negatives, Σa², Σab; then the target's Σb, negatives, Σb².
   constexpr int M = 4;
-  auto tot = chunked_sum(n, K * M + 3, nthreads, [&](int64_t b, int64_t e, double* acc) {
+  auto tot = chunked_sum(n, K + 1, K * M + 3, nthreads, [&](int64_t b, int64_t e, double* acc) {
     double vb[kChunk];
     double B = 0.0, negb = 0.0, BB = 0.0;
     for (int64_t j = b; j < e; ++j) {
