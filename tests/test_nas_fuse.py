@@ -16,6 +16,16 @@ SMALL = dict(candidates=2, rounds=3, alternations=2, batch_size=128, final_epoch
              progress=False)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared: with its cores oversubscribed, 2-thread OpenMP kernels spin at their barriers
+    # and small convolutions run 10-30x slower than on one thread (measured). One thread keeps these tests fast.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return preset("digits")[2].load()  # T2: 0, 1, 2, 3, anything else
