@@ -1,4 +1,10 @@
-"""Task-aware neural architecture search (DESIGN §5): the cell search space, FUSE, TA-NAS, random search."""
+"""Task-aware neural architecture search (DESIGN §5): the cell search space, FUSE, TA-NAS, random search.
+
+- :mod:`~fisherx.nas.ops`, :mod:`~fisherx.nas.cells`, :mod:`~fisherx.nas.network`: the ten operations, the cell DAG,
+  the skeleton; :class:`Genotype` an architecture as data; :class:`SearchSpace` the ops/node counts/skeleton.
+- :func:`fuse`: FUSE search with per-round checkpoints; :func:`random_search`: the equal-budget baseline.
+- :func:`ta_nas` with a :class:`TaskDictionary` of solved baselines (:func:`add_baseline`).
+"""
 from __future__ import annotations
 
 from .fuse import FuseResult, FuseRound, fuse
@@ -7,6 +13,8 @@ from .network import Network
 from .ops import OP_NAMES, make_op
 from .random_search import random_search
 from .space import SearchSpace, SearchSpaceError
+from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
 
-__all__ = ["FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network", "OP_NAMES", "SearchSpace",
-           "SearchSpaceError", "fuse", "make_op", "random_search"]
+__all__ = ["DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network", "OP_NAMES",
+           "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary", "add_baseline", "fuse", "make_op",
+           "random_search", "ta_nas", "train_eps_network"]
