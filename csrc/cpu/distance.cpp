@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -49,22 +50,35 @@ inline bool row_ok(const double* st) {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// Calls f(source_stride, target_stride), with compile-time 1s when both operands are contiguous so the loops get
+// unit-stride vector loads, else with the runtime strides. The inner loops are `omp simd` reductions: a fixed
+// lane-wise summation order chosen at compile time, so results still do not depend on the thread count.
+template <typename F>
+auto with_strides(int64_t ss, int64_t ts, F f) {
+  using One = std::integral_constant<int64_t, 1>;
+  if (ss == 1 && ts == 1) return f(One{}, One{});
+  return f(ss, ts);
+}
+
 }  // namespace
 
 template <typename T>
 void row_stats(Rows<T> x, double* stats, int nthreads) {
-  auto tot = chunked_sum(x.n, x.rows, x.rows * kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
-    for (int64_t k = 0; k < x.rows; ++k) {
-      const T* p = x.row(k);
-      double s = 0.0, neg = 0.0;
-      for (int64_t j = b; j < e; ++j) {
-        const double v = at(p, j, x.stride);
-        s += v;
-        neg += v < 0.0;
+  auto tot = with_strides(x.stride, 1, [&](auto xs, auto) {
+    return chunked_sum(x.n, x.rows, x.rows * kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
+      for (int64_t k = 0; k < x.rows; ++k) {
+        const T* p = x.row(k);
+        double s = 0.0, neg = 0.0;
+#pragma omp simd reduction(+ : s, neg)
+        for (int64_t j = b; j < e; ++j) {
+          const double v = at(p, j, xs);
+          s += v;
+          neg += v < 0.0;
+        }
+        acc[k * kStats + kStatSum] += s;
+        acc[k * kStats + kStatNeg] += neg;
       }
-      acc[k * kStats + kStatSum] += s;
-      acc[k * kStats + kStatNeg] += neg;
-    }
+    });
   });
   std::copy(tot.begin(), tot.end(), stats);
 }
@@ -74,31 +88,35 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthrea
   const int64_t K = src.rows, n = src.n;
   // Per source row: A = Σa, negatives, S = Σ(√a − √b)²; then the target's B and negatives.
   constexpr int M = 3;
-  auto tot = chunked_sum(n, K + 1, K * M + kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
-    double sb[kChunk];
-    double B = 0.0, negb = 0.0;
-    for (int64_t j = b; j < e; ++j) {
-      const double v = at(tgt.data, j, tgt.stride);
-      B += v;
-      negb += v < 0.0;
-      sb[j - b] = std::sqrt(v);
-    }
-    acc[K * M + kStatSum] += B;
-    acc[K * M + kStatNeg] += negb;
-    for (int64_t k = 0; k < K; ++k) {
-      const T* p = src.row(k);
-      double A = 0.0, neg = 0.0, S = 0.0;
+  auto tot = with_strides(src.stride, tgt.stride, [&](auto ss, auto ts) {
+    return chunked_sum(n, K + 1, K * M + kStats, nthreads, [&](int64_t b, int64_t e, double* acc) {
+      double sb[kChunk];
+      double B = 0.0, negb = 0.0;
+#pragma omp simd reduction(+ : B, negb)
       for (int64_t j = b; j < e; ++j) {
-        const double v = at(p, j, src.stride);
-        A += v;
-        neg += v < 0.0;
-        const double diff = std::sqrt(v) - sb[j - b];
-        S += diff * diff;
+        const double v = at(tgt.data, j, ts);
+        B += v;
+        negb += v < 0.0;
+        sb[j - b] = std::sqrt(v);
       }
-      acc[k * M + 0] += A;
-      acc[k * M + 1] += neg;
-      acc[k * M + 2] += S;
-    }
+      acc[K * M + kStatSum] += B;
+      acc[K * M + kStatNeg] += negb;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* p = src.row(k);
+        double A = 0.0, neg = 0.0, S = 0.0;
+#pragma omp simd reduction(+ : A, neg, S)
+        for (int64_t j = b; j < e; ++j) {
+          const double v = at(p, j, ss);
+          A += v;
+          neg += v < 0.0;
+          const double diff = std::sqrt(v) - sb[j - b];
+          S += diff * diff;
+        }
+        acc[k * M + 0] += A;
+        acc[k * M + 1] += neg;
+        acc[k * M + 2] += S;
+      }
+    });
   });
   double* tst = stats + K * kStats;
   tst[kStatSum] = tot[K * M + kStatSum];
@@ -165,34 +183,38 @@ void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nth
   const int64_t K = src.rows, n = src.n;
   // Per source row: Σa, negatives, Σa², Σab; then the target's Σb, negatives, Σb².
   constexpr int M = 4;
-  auto tot = chunked_sum(n, K + 1, K * M + 3, nthreads, [&](int64_t b, int64_t e, double* acc) {
-    double vb[kChunk];
-    double B = 0.0, negb = 0.0, BB = 0.0;
-    for (int64_t j = b; j < e; ++j) {
-      const double v = at(tgt.data, j, tgt.stride);
-      B += v;
-      negb += v < 0.0;
-      BB += v * v;
-      vb[j - b] = v;
-    }
-    acc[K * M + 0] += B;
-    acc[K * M + 1] += negb;
-    acc[K * M + 2] += BB;
-    for (int64_t k = 0; k < K; ++k) {
-      const T* p = src.row(k);
-      double A = 0.0, neg = 0.0, AA = 0.0, AB = 0.0;
+  auto tot = with_strides(src.stride, tgt.stride, [&](auto ss, auto ts) {
+    return chunked_sum(n, K + 1, K * M + 3, nthreads, [&](int64_t b, int64_t e, double* acc) {
+      double vb[kChunk];
+      double B = 0.0, negb = 0.0, BB = 0.0;
+#pragma omp simd reduction(+ : B, negb, BB)
       for (int64_t j = b; j < e; ++j) {
-        const double v = at(p, j, src.stride);
-        A += v;
-        neg += v < 0.0;
-        AA += v * v;
-        AB += v * vb[j - b];
+        const double v = at(tgt.data, j, ts);
+        B += v;
+        negb += v < 0.0;
+        BB += v * v;
+        vb[j - b] = v;
       }
-      acc[k * M + 0] += A;
-      acc[k * M + 1] += neg;
-      acc[k * M + 2] += AA;
-      acc[k * M + 3] += AB;
-    }
+      acc[K * M + 0] += B;
+      acc[K * M + 1] += negb;
+      acc[K * M + 2] += BB;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* p = src.row(k);
+        double A = 0.0, neg = 0.0, AA = 0.0, AB = 0.0;
+#pragma omp simd reduction(+ : A, neg, AA, AB)
+        for (int64_t j = b; j < e; ++j) {
+          const double v = at(p, j, ss);
+          A += v;
+          neg += v < 0.0;
+          AA += v * v;
+          AB += v * vb[j - b];
+        }
+        acc[k * M + 0] += A;
+        acc[k * M + 1] += neg;
+        acc[k * M + 2] += AA;
+        acc[k * M + 3] += AB;
+      }
+    });
   });
   double* tst = stats + K * kStats;
   tst[kStatSum] = tot[K * M + 0];
