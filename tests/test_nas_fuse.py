@@ -160,3 +160,41 @@ def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(digi
     assert strip(resumed.history) == strip(whole.history) and resumed.genotype == whole.genotype
     with pytest.raises(ValueError, match="trains no candidate"):
         random_search(space, digits, budget=1, epochs_per_candidate=2)
+
+
+@pytest.mark.slow
+def test_search_killed_by_sigkill_resumes_to_the_uninterrupted_result(digits, tmp_path):
+    """A real ``kill -9`` of a search process mid-run (the checkpoint may be mid-write), then the same call."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time as _time
+
+    code = textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(1)
+        from fisherx.nas import SearchSpace, fuse
+        from fisherx.tasks import preset
+        d = preset("digits")[2].load()
+        fuse(SearchSpace(width=4, depth=2), d, seed=7, out_dir={str(tmp_path / 'b')!r}, candidates=2, rounds=4,
+             alternations=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    log = tmp_path / "b" / "fuse_log.jsonl"
+    deadline = _time.time() + 300
+    while _time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        _time.sleep(0.05)
+    assert proc.poll() is None, "the search finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kw = dict(candidates=2, rounds=4, alternations=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
+    space = SearchSpace(width=4, depth=2)
+    resumed = fuse(space, digits, seed=7, out_dir=tmp_path / "b", **kw)
+    whole = fuse(space, digits, seed=7, **kw)
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.genotype == whole.genotype and resumed.test_accuracy == whole.test_accuracy
