@@ -138,7 +138,7 @@ class TaskDistanceResult:
             for i, src in enumerate(self.task_names):
                 for j, tgt in enumerate(self.task_names):
                     vals = ",".join(repr(float(v)) for v in d[:, i, j])
-                    rows.append(f"{a},{_csv(src)},{_csv(tgt)},{mean[i, j]!r},{std[i, j]!r},{vals}")
+                    rows.append(f"{a},{_csv(src)},{_csv(tgt)},{float(mean[i, j])!r},{float(std[i, j])!r},{vals}")
         text = "\n".join(rows) + "\n"
         if path is not None:
             atomic_write_text(path, text)
@@ -200,7 +200,7 @@ class TaskDistanceResult:
             pad = 0.2 * (span if span > 0 else 1.0)
             ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
             ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
-            ax.set_aspect("equal", adjustable="datalim")
+            ax.set_aspect("equal", adjustable="box")
             ax.set_title(f"{a}", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -408,7 +408,15 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                     col = distance_column(columns, columns[j], metric=metric, sigma2=sigma2,
                                           names=[f"F[{tasks[i].name}→{tasks[j].name}]" for i in range(K)],
                                           target_name=f"F[{tasks[j].name}→{tasks[j].name}]")
-                    distances[arch][s, :, j] = col.cpu().numpy()
+                    col = col.cpu().numpy()
+                    # d[b, b] compares F_bb with itself: exactly 0 (cosine: 1) by definition. The kernel's value
+                    # differs by rounding only; anything more means a broken Fisher or kernel.
+                    exact = 1.0 if metric == "cosine" else 0.0
+                    if not abs(col[j] - exact) < 1e-6:
+                        raise FloatingPointError(f"{metric}(F_bb, F_bb) = {col[j]!r} for {arch}, seed {seed}, task "
+                                                 f"{tasks[j].name}; expected {exact}")
+                    col[j] = exact
+                    distances[arch][s, :, j] = col
                 del nets
     finally:
         bar.close()

@@ -1,0 +1,156 @@
+"""task_distances end to end on the built-in digits: structure of the matrices, outputs, CLI, and resume after
+``kill -9``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fisherx
+from fisherx.cache import Cache
+from fisherx.experiment import TaskDistanceResult, classical_mds
+from fisherx.tasks import preset
+
+ARGS = dict(archs=["mlp"], seeds=[0, 1], epochs=6, epsilon=0.25, fisher_samples=150, progress=False)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    start = time.perf_counter()
+    result = fisherx.task_distances(preset("digits"), cache_dir=cache, **ARGS)
+    return result, cache, time.perf_counter() - start
+
+
+def test_structure_of_the_matrices(run):
+    result, _, seconds = run
+    assert seconds < 60
+    d = result.distances["mlp"]
+    assert d.shape == (2, 4, 4) and result.accuracies["mlp"].shape == (2, 4)
+    assert np.all(np.diagonal(d, axis1=1, axis2=2) == 0.0)
+    assert np.all((d >= 0.0) & (d <= 1.0))
+    off = ~np.eye(4, dtype=bool)
+    assert np.all(d[:, off] > 0.0)
+    assert np.abs(d - d.transpose(0, 2, 1)).max() > 1e-3  # asymmetric, as FTD is
+    std = result.std("mlp")
+    assert np.all(std >= 0.0) and std[off].max() > 0.0
+    np.testing.assert_allclose(result.mean("mlp"), d.mean(0))
+    assert np.all((result.accuracies["mlp"] > 0.5) & (result.accuracies["mlp"] <= 1.0))
+    assert result.head_mode == "shared" and result.head_width == 10
+    assert result.config["head"] == {"mode": "shared", "width": 10, "refit_epochs": None}
+    assert result.stats == {"network.miss": 8, "network.store": 8, "fisher.miss": 32, "fisher.store": 32}
+
+
+def test_outputs(run, tmp_path):
+    result, _, _ = run
+    table = result.table()
+    assert "rows = source, columns = target" in table and table.count(" ± ") == 17 and "head: shared" in table
+    back = TaskDistanceResult.from_json(result.to_json(tmp_path / "r.json"))
+    np.testing.assert_array_equal(back.distances["mlp"], result.distances["mlp"])
+    assert json.loads((tmp_path / "r.json").read_text())["closest"]["mlp"] == result.closest("mlp")
+    csv = result.to_csv(tmp_path / "d.csv").splitlines()
+    assert csv[0] == "arch,source,target,mean,std,seed_0,seed_1" and len(csv) == 17
+    assert float(csv[2].split(",")[5]) == result.distances["mlp"][0, 0, 1]
+    for plot in (result.plot_heatmaps, result.plot_atlas):
+        p = plot(tmp_path / f"{plot.__name__}.png")
+        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
+
+
+def test_same_run_again_recomputes_nothing_and_other_metrics_reuse_fishers(run):
+    result, cache, _ = run
+    again = fisherx.task_distances(preset("digits"), cache_dir=cache, **ARGS)
+    assert again.stats == {"network.hit": 8, "fisher.hit": 32}
+    np.testing.assert_array_equal(again.distances["mlp"], result.distances["mlp"])
+    cos = fisherx.task_distances(preset("digits"), cache_dir=cache, metric="cosine", **ARGS)
+    assert cos.stats == {"network.hit": 8, "fisher.hit": 32}
+    c = cos.distances["mlp"]
+    np.testing.assert_allclose(np.diagonal(c, axis1=1, axis2=2), 1.0, atol=1e-12)
+    assert np.all((c > 0) & (c <= 1.0 + 1e-12))
+    logdet = fisherx.task_distances(preset("digits"), cache_dir=cache, metric="logdet", **ARGS)
+    assert np.all(np.diagonal(logdet.distances["mlp"], axis1=1, axis2=2) == 0.0)
+
+
+def test_cli_writes_every_output_from_the_cache(run, tmp_path, capsys):
+    from fisherx.cli import main
+    from fisherx.experiment import OUTPUT_FILES
+
+    result, cache, _ = run
+    rc = main(["distances", "--preset", "digits", "--archs", "mlp", "--seeds", "0,1", "--epochs", "6", "--epsilon", "0.25", "--fisher-samples", "150",
+               "--out", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
+    assert rc == 0
+    for f in OUTPUT_FILES:
+        assert (tmp_path / f).is_file(), f
+    assert "closest source per target" in capsys.readouterr().out
+    back = TaskDistanceResult.from_json(tmp_path / "result.json")
+    np.testing.assert_array_equal(back.distances["mlp"], result.distances["mlp"])
+    assert back.stats == {"network.hit": 8, "fisher.hit": 32}
+
+
+def test_refit_head_mode(tmp_path):
+    t0, _, t2, _ = preset("digits")
+    r = fisherx.task_distances([t0, t2], archs=["mlp"], seeds=[0], epochs=2, head="refit", head_epochs=1,
+                               cache_dir=tmp_path, progress=False)
+    assert r.head_mode == "refit" and r.config["head"]["mode"] == "refit"
+    d = r.distances["mlp"][0]
+    assert d[0, 0] == d[1, 1] == 0.0 and 0 < d[0, 1] <= 1 and 0 < d[1, 0] <= 1
+    assert r.stats["head.store"] == 2
+
+
+def test_argument_errors():
+    tasks = preset("digits")
+    with pytest.raises(ValueError, match="unknown metric 'kl'"):
+        fisherx.task_distances(tasks, metric="kl")
+    with pytest.raises(ValueError, match="unknown architecture 'vit'"):
+        fisherx.task_distances(tasks, archs=["vit"])
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        fisherx.task_distances(tasks[:1])
+    from dataclasses import replace
+    with pytest.raises(ValueError, match=r"images of one shape; got T0: 1×8×8, T1: 1×16×16"):
+        fisherx.task_distances([tasks[0], replace(tasks[1], image_size=16)], progress=False)
+
+
+def test_classical_mds_recovers_points():
+    pts = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [1.0, 1.0]])
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    xy = classical_mds(d)
+    np.testing.assert_allclose(np.linalg.norm(xy[:, None] - xy[None], axis=-1), d, atol=1e-9)
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    import fisherx
+    from fisherx.tasks import preset
+    fisherx.task_distances(preset("digits"), cache_dir=sys.argv[1], **eval(sys.argv[2]))
+""")
+
+
+def test_resume_after_kill_9_recomputes_nothing_finished(run, tmp_path):
+    cache_dir = tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(cache_dir), repr(ARGS)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cache = Cache(cache_dir)
+    deadline = time.monotonic() + 120
+    # Kill it once some Fishers exist: all networks of seed 0 are trained, the Fishers are half-way.
+    while len(cache.entries("fisher")) < 6 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child.poll() is None, "the child finished (or died) before it could be killed: " + \
+        child.stderr.read().decode()[-2000:]
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    done = {k: len(cache.entries(k)) for k in ("network", "fisher")}
+    assert 6 <= done["fisher"] < 32 and 4 <= done["network"] < 8
+    resumed = fisherx.task_distances(preset("digits"), cache_dir=cache_dir, **ARGS)
+    s = resumed.stats
+    assert s["network.hit"] == done["network"] and s["network.miss"] == s["network.store"] == 8 - done["network"]
+    assert s["fisher.hit"] == done["fisher"] and s["fisher.miss"] == s["fisher.store"] == 32 - done["fisher"]
+    # The same result as the uninterrupted run of the same configuration (in another cache, in this process).
+    np.testing.assert_allclose(resumed.distances["mlp"], run[0].distances["mlp"], rtol=0, atol=1e-6)
