@@ -17,6 +17,7 @@ import fisherx
 from fisherx.cache import Cache
 from fisherx.experiment import TaskDistanceResult, classical_mds
 from fisherx.tasks import preset
+from fisherx.train import EpsilonWarning
 
 ARGS = dict(archs=["mlp"], seeds=[0, 1], epochs=6, epsilon=0.25, fisher_samples=150, progress=False)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -75,6 +76,9 @@ def test_same_run_again_recomputes_nothing_and_other_metrics_reuse_fishers(run):
     np.testing.assert_allclose(np.diagonal(c, axis1=1, axis2=2), 1.0, atol=1e-12)
     assert np.all((c > 0) & (c <= 1.0 + 1e-12))
     logdet = fisherx.task_distances(preset("digits"), cache_dir=cache, metric="logdet", **ARGS)
+    strict = dict(ARGS, epsilon=1e-9)  # ε is not part of any key: the cached networks are judged against it anew
+    with pytest.warns(EpsilonWarning, match=r"8 of 8 networks are not ε-approximations .* mlp seed 0 T0: 0\.\d+"):
+        fisherx.task_distances(preset("digits"), cache_dir=cache, **strict)
     assert np.all(np.diagonal(logdet.distances["mlp"], axis1=1, axis2=2) == 0.0)
 
 
@@ -97,7 +101,7 @@ def test_cli_writes_every_output_from_the_cache(run, tmp_path, capsys):
 def test_refit_head_mode(tmp_path):
     t0, _, t2, _ = preset("digits")
     r = fisherx.task_distances([t0, t2], archs=["mlp"], seeds=[0], epochs=2, head="refit", head_epochs=1,
-                               cache_dir=tmp_path, progress=False)
+                               epsilon=None, cache_dir=tmp_path, progress=False)
     assert r.head_mode == "refit" and r.config["head"]["mode"] == "refit"
     d = r.distances["mlp"][0]
     assert d[0, 0] == d[1, 1] == 0.0 and 0 < d[0, 1] <= 1 and 0 < d[1, 0] <= 1
