@@ -17,6 +17,7 @@ PY=${PYTHON:-python3}
 RESULTS=${GPU_RESULTS:-build/gpu-results}
 CUDA_TESTS=(tests)                 # pytest -m cuda over these paths
 BENCHES=(bench/bench_distance.py)  # pytest -m cuda --benchmark-only over these files: one summary table
+BENCHES+=(bench/bench_fisher.py)   # Fisher engine: VGG-16 / ResNet-18 at batch 128, fisherx vs plain fwd+bwd
 mkdir -p "$RESULTS"
 failed=()
 

@@ -1,0 +1,279 @@
+"""The Fisher engine vs plain forward+backward and the peers (pytest-benchmark; not part of the test run).
+
+    pytest bench/bench_fisher.py --benchmark-only -p no:cacheprovider        # CPU: the three models of DESIGN §2
+    pytest bench/bench_fisher.py --benchmark-only -m cuda                    # GPU: VGG-16, ResNet-18 (bench/gpu.sh)
+    python bench/bench_fisher.py --model vgg11 --method fisherx              # one measurement, with peak memory
+
+CPU, batch 256, cross-entropy, empirical Fisher (Σ_i of squared per-sample gradients of the batch):
+- ``plain``: one ordinary forward+backward of the batch (the floor: the same arithmetic as a fused pass);
+- ``fisherx``: :func:`fisherx.fisher_diag` on the batch (the whole call: probe, hooks, rules);
+- ``naive``: one backward per sample; ``torch.func``: vmap(grad) in chunks of 64;
+- ``backpack`` (SumGradSquared) and ``opacus`` (grad_sample): only when importable, skipped otherwise.
+
+Each method also runs once in a fresh subprocess that reports its peak-RSS growth over the warmed-up model
+(ru_maxrss before and after one call). The summary lists samples/s and memory growth as ratios to ``plain`` from
+the same run (the machine is shared, so only ratios within one run mean anything).
+GPU (VGG-16 and ResNet-18 on 32×32 inputs, batch 128): time ratio vs plain and peak CUDA memory growth.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BATCH = 256
+GPU_BATCH = 128
+
+
+# ---- models of DESIGN §2 (as in /work/shared/tools/peer_fisher_bench.py) ------------------------------------------
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(128, 10))
+
+
+def _vgg(cfg, bn=False):
+    layers, c = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1)] + ([nn.BatchNorm2d(v)] if bn else []) + [nn.ReLU(inplace=bn)]
+            c = v
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 10))
+
+
+def vgg11():  # VGG-11-like for 32x32x3, no BN
+    return _vgg([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"])
+
+
+def vgg16():  # CIFAR VGG-16 with BatchNorm (eval mode)
+    return _vgg([64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"], bn=True)
+
+
+class _Basic(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        h = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(h)) + self.short(x))
+
+
+def resnet18():  # CIFAR ResNet-18 (3x3 stem, no max-pool)
+    layers, c = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [_Basic(c, cout, stride), _Basic(cout, cout, 1)]
+        c = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
+
+
+MODELS = {"mlp": (mlp, (1, 28, 28)), "cnn": (cnn, (1, 28, 28)), "vgg11": (vgg11, (3, 32, 32)),
+          "vgg16": (vgg16, (3, 32, 32)), "resnet18": (resnet18, (3, 32, 32))}
+
+
+# ---- methods -----------------------------------------------------------------------------------------------------
+def m_plain(model, x, y):
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y, reduction="sum").backward()
+
+
+def m_fisherx(model, x, y):
+    import fisherx
+    return fisherx.fisher_diag(model, (x, y), progress=False)
+
+
+def m_naive(model, x, y):
+    out = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        for o, p in zip(out, model.parameters()):
+            o += p.grad ** 2
+    return out
+
+
+def m_func(model, x, y, chunk=64):
+    from torch.func import functional_call, grad, vmap
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None], reduction="sum")
+
+    g = vmap(grad(loss), in_dims=(None, 0, 0))
+    out = {k: torch.zeros_like(v) for k, v in params.items()}
+    for s in range(0, x.shape[0], chunk):
+        gs = g(params, x[s:s + chunk], y[s:s + chunk])
+        for k in out:
+            out[k] += (gs[k] ** 2).sum(0)
+    return out
+
+
+def m_backpack(model, x, y):
+    from backpack import backpack, extend
+    from backpack.extensions import SumGradSquared
+    m = extend(model)
+    lf = extend(nn.CrossEntropyLoss(reduction="sum"))
+    m.zero_grad()
+    with backpack(SumGradSquared()):
+        lf(m(x), y).backward()
+    return [p.sum_grad_squared.clone() for p in m.parameters()]
+
+
+def m_opacus(model, x, y):
+    from opacus import GradSampleModule
+    m = GradSampleModule(model.train(), loss_reduction="sum")
+    m.zero_grad()
+    F.cross_entropy(m(x), y, reduction="sum").backward()
+    out = [(p.grad_sample ** 2).sum(0) for p in m.parameters()]
+    m._close()
+    model.eval()
+    return out
+
+
+METHODS = {"plain": m_plain, "fisherx": m_fisherx, "naive": m_naive, "torch.func": m_func,
+           "backpack": m_backpack, "opacus": m_opacus}
+NEEDS = {"backpack": "backpack", "opacus": "opacus"}
+SLOW = {"naive", "torch.func", "backpack", "opacus"}  # one timed round (they take seconds to minutes)
+
+
+def _setup(name, device="cpu", batch=BATCH):
+    build, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = build().to(device).eval()
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, x, y
+
+
+def measure(name: str, method: str) -> dict:
+    """One warmed-up call of ``method`` in this process: seconds, samples/s and peak-RSS growth (MB)."""
+    model, x, y = _setup(name)
+    fn = METHODS[method]
+    fn(model, x[:8], y[:8])  # warm-up
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    fn(model, x, y)
+    dt = time.perf_counter() - t
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"model": name, "method": method, "seconds": dt, "samples_per_s": BATCH / dt,
+            "rss_growth_mb": (rss1 - rss0) / 1024}
+
+
+def _memory_in_subprocess(name: str, method: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--model", name, "--method", method], capture_output=True,
+                         text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+    return json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_mb"]
+
+
+# ---- pytest-benchmark ----------------------------------------------------------------------------------------------
+RESULTS: dict[tuple[str, str], dict] = {}
+
+
+def _available(method):
+    mod = NEEDS.get(method)
+    if mod is None:
+        return True
+    try:
+        __import__(mod)
+        return True
+    except Exception:
+        return False
+
+
+CPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[] if _available(m) else [pytest.mark.skip(
+    reason=f"{NEEDS[m]} is not installed (pip install --no-deps backpack-for-pytorch opacus)")])
+    for n in ("mlp", "cnn", "vgg11") for m in METHODS]
+
+
+@pytest.mark.parametrize("name,method", CPU_CASES)
+def test_cpu(benchmark, summary, name, method):
+    if method in ("naive", "torch.func") and name == "vgg11" and not os.environ.get("FISHERX_BENCH_ALL"):
+        pytest.skip("minutes and GBs on VGG: set FISHERX_BENCH_ALL=1 (DESIGN §2 has the figures)")
+    model, x, y = _setup(name)
+    fn = METHODS[method]
+    fn(model, x[:8], y[:8])
+    rounds = 1 if method in SLOW else 5
+    benchmark.group = f"fisher-cpu-{name}"
+    benchmark.pedantic(fn, args=(model, x, y), rounds=rounds, iterations=1, warmup_rounds=0 if method in SLOW else 1)
+    sec = benchmark.stats.stats.median
+    mem = _memory_in_subprocess(name, method) if method in ("plain", "fisherx") or os.environ.get(
+        "FISHERX_BENCH_ALL") else None
+    RESULTS[(name, method)] = {"seconds": sec, "samples_per_s": BATCH / sec, "rss_growth_mb": mem}
+    benchmark.extra_info.update(RESULTS[(name, method)])
+    summary.add(f"fisher {name} (cpu, batch {BATCH})", "reference" if method == "plain" else method, sec)
+
+
+def test_cpu_report():
+    """Print the ratio table (vs plain fwd+bwd from this run) and check the 1.5x / 2x targets are reported."""
+    if not RESULTS:
+        pytest.skip("run together with the test_cpu benchmarks")
+    lines = [f"{'model':<7} {'method':<11} {'samples/s':>10} {'time vs plain':>14} {'mem growth MB':>14} "
+             f"{'mem vs plain':>12}"]
+    for (name, method), r in RESULTS.items():
+        p = RESULTS.get((name, "plain"))
+        ratio = f"{r['seconds'] / p['seconds']:.2f}x" if p else ""
+        mem = f"{r['rss_growth_mb']:.0f}" if r["rss_growth_mb"] is not None else ""
+        mratio = (f"{r['rss_growth_mb'] / max(p['rss_growth_mb'], 1.0):.2f}x"
+                  if p and r["rss_growth_mb"] is not None and p["rss_growth_mb"] is not None else "")
+        lines.append(f"{name:<7} {method:<11} {r['samples_per_s']:>10.1f} {ratio:>14} {mem:>14} {mratio:>12}")
+    print("\n" + "\n".join(lines))
+
+
+GPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])
+    for n in ("vgg16", "resnet18") for m in ("plain", "fisherx")]
+GPU_RESULTS: dict[tuple[str, str], float] = {}
+
+
+@pytest.mark.parametrize("name,method", GPU_CASES)
+def test_gpu(benchmark, summary, name, method):
+    model, x, y = _setup(name, "cuda", GPU_BATCH)
+    fn = METHODS[method]
+
+    def run():
+        fn(model, x, y)
+        torch.cuda.synchronize()
+
+    run()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    benchmark.group = f"fisher-gpu-{name}"
+    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
+    sec = benchmark.stats.stats.median
+    GPU_RESULTS[(name, method)] = sec
+    benchmark.extra_info["peak_mem_growth_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    benchmark.extra_info["samples_per_s"] = GPU_BATCH / sec
+    if method == "fisherx" and (name, "plain") in GPU_RESULTS:
+        benchmark.extra_info["time_vs_plain"] = sec / GPU_RESULTS[(name, "plain")]
+    summary.add(f"fisher {name} (cuda, batch {GPU_BATCH})", "reference" if method == "plain" else method, sec)
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="cnn", choices=sorted(MODELS))
+    ap.add_argument("--method", default="fisherx", choices=sorted(METHODS))
+    a = ap.parse_args()
+    print(json.dumps(measure(a.model, a.method)))
