@@ -28,7 +28,6 @@ Choices and why:
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence

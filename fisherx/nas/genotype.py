@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .ops import OP_NAMES
 
@@ -177,6 +177,3 @@ def _cell_text(cell: CellSpec) -> str:
     parts.append("out = concat(" + ", ".join(f"n{j}" for j in range(len(cell))) + ")")
     return "; ".join(parts)
 
-
-def genotypes_from_json_list(items: Iterable[Any], source: str) -> list[Genotype]:
-    return [Genotype.from_dict(d, f"{source}[{i}]") for i, d in enumerate(items)]

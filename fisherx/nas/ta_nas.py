@@ -26,12 +26,10 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import nn
 
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
@@ -163,7 +161,7 @@ class TaskDictionary:
 
     def eps_network(self, name: str, device=None) -> nn.Module:
         """Baseline ``name``'s ε-network, loaded in eval mode."""
-        entry = self[name]
+        self[name]  # a KeyError listing the baselines there are
         p = self._eps_file(name)
         state, meta = load_tree(p, with_meta=True)
         expect = {k: self.family[k] for k in ("arch", "head_width", "in_channels", "image_size")}
@@ -175,7 +173,6 @@ class TaskDictionary:
             net.load_state_dict(state)
         except RuntimeError as e:
             raise FormatError(f"{p}: the weights do not fit the family's {self.family['arch']}: {e}") from None
-        del entry
         return net.to(pick_device(device)).eval()
 
     def add(self, name: str, *, task: dict, eps_network: nn.Module, eps: dict, space: SearchSpace,
