@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--alternations", type=int, default=10, help="max weight/α alternations per round")
     p.add_argument("--weight-epochs", type=int, default=1, help="passes over the training data per alternation")
-    p.add_argument("--alpha-epochs", type=int, default=1, help="passes over the validation data per alternation")
+    p.add_argument("--alpha-epochs", type=int, default=10,
+                   help="passes over the validation data per alternation (cheap: cached logits)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the candidates' weights")
     p.add_argument("--alpha-lr", type=float, default=0.05, help="Adam learning rate of α")
