@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if (path / INDEX).exists():
         dictionary = TaskDictionary(path)
     else:
-        datas = [t.load(args.data_dir) for t in [target, *baselines]]
+        # The family's head width is the largest label count of the preset's tasks (DESIGN §1), so every task of
+        # the preset can later be a target or join the dictionary.
+        datas = [t.load(args.data_dir) for t in tasks.values()]
         dictionary = TaskDictionary.create(path, arch=args.arch, head_width=max(d.num_classes for d in datas),
                                            in_channels=datas[0].in_channels, image_size=datas[0].image_size)
     general = SearchSpace.general(width=args.width, depth=args.depth)
