@@ -42,7 +42,7 @@ def test_distance_to_itself(dtype, device):
     assert fisherx.distance(f, f, "cosine").item() == pytest.approx(1.0, abs=1e-14)
     # A Fisher and a positive multiple of it are the same unit-trace Fisher.
     assert fisherx.ftd(f, 3 * f).item() < 1e-7
-    assert fisherx.ftd(f, 3 * f).item() < 1e-7
+    assert fisherx.ftd(1e-3 * f, f).item() < 1e-7
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -94,7 +94,7 @@ def test_ftd_is_symmetric_in_its_arguments_but_the_task_distance_is_not():
 
     d_ab, d_ba = fisherx.ftd(f_ab, f_bb).item(), fisherx.ftd(f_ba, f_aa).item()
     assert fisherx.ftd(f_ab, f_bb).item() == pytest.approx(fisherx.ftd(f_bb, f_ab).item(), rel=1e-12)
-    assert abs(d_ab - d_ba) > 0.02, (d_ab, d_ba)
+    assert abs(d_ab - d_ba) > 0.02, (d_ab, d_ba)  # 0.145 vs 0.059 with this seed
     # Same numbers from the reference, so the asymmetry is the data's, not the kernel's.
     assert d_ab == pytest.approx(ref.ftd_column(f_ab[None], f_bb).item(), rel=1e-12)
     assert d_ba == pytest.approx(ref.ftd_column(f_ba[None], f_aa).item(), rel=1e-12)
