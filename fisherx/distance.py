@@ -104,6 +104,8 @@ def distance_column(sources: Sequence[FisherLike], target: FisherLike, metric: s
     else:
         sources = list(sources)
         names = list(names) if names is not None else [f"sources[{i}]" for i in range(len(sources))]
+        if len(names) != len(sources):  # zip() below would silently drop the unnamed sources
+            raise ValueError(f"got {len(sources)} sources but {len(names)} names")
         flats, tgt = _aligned(sources, target, names, target_name)
         if not flats:
             return torch.empty(0, dtype=torch.float64)

@@ -222,6 +222,11 @@ def test_column_names_the_bad_row():
         fisherx.distance_column([GOOD], torch.zeros(3), target_name="digits")
 
 
+def test_column_names_must_match_the_sources():
+    with pytest.raises(ValueError, match="got 3 sources but 1 names"):
+        fisherx.distance_column([GOOD, GOOD, GOOD], GOOD, names=["only_one"])
+
+
 def test_logdet_zero_trace():
     """Normalised logdet needs a trace; the raw form (normalize=False) does not."""
     with pytest.raises(ValueError, match="f_a has zero trace"):
