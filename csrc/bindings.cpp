@@ -46,6 +46,20 @@ fisherx::Strided3<T> view3(std::uintptr_t p, const Shape3& size, const Shape3& s
   return fisherx::Strided3<T>{cptr<T>(p), {size[0], size[1], size[2]}, {stride[0], stride[1], stride[2]}};
 }
 
+using Shape5 = std::array<int64_t, 5>;
+// A convolution input and its geometry (csrc/sqgrad_types.h), the 1-D/2-D cases padded to 3 spatial dims.
+template <typename T>
+fisherx::ConvInput<T> conv_input(std::uintptr_t p, const Shape5& size, const Shape5& stride, const Shape3& out,
+                                 const Shape3& kernel, const Shape3& step, const Shape3& pad, const Shape3& dil,
+                                 int64_t groups) {
+  fisherx::ConvInput<T> c{cptr<T>(p), {}, {}, {}, {}, {}, {}, {}, groups};
+  for (int i = 0; i < 5; ++i) { c.size[i] = size[i]; c.stride[i] = stride[i]; }
+  for (int i = 0; i < 3; ++i) {
+    c.out[i] = out[i]; c.kernel[i] = kernel[i]; c.step[i] = step[i]; c.pad[i] = pad[i]; c.dil[i] = dil[i];
+  }
+  return c;
+}
+
 // Calls fn.template operator()<T>() for the dtype named by `dtype`.
 template <typename Fn>
 void dispatch(const std::string& dtype, Fn&& fn) {
@@ -126,6 +140,16 @@ PYBIND11_MODULE(_C, m) {
                                    accumulate, nt);
     });
   }, py::call_guard<py::gil_scoped_release>());
+  cpu.def("sqgrad_conv", [](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t x,
+                            Shape5 xs, Shape5 xst, Shape3 out_sz, Shape3 kernel, Shape3 step, Shape3 pad, Shape3 dil,
+                            int64_t groups, std::uintptr_t out, int nt) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cpu::sqgrad_conv<T>(view4<T>(g, gs, gst),
+                                   conv_input<T>(x, xs, xst, out_sz, kernel, step, pad, dil, groups),
+                                   reinterpret_cast<T*>(out), nt);
+    });
+  }, py::call_guard<py::gil_scoped_release>());
   cpu.def("sqgrad_norm", [](const std::string& dt, Shape3 size, std::uintptr_t g, Shape3 gst, std::uintptr_t x,
                             Shape3 xst, std::uintptr_t mean, Shape3 mst, std::uintptr_t rstd, Shape3 rst,
                             std::uintptr_t out, std::uintptr_t ws, int nt) {
@@ -184,6 +208,16 @@ PYBIND11_MODULE(_C, m) {
       using T = decltype(t);
       fisherx::cuda::sqgrad_gemm<T>(view4<T>(g, gs, gst), view4<T>(u, us, ust), reinterpret_cast<T*>(out),
                                     accumulate, reinterpret_cast<T*>(ws), stream_of(stream));
+    });
+  }, py::call_guard<py::gil_scoped_release>());
+  cuda.def("sqgrad_conv", [=](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t x,
+                              Shape5 xs, Shape5 xst, Shape3 out_sz, Shape3 kernel, Shape3 step, Shape3 pad,
+                              Shape3 dil, int64_t groups, std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream) {
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      fisherx::cuda::sqgrad_conv<T>(view4<T>(g, gs, gst),
+                                    conv_input<T>(x, xs, xst, out_sz, kernel, step, pad, dil, groups),
+                                    reinterpret_cast<T*>(out), reinterpret_cast<T*>(ws), stream_of(stream));
     });
   }, py::call_guard<py::gil_scoped_release>());
   cuda.def("sqgrad_norm", [=](const std::string& dt, Shape3 size, std::uintptr_t g, Shape3 gst, std::uintptr_t x,

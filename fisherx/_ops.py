@@ -362,3 +362,65 @@ def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torc
 @sqgrad_norm.register_fake
 def _(g, x, mean, rstd):
     return g.new_empty((2, g.shape[2]))
+
+
+def _conv_geometry(x: torch.Tensor, kernel_size, stride, padding, dilation, out_size):
+    """Sizes/strides of x and the geometry padded to 3 spatial dims, as the kernels take them."""
+    n = x.dim() - 2
+    fill = 3 - n
+    size = list(x.shape) + [1] * fill
+    strides = list(x.stride()) + [1] * fill
+    ext = lambda v, one: list(v) + [one] * fill  # noqa: E731
+    return size, strides, ext(out_size, 1), ext(kernel_size, 1), ext(stride, 1), ext(padding, 0), ext(dilation, 1)
+
+
+@torch.library.custom_op("fisherx::sqgrad_conv", mutates_args=())
+def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                dilation: list[int], groups: int) -> torch.Tensor:
+    """Σ_b (∂ℓ_b/∂W)² for a zero-padded Conv1d/2d/3d: (groups, O/groups, C/groups·prod(kernel_size)).
+
+    ∂ℓ_b/∂W (per group) = G_bᵀU_b with U_b the im2col of sample b; the kernels read U straight from ``x``
+    (implicit im2col: no unfolded copy) and square each per-sample tile in registers before summing over b.
+    ``g`` is the output gradient (B, O, *out), ``x`` the input (B, C, *in); ``padding`` the leading zero padding
+    per dim (the trailing side follows from the output size).
+    """
+    _check_same({"g": g, "x": x}, "sqgrad_conv")
+    n = len(kernel_size)
+    if not 1 <= n <= 3 or x.dim() != n + 2 or g.dim() != n + 2 or g.shape[0] != x.shape[0]:
+        raise ValueError(f"sqgrad_conv expects g (B, O, *out) and x (B, C, *in) with {n} spatial dims and the same "
+                         f"B; got {tuple(g.shape)} and {tuple(x.shape)}")
+    if not all(len(v) == n for v in (stride, padding, dilation)):
+        raise ValueError("sqgrad_conv: kernel_size, stride, padding and dilation need one entry per spatial dim")
+    if groups < 1 or x.shape[1] % groups or g.shape[1] % groups:
+        raise ValueError(f"sqgrad_conv: groups={groups} must divide the channels {x.shape[1]} and {g.shape[1]}")
+    backend = _backend(g)
+    if backend == "reference":
+        return ref.sqgrad_conv(g, x, kernel_size, stride, padding, dilation, groups)
+    b, o = g.shape[:2]
+    kvol = 1
+    for k in kernel_size:
+        kvol *= k
+    kdim = x.shape[1] // groups * kvol
+    out = torch.empty(groups, o // groups, kdim, dtype=g.dtype, device=g.device)
+    p = 1
+    for v in g.shape[2:]:
+        p *= v
+    gv = g.reshape(b, groups, o // groups, p).transpose(2, 3)  # (B, groups, P, O/groups), a view
+    geo = _conv_geometry(x, kernel_size, stride, padding, dilation, g.shape[2:])
+    args = (_dtype_name(g), gv.data_ptr(), list(gv.shape), list(gv.stride()), x.data_ptr(), *geo, groups,
+            out.data_ptr())
+    if backend == "cpu":
+        _C.cpu.sqgrad_conv(*args, torch.get_num_threads())
+    else:
+        ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, groups, o // groups, kdim), dtype=g.dtype, device=g.device)
+        with torch.cuda.device(g.device):
+            _C.cuda.sqgrad_conv(*args, ws.data_ptr(), _stream(g.device))
+    return out
+
+
+@sqgrad_conv.register_fake
+def _(g, x, kernel_size, stride, padding, dilation, groups):
+    kvol = 1
+    for k in kernel_size:
+        kvol *= k
+    return g.new_empty((groups, g.shape[1] // groups, x.shape[1] // groups * kvol))

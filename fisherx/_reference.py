@@ -68,3 +68,26 @@ def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torc
     g64 = g.to(torch.float64)
     xhat = (x.to(torch.float64) - mean.to(torch.float64)) * rstd.to(torch.float64)
     return torch.stack([(g64 * xhat).sum(dim=1).square().sum(dim=0), g64.sum(dim=1).square().sum(dim=0)]).to(g.dtype)
+
+
+def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                dilation: list[int], groups: int) -> torch.Tensor:
+    """Σ_b (∂ℓ_b/∂W)² of a zero-padded convolution, W of shape (O, C/groups, *kernel_size), returned as
+    (groups, O/groups, C/groups·prod(kernel_size)); ``padding`` is the leading pad per dim (the trailing side is
+    whatever the output size ``g.shape[2:]`` needs). One torch weight-gradient per sample, in float64."""
+    n = len(kernel_size)
+    b, o = g.shape[:2]
+    c = x.shape[1]
+    x64, g64 = x.to(torch.float64), g.to(torch.float64)
+    pads = []
+    for d in reversed(range(n)):  # F.pad order: last dim first
+        need = (g.shape[2 + d] - 1) * stride[d] + (kernel_size[d] - 1) * dilation[d] + 1
+        pads += [padding[d], need - padding[d] - x.shape[2 + d]]
+    xp = torch.nn.functional.pad(x64, pads)  # negative amounts crop
+    w = torch.zeros(o, c // groups, *kernel_size, dtype=torch.float64, device=x.device)
+    out = torch.zeros_like(w)
+    for i in range(b):
+        gw = torch.ops.aten.convolution_backward(g64[i:i + 1], xp[i:i + 1], w, None, list(stride), [0] * n,
+                                                 list(dilation), False, [0] * n, groups, [False, True, False])[1]
+        out += gw.square()
+    return out.reshape(groups, o // groups, -1).to(g.dtype)

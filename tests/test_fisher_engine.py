@@ -191,3 +191,18 @@ def test_batchnorm_in_training_mode_is_switched_to_eval_with_a_warning():
                        nn.Linear(27, 4))
     with pytest.raises(ValueError, match="track_running_stats=False"):
         fisherx.fisher_diag(m2, (x, y), progress=False)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith("conv")], ids=lambda c: c[0])
+def test_conv_rule_without_compiled_kernels(case, monkeypatch):
+    # Devices with no compiled kernel (the ops' "reference" backend) take the unfold path of the conv rule.
+    from fisherx import _ops
+    monkeypatch.setattr(_ops, "_backend", lambda t: "reference")
+    name, build, inputs, loss = case
+    torch.manual_seed(5)
+    x, y = inputs(torch.float64)
+    model = build().double().eval()
+    model(x[:1])
+    f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
+    for pname, r in naive_fisher(model, x, y, loss).items():
+        assert (f[pname] - r).norm() <= 1e-10 * r.norm(), pname

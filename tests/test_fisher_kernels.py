@@ -1,4 +1,4 @@
-"""The Fisher engine's ops (fisherx._ops.sqgrad_gemm, sqgrad_norm) against their references in fisherx._reference:
+"""The Fisher engine's ops (fisherx._ops.sqgrad_gemm, sqgrad_conv, sqgrad_norm) against their references in fisherx._reference:
 one table of ops × sample inputs (OpInfo style), float32/float64, non-contiguous and broadcast views, empty batch;
 plus torch.library.opcheck on each op, and the same on CUDA when a GPU is present."""
 from __future__ import annotations
@@ -33,9 +33,21 @@ def _norm_samples(dtype, device):
     yield "empty-batch", (r(0, p, c), r(0, p, c), r(c).expand(0, p, c), r(c).expand(0, p, c))
 
 
+def _conv_samples(dtype, device):
+    r = lambda *s: torch.randn(*s, dtype=dtype, device=device)  # noqa: E731
+    # (g, x, kernel, stride, leading padding, dilation, groups); g's spatial size is the conv's output size.
+    yield "conv2d-groups-dil", (r(3, 6, 4, 4), r(3, 4, 7, 5), [3, 2], [2, 1], [1, 0], [1, 2], 2)
+    yield "conv1d-pad", (r(4, 5, 5), r(4, 3, 9), [3], [2], [2], [1], 1)
+    yield "conv3d", (r(2, 4, 4, 2, 4), r(2, 2, 4, 5, 5), [2, 3, 2], [1, 2, 1], [1, 0, 1], [1, 1, 2], 2)
+    yield "x-channels-last", (r(3, 5, 6, 6), r(3, 6, 6, 4).permute(0, 3, 1, 2), [3, 3], [1, 1], [1, 1], [1, 1], 1)
+    yield "same-asymmetric", (r(2, 3, 6, 6), r(2, 2, 6, 6), [2, 2], [1, 1], [0, 0], [1, 1], 1)  # right pad only
+    yield "empty-batch", (r(0, 4, 3, 3), r(0, 2, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 1)
+
+
 OPS = [
     ("sqgrad_gemm", _ops.sqgrad_gemm, ref.sqgrad_gemm, _gemm_samples),
     ("sqgrad_norm", _ops.sqgrad_norm, ref.sqgrad_norm, _norm_samples),
+    ("sqgrad_conv", _ops.sqgrad_conv, ref.sqgrad_conv, _conv_samples),
 ]
 
 
@@ -76,7 +88,7 @@ def test_op_matches_reference_cuda(name, op, reference, samples, dtype, sname, d
 def test_opcheck(name, op, reference, samples):
     torch.manual_seed(0)
     for sname, args in samples(torch.float32, "cpu"):
-        if sname in ("basic", "bn-nchw"):
+        if sname in ("basic", "bn-nchw", "conv2d-groups-dil"):
             torch.library.opcheck(op, args)
 
 

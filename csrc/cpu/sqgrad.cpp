@@ -23,7 +23,7 @@ namespace fisherx::cpu {
 namespace {
 
 constexpr int kVecBytes = 64;
-constexpr int MR = 4;                 // rows of m per micro-tile
+constexpr int MR = 6;                 // rows of m per micro-tile (12 + 12 vector registers)
 constexpr int64_t kPackElems = 1 << 17;  // packed g and u of one batch chunk: about half of a 1 MB L2
 
 template <typename T>
@@ -54,14 +54,14 @@ __attribute__((always_inline)) inline void micro_impl(const T* __restrict gp, co
       std::memcpy(&u0, ub + p * 2 * L, sizeof(V));
       std::memcpy(&u1, ub + p * 2 * L + L, sizeof(V));
       const T* gv = gb + p * MR;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const T s = gv[r];
         t[r][0] += s * u0;
         t[r][1] += s * u1;
       }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       a[r][0] += t[r][0] * t[r][0];
       a[r][1] += t[r][1] * t[r][1];
@@ -89,21 +89,127 @@ struct AlignedBuf {
   }
 };
 
+// Packers of u: pack(c, b0, nb, k0, kn, dst) writes u[b0:b0+nb, c, :, k0:k0+kn] as [b][p][NR], zero-padded to NR.
+template <typename T>
+struct StridedU {
+  Strided4<T> u;
+  int64_t P() const { return u.size[2]; }
+  int64_t K() const { return u.size[3]; }
+  void pack(int64_t c, int64_t b0, int64_t nb, int64_t k0, int64_t kn, T* dst) const {
+    constexpr int NR = nr<T>();
+    const int64_t P = u.size[2], ks = u.stride[3];
+    for (int64_t bl = 0; bl < nb; ++bl)
+      for (int64_t p = 0; p < P; ++p) {
+        T* d = dst + (bl * P + p) * NR;
+        const T* src = &u.at(b0 + bl, c, p, k0);
+        if (ks == 1) {
+          std::memcpy(d, src, sizeof(T) * kn);
+        } else {
+          for (int64_t j = 0; j < kn; ++j) d[j] = src[j * ks];
+        }
+        for (int64_t j = kn; j < NR; ++j) d[j] = T(0);
+      }
+  }
+};
+
+// Implicit im2col: reads the convolution input directly (zero padding by bounds checks).
+template <typename T>
+struct ConvU {
+  ConvInput<T> x;
+  int64_t P() const { return x.out[0] * x.out[1] * x.out[2]; }
+  int64_t K() const { return x.size[1] / x.groups * x.kernel[0] * x.kernel[1] * x.kernel[2]; }
+  void pack(int64_t c, int64_t b0, int64_t nb, int64_t k0, int64_t kn, T* dst) const {
+    constexpr int NR = nr<T>();
+    // Per column j of the block: its offset in x (channel and kernel tap) and its tap displacement per dim.
+    int64_t off[NR], dk[NR][3];
+    const int64_t kvol = x.kernel[0] * x.kernel[1] * x.kernel[2], cin_g = x.size[1] / x.groups;
+    for (int64_t j = 0; j < kn; ++j) {
+      const int64_t k = k0 + j, ci = k / kvol, r = k % kvol;
+      const int64_t t0 = r / (x.kernel[1] * x.kernel[2]), t1 = (r / x.kernel[2]) % x.kernel[1], t2 = r % x.kernel[2];
+      dk[j][0] = t0 * x.dil[0];
+      dk[j][1] = t1 * x.dil[1];
+      dk[j][2] = t2 * x.dil[2];
+      off[j] = (c * cin_g + ci) * x.stride[1] + dk[j][0] * x.stride[2] + dk[j][1] * x.stride[3] + dk[j][2] * x.stride[4];
+    }
+    const int64_t P = this->P();
+    for (int64_t bl = 0; bl < nb; ++bl) {
+      const T* xb = x.data + (b0 + bl) * x.stride[0];
+      int64_t p = 0;
+      for (int64_t o0 = 0; o0 < x.out[0]; ++o0)
+        for (int64_t o1 = 0; o1 < x.out[1]; ++o1)
+          for (int64_t o2 = 0; o2 < x.out[2]; ++o2, ++p) {
+            T* d = dst + (bl * P + p) * NR;
+            const int64_t i0 = o0 * x.step[0] - x.pad[0], i1 = o1 * x.step[1] - x.pad[1], i2 = o2 * x.step[2] - x.pad[2];
+            const int64_t base = i0 * x.stride[2] + i1 * x.stride[3] + i2 * x.stride[4];  // may be < 0 at a border
+            // Interior positions (the whole kernel window inside x) need no bounds checks.
+            const bool inside = i0 >= 0 && i0 + (x.kernel[0] - 1) * x.dil[0] < x.size[2] && i1 >= 0 &&
+                                i1 + (x.kernel[1] - 1) * x.dil[1] < x.size[3] && i2 >= 0 &&
+                                i2 + (x.kernel[2] - 1) * x.dil[2] < x.size[4];
+            if (inside) {
+              for (int64_t j = 0; j < kn; ++j) d[j] = xb[base + off[j]];
+            } else {
+              for (int64_t j = 0; j < kn; ++j) {
+                const int64_t a = i0 + dk[j][0], b = i1 + dk[j][1], e = i2 + dk[j][2];
+                d[j] = (a >= 0 && a < x.size[2] && b >= 0 && b < x.size[3] && e >= 0 && e < x.size[4]) ? xb[base + off[j]] : T(0);
+              }
+            }
+            for (int64_t j = kn; j < NR; ++j) d[j] = T(0);
+          }
+    }
+  }
+};
+
+// Pack g[b0:b0+nb, c, :, m0:m0+mn] as [m-block][b][p][MR], zero-padded past M. The loop over the smaller stride
+// runs innermost, so both (B, P, M) and conv's (B, M, P) layouts are read sequentially.
+template <typename T>
+void pack_g(const Strided4<T>& g, int64_t c, int64_t b0, int64_t nb, int64_t m0, int64_t mn, T* dst) {
+  const int64_t P = g.size[2], nmb = (mn + MR - 1) / MR;
+  const bool p_inner = g.stride[2] < g.stride[3];
+  for (int64_t mb = 0; mb < nmb; ++mb)
+    for (int64_t bl = 0; bl < nb; ++bl) {
+      T* d = dst + (mb * nb + bl) * P * MR;
+      if (p_inner) {
+        for (int r = 0; r < MR; ++r) {
+          const int64_t m = mb * MR + r;
+          if (m < mn) {
+            const T* src = &g.at(b0 + bl, c, 0, m0 + m);
+            for (int64_t p = 0; p < P; ++p) d[p * MR + r] = src[p * g.stride[2]];
+          } else {
+            for (int64_t p = 0; p < P; ++p) d[p * MR + r] = T(0);
+          }
+        }
+      } else {
+        for (int64_t p = 0; p < P; ++p)
+          for (int r = 0; r < MR; ++r) {
+            const int64_t m = mb * MR + r;
+            d[p * MR + r] = m < mn ? g.at(b0 + bl, c, p, m0 + m) : T(0);
+          }
+      }
+    }
+}
+
 }  // namespace
 
-template <typename T>
-void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, int nthreads) {
-  const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3], K = u.size[3];
+template <typename T, typename PackU>
+void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate, int nthreads) {
+  const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3], K = u.K();
   constexpr int NR = nr<T>();
   if (!accumulate) std::fill(out, out + C * M * K, T(0));
   if (B == 0 || P == 0 || M == 0 || K == 0) return;
-  const int64_t nkb = (K + NR - 1) / NR;
-  // Split m as well when there are too few (group, k-block) tasks to keep every thread busy.
-  const int64_t want = 4 * std::max(1, nthreads);
-  int64_t nmc = std::max<int64_t>(1, std::min<int64_t>((want + C * nkb - 1) / (C * nkb), (M + MR - 1) / MR));
-  const int64_t mchunk = ((M + nmc - 1) / nmc + MR - 1) / MR * MR;
+  // Tasks: (group, m-chunk, k-chunk). A task packs its g slice once per batch chunk and reuses it for every
+  // k-block (u is packed one k-block at a time), so splitting m is preferred; k is split only for parallelism.
+  // Splitting m repacks u once per m-chunk, splitting k repacks g once per k-chunk: split the dim whose
+  // counterpart is smaller (convolutions usually have K = C·k > M, so they split k).
+  const int64_t want = 2 * std::max(1, nthreads);
+  const int64_t nmb_all = (M + MR - 1) / MR, nkb_all = (K + NR - 1) / NR;
+  const int64_t per_group = (want + C - 1) / C;
+  int64_t nmc = K > M ? 1 : std::clamp<int64_t>(per_group, 1, nmb_all);
+  const int64_t mchunk = (nmb_all + nmc - 1) / nmc * MR;
   nmc = (M + mchunk - 1) / mchunk;
-  const int64_t ntasks = C * nkb * nmc;
+  int64_t nkc = std::clamp<int64_t>((want + C * nmc - 1) / (C * nmc), 1, nkb_all);
+  const int64_t kchunk = (nkb_all + nkc - 1) / nkc * NR;
+  nkc = (K + kchunk - 1) / kchunk;
+  const int64_t ntasks = C * nmc * nkc;
   const int64_t bc = std::clamp<int64_t>(kPackElems / std::max<int64_t>(1, P * (NR + mchunk)), 1, B);
 
 #pragma omp parallel num_threads(std::max(1, nthreads)) if (ntasks > 1)
@@ -111,43 +217,47 @@ void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, int nthr
     AlignedBuf<T> upack, gpack, acc;
     upack.resize(static_cast<size_t>(bc * P * NR));
     gpack.resize(static_cast<size_t>(bc * P * mchunk));
-    acc.resize(static_cast<size_t>(mchunk * NR));
+    acc.resize(static_cast<size_t>(mchunk * kchunk));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
-      const int64_t c = task / (nkb * nmc), kb = (task / nmc) % nkb, mc = task % nmc;
-      const int64_t k0 = kb * NR, kn = std::min<int64_t>(NR, K - k0);
+      const int64_t c = task / (nmc * nkc), mc = (task / nkc) % nmc, kc = task % nkc;
       const int64_t m0 = mc * mchunk, mn = std::min<int64_t>(mchunk, M - m0);
-      const int64_t nmb = (mn + MR - 1) / MR;
-      std::fill(acc.ptr, acc.ptr + mchunk * NR, T(0));
+      const int64_t kc0 = kc * kchunk, kcn = std::min<int64_t>(kchunk, K - kc0);
+      const int64_t nmb = (mn + MR - 1) / MR, nkb = (kcn + NR - 1) / NR;
+      // acc layout: [k-block][m-block][MR][NR]
+      std::fill(acc.ptr, acc.ptr + mchunk * kchunk, T(0));
       for (int64_t b0 = 0; b0 < B; b0 += bc) {
         const int64_t nb = std::min(bc, B - b0);
-        // Pack u[b, c, :, k0:k0+NR] as [b][p][NR] and g[b, c, :, m0:m0+mchunk] as [m-block][b][p][MR], zero-padded.
-        for (int64_t bl = 0; bl < nb; ++bl)
-          for (int64_t p = 0; p < P; ++p) {
-            T* dst = upack.ptr + (bl * P + p) * NR;
-            const T* src = &u.at(b0 + bl, c, p, k0);
-            int64_t j = 0;
-            for (; j < kn; ++j) dst[j] = src[j * u.stride[3]];
-            for (; j < NR; ++j) dst[j] = T(0);
-          }
-        for (int64_t mb = 0; mb < nmb; ++mb)
-          for (int64_t bl = 0; bl < nb; ++bl)
-            for (int64_t p = 0; p < P; ++p) {
-              T* dst = gpack.ptr + ((mb * nb + bl) * P + p) * MR;
-              for (int r = 0; r < MR; ++r) {
-                const int64_t m = mb * MR + r;
-                dst[r] = m < mn ? g.at(b0 + bl, c, p, m0 + m) : T(0);
-              }
-            }
-        for (int64_t mb = 0; mb < nmb; ++mb) micro(gpack.ptr + mb * nb * P * MR, upack.ptr, nb, P, acc.ptr + mb * MR * NR);
+        pack_g(g, c, b0, nb, m0, mn, gpack.ptr);
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          const int64_t k0 = kc0 + kb * NR, kn = std::min<int64_t>(NR, K - k0);
+          u.pack(c, b0, nb, k0, kn, upack.ptr);
+          T* acc_kb = acc.ptr + kb * nmb * MR * NR;
+          for (int64_t mb = 0; mb < nmb; ++mb)
+            micro(gpack.ptr + mb * nb * P * MR, upack.ptr, nb, P, acc_kb + mb * MR * NR);
+        }
       }
-      for (int64_t m = 0; m < mn; ++m) {
-        T* o = out + (c * M + m0 + m) * K + k0;
-        const T* a = acc.ptr + ((m / MR) * MR * NR) + (m % MR) * NR;
-        for (int64_t j = 0; j < kn; ++j) o[j] += a[j];
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kc0 + kb * NR, kn = std::min<int64_t>(NR, K - k0);
+        const T* acc_kb = acc.ptr + kb * nmb * MR * NR;
+        for (int64_t m = 0; m < mn; ++m) {
+          T* o = out + (c * M + m0 + m) * K + k0;
+          const T* a = acc_kb + m * NR;
+          for (int64_t j = 0; j < kn; ++j) o[j] += a[j];
+        }
       }
     }
   }
+}
+
+template <typename T>
+void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, int nthreads) {
+  sqgrad_driver(g, StridedU<T>{u}, out, accumulate, nthreads);
+}
+
+template <typename T>
+void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, int nthreads) {
+  sqgrad_driver(g, ConvU<T>{x}, out, false, nthreads);
 }
 
 template <typename T>
@@ -194,6 +304,8 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
 
 template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, int);
 template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, int);
+template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, int);
+template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, int);
 template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
                                  double*, int);
 template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>, double*,

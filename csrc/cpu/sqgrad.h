@@ -11,6 +11,11 @@ namespace fisherx::cpu {
 template <typename T>
 void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, int nthreads);
 
+// Convolution weights: the same sum with u the implicit im2col of x (see ConvInput). g: (B, groups, P, O/groups)
+// with P = prod(out); out contiguous (groups, O/groups, C/groups·prod(kernel)).
+template <typename T>
+void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, int nthreads);
+
 // Normalisation layers. All inputs (B, P, C), mean/rstd usually broadcast views (stride 0).
 // out[0,c] = Σ_b (Σ_p g·(x − mean)·rstd)², out[1,c] = Σ_b (Σ_p g)²; out contiguous (2, C).
 // workspace: B·2·C doubles (the per-sample sums, reduced over b in order).

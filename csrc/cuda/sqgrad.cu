@@ -29,9 +29,10 @@ int64_t splits_for(int64_t B, int64_t C, int64_t M, int64_t K) {
   return std::clamp<int64_t>((kTargetBlocks + t - 1) / t, 1, std::max<int64_t>(1, std::min<int64_t>(B, 64)));
 }
 
-template <typename T>
-__global__ void sqgrad_gemm_kernel(Strided4<T> g, Strided4<T> u, T* dst, int64_t per_split, bool accumulate) {
-  const int64_t B = g.size[0], P = g.size[2], M = g.size[3], K = u.size[3];
+// UAcc: Strided4<T> (explicit u) or ConvInput<T> (implicit im2col); both have at(b, c, p, k).
+template <typename T, typename UAcc>
+__global__ void sqgrad_gemm_kernel(Strided4<T> g, UAcc u, int64_t K, T* dst, int64_t per_split, bool accumulate) {
+  const int64_t B = g.size[0], P = g.size[2], M = g.size[3];
   const int64_t nmt = (M + TM - 1) / TM, nkt = (K + TK - 1) / TK;
   const int64_t tile = blockIdx.x;
   const int64_t c = tile / (nmt * nkt), m0 = ((tile / nkt) % nmt) * TM, k0 = (tile % nkt) * TK;
@@ -146,9 +147,12 @@ int64_t sqgrad_gemm_workspace(int64_t B, int64_t C, int64_t M, int64_t K) {
   return s > 1 ? s * C * M * K : 1;
 }
 
-template <typename T>
-void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream) {
-  const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3], K = u.size[3];
+namespace {
+
+template <typename T, typename UAcc>
+void launch_gemm(const Strided4<T>& g, const UAcc& u, int64_t K, T* out, bool accumulate, T* workspace,
+                 cudaStream_t stream) {
+  const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3];
   const int64_t n = C * M * K;
   if (n == 0) return;
   if (B == 0 || P == 0) {
@@ -161,13 +165,26 @@ void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* works
   const int64_t used = (B + per_split - 1) / per_split;
   dim3 grid((unsigned)tiles(C, M, K), (unsigned)used);
   if (used == 1) {
-    sqgrad_gemm_kernel<T><<<grid, kThreads, 0, stream>>>(g, u, out, per_split, accumulate);
+    sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, out, per_split, accumulate);
   } else {
-    sqgrad_gemm_kernel<T><<<grid, kThreads, 0, stream>>>(g, u, workspace, per_split, false);
+    sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, workspace, per_split, false);
     reduce_splits<T><<<(int)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(workspace, used, n, out,
                                                                                          accumulate);
   }
   check(cudaGetLastError(), "sqgrad_gemm");
+}
+
+}  // namespace
+
+template <typename T>
+void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream) {
+  launch_gemm(g, u, u.size[3], out, accumulate, workspace, stream);
+}
+
+template <typename T>
+void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, T* workspace, cudaStream_t stream) {
+  const int64_t K = x.size[1] / x.groups * x.kernel[0] * x.kernel[1] * x.kernel[2];
+  launch_gemm(g, x, K, out, false, workspace, stream);
 }
 
 template <typename T>
@@ -185,6 +202,8 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
 
 template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, float*, cudaStream_t);
 template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, double*, cudaStream_t);
+template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, float*, cudaStream_t);
+template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, double*, cudaStream_t);
 template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
                                  double*, cudaStream_t);
 template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>,

@@ -16,6 +16,11 @@ int64_t sqgrad_gemm_workspace(int64_t B, int64_t C, int64_t M, int64_t K);
 template <typename T>
 void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream);
 
+// Convolution weights with u the implicit im2col of x (see ConvInput): g (B, groups, P, O/groups), out
+// contiguous (groups, O/groups, C/groups·prod(kernel)); workspace: sqgrad_gemm_workspace(B, groups, O/groups, K).
+template <typename T>
+void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, T* workspace, cudaStream_t stream);
+
 // out[0,c] = Σ_b (Σ_p g·(x − mean)·rstd)², out[1,c] = Σ_b (Σ_p g)²; workspace B·2·C doubles.
 template <typename T>
 void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* workspace,

@@ -1,10 +1,12 @@
 """nn.Conv1d, nn.Conv2d, nn.Conv3d (any stride, padding including 'same', padding mode, dilation, groups).
 
 With U_i the im2col matrix of sample i (positions × in·k), per group W_i = G_iᵀU_i; the weight is shared across
-positions, so Σ_i W_i∘W_i goes through :func:`fisherx._ops.sqgrad_gemm`, which squares and sums the per-sample
-products tile by tile. U is built for a bounded chunk of the batch at a time. Bias: Σ_i (Σ_positions g_i)².
+positions, so Σ_i W_i∘W_i goes through :func:`fisherx._ops.sqgrad_conv`, which reads U straight from the input
+(implicit im2col) and squares and sums the per-sample products tile by tile. Bias: Σ_i (Σ_positions g_i)².
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -47,25 +49,42 @@ def unfold(x: torch.Tensor, layer: nn.modules.conv._ConvNd) -> torch.Tensor:
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv(layer: nn.modules.conv._ConvNd, activations, backprops) -> dict:
-    """Σ_i (∂ℓ_i/∂W)² via im2col + squared per-sample GEMMs; Σ_i (Σ_positions ∂ℓ_i/∂y_i)² for the bias."""
+    """Σ_i (∂ℓ_i/∂W)² via squared per-sample GEMMs on the im2col of the input; Σ_i (Σ_positions ∂ℓ_i/∂y_i)² for
+    the bias.
+
+    With the compiled kernels (CPU, CUDA) the im2col is implicit (:func:`fisherx._ops.sqgrad_conv` reads the
+    input in place); elsewhere the input is unfolded a bounded chunk of the batch at a time.
+    """
     x, g = activations[0], backprops
     if x.dim() == layer.weight.dim() - 1:
         raise ValueError(f"{type(layer).__name__} got an unbatched input of shape {tuple(x.shape)}")
     b = x.shape[0]
     out = {}
     if layer.weight.requires_grad:
-        groups = layer.groups
-        go = g.reshape(b, groups, g.shape[1] // groups, -1).transpose(2, 3)  # (B, groups, L, O/groups), a view
-        L = go.shape[2]
-        per_sample = max(1, L * layer.weight[0].numel() * groups)
-        chunk = max(1, min(b, UNFOLD_BUDGET // per_sample))
-        acc = None
-        for s in range(0, b, chunk):
-            part = _ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer))
-            acc = part if acc is None else acc.add_(part)
-        if acc is None:  # empty batch
-            acc = torch.zeros(groups, go.shape[3], layer.weight[0].numel(), dtype=g.dtype, device=g.device)
-        out["weight"] = acc.reshape(layer.weight.shape)
+        if _ops._backend(x) != "reference":
+            n = x.dim() - 2
+            pad = layer._reversed_padding_repeated_twice  # (last dim left, right, ..., first dim left, right)
+            if layer.padding_mode != "zeros" and any(pad):
+                x = F.pad(x, pad, mode=layer.padding_mode)
+                lead = [0] * n
+            else:
+                lead = [pad[2 * (n - 1 - d)] for d in range(n)]
+            sq = _ops.sqgrad_conv(g, x, list(layer.kernel_size), list(layer.stride), lead, list(layer.dilation),
+                                  layer.groups)
+        else:
+            sq = _unfolded(layer, x, g)
+        out["weight"] = sq.reshape(layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
-        out["bias"] = g.reshape(b, g.shape[1], -1).sum(2).square().sum(0)
+        out["bias"] = g.reshape(b, g.shape[1], math.prod(g.shape[2:])).sum(2).square().sum(0)
     return out
+
+
+def _unfolded(layer, x, g) -> torch.Tensor:
+    b, groups = x.shape[0], layer.groups
+    go = g.reshape(b, groups, g.shape[1] // groups, math.prod(g.shape[2:])).transpose(2, 3)  # (B, groups, L, O/g)
+    per_sample = max(1, go.shape[2] * layer.weight[0].numel() * groups)
+    chunk = max(1, min(b, UNFOLD_BUDGET // per_sample))
+    acc = torch.zeros(groups, go.shape[3], layer.weight[0].numel(), dtype=g.dtype, device=g.device)
+    for s in range(0, b, chunk):
+        acc.add_(_ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer)))
+    return acc
