@@ -10,9 +10,11 @@ CPU, batch 256, cross-entropy, empirical Fisher (Σ_i of squared per-sample grad
 - ``naive``: one backward per sample; ``torch.func``: vmap(grad) in chunks of 64;
 - ``backpack`` (SumGradSquared) and ``opacus`` (grad_sample): only when importable, skipped otherwise.
 
-Each method also runs once in a fresh subprocess that reports its peak-RSS growth over the warmed-up model
-(ru_maxrss before and after one call). The summary lists samples/s and memory growth as ratios to ``plain`` from
-the same run (the machine is shared, so only ratios within one run mean anything).
+``plain`` and ``fisherx`` (every method with FISHERX_BENCH_ALL=1) also run once in a fresh subprocess that reports
+the peak-RSS growth over the warmed-up model (ru_maxrss before and after one call). The markdown table written to
+``$FISHERX_BENCH_TABLE`` (default build/fisher-bench.md) lists samples/s, and time and memory growth as ratios
+to ``plain`` from the same run (the machine is shared, so only ratios within one run mean anything).
+FISHERX_BENCH_THREADS=1 pins torch to one thread (steadier on an oversubscribed machine).
 GPU (VGG-16 and ResNet-18 on 32×32 inputs, batch 128): time ratio vs plain and peak CUDA memory growth.
 """
 from __future__ import annotations
@@ -31,6 +33,9 @@ from torch import nn
 
 BATCH = 256
 GPU_BATCH = 128
+if os.environ.get("FISHERX_BENCH_THREADS"):  # e.g. 1 on a shared, oversubscribed machine
+    torch.set_num_threads(int(os.environ["FISHERX_BENCH_THREADS"]))
+TABLE = os.environ.get("FISHERX_BENCH_TABLE", "build/fisher-bench.md")  # the ratio table, rewritten after each test
 
 
 # ---- models of DESIGN §2 (as in /work/shared/tools/peer_fisher_bench.py) ------------------------------------------
@@ -167,18 +172,52 @@ def _setup(name, device="cpu", batch=BATCH):
     return model, x, y
 
 
+def _warm_up_custom_ops():
+    # The first torch.library custom-op call of a process pays a one-time set-up (about a second here).
+    from fisherx import _ops
+    _ops.sqgrad_gemm(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 5))
+
+
 def measure(name: str, method: str) -> dict:
     """One warmed-up call of ``method`` in this process: seconds, samples/s and peak-RSS growth (MB)."""
     model, x, y = _setup(name)
     fn = METHODS[method]
     fn(model, x[:8], y[:8])  # warm-up
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _warm_up_custom_ops()
+    rss0 = _reset_peak_kb()
     t = time.perf_counter()
     fn(model, x, y)
     dt = time.perf_counter() - t
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss1 = _peak_kb()
     return {"model": name, "method": method, "seconds": dt, "samples_per_s": BATCH / dt,
             "rss_growth_mb": (rss1 - rss0) / 1024}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_kb() -> int:
+    """Reset the peak-RSS mark and return the current RSS (kB). ru_maxrss cannot serve: Linux carries it over
+    exec from the parent, so a child of a big pytest process would report no growth."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_kb() -> int:
+    hwm = _status_kb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _memory_in_subprocess(name: str, method: str) -> float:
@@ -209,11 +248,12 @@ CPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[] if _available(m) else [p
 
 @pytest.mark.parametrize("name,method", CPU_CASES)
 def test_cpu(benchmark, summary, name, method):
-    if method in ("naive", "torch.func") and name == "vgg11" and not os.environ.get("FISHERX_BENCH_ALL"):
-        pytest.skip("minutes and GBs on VGG: set FISHERX_BENCH_ALL=1 (DESIGN §2 has the figures)")
+    if method in SLOW and name == "vgg11" and not os.environ.get("FISHERX_BENCH_ALL"):
+        pytest.skip("minutes and up to 11 GB on VGG: set FISHERX_BENCH_ALL=1 (DESIGN §2 has the figures)")
     model, x, y = _setup(name)
     fn = METHODS[method]
     fn(model, x[:8], y[:8])
+    _warm_up_custom_ops()
     rounds = 1 if method in SLOW else 5
     benchmark.group = f"fisher-cpu-{name}"
     benchmark.pedantic(fn, args=(model, x, y), rounds=rounds, iterations=1, warmup_rounds=0 if method in SLOW else 1)
@@ -223,22 +263,24 @@ def test_cpu(benchmark, summary, name, method):
     RESULTS[(name, method)] = {"seconds": sec, "samples_per_s": BATCH / sec, "rss_growth_mb": mem}
     benchmark.extra_info.update(RESULTS[(name, method)])
     summary.add(f"fisher {name} (cpu, batch {BATCH})", "reference" if method == "plain" else method, sec)
+    _write_table()
 
 
-def test_cpu_report():
-    """Print the ratio table (vs plain fwd+bwd from this run) and check the 1.5x / 2x targets are reported."""
-    if not RESULTS:
-        pytest.skip("run together with the test_cpu benchmarks")
-    lines = [f"{'model':<7} {'method':<11} {'samples/s':>10} {'time vs plain':>14} {'mem growth MB':>14} "
-             f"{'mem vs plain':>12}"]
+def _write_table():
+    """The ratio table (time and peak-memory growth vs plain fwd+bwd of this run), as markdown, to TABLE."""
+    lines = [f"threads: {torch.get_num_threads()}, batch {BATCH}, torch {torch.__version__}", "",
+             "| model | method | samples/s | time vs plain | peak RSS growth (MB) | growth vs plain |",
+             "|---|---|---|---|---|---|"]
     for (name, method), r in RESULTS.items():
         p = RESULTS.get((name, "plain"))
         ratio = f"{r['seconds'] / p['seconds']:.2f}x" if p else ""
         mem = f"{r['rss_growth_mb']:.0f}" if r["rss_growth_mb"] is not None else ""
         mratio = (f"{r['rss_growth_mb'] / max(p['rss_growth_mb'], 1.0):.2f}x"
                   if p and r["rss_growth_mb"] is not None and p["rss_growth_mb"] is not None else "")
-        lines.append(f"{name:<7} {method:<11} {r['samples_per_s']:>10.1f} {ratio:>14} {mem:>14} {mratio:>12}")
-    print("\n" + "\n".join(lines))
+        lines.append(f"| {name} | {method} | {r['samples_per_s']:.1f} | {ratio} | {mem} | {mratio} |")
+    os.makedirs(os.path.dirname(TABLE) or ".", exist_ok=True)
+    with open(TABLE, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 GPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[pytest.mark.cuda, pytest.mark.skipif(

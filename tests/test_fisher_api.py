@@ -156,3 +156,16 @@ def test_bad_input_gives_clear_errors():
         fisherx.fisher_diag(model, (x[:3], y[:3]), kind="mc", loss=lambda o, t: o.sum(1), progress=False)
     with pytest.raises(TypeError, match="data must be"):
         fisherx.fisher_diag(model, x, progress=False)
+
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    model = _tiny()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 3, (8,))
+    fisherx.fisher_diag(model, (x, y), progress=True)  # stderr is captured, not a terminal: no bar
+    assert capsys.readouterr().err == ""
+    import sys
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    fisherx.fisher_diag(model, (x, y), progress=True)
+    assert "fisher_diag" in capsys.readouterr().err
+    fisherx.fisher_diag(model, (x, y), progress=False)
+    assert capsys.readouterr().err == ""
