@@ -6,6 +6,7 @@ test data and F_bb that of N_b on the same data. Rows are sources, columns targe
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from . import models as _models
 from .cache import Cache
@@ -361,8 +361,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     def refit_head(model, arch, seed, i, j, net_cfg):
         cfg = {"network": net_cfg, "target_task": tasks[j].config(), "target_data": fingerprints[j],
                "head_epochs": head_epochs, "batch_size": batch_size, "lr": lr, "recipe": RECIPE_VERSION}
-        probe = _models.build(arch, in_ch, width, size)
-        probe.load_state_dict(model.state_dict())
+        probe = copy.deepcopy(model)
         entry = cache.load("head", cfg)
         if entry is None:
             bar.set_description(f"refit head {arch} seed {seed} {tasks[i].name}→{tasks[j].name}")
@@ -378,14 +377,15 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         bar.update(1)
         return probe.to(device).eval(), cfg
 
-    def get_fisher(model, model_cfg, j):
+    def get_fisher(model, model_cfg, seed, j):
         cfg = {"model": model_cfg, "target_task": tasks[j].config(), "target_data": fingerprints[j],
                "fisher": fisher_cfg}
         entry = cache.load("fisher", cfg)
         if entry is None:
             bar.set_description(f"fisher → {tasks[j].name}")
-            f = fisher_diag(model.eval(), datas[j].test, loss="cross_entropy", kind=fisher_kind,
-                            max_samples=fisher_samples, device=device, progress=False)
+            with seeded(seed, device):  # the labels drawn by kind="mc" come from the seed too
+                f = fisher_diag(model.eval(), datas[j].test, loss="cross_entropy", kind=fisher_kind,
+                                max_samples=fisher_samples, device=device, progress=False)
             entry = _fisher_entry(f)
             cache.store("fisher", cfg, entry)
         bar.update(1)
@@ -403,7 +403,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                         model, _, cfg = nets[i]
                         if head == "refit" and i != j:
                             model, cfg = refit_head(model, arch, seed, i, j, cfg)
-                        columns.append(get_fisher(model, cfg, j))
+                        columns.append(get_fisher(model, cfg, seed, j))
                     col = distance_column(columns, columns[j], metric=metric, sigma2=sigma2,
                                           names=[f"F[{tasks[i].name}→{tasks[j].name}]" for i in range(K)],
                                           target_name=f"F[{tasks[j].name}→{tasks[j].name}]")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,8 +31,7 @@ def run(tmp_path_factory):
 
 
 def test_structure_of_the_matrices(run):
-    result, _, seconds = run
-    assert seconds < 60
+    result, _, _ = run  # about 10 s on an idle 2-core CPU; not asserted, since CI machines are shared
     d = result.distances["mlp"]
     assert d.shape == (2, 4, 4) and result.accuracies["mlp"].shape == (2, 4)
     assert np.all(np.diagonal(d, axis1=1, axis2=2) == 0.0)
@@ -87,7 +85,8 @@ def test_cli_writes_every_output_from_the_cache(run, tmp_path, capsys):
     from fisherx.experiment import OUTPUT_FILES
 
     result, cache, _ = run
-    rc = main(["distances", "--preset", "digits", "--archs", "mlp", "--seeds", "0,1", "--epochs", "6", "--epsilon", "0.25", "--fisher-samples", "150",
+    rc = main(["distances", "--preset", "digits", "--archs", "mlp", "--seeds", "0,1", "--epochs", "6",
+               "--epsilon", "0.25", "--fisher-samples", "150",
                "--out", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
     assert rc == 0
     for f in OUTPUT_FILES:
@@ -129,32 +128,35 @@ def test_classical_mds_recovers_points():
 
 
 CHILD = textwrap.dedent("""
-    import sys
+    import os, signal, sys
     import fisherx
     from fisherx.tasks import preset
+
+    # Die by SIGKILL in the middle of writing the 7th Fisher: its temporary file is written, the rename that would
+    # publish it never happens. A kill at a fixed point keeps the test free of timing races.
+    real_replace, fishers = os.replace, []
+    def replace(src, dst):
+        if "/fisher/" in str(dst):
+            fishers.append(dst)
+            if len(fishers) == 7:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+    os.replace = replace
     fisherx.task_distances(preset("digits"), cache_dir=sys.argv[1], **eval(sys.argv[2]))
 """)
 
 
 def test_resume_after_kill_9_recomputes_nothing_finished(run, tmp_path):
     cache_dir = tmp_path / "cache"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(cache_dir), repr(ARGS)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(cache_dir), repr(ARGS)], capture_output=True,
+                           timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
     cache = Cache(cache_dir)
-    deadline = time.monotonic() + 120
-    # Kill it once some Fishers exist: all networks of seed 0 are trained, the Fishers are half-way.
-    while len(cache.entries("fisher")) < 6 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert child.poll() is None, "the child finished (or died) before it could be killed: " + \
-        child.stderr.read().decode()[-2000:]
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    child.stderr.close()
     done = {k: len(cache.entries(k)) for k in ("network", "fisher")}
-    assert 6 <= done["fisher"] < 32 and 4 <= done["network"] < 8
+    assert done == {"network": 4, "fisher": 6}  # seed 0's networks, and 6 of its 16 Fishers
+    assert len(list(cache_dir.glob("fisher/*/.*.tmp"))) == 1  # the write cut short left only a temporary file
     resumed = fisherx.task_distances(preset("digits"), cache_dir=cache_dir, **ARGS)
-    s = resumed.stats
-    assert s["network.hit"] == done["network"] and s["network.miss"] == s["network.store"] == 8 - done["network"]
-    assert s["fisher.hit"] == done["fisher"] and s["fisher.miss"] == s["fisher.store"] == 32 - done["fisher"]
+    assert resumed.stats == {"network.hit": 4, "network.miss": 4, "network.store": 4,
+                             "fisher.hit": 6, "fisher.miss": 26, "fisher.store": 26}
     # The same result as the uninterrupted run of the same configuration (in another cache, in this process).
     np.testing.assert_allclose(resumed.distances["mlp"], run[0].distances["mlp"], rtol=0, atol=1e-6)

@@ -126,7 +126,8 @@ def cifar_labels(batch: dict, path: Path, key: str, n: int, num_classes: int) ->
     if labels.shape[0] != n:
         raise ValueError(f"{path}: {labels.shape[0]} labels in {key!r} for {n} images")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: labels in {key!r} must lie in [0, {num_classes}); found {labels.min()}..{labels.max()}")
+        raise ValueError(f"{path}: labels in {key!r} must lie in [0, {num_classes}); "
+                         f"found {labels.min()}..{labels.max()}")
     return labels
 
 

@@ -202,7 +202,8 @@ def load_mnist(data_dir: Path | None = None) -> ArraySource:
             raise ValueError(f"{files[part + '_labels']}: expected {xi.shape[0]} labels (one per image in "
                              f"{files[part + '_images'].name}), found shape {yi.shape}")
         if yi.size and (yi.min() < 0 or yi.max() > 9):
-            raise ValueError(f"{files[part + '_labels']}: MNIST labels must be digits 0..9, found {yi.min()}..{yi.max()}")
+            raise ValueError(f"{files[part + '_labels']}: MNIST labels must be digits 0..9, "
+                             f"found {yi.min()}..{yi.max()}")
         splits.append(Split(xi[:, None].copy(), yi.astype(np.int64)))
     return ArraySource("mnist", str(files["train_images"].parent), names, splits[0], splits[1], 255.0)
 
