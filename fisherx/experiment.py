@@ -479,6 +479,12 @@ def distances_command(args) -> int:
             raise SystemExit(f"fisherx distances: unknown task(s) {', '.join(unknown)} in preset {args.preset} "
                              f"(it has {', '.join(t.name for t in tasks)})")
         tasks = [t for t in tasks if t.name in wanted]
+    try:  # data problems (missing files, wrong layout, unknown class) as one clear line, not a traceback
+        for t in tasks:
+            t.load(args.data_dir)
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise SystemExit(f"fisherx distances: {msg}") from exc
     result = task_distances(
         tasks, archs=args.archs.split(","), seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
         metric=args.metric, cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir,

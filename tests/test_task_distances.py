@@ -157,3 +157,14 @@ def test_resume_after_kill_9_recomputes_nothing_finished(run, tmp_path):
                              "fisher.hit": 6, "fisher.miss": 26, "fisher.store": 26}
     # The same result as the uninterrupted run of the same configuration (in another cache, in this process).
     np.testing.assert_allclose(resumed.distances["mlp"], run[0].distances["mlp"], rtol=0, atol=1e-6)
+
+
+def test_cli_reports_data_problems_in_one_line(tmp_path):
+    from fisherx.cli import main
+
+    with pytest.raises(SystemExit, match=r"fisherx distances: the CIFAR-10 source needs data_dir"):
+        main(["distances", "--preset", "cifar10", "--out", str(tmp_path), "--quiet"])
+    with pytest.raises(SystemExit, match=r"fisherx distances: unknown class 'tench' in imagenet .*expected one of"):
+        (tmp_path / "d" / "train" / "cat").mkdir(parents=True)
+        (tmp_path / "d" / "val").mkdir()
+        main(["distances", "--preset", "imagenet", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path)])
