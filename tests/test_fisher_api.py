@@ -154,6 +154,8 @@ def test_bad_input_gives_clear_errors():
         fisherx.fisher_diag(model, (x[:3], y[:3]), kind="true", progress=False)
     with pytest.raises(ValueError, match="kind='mc'"):
         fisherx.fisher_diag(model, (x[:3], y[:3]), kind="mc", loss=lambda o, t: o.sum(1), progress=False)
+    with pytest.raises(TypeError, match="model.float()"):
+        fisherx.fisher_diag(nn.Linear(3, 2).half(), (x[:3].half(), y[:3]), progress=False)
     with pytest.raises(TypeError, match="data must be"):
         fisherx.fisher_diag(model, x, progress=False)
 

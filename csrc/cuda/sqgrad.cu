@@ -16,6 +16,7 @@ namespace {
 
 constexpr int TM = 64, TK = 64, TP = 16, RT = 4;  // tile sizes; RT x RT outputs per thread
 constexpr int kThreads = (TM / RT) * (TK / RT);     // 256
+static_assert(TM == TK, "the staging loop fills both operand tiles with one index");
 constexpr int64_t kTargetBlocks = 512;              // enough to fill an H100 (132 SMs) a few times over
 
 void check(cudaError_t err, const char* what) {
@@ -112,18 +113,20 @@ __global__ void fill_zero(T* out, int64_t n) {
 
 template <typename T>
 __global__ void norm_per_sample(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, double* ws) {
-  const int64_t P = g.size[1], C = g.size[2];
-  const int64_t b = blockIdx.y, c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  const int64_t B = g.size[0], P = g.size[1], C = g.size[2];
+  const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (c >= C) return;
-  double s = 0.0, t = 0.0;
-  for (int64_t p = 0; p < P; ++p) {
-    const double gv = g.at(b, p, c);
-    s += gv * (static_cast<double>(x.at(b, p, c)) - static_cast<double>(mean.at(b, p, c))) *
-         static_cast<double>(rstd.at(b, p, c));
-    t += gv;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {  // grid.y is capped at 65535
+    double s = 0.0, t = 0.0;
+    for (int64_t p = 0; p < P; ++p) {
+      const double gv = g.at(b, p, c);
+      s += gv * (static_cast<double>(x.at(b, p, c)) - static_cast<double>(mean.at(b, p, c))) *
+           static_cast<double>(rstd.at(b, p, c));
+      t += gv;
+    }
+    ws[(b * 2) * C + c] = s;
+    ws[(b * 2 + 1) * C + c] = t;
   }
-  ws[(b * 2) * C + c] = s;
-  ws[(b * 2 + 1) * C + c] = t;
 }
 
 template <typename T>
@@ -193,7 +196,7 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
   const int64_t B = g.size[0], C = g.size[2];
   if (C == 0) return;
   if (B > 0) {
-    dim3 grid((unsigned)((C + 255) / 256), (unsigned)B);
+    dim3 grid((unsigned)((C + 255) / 256), (unsigned)std::min<int64_t>(B, 65535));
     norm_per_sample<T><<<grid, 256, 0, stream>>>(g, x, mean, rstd, ws);
   }
   norm_reduce<T><<<(unsigned)((C + 255) / 256), 256, 0, stream>>>(ws, B, C, out);

@@ -517,6 +517,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
     selected = _select(model, params)
+    bad = sorted({str(p.dtype) for p in selected.values() if p.dtype not in (torch.float32, torch.float64)})
+    if bad:
+        raise TypeError(f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
+                        "convert it with model.float() (the squared gradients would under/overflow in 16 bits)")
     dev = _model_device(model, device)
     if _check_norms(model) and model.training:
         import warnings
