@@ -35,11 +35,11 @@ def tasks():
 
 
 def _dictionary(path, tasks):
-    d = TaskDictionary.create(path, arch="cnn", head_width=10, in_channels=1, image_size=8)
+    d = TaskDictionary.create(path, arch="cnn", head_width=10, in_channels=1, image_size=8, eps_epochs=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EpsilonWarning)  # 30 images per label make weak ε-networks
         for name in ("T0", "T3"):
-            add_baseline(d, tasks[name], space=SPACE, eps_epochs=10, **SEARCH)
+            add_baseline(d, tasks[name], space=SPACE, **SEARCH)
     return d
 
 
@@ -49,13 +49,16 @@ def test_tiny_ta_nas_on_digits_end_to_end(tasks, tmp_path):
     assert d.names() == ["T0", "T3"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EpsilonWarning)
-        r = ta_nas(tasks["T2"], tmp_path / "dict", eps_epochs=10, out_dir=tmp_path / "out", grow=True, **SEARCH)
+        r = ta_nas(tasks["T2"], tmp_path / "dict", out_dir=tmp_path / "out", grow=True, **SEARCH)
     elapsed = time.perf_counter() - start
     assert elapsed < 60, f"tiny TA-NAS took {elapsed:.1f} s"
 
     # The distances are FTDs of each baseline's ε-network against the target's, on the target's test data.
     assert set(r.distances) == {"T0", "T3"} and all(0.0 <= v <= 1.0 for v in r.distances.values())
     assert r.closest == min(r.distances, key=r.distances.get)
+    # The target's ε-network follows the family's recipe, initialisation seed included, like the baselines'.
+    assert r.eps["target"]["seed"] == d.family["eps"]["seed"] == r.eps["baselines"]["T3"]["seed"]
+    assert r.eps["target"]["epochs"] == 10
     state, _ = load_tree(tmp_path / "out" / "target_eps_network.fx", with_meta=True)
     target_net = d.new_network()
     target_net.load_state_dict(state)

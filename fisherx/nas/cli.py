@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated preset tasks to solve and add to the dictionary first if missing")
     p.add_argument("--data-dir", default=None, help="folder with the dataset's files (not needed for digits)")
     p.add_argument("--arch", default="cnn", help="ε-network architecture of a new dictionary")
-    p.add_argument("--eps-epochs", type=int, default=10, help="training epochs of every ε-network")
+    p.add_argument("--eps-epochs", type=int, default=10, help="training epochs of a new dictionary's ε-networks")
+    p.add_argument("--eps-seed", type=int, default=0, help="initialisation seed of a new dictionary's ε-networks")
     p.add_argument("--fisher-samples", type=int, default=None, help="at most this many test samples per Fisher")
     p.add_argument("--width", type=int, default=8, help="channels of the first cells (even)")
     p.add_argument("--depth", type=int, default=3, help="number of cells")
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated comparisons: random (same space, same budget), general (FUSE, all ops); "
                         "'none' for none")
     p.add_argument("--grow", action="store_true", help="add the solved target to the dictionary")
-    p.add_argument("--seed", type=int, default=0, help="seed of the searches and the ε-networks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searches")
     p.add_argument("--max-train-per-label", type=int, default=None, help="cap training samples per label")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the balanced draw and validation split")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -76,17 +77,16 @@ def run(args: argparse.Namespace) -> int:
         # the preset can later be a target or join the dictionary.
         datas = [t.load(args.data_dir) for t in tasks.values()]
         dictionary = TaskDictionary.create(path, arch=args.arch, head_width=max(d.num_classes for d in datas),
-                                           in_channels=datas[0].in_channels, image_size=datas[0].image_size)
+                                           in_channels=datas[0].in_channels, image_size=datas[0].image_size,
+                                           eps_epochs=args.eps_epochs, eps_seed=args.eps_seed)
     general = SearchSpace.general(width=args.width, depth=args.depth)
     out = Path(args.out)
     for b in baselines:
         if b.name not in dictionary and b.name != target.name:
             print(f"solving baseline {b.name} (ε-network + FUSE in the general space)")
-            add_baseline(dictionary, b, space=general, eps_epochs=args.eps_epochs, eps_seed=args.seed,
-                         data_dir=args.data_dir, device=args.device, out_dir=out / "baselines", progress=progress,
+            add_baseline(dictionary, b, space=general, data_dir=args.data_dir, device=args.device, out_dir=out / "baselines", progress=progress,
                          **search)
-    report = ta_nas(target, dictionary, compare=compare, eps_epochs=args.eps_epochs, eps_seed=args.seed,
-                    fisher_samples=args.fisher_samples, grow=args.grow, data_dir=args.data_dir,
+    report = ta_nas(target, dictionary, compare=compare, fisher_samples=args.fisher_samples, grow=args.grow, data_dir=args.data_dir,
                     device=args.device, out_dir=out, progress=progress, **search)
     text = report.summary()
     atomic_write_text(out / "summary.txt", text + "\n")

@@ -8,9 +8,11 @@ best genotype:
     c* = FUSE(S_{a*}, b)
 
 F_ab is the Fisher of N_a on b's **test** data with b's labels, F_bb that of b's own ε-network on the same data
-(DESIGN §1). All ε-networks of one dictionary share one architecture and one head width (the family's largest
-label count, as :func:`fisherx.task_distances` does in its default "shared" mode), so every Fisher covers the same
-parameters and b's labels index N_a's logits directly; a target with more labels than that width is refused.
+(DESIGN §1). All ε-networks of one dictionary form a *family*: one architecture, one head width (the family's
+largest label count, as :func:`fisherx.task_distances` does in its default "shared" mode), and one training recipe
+including the initialisation seed, so every Fisher covers the same parameters, b's labels index N_a's logits
+directly, and the networks differ only by the task they learned (in ``task_distances`` too, d[a, b] compares
+networks of one seed). A target with more labels than the head width is refused.
 
 The dictionary is a directory::
 
@@ -95,7 +97,7 @@ class TaskDictionary:
             raise FormatError(f"{index}: dictionary version {d.get('version')!r} is not supported (this fisherx "
                               f"reads version {DICTIONARY_VERSION})")
         fam = d.get("family", {})
-        missing = {"arch", "head_width", "in_channels", "image_size"} - set(fam)
+        missing = {"arch", "head_width", "in_channels", "image_size", "eps"} - set(fam)
         if missing:
             raise FormatError(f"{index}: the family lacks {sorted(missing)}")
         self.family = fam
@@ -107,9 +109,12 @@ class TaskDictionary:
             self.entries[entry.name] = entry
 
     @classmethod
-    def create(cls, path, *, arch: str, head_width: int, in_channels: int, image_size: int) -> "TaskDictionary":
+    def create(cls, path, *, arch: str, head_width: int, in_channels: int, image_size: int, eps_epochs: int = 10,
+               eps_seed: int = 0, eps_batch_size: int = 128, eps_lr: float = 1e-3) -> "TaskDictionary":
         """An empty dictionary whose ε-networks are ``arch`` with ``head_width`` outputs on
-        ``in_channels``×``image_size``² inputs. Refuses to overwrite an existing dictionary."""
+        ``in_channels``×``image_size``² inputs, each trained with :func:`fisherx.train.train` for ``eps_epochs``
+        epochs (Adam ``eps_lr``, batch ``eps_batch_size``) from the initialisation of ``eps_seed``; the target's
+        ε-network in :func:`ta_nas` is trained the same way. Refuses to overwrite an existing dictionary."""
         from .. import models
 
         if arch not in models.ARCHS:
@@ -119,7 +124,8 @@ class TaskDictionary:
             raise FileExistsError(f"{path / INDEX} already exists; open it with TaskDictionary(path)")
         path.mkdir(parents=True, exist_ok=True)
         fam = {"arch": arch, "head_width": int(head_width), "in_channels": int(in_channels),
-               "image_size": int(image_size)}
+               "image_size": int(image_size), "eps": {"epochs": int(eps_epochs), "seed": int(eps_seed),
+                                                      "batch_size": int(eps_batch_size), "lr": float(eps_lr)}}
         atomic_write_text(path / INDEX, json.dumps({"format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION,
                                                     "family": fam, "entries": []}, indent=1) + "\n")
         return cls(path)
@@ -213,27 +219,25 @@ def _task_name(task: Any, data: Any) -> str:
     return getattr(t, "name", "target")
 
 
-def train_eps_network(dictionary: TaskDictionary, data: Any, *, epochs: int, seed: int, batch_size: int = 128,
-                      lr: float = 1e-3, epsilon: Optional[float] = 0.1, device=None, out_file=None,
-                      progress: bool = False) -> tuple[nn.Module, dict]:
-    """Train the family's network on ``data`` with :func:`fisherx.train.train` (weights from ``seed``). With
-    ``out_file`` the trained network is saved there and reloaded on the next call with the same settings."""
+def train_eps_network(dictionary: TaskDictionary, data: Any, *, epsilon: Optional[float] = 0.1, device=None,
+                      out_file=None, progress: bool = False) -> tuple[nn.Module, dict]:
+    """Train the family's network on ``data`` with the family's recipe (:func:`fisherx.train.train`). With
+    ``out_file`` the trained network is saved there and reloaded on the next call with the same recipe."""
     from ..train import seeded, train
 
     device = pick_device(device)
-    info = {"arch": dictionary.family["arch"], "head_width": dictionary.family["head_width"], "epochs": epochs,
-            "seed": seed, "batch_size": batch_size, "lr": lr}
-    net = None
+    recipe = dictionary.family["eps"]
+    info = {"arch": dictionary.family["arch"], "head_width": dictionary.family["head_width"], **recipe}
     if out_file is not None and Path(out_file).is_file():
         state, meta = load_tree(out_file, with_meta=True)
         if meta.get("settings") == info:
             net = dictionary.new_network()
             net.load_state_dict(state)
             return net.to(device).eval(), meta["eps"]
-    with seeded(seed, device):
+    with seeded(recipe["seed"], device):
         net = dictionary.new_network()
-    res = train(net, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                progress=progress, epsilon=epsilon)
+    res = train(net, data, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                seed=recipe["seed"], device=device, progress=progress, epsilon=epsilon)
     eps = {**info, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
            "meets_epsilon": res.meets_epsilon, "epsilon": epsilon, "train_s": res.seconds}
     if out_file is not None:
@@ -242,9 +246,8 @@ def train_eps_network(dictionary: TaskDictionary, data: Any, *, epochs: int, see
     return net.eval(), eps
 
 
-def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | None = None, eps_epochs: int = 10,
-                 eps_seed: int = 0, data_dir=None, device=None, out_dir=None, progress: bool | None = None,
-                 **search) -> DictionaryEntry:
+def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | None = None, data_dir=None,
+                 device=None, out_dir=None, progress: bool | None = None, **search) -> DictionaryEntry:
     """Solve a baseline task and add it: train its ε-network, search the general space (or ``space``) with FUSE
     (``search`` is passed to :func:`fisherx.nas.fuse`), derive the task's space from the best genotype
     (:meth:`SearchSpace.from_genotypes`, same skeleton) and store all three."""
@@ -253,9 +256,8 @@ def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | 
     dictionary.check_task(data, name)
     space = space or SearchSpace.general()
     out = Path(out_dir) / name if out_dir is not None else None
-    net, eps = train_eps_network(dictionary, data, epochs=eps_epochs, seed=eps_seed, device=device,
-                                 out_file=out / "eps_network.fx" if out else None,
-                                 progress=show_progress(progress))
+    net, eps = train_eps_network(dictionary, data, device=device,
+                                 out_file=out / "eps_network.fx" if out else None, progress=show_progress(progress))
     res = fuse(space, data, device=device, out_dir=out / "fuse" if out else None, progress=progress, **search)
     derived = SearchSpace.from_genotypes(res.genotype, base=space, name=name)
     return dictionary.add(name, task=_task_config(task, data), eps_network=net, eps=eps, space=derived,
@@ -312,12 +314,12 @@ class TaNasResult:
 
 
 def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Sequence[str] = ("random",),
-           eps_epochs: int = 10, eps_seed: int = 0, fisher_samples: Optional[int] = None,
+           fisher_samples: Optional[int] = None,
            random_epochs_per_candidate: Optional[int] = None, grow: bool = False, data_dir=None, device=None,
            out_dir=None, progress: bool | None = None, **search) -> TaNasResult:
     """Algorithm 2 of the papers for ``target`` (a Task or its TaskData) against ``dictionary``.
 
-    1. Train the target's ε-network (the family's architecture and head width; ``eps_epochs``, ``eps_seed``).
+    1. Train the target's ε-network (the family's architecture, head width and training recipe, seed included).
     2. d[a, b] = FTD(F_ab, F_bb) for every baseline a (Fishers on the target's test split, at most
        ``fisher_samples`` samples), and a* = argmin.
     3. FUSE in a*'s space (``search`` is passed to :func:`fisherx.nas.fuse`: candidates, rounds, batch_size, ...).
@@ -349,7 +351,7 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
         out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    target_net, target_eps = train_eps_network(dictionary, data, epochs=eps_epochs, seed=eps_seed, device=device,
+    target_net, target_eps = train_eps_network(dictionary, data, device=device,
                                                out_file=out / "target_eps_network.fx" if out else None,
                                                progress=show_progress(progress))
     eps_s = time.perf_counter() - t0
