@@ -345,11 +345,15 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
             bar.set_description(f"train {arch} seed {seed} {tasks[i].name}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EpsilonWarning)  # warned once below, cached or not
+                # Per-epoch checkpoints: a long training killed half-way resumes from its last epoch.
+                ckpt = cache.path("training", cfg)
                 res = train(model, datas[i], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            device=device, progress=progress, epsilon=epsilon)
+                            device=device, progress=progress, epsilon=epsilon, checkpoint=ckpt)
             entry = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                      "summary": res.summary()}
             cache.store("network", cfg, entry)
+            if ckpt is not None:
+                ckpt.unlink(missing_ok=True)
         model.load_state_dict(entry["state_dict"])
         model.to(device).eval()
         acc = float(entry["summary"]["test_accuracy"])

@@ -81,7 +81,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int,
           device=None, progress: bool = True, epsilon: Optional[float] = 0.1,
-          trainable: Optional[Iterable[nn.Parameter]] = None) -> TrainResult:
+          trainable: Optional[Iterable[nn.Parameter]] = None, checkpoint=None) -> TrainResult:
     """Train ``model`` on ``task_data.train`` with Adam(lr) and cross-entropy for ``epochs`` epochs.
 
     ``seed`` fixes the batch order (and any randomness inside the model). After every epoch the model is scored
@@ -89,6 +89,12 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     :class:`EpsilonWarning` when it is below ``1 − epsilon``. ``trainable``: train only these parameters, with
     the rest frozen and the whole model in eval mode (BatchNorm statistics frozen too): this is how a head is
     refitted on another task with its features fixed. The model is trained in place and returned in eval mode.
+
+    ``checkpoint``: a file where the whole training state (weights, Adam state, batch-order and torch random
+    states, best epoch so far) is written atomically after every epoch. If it exists when training starts and
+    belongs to the same training (seed, batch size, lr, data, parameters), training continues from it and ends
+    exactly as an uninterrupted run would; a checkpoint of another training is reported and ignored. The file is
+    left in place (the caller removes it once the result is safely stored).
     """
     if epochs < 1:
         raise ValueError(f"train: epochs must be >= 1, got {epochs}")
@@ -117,9 +123,21 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     gen = torch.Generator().manual_seed(seed)
     best_acc, best_state, best_epoch, history = -1.0, None, epochs, []
     start = time.perf_counter()
-    bar = _progress(range(1, epochs + 1), progress, f"train {getattr(task_data.task, 'name', '')}")
+    identity = _identity(model, task_data, seed, batch_size, lr, trainable is not None) if checkpoint else None
+    state = _load_checkpoint(checkpoint, identity) if checkpoint else None
+    first = 1
     try:
         with seeded(seed, device):
+            if state is not None:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                gen.set_state(state["generator"])
+                torch.set_rng_state(state["rng"])
+                if device.type == "cuda" and state.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(state["cuda_rng"], device)
+                best_acc, best_epoch, best_state = state["best_acc"], state["best_epoch"], state["best_state"]
+                history, first = list(state["history"]), state["epoch"] + 1
+            bar = _progress(range(first, epochs + 1), progress, f"train {getattr(task_data.task, 'name', '')}")
             for epoch in bar:
                 model.train(trainable is None)
                 order = torch.randperm(n, generator=gen)
@@ -142,6 +160,9 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                         best_acc, best_epoch = rec["val_accuracy"], epoch
                         best_state = copy.deepcopy(model.state_dict())
                 history.append(rec)
+                if checkpoint:
+                    _save_checkpoint(checkpoint, identity, epoch, model, opt, gen, device, best_acc, best_epoch,
+                                     best_state, history)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
     finally:
@@ -158,6 +179,48 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                       f"{test_acc:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; train it "
                       "longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
     return result
+
+
+_CHECKPOINT = "fisherx.train-checkpoint"
+
+
+def _identity(model, task_data, seed, batch_size, lr, frozen) -> dict:
+    # What must match for a checkpoint to continue this training (epochs may grow: no schedule depends on them).
+    data = task_data.fingerprint() if hasattr(task_data, "fingerprint") else None
+    return {"format": _CHECKPOINT, "version": 1, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "frozen_features": frozen, "data": data,
+            "params": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+
+
+def _load_checkpoint(path, identity: dict) -> Optional[dict]:
+    from .io import FormatError, load_tree
+
+    try:
+        state = load_tree(path)
+    except FileNotFoundError:
+        return None
+    except (FormatError, OSError) as exc:
+        warnings.warn(f"ignoring unreadable training checkpoint {path} ({exc}); training from the start",
+                      stacklevel=3)
+        return None
+    if not isinstance(state, dict) or state.get("identity") != identity:
+        warnings.warn(f"ignoring training checkpoint {path}: it belongs to another training (seed, batch size, "
+                      "lr, data or parameters differ); training from the start", stacklevel=3)
+        return None
+    return state
+
+
+def _save_checkpoint(path, identity, epoch, model, opt, gen, device, best_acc, best_epoch, best_state, history):
+    from .io import save_tree
+
+    def cpu(sd):
+        return None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}
+
+    save_tree(path, {"identity": identity, "epoch": epoch, "model": cpu(model.state_dict()),
+                     "optimizer": opt.state_dict(), "generator": gen.get_state(), "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                     "best_acc": best_acc, "best_epoch": best_epoch, "best_state": cpu(best_state),
+                     "history": history})
 
 
 def _progress(it, enabled: bool, desc: str):

@@ -79,3 +79,35 @@ def test_train_warns_when_missing_epsilon_and_can_freeze_features():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(build("mlp", 1, 10, 8), data, epochs=1, seed=0, progress=False, epsilon=None)
+
+
+def test_training_interrupted_mid_way_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
+    import fisherx.train as train_mod
+
+    data = preset("digits")[2].load()
+    ckpt = tmp_path / "ckpt.fx"
+
+    def fresh():
+        with seeded(1):
+            return build("cnn", 1, 5, 8)
+
+    reference = train(fresh(), data, epochs=4, seed=1, progress=False, epsilon=None)
+    calls, real_evaluate = [], train_mod.evaluate
+
+    def evaluate_then_die(*args, **kwargs):  # an interrupt during epoch 3's validation
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(), data, epochs=4, seed=1, progress=False, epsilon=None, checkpoint=ckpt)
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    assert ckpt.is_file()
+    resumed = train(fresh(), data, epochs=4, seed=1, progress=False, epsilon=None, checkpoint=ckpt)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history == reference.history and resumed.test_accuracy == reference.test_accuracy
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), reference.model.parameters()))
+    with pytest.warns(UserWarning, match="belongs to another training"):
+        train(fresh(), data, epochs=1, seed=2, progress=False, epsilon=None, checkpoint=ckpt)
