@@ -246,8 +246,8 @@ def load_cifar10(data_dir: Path | None) -> ArraySource:
 
 
 def load_cifar100(data_dir: Path | None) -> ArraySource:
-    """CIFAR-100 from its python files (train, test, meta); classes are the 100 fine labels, and each
-    superclass name ("vehicles_1") is recorded so that :func:`superclass_members` can expand it."""
+    """CIFAR-100 from its python files (train, test, meta); classes are the 100 fine labels. The superclasses
+    found in the files are recorded as ``source.superclasses`` (name → fine class names)."""
     files = ["train", "test", "meta"]
     folder = _cifar_dir(data_dir, "cifar-100-python", files, "CIFAR-100")
     meta = read_cifar_pickle(folder / "meta")
