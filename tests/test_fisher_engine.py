@@ -13,7 +13,7 @@ from torch import nn
 
 import fisherx
 from fisherx.fisher.rules import fallback as fallback_mod
-from fisher_models import (Bilinear2, FunctionalUse, Residual, TiedLM, TransformerBlock, TwiceApplied, WithUnknown,
+from fisher_models import (Attention, Bilinear2, FunctionalUse, Residual, TiedLM, TransformerBlock, TwiceApplied, WithUnknown,
                            naive_fisher)
 
 B = 7  # odd on purpose
@@ -93,6 +93,8 @@ CASES = [
     ("module-called-twice", TwiceApplied, _vec(6, 3), "cross_entropy"),
     ("functional-use", FunctionalUse, _tokens(6, 4, 6), "cross_entropy"),
     ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
+    ("multihead-attention-fallback", Attention,
+     lambda dt: (torch.randint(0, 9, (B, 4)), torch.randint(0, 3, (B,))), "cross_entropy"),
     ("mse-conv", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 1)),
      lambda dt: (torch.randn(B, 2, 5, 5, dtype=dt), torch.randn(B, 2, 5, 5, dtype=dt)), "mse"),
 ]
