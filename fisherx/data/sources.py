@@ -107,6 +107,7 @@ class ArraySource(Source):
         self.mean = tuple(float(v) for v in xs.mean(axis=(0, 2, 3)))
         self.std = tuple(float(max(v, 1e-6)) for v in xs.std(axis=(0, 2, 3)))
         self._synonyms: dict[str, list[str]] = {}
+        self.superclasses: dict[str, tuple[str, ...]] = {}  # CIFAR-100's coarse labels, where a source has them
 
     def aliases(self) -> dict[str, list[str]]:
         return self._synonyms
