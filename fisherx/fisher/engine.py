@@ -522,7 +522,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         raise TypeError(f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
                         "convert it with model.float() (the squared gradients would under/overflow in 16 bits)")
     dev = _model_device(model, device)
-    if _check_norms(model) and model.training:
+    if _check_norms(model):  # some BatchNorm in training mode (the model's own flag may say eval)
         import warnings
         warnings.warn("fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
                       "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
