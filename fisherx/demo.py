@@ -51,7 +51,8 @@ class DemoConfig:
 SIZES = {
     # CI's size: every stage and every file, in well under two minutes.
     "smallest": DemoConfig(archs=("mlp", "cnn"), seeds=(0, 1), epochs=3, fisher_samples=150, eps_epochs=3,
-                           width=4, depth=2, candidates=2, rounds=1, alternations=2, final_epochs=2),
+                           width=4, depth=2, candidates=2, rounds=1, alternations=1, final_epochs=1,
+                           batch_size=256),
     # The README's main job: about ten minutes on a 2-core CPU.
     "default": DemoConfig(),
     # The papers' settings, for a GPU (and MNIST/CIFAR data): 3 architectures, 10 seeds, 100 epochs.
@@ -100,18 +101,18 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
     else:
         first = next(iter(datas.values()))
         dictionary = TaskDictionary.create(dict_path, arch=config.nas_arch, head_width=result.head_width,
-                                           in_channels=first.in_channels, image_size=first.image_size)
+                                           in_channels=first.in_channels, image_size=first.image_size,
+                                           eps_epochs=config.eps_epochs, eps_seed=config.seed)
     search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
                   final_epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed)
     general = SearchSpace.general(width=config.width, depth=config.depth)
     nas_progress = None if progress else False
     for t in tasks:
         if t.name != config.target and t.name not in dictionary:
-            add_baseline(dictionary, datas[t.name], space=general, eps_epochs=config.eps_epochs,
-                         eps_seed=config.seed, device=config.device, out_dir=out / "nas" / "baselines",
-                         progress=nas_progress, **search)
-    report = ta_nas(datas[config.target], dictionary, compare=("random",), eps_epochs=config.eps_epochs,
-                    eps_seed=config.seed, fisher_samples=config.fisher_samples, device=config.device,
+            add_baseline(dictionary, datas[t.name], space=general, device=config.device,
+                         out_dir=out / "nas" / "baselines", progress=nas_progress, **search)
+    report = ta_nas(datas[config.target], dictionary, compare=("random",),
+                    fisher_samples=config.fisher_samples, device=config.device,
                     out_dir=out / "nas" / config.target, progress=nas_progress, **search)
     timings["ta_nas_s"] = time.perf_counter() - t0
     report.save(out / "ta_nas.json")
@@ -164,6 +165,7 @@ def _summary(config, result, report, timings, argv) -> dict:
                    "random": {"test_accuracy": rnd.test_accuracy, "params": rnd.params,
                               "search_s": rnd.cost["search_s"], "candidate_epochs": rnd.cost["candidate_epochs"]}},
         "timings_s": timings,
+        "cache": dict(result.stats),
     }
 
 

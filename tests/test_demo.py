@@ -1,0 +1,58 @@
+"""`fisherx demo` at its smallest size: every promised file, a report that names no missing figure, a resume that
+recomputes nothing."""
+import json
+import re
+import time
+import warnings
+
+import pytest
+
+from fisherx import cli, demo
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3-epoch networks miss their ε by design at this size
+        assert cli.main(["demo", "--size", "smallest", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_every_promised_file_is_written(demo_run):
+    for name in demo.OUTPUT_FILES:
+        f = demo_run / name
+        assert f.is_file() and f.stat().st_size > 0, name
+    for png in ("heatmaps.png", "atlas.png"):
+        assert (demo_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_embeds_existing_figures_and_states_the_numbers(demo_run):
+    report = (demo_run / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert set(figures) == {"heatmaps.png", "atlas.png"}
+    assert all((demo_run / f).is_file() for f in figures)
+    summary = json.loads((demo_run / "summary.json").read_text())
+    for arch in ("mlp", "cnn"):
+        assert f"### {arch}" in report
+        mean = summary["ftd_mean"][arch]
+        assert all(mean[i][i] == 0.0 for i in range(4))
+        assert all(0.0 <= v <= 1.0 for row in mean for v in row)
+        assert f"{mean[0][1]:.3f} ±" in report  # the table in the report is the computed matrix
+    nas = summary["ta_nas"]
+    assert nas["target"] == "T2" and nas["closest"] in {"T0", "T1", "T3"}
+    assert nas["fuse"]["candidate_epochs"] == nas["random"]["candidate_epochs"]  # equal budgets
+    assert f"Closest: **{nas['closest']}**" in report
+    assert "fisherx demo --size smallest" in report
+
+
+def test_rerun_resumes_from_the_cache(demo_run):
+    before = json.loads((demo_run / "summary.json").read_text())
+    start = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["demo", "--size", "smallest", "--out", str(demo_run), "--quiet"]) == 0
+    after = json.loads((demo_run / "summary.json").read_text())
+    assert not any(k.endswith(".miss") and v for k, v in after["cache"].items()), after["cache"]
+    assert after["ftd_mean"] == before["ftd_mean"] and after["ta_nas"]["fuse"] == before["ta_nas"]["fuse"]
+    assert time.monotonic() - start < sum(before["timings_s"].values())
