@@ -191,7 +191,9 @@ class TaskDistanceResult:
             ax, xy = axes[0, c], self.embedding(a)
             ax.scatter(xy[:, 0], xy[:, 1], s=60, zorder=3)
             for i, name in enumerate(self.task_names):
-                ax.annotate(name, xy[i], textcoords="offset points", xytext=(6, 6), fontsize=10)
+                # Alternate label sides so that two tasks embedded close together stay readable.
+                ax.annotate(name, xy[i], textcoords="offset points", xytext=(7, 5) if i % 2 == 0 else (-7, -14),
+                            ha="left" if i % 2 == 0 else "right", fontsize=10)
             idx = {t: i for i, t in enumerate(self.task_names)}
             for tgt, src in self.closest(a).items():
                 ax.annotate("", xy=xy[idx[tgt]], xytext=xy[idx[src]],
