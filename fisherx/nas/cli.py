@@ -49,6 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import FormatError
+
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FormatError) as e:
+        # Bad input (a foreign dictionary, a search directory of another search, ...): say what, without a trace.
+        raise SystemExit(f"fisherx search: {e}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
     from ..tasks import preset
     from .space import SearchSpace
