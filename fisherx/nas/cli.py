@@ -94,10 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     for b in baselines:
         if b.name not in dictionary and b.name != target.name:
             print(f"solving baseline {b.name} (ε-network + FUSE in the general space)")
-            add_baseline(dictionary, b, space=general, data_dir=args.data_dir, device=args.device, out_dir=out / "baselines", progress=progress,
-                         **search)
-    report = ta_nas(target, dictionary, compare=compare, fisher_samples=args.fisher_samples, grow=args.grow, data_dir=args.data_dir,
-                    device=args.device, out_dir=out, progress=progress, **search)
+            add_baseline(dictionary, b, space=general, data_dir=args.data_dir, device=args.device,
+                         out_dir=out / "baselines", progress=progress, **search)
+    report = ta_nas(target, dictionary, compare=compare, fisher_samples=args.fisher_samples, grow=args.grow,
+                    data_dir=args.data_dir, device=args.device, out_dir=out, progress=progress, **search)
     text = report.summary()
     atomic_write_text(out / "summary.txt", text + "\n")
     print(text)

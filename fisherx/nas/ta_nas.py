@@ -341,7 +341,8 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     if not isinstance(dictionary, TaskDictionary):
         dictionary = TaskDictionary(dictionary)
     if len(dictionary) == 0:
-        raise ValueError(f"the dictionary {dictionary.path} has no baseline tasks; add some with add_baseline() (or fisherx search --baselines ...)")
+        raise ValueError(f"the dictionary {dictionary.path} has no baseline tasks; add some with add_baseline() "
+                         "(or fisherx search --baselines ...)")
     data = resolve_data(target, data_dir)
     name = _task_name(target, data)
     dictionary.check_task(data, name)
