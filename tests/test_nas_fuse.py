@@ -198,3 +198,15 @@ def test_search_killed_by_sigkill_resumes_to_the_uninterrupted_result(digits, tm
     strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.genotype == whole.genotype and resumed.test_accuracy == whole.test_accuracy
+
+
+def test_a_round_stops_when_alpha_has_converged(digits):
+    # With a tolerance no α change can exceed, every round ends after its first alternation; with none, it runs all.
+    space = SearchSpace(width=4, depth=2)
+    kw = {**SMALL, "rounds": 1, "alternations": 3}
+    converged = fuse(space, digits, seed=0, alpha_tol=1e9, **kw)
+    assert [len(h["alternations"]) for h in converged.history] == [1]
+    assert converged.cost["candidate_epochs"] == 2  # 2 candidates × 1 weight epoch
+    full = fuse(space, digits, seed=0, alpha_tol=0.0, **kw)
+    assert [len(h["alternations"]) for h in full.history] == [3]
+    assert all(a["alpha_change"] > 0 for a in full.history[0]["alternations"])
