@@ -67,3 +67,38 @@ def test_a_dead_rank_fails_the_job_within_the_timeout(tmp_path):
     assert res.returncode != 0
     assert "unreachable" not in res.stdout
     assert time.monotonic() - start < 90
+
+
+def test_distributed_fisher_equals_the_single_process_fisher(tmp_path):
+    """Each of 2 ranks reads half the samples (unequal halves); every rank must end with the Fisher of all of them."""
+    import fisherx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5)).double()
+    x = torch.randn(37, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (37,))
+    torch.save({"model": model.state_dict(), "x": x, "y": y}, tmp_path / "inputs.pt")
+    fisherx.fisher_diag(model, (x, y), progress=False).save(tmp_path / "reference.fx")
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        import fisherx
+        from fisherx import distributed
+        assert distributed.init_from_env()
+        rank, world = distributed.rank_and_world()
+        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 6 * 6, 5)).double()
+        model.load_state_dict(inputs["model"])
+        shard = slice(0, 20) if rank == 0 else slice(20, 37)
+        f = fisherx.fisher_diag(model, (inputs["x"][shard], inputs["y"][shard]), progress=False)
+        ref = fisherx.FisherDiag.load({str(tmp_path / 'reference.fx')!r})
+        assert f.n_samples == 37, f.n_samples
+        for name in ref:
+            torch.testing.assert_close(f[name], ref[name], rtol=1e-12, atol=0)
+        print(f"rank {{rank}} ok")
+    """))
+    res = torchrun([str(script)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rank 0 ok" in res.stdout and "rank 1 ok" in res.stdout
