@@ -162,42 +162,96 @@ def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(digi
         random_search(space, digits, budget=1, epochs_per_candidate=2)
 
 
-@pytest.mark.slow
-def test_search_killed_by_sigkill_resumes_to_the_uninterrupted_result(digits, tmp_path):
-    """A real ``kill -9`` of a search process mid-run (the checkpoint may be mid-write), then the same call."""
+# A search small enough to kill and rerun in a few seconds: 2 + 1 candidates of 4 channels and one cell, 20 images
+# per label (3 batches of 32 after the validation split), 2 rounds × 2 alternations × 2 weight epochs = 24 steps.
+KILL_KW = dict(candidates=2, rounds=2, alternations=2, weight_epochs=2, alpha_epochs=2, alpha_tol=0.0, batch_size=32,
+               final_epochs=2, device="cpu", progress=False, checkpoint_every=3, seed=11)
+
+
+def test_search_killed_at_a_random_step_resumes_bit_exactly(tmp_path):
+    """SIGKILL a search process just before weight step k (k drawn by a seeded generator, so the test is
+    reproducible), rerun the same call, and require the exact α, losses, genotype and final weights of a run that
+    was never interrupted."""
     import os
+    import random
     import signal
     import subprocess
     import sys
     import textwrap
-    import time as _time
 
+    from fisherx.io import load_tree
+
+    space = SearchSpace(width=4, depth=1)
+    data = preset("digits", max_train_per_label=20)[2].load()
+    whole = fuse(space, data, **KILL_KW)
+    total = whole.cost["weight_steps"]
+    assert total == 24
+    kill_at = random.Random(2024).randint(2, total)  # any step but the first, which has no checkpoint before it
     code = textwrap.dedent(f"""
-        import torch
+        import os, signal, torch
         torch.set_num_threads(1)
         from fisherx.nas import SearchSpace, fuse
+        from fisherx.nas.fuse import FuseRound
         from fisherx.tasks import preset
-        d = preset("digits")[2].load()
-        fuse(SearchSpace(width=4, depth=2), d, seed=7, out_dir={str(tmp_path / 'b')!r}, candidates=2, rounds=4,
-             alternations=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
+        real, count = FuseRound.weight_step, [0]
+        def step(self, x, y):
+            count[0] += 1
+            if count[0] == {kill_at}:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: a real kill
+            return real(self, x, y)
+        FuseRound.weight_step = step
+        fuse(SearchSpace(width=4, depth=1), preset("digits", max_train_per_label=20)[2].load(),
+             out_dir={str(tmp_path)!r}, **{KILL_KW!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    log = tmp_path / "b" / "fuse_log.jsonl"
-    deadline = _time.time() + 300
-    while _time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 2:
-            break
-        _time.sleep(0.05)
-    assert proc.poll() is None, "the search finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    kw = dict(candidates=2, rounds=4, alternations=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
-    space = SearchSpace(width=4, depth=2)
-    resumed = fuse(space, digits, seed=7, out_dir=tmp_path / "b", **kw)
-    whole = fuse(space, digits, seed=7, **kw)
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
-    assert strip(resumed.history) == strip(whole.history)
-    assert resumed.genotype == whole.genotype and resumed.test_accuracy == whole.test_accuracy
+    proc = subprocess.run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    state = load_tree(tmp_path / "fuse_checkpoint.fx")
+    steps_done = sum(h["weight_steps"] for h in state["history"])
+    if state.get("inflight") is not None:  # a mid-round checkpoint: it holds the round's exact position
+        steps_done += state["inflight"]["steps"]["weight_steps"] + len(state["inflight"]["position"]["losses"])
+    # The last checkpoint before the kill: every 3 steps (a round's 12 steps end on one too).
+    assert steps_done == (kill_at - 1) // 3 * 3, (kill_at, steps_done)
+    assert not (tmp_path / "fuse_result.json").exists()
+
+    resumed = fuse(space, data, out_dir=tmp_path, **KILL_KW)
+    for a, b in zip(resumed.history, whole.history, strict=True):
+        assert torch.equal(torch.tensor(a["alpha"]), torch.tensor(b["alpha"]))
+        assert [x["alpha"] for x in a["alternations"]] == [x["alpha"] for x in b["alternations"]]
+        assert [x["train_loss"] for x in a["alternations"]] == [x["train_loss"] for x in b["alternations"]]
+    assert resumed.genotype == whole.genotype
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(),
+                                                 whole.model.state_dict().values()))
+    assert resumed.cost["stages"]["search"]["runs"] == 2  # the killed run's time is counted too
+
+
+def test_mid_round_checkpoint_holds_the_whole_training_state(tmp_path, monkeypatch):
+    """Every piece a bit-exact resume needs is in the file: weights, α, both Adam states, the batch position, the
+    batch-order generator, the search generator and the global random states."""
+    from fisherx.io import load_tree
+
+    real = FuseRound.weight_step
+    count = [0]
+
+    def step(self, x, y):
+        count[0] += 1
+        if count[0] == 5:
+            raise KeyboardInterrupt
+        return real(self, x, y)
+
+    monkeypatch.setattr(FuseRound, "weight_step", step)
+    data = preset("digits", max_train_per_label=20)[2].load()
+    with pytest.raises(KeyboardInterrupt):
+        fuse(SearchSpace(width=4, depth=1), data, out_dir=tmp_path, **KILL_KW)
+    state = load_tree(tmp_path / "fuse_checkpoint.fx")
+    assert state["round"] == -1 and state["history"] == []
+    inflight = state["inflight"]
+    assert inflight["position"]["epoch"] == 0 and inflight["position"]["batch"] == 3  # after epoch 0's 3rd step
+    assert len(inflight["position"]["losses"]) == 3 and inflight["position"]["epoch_gen"] is not None
+    assert inflight["alpha"].shape == (2,) and len(inflight["candidates"]) == 2
+    assert all(s["step"] == 3 for s in inflight["w_opt"]["state"].values())  # Adam's step counts
+    assert set(inflight["a_opt"]) == {"state", "param_groups"}
+    assert {"torch", "cuda", "numpy", "random"} <= set(state["rng"]) and state["generator"].dtype == torch.uint8
+    assert state["cost"]["search"]["wall_s"] > 0
 
 
 def test_a_round_stops_when_alpha_has_converged(digits):

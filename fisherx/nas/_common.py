@@ -100,17 +100,18 @@ def show_progress(progress: bool | None) -> bool:
 
 
 def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: float, seed: int,
-                   device: torch.device) -> tuple[dict, nn.Module]:
+                   device: torch.device, checkpoint=None) -> tuple[dict, nn.Module]:
     """Train the winner from scratch on the training split (the papers retrain the found cell) with
     :func:`fisherx.train.train` (Adam, best-validation-epoch weights kept), then record its test accuracy once.
-    Returns (report, trained network); the report has test and validation accuracy, parameters and time."""
+    Returns (report, trained network); the report has test and validation accuracy, parameters and time.
+    ``checkpoint``: a file for :func:`fisherx.train.train`'s per-epoch checkpoints (resume after a kill)."""
     from ..train import seeded, train
 
     in_channels, num_classes = shape_of(data)
     with seeded(seed, device):
         net = space.build(genotype, in_channels, num_classes)
     res = train(net, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=False,
-                epsilon=None)
+                epsilon=None, checkpoint=checkpoint)
     return {"test_accuracy": float(res.test_accuracy), "val_accuracy": res.val_accuracy,
             "params": space.num_params(genotype, in_channels, num_classes), "train_s": res.seconds,
             "epochs": epochs}, res.model
@@ -118,7 +119,7 @@ def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: f
 
 class SearchFiles:
     """The on-disk state of a resumable search in ``out_dir``: a checkpoint written (atomically, with
-    :func:`fisherx.io.save_tree`) after every round, a JSON-lines log rewritten from the checkpoint's history (so
+    :func:`fisherx.io.save_tree`) after every round and every few weight steps, a JSON-lines log rewritten from the checkpoint's history (so
     the log never holds a round the checkpoint does not), and the final result as JSON.
 
     ``config`` fixes everything that changes the result; resuming with a different one is refused, naming the
@@ -150,10 +151,17 @@ class SearchFiles:
         self._check_config(state["config"], self.checkpoint)
         return state
 
+    def save_state(self, state: dict) -> None:
+        """Write the checkpoint (atomically: a kill mid-write leaves the previous one)."""
+        if self.dir is not None:
+            save_tree(self.checkpoint, {**state, "kind": self.kind, "config": self.config},
+                      meta={"kind": self.kind})
+
     def save_round(self, state: dict, history: list[dict]) -> None:
+        """The checkpoint at a round's end, then the log of every finished round."""
         if self.dir is None:
             return
-        save_tree(self.checkpoint, {**state, "kind": self.kind, "config": self.config}, meta={"kind": self.kind})
+        self.save_state(state)
         atomic_write_text(self.log, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
 
     def load_result(self) -> dict | None:

@@ -28,7 +28,6 @@ Choices and why:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -38,6 +37,8 @@ from torch.nn import functional as F
 
 from ..io import save_tree
 from ..train import seeded
+from .cost import CostMeter
+from .determinism import reproducible, rng_state, set_rng_state
 from ._common import (SearchFiles, accuracy, batches, data_fingerprint, device_name, final_training, logits_of,
                       pick_device, resolve_data, shape_of, show_progress, split)
 from .genotype import Genotype
@@ -153,11 +154,73 @@ def _new_seed(gen: torch.Generator) -> int:
     return int(torch.randint(0, 2 ** 62, (1,), generator=gen))
 
 
+def train_epochs(rnd: FuseRound, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
+                 gen: torch.Generator, device: torch.device, pos: dict, on_step=None) -> list[float]:
+    """Weight steps over ``epochs`` shuffled passes of (x, y), from the position ``pos`` and keeping it current:
+    ``epoch`` and ``batch`` (the next step), ``epoch_gen`` (the state of ``gen`` when the epoch's order was drawn,
+    None before it is) and ``losses`` (every step's loss so far). ``on_step()`` runs after every step, so a caller can
+    checkpoint ``pos``; resuming from a saved ``pos`` (with ``gen`` restored to its saved state) redraws the same
+    order and continues with the same batch. Returns ``pos["losses"]``."""
+    for e in range(pos["epoch"], epochs):
+        if pos["epoch_gen"] is None:
+            pos["epoch_gen"] = gen.get_state()
+        else:
+            gen.set_state(pos["epoch_gen"])
+        order = batches(len(y), batch_size, gen)
+        for i in range(pos["batch"], len(order)):
+            idx = order[i].to(device)
+            pos["losses"].append(rnd.weight_step(x[idx], y[idx]))
+            pos["batch"] = i + 1
+            if on_step is not None:
+                on_step()
+        pos.update(epoch=e + 1, batch=0, epoch_gen=None)
+    return pos["losses"]
+
+
+def new_position() -> dict:
+    """The position of :func:`train_epochs` before its first step."""
+    return {"epoch": 0, "batch": 0, "epoch_gen": None, "losses": []}
+
+
+class Checkpointer:
+    """Mid-round checkpoints every ``every`` weight steps (None or 0: only at round ends). ``save(inflight)`` writes
+    the round-end state plus the in-flight round, so a kill at any step loses at most ``every`` steps; the rerun
+    repeats them bit for bit."""
+
+    def __init__(self, files: SearchFiles, every: int | None):
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+            raise ValueError(f"checkpoint_every must be a non-negative integer or None, got {every!r}")
+        self.files, self.every, self.steps = files, every or 0, 0
+        self.base = dict  # set by the search: () -> the round-end part of the checkpoint
+
+    def step(self, inflight) -> None:
+        self.steps += 1
+        if self.every and self.files.dir is not None and self.steps % self.every == 0:
+            self.files.save_state({**self.base(), "inflight": inflight()})
+
+
+def round_state(rnd: FuseRound, data_gen: torch.Generator, extra: dict) -> dict:
+    """The in-flight state of a round (the tree a mid-round checkpoint stores): the candidates' weights and
+    BatchNorm buffers, α, both Adam states, the batch-order generator, and the caller's position/bookkeeping."""
+    return {"nets": rnd.nets.state_dict(), "alpha": rnd.alpha.detach().clone(), "w_opt": rnd.w_opt.state_dict(),
+            "a_opt": rnd.a_opt.state_dict(), "data_gen": data_gen.get_state(), **extra}
+
+
+def load_round_state(rnd: FuseRound, data_gen: torch.Generator, state: dict) -> None:
+    """Put a round back where :func:`round_state` saw it."""
+    rnd.nets.load_state_dict(state["nets"])
+    with torch.no_grad():
+        rnd.alpha.copy_(state["alpha"])
+    rnd.w_opt.load_state_dict(state["w_opt"])
+    rnd.a_opt.load_state_dict(state["a_opt"])
+    data_gen.set_state(state["data_gen"])
+
+
 def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10, alternations: int = 10,
          weight_epochs: int = 1, alpha_epochs: int = 10, alpha_tol: float = 1e-3, batch_size: int = 64,
          lr: float = 3e-3, alpha_lr: float = 0.05, weight_decay: float = 0.0, final_epochs: int = 20,
          seed: int = 0, init: Genotype | None = None, device=None, out_dir=None, progress: bool | None = None,
-         data_dir=None) -> FuseResult:
+         data_dir=None, checkpoint_every: int | None = 50, deterministic: bool = True) -> FuseResult:
     """Search ``space`` for ``task`` (a Task or its loaded TaskData) with FUSE; see the module docstring.
 
     Budget knobs: ``candidates`` (C new architectures per round; the round trains C + 1 networks at once, so C and
@@ -168,9 +231,18 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
     optional starting best (else round 0 has C candidates). ``out_dir`` holds the checkpoint, the JSON-lines log
     and the result; rerunning the same call there resumes (or returns the finished result).
 
+    Reproducibility: ``seed`` alone fixes the run (:func:`fisherx.nas.determinism.reproducible`; with
+    ``deterministic`` PyTorch's deterministic kernels are required, with a warning for any operation that has none
+    on the device). The checkpoint is written after every round and every ``checkpoint_every`` weight steps; it
+    holds the candidates' weights, α, both optimisers' states, every random state and the batch position, so a
+    search killed at any point resumes and ends bit-identical to an uninterrupted run on the same machine and thread
+    count. (FUSE uses constant learning rates: there is no scheduler state to keep.)
+
     Returns a :class:`FuseResult`; ``cost`` has ``search_s`` (wall time of the rounds, summed over resumes),
-    ``final_train_s``, ``device``, ``rounds``, ``candidate_epochs`` (Σ networks × weight epochs, the budget unit
-    random search is matched on), ``weight_steps`` and ``alpha_steps``.
+    ``final_train_s``, ``stages`` (wall time, device time and peak memory of ``search`` and ``final_training``, see
+    :mod:`fisherx.nas.cost`), ``device``, ``rounds``, ``candidate_epochs`` (Σ networks × weight epochs, the budget
+    unit random search is matched on), ``candidates_trained``, ``weight_steps``, ``alpha_steps`` and
+    ``nondeterministic_ops``.
     """
     for name, v in (("candidates", candidates), ("rounds", rounds), ("alternations", alternations),
                     ("weight_epochs", weight_epochs), ("alpha_epochs", alpha_epochs), ("batch_size", batch_size),
@@ -188,86 +260,119 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
               "rounds": rounds, "alternations": alternations, "weight_epochs": weight_epochs,
               "alpha_epochs": alpha_epochs, "alpha_tol": alpha_tol, "batch_size": batch_size, "lr": lr,
               "alpha_lr": alpha_lr, "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed,
-              "init": init.to_dict() if init is not None else None}
+              "init": init.to_dict() if init is not None else None, "deterministic": deterministic}
     files = SearchFiles(out_dir, "fuse", config)
     done = files.load_result()
     if done is not None:
         return FuseResult.from_dict(done)
+    ckpt = Checkpointer(files, checkpoint_every)
 
     gen = torch.Generator().manual_seed(seed)
-    best, history, start, elapsed = init, [], 0, 0.0
+    best, history, start, inflight, nondet = init, [], 0, None, []
     state = files.load_checkpoint()
-    if state is not None:
-        gen.set_state(state["generator"])
-        best = Genotype.from_dict(state["best"]) if state["best"] is not None else None
-        history, start, elapsed = list(state["history"]), int(state["round"]) + 1, float(state["elapsed"])
-
+    meter = CostMeter(device, state["cost"] if state is not None else None)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=rounds, initial=start, desc="FUSE", unit="round", disable=not show_progress(progress))
-    x_tr, y_tr = x_tr.to(device), y_tr.to(device)
-    for r in range(start, rounds):
-        t0 = time.perf_counter()
-        exclude = {best.key()} if best is not None else set()
-        new = _distinct_candidates(space, gen, candidates, exclude)
-        cands = ([best] if best is not None else []) + new
-        round_seed = _new_seed(gen)
-        with seeded(round_seed, device):
-            nets = [space.build(g, in_channels, num_classes).to(device) for g in cands]
-        state_r = FuseRound(nets, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay)
-        data_gen = torch.Generator().manual_seed(round_seed)
-        steps = {"weight_steps": 0, "alpha_steps": 0}
-        alts = []
-        for a in range(alternations):
-            before = state_r.alpha.detach().clone()
-            losses = []
-            for _ in range(weight_epochs):
-                for idx in batches(len(y_tr), batch_size, data_gen):
-                    idx = idx.to(device)
-                    losses.append(state_r.weight_step(x_tr[idx], y_tr[idx]))
-            steps["weight_steps"] += len(losses)
-            info = state_r.alpha_phase(x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen,
-                                       device=device)
-            steps["alpha_steps"] += info.pop("alpha_steps")
-            change = float((state_r.alpha.detach() - before).abs().max())
-            alts.append({"train_loss": sum(losses) / len(losses), **info, "alpha": state_r.alpha.tolist(),
-                         "alpha_change": change})
-            if change < alpha_tol:
-                break
-        alpha = state_r.alpha.detach().cpu()
-        winner = int(torch.argmax(alpha))  # ties go to the lower index: the incumbent, listed first
-        best = cands[winner]
-        elapsed += time.perf_counter() - t0
-        history.append({
-            "round": r, "candidates": [g.to_dict() for g in cands], "incumbent": 0 if len(cands) > len(new) else None,
-            "alpha": alpha.tolist(), "weights": torch.softmax(alpha, 0).tolist(), "winner": winner,
-            "alternations": alts, "candidate_epochs": len(cands) * weight_epochs * len(alts), **steps,
-            "elapsed_s": elapsed,
-        })
-        files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(), "history": history,
-                          "elapsed": elapsed}, history)
-        bar.update(1)
-        bar.set_postfix(val_acc=f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}", C=len(cands))
-    bar.close()
-    if best is None:  # rounds ≥ 1 is enforced, so this cannot happen unless the space yields nothing
-        raise RuntimeError("FUSE found no candidate; the search space produced no architectures")
-
-    final, net = _final(space, best, data, final_epochs, batch_size, lr, seed, device)
-    cost = {"search_s": elapsed, "final_train_s": final["train_s"], "device": device_name(device),
-            "rounds": len(history), "candidate_epochs": sum(h["candidate_epochs"] for h in history),
-            "weight_steps": sum(h["weight_steps"] for h in history),
-            "alpha_steps": sum(h["alpha_steps"] for h in history),
-            "candidates_trained": sum(len(h["candidates"]) for h in history)}
+    with reproducible(seed, device, deterministic=deterministic, found=nondet):
+        if state is not None:
+            gen.set_state(state["generator"])
+            set_rng_state(state["rng"], device)
+            best = Genotype.from_dict(state["best"]) if state["best"] is not None else None
+            history, start, inflight = list(state["history"]), int(state["round"]) + 1, state.get("inflight")
+            nondet.extend(state.get("nondeterministic_ops", []))
+        bar = tqdm(total=rounds, initial=start, desc="FUSE", unit="round", disable=not show_progress(progress))
+        x_tr, y_tr = x_tr.to(device), y_tr.to(device)
+        with meter.stage("search"):
+            for r in range(start, rounds):
+                if inflight is not None:  # resume inside round r: the candidates were drawn before the checkpoint
+                    cands = [Genotype.from_dict(g) for g in inflight["candidates"]]
+                    round_seed, incumbent = inflight["round_seed"], inflight["incumbent"]
+                else:
+                    exclude = {best.key()} if best is not None else set()
+                    new = _distinct_candidates(space, gen, candidates, exclude)
+                    incumbent = best is not None
+                    cands = ([best] if incumbent else []) + new
+                    round_seed = _new_seed(gen)
+                with seeded(round_seed, device):
+                    nets = [space.build(g, in_channels, num_classes).to(device) for g in cands]
+                rnd = FuseRound(nets, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay)
+                data_gen = torch.Generator().manual_seed(round_seed)
+                if inflight is not None:
+                    load_round_state(rnd, data_gen, inflight)
+                    a0, pos, before = inflight["alternation"], inflight["position"], inflight["before"]
+                    alts, steps = list(inflight["alternations"]), dict(inflight["steps"])
+                else:
+                    a0, pos, before, alts = 0, new_position(), rnd.alpha.detach().clone(), []
+                    steps = {"weight_steps": 0, "alpha_steps": 0}
+                inflight = None
+                ckpt.base = lambda: {"round": r - 1, "generator": gen.get_state(),
+                                     "best": best.to_dict() if best is not None else None, "history": history,
+                                     "rng": rng_state(device), "cost": meter.snapshot(),
+                                     "nondeterministic_ops": list(nondet)}
+                for a in range(a0, alternations):
+                    here = lambda: round_state(rnd, data_gen, {  # noqa: E731 (read at checkpoint time)
+                        "candidates": [g.to_dict() for g in cands], "round_seed": round_seed,
+                        "incumbent": incumbent, "alternation": a, "position": pos, "before": before,
+                        "alternations": alts, "steps": steps})
+                    losses = train_epochs(rnd, x_tr, y_tr, epochs=weight_epochs, batch_size=batch_size,
+                                          gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
+                    steps["weight_steps"] += len(losses)
+                    info = rnd.alpha_phase(x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen,
+                                           device=device)
+                    steps["alpha_steps"] += info.pop("alpha_steps")
+                    change = float((rnd.alpha.detach() - before).abs().max())
+                    alts.append({"train_loss": sum(losses) / len(losses), **info, "alpha": rnd.alpha.tolist(),
+                                 "alpha_change": change})
+                    pos, before = new_position(), rnd.alpha.detach().clone()
+                    if change < alpha_tol:
+                        break
+                alpha = rnd.alpha.detach().cpu()
+                winner = int(torch.argmax(alpha))  # ties go to the lower index: the incumbent, listed first
+                best = cands[winner]
+                history.append({
+                    "round": r, "candidates": [g.to_dict() for g in cands], "incumbent": 0 if incumbent else None,
+                    "alpha": alpha.tolist(), "weights": torch.softmax(alpha, 0).tolist(), "winner": winner,
+                    "alternations": alts, "candidate_epochs": len(cands) * weight_epochs * len(alts), **steps,
+                    "elapsed_s": meter.snapshot()["search"]["wall_s"],
+                })
+                files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(),
+                                  "history": history, "rng": rng_state(device), "cost": meter.snapshot(),
+                                  "nondeterministic_ops": list(nondet)}, history)
+                bar.update(1)
+                bar.set_postfix(val_acc=f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}", C=len(cands))
+        bar.close()
+        if best is None:  # rounds ≥ 1 is enforced, so this cannot happen unless the space yields nothing
+            raise RuntimeError("FUSE found no candidate; the search space produced no architectures")
+        with meter.stage("final_training"):
+            final, net = _final(files, space, best, data, final_epochs, batch_size, lr, seed, device)
+    cost = search_cost(meter, device, history, nondet, alpha_steps=sum(h["alpha_steps"] for h in history),
+                       candidates_trained=sum(len(h["candidates"]) for h in history))
     result = FuseResult(best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space,
                         "fuse", net)
     _save_winner(files, net, result)
     return result
 
 
-def _final(space, best, data, final_epochs, batch_size, lr, seed, device):
-    # The final seed is derived from the search seed, distinct from every round seed stream.
+def search_cost(meter: CostMeter, device: torch.device, history: list[dict], nondet: list, *, alpha_steps: int,
+                candidates_trained: int) -> dict:
+    """The ``cost`` of a search result (see :func:`fuse`)."""
+    stages = meter.to_dict()["stages"]
+    return {"search_s": stages["search"]["wall_s"], "final_train_s": stages["final_training"]["wall_s"],
+            "stages": stages, "device": device_name(device), "rounds": len(history),
+            "candidate_epochs": sum(h["candidate_epochs"] for h in history),
+            "weight_steps": sum(h["weight_steps"] for h in history), "alpha_steps": alpha_steps,
+            "candidates_trained": candidates_trained, "nondeterministic_ops": list(nondet),
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+            "peak_cuda_mb": max((s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None),
+                                default=None)}
+
+
+def _final(files: SearchFiles, space, best, data, final_epochs, batch_size, lr, seed, device):
+    # The final seed is derived from the search seed, distinct from every round seed stream. The final training
+    # checkpoints every epoch next to the search's checkpoint, so a kill there loses at most one epoch.
+    ck = files.dir / f"{files.kind}_final_checkpoint.fx" if files.dir is not None else None
     return final_training(space, best, data, epochs=final_epochs, batch_size=batch_size, lr=lr,
-                          seed=seed * 1_000_003 + 7, device=device)
+                          seed=seed * 1_000_003 + 7, device=device, checkpoint=ck)
 
 
 def _save_winner(files: SearchFiles, net: nn.Module, result) -> None:
@@ -277,3 +382,5 @@ def _save_winner(files: SearchFiles, net: nn.Module, result) -> None:
               meta={"genotype": result.genotype.to_dict(), "space": result.space.to_dict()})
     result.genotype.save(files.dir / f"{files.kind}_genotype.json")
     files.save_result(result.to_dict())
+    # The result is stored: the final training's own checkpoint is no longer needed.
+    (files.dir / f"{files.kind}_final_checkpoint.fx").unlink(missing_ok=True)

@@ -6,30 +6,34 @@ retrain it from scratch exactly as FUSE retrains its winner. The budget is count
 candidate-epochs (networks × passes over the training data): with ``budget = fuse_result.cost["candidate_epochs"]``
 both methods spend the same number of training passes, random search on fewer but fully trained networks.
 
-Resumable like FUSE: a checkpoint after every candidate (generator state, history), the same JSON-lines log.
+Resumable like FUSE: a checkpoint after every candidate and every few weight steps, the same JSON-lines log.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
 from ..train import seeded
-from ._common import (SearchFiles, accuracy, batches, data_fingerprint, device_name, logits_of, pick_device,
-                      resolve_data, shape_of, show_progress, split)
-from .fuse import FuseResult, FuseRound, _distinct_candidates, _final, _new_seed, _save_winner
+from ._common import (SearchFiles, accuracy, data_fingerprint, logits_of, pick_device, resolve_data, shape_of,
+                      show_progress, split)
+from .cost import CostMeter
+from .determinism import reproducible, rng_state, set_rng_state
+from .fuse import (Checkpointer, FuseResult, FuseRound, _distinct_candidates, _final, _new_seed, _save_winner,
+                   load_round_state, new_position, round_state, search_cost, train_epochs)
+from .genotype import Genotype
 from .space import SearchSpace
 
 
 def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_candidate: int = 5,
                   batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0, final_epochs: int = 20,
                   seed: int = 0, device=None, out_dir=None, progress: bool | None = None,
-                  data_dir=None) -> FuseResult:
+                  data_dir=None, checkpoint_every: int | None = 50, deterministic: bool = True) -> FuseResult:
     """Random search with ``budget`` candidate-epochs: ⌊budget / epochs_per_candidate⌋ distinct architectures.
 
-    Returns a :class:`FuseResult` with ``method == "random"``; ``history`` has one entry per candidate (its
-    genotype, validation accuracy, final training loss).
+    Seeding, determinism, checkpoints (every candidate and every ``checkpoint_every`` weight steps) and ``cost`` are
+    as in :func:`fisherx.nas.fuse`. Returns a :class:`FuseResult` with ``method == "random"``; ``history`` has one
+    entry per candidate (its genotype, validation accuracy, final training loss).
     """
     for name, v in (("budget", budget), ("epochs_per_candidate", epochs_per_candidate),
                     ("batch_size", batch_size), ("final_epochs", final_epochs)):
@@ -46,62 +50,76 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
     in_channels, num_classes = shape_of(data)
     config = {"method": "random", "space": space.to_dict(), "data": data_fingerprint(data), "budget": budget,
               "epochs_per_candidate": epochs_per_candidate, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed}
+              "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed,
+              "deterministic": deterministic}
     files = SearchFiles(out_dir, "random", config)
     done = files.load_result()
     if done is not None:
         return FuseResult.from_dict(done)
+    ckpt = Checkpointer(files, checkpoint_every)
 
     gen = torch.Generator().manual_seed(seed)
-    history, start, elapsed, seen = [], 0, 0.0, set()
+    history, start, inflight, nondet = [], 0, None, []
     state = files.load_checkpoint()
-    if state is not None:
-        gen.set_state(state["generator"])
-        history, start, elapsed = list(state["history"]), int(state["round"]) + 1, float(state["elapsed"])
-    from .genotype import Genotype
-
-    seen = {Genotype.from_dict(h["genotype"]).key() for h in history}
-
+    meter = CostMeter(device, state["cost"] if state is not None else None)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=start, desc="random search", unit="arch", disable=not show_progress(progress))
-    x_tr, y_tr = x_tr.to(device), y_tr.to(device)
-    for i in range(start, n):
-        t0 = time.perf_counter()
-        found = _distinct_candidates(space, gen, 1, seen)
-        if not found:
-            break  # the space is exhausted: every architecture has been tried
-        g = found[0]
-        seen.add(g.key())
-        cand_seed = _new_seed(gen)
-        with seeded(cand_seed, device):
-            net = space.build(g, in_channels, num_classes).to(device)
-        # A one-candidate FuseRound is plain training: softmax of a single α is 1, so c̄ = c.
-        solo = FuseRound([net], lr=lr, alpha_lr=0.0, weight_decay=weight_decay)
-        data_gen = torch.Generator().manual_seed(cand_seed)
-        losses = []
-        for _ in range(epochs_per_candidate):
-            losses = [solo.weight_step(x_tr[idx.to(device)], y_tr[idx.to(device)])
-                      for idx in batches(len(y_tr), batch_size, data_gen)]
-        val_acc = accuracy(logits_of(net, x_val, 512, device), y_val)
-        elapsed += time.perf_counter() - t0
-        history.append({"round": i, "genotype": g.to_dict(), "val_accuracy": val_acc,
-                        "train_loss": sum(losses) / len(losses), "candidate_epochs": epochs_per_candidate,
-                        "weight_steps": len(losses) * epochs_per_candidate, "elapsed_s": elapsed})
-        files.save_round({"round": i, "generator": gen.get_state(), "history": history, "elapsed": elapsed},
-                         history)
-        bar.update(1)
-        bar.set_postfix(best_val=f"{max(h['val_accuracy'] for h in history):.3f}")
-    bar.close()
+    with reproducible(seed, device, deterministic=deterministic, found=nondet):
+        if state is not None:
+            gen.set_state(state["generator"])
+            set_rng_state(state["rng"], device)
+            history, start, inflight = list(state["history"]), int(state["round"]) + 1, state.get("inflight")
+            nondet.extend(state.get("nondeterministic_ops", []))
+        seen = {Genotype.from_dict(h["genotype"]).key() for h in history}
+        bar = tqdm(total=n, initial=start, desc="random search", unit="arch", disable=not show_progress(progress))
+        x_tr, y_tr = x_tr.to(device), y_tr.to(device)
+        with meter.stage("search"):
+            for i in range(start, n):
+                if inflight is not None:  # resume inside candidate i
+                    g, cand_seed = Genotype.from_dict(inflight["genotype"]), inflight["seed"]
+                else:
+                    found = _distinct_candidates(space, gen, 1, seen)
+                    if not found:
+                        break  # the space is exhausted: every architecture has been tried
+                    g = found[0]
+                    cand_seed = _new_seed(gen)
+                seen.add(g.key())
+                with seeded(cand_seed, device):
+                    net = space.build(g, in_channels, num_classes).to(device)
+                # A one-candidate FuseRound is plain training: softmax of a single α is 1, so c̄ = c.
+                solo = FuseRound([net], lr=lr, alpha_lr=0.0, weight_decay=weight_decay)
+                data_gen = torch.Generator().manual_seed(cand_seed)
+                pos = new_position()
+                if inflight is not None:
+                    load_round_state(solo, data_gen, inflight)
+                    pos = inflight["position"]
+                inflight = None
+                ckpt.base = lambda: {"round": i - 1, "generator": gen.get_state(), "history": history,
+                                     "rng": rng_state(device), "cost": meter.snapshot(),
+                                     "nondeterministic_ops": list(nondet)}
+                here = lambda: round_state(solo, data_gen, {  # noqa: E731 (read at checkpoint time)
+                    "genotype": g.to_dict(), "seed": cand_seed, "position": pos})
+                losses = train_epochs(solo, x_tr, y_tr, epochs=epochs_per_candidate, batch_size=batch_size,
+                                      gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
+                per_epoch = len(losses) // epochs_per_candidate
+                last = losses[-per_epoch:]  # the last epoch's losses
+                val_acc = accuracy(logits_of(net, x_val, 512, device), y_val)
+                history.append({"round": i, "genotype": g.to_dict(), "val_accuracy": val_acc,
+                                "train_loss": sum(last) / len(last), "candidate_epochs": epochs_per_candidate,
+                                "weight_steps": len(losses), "elapsed_s": meter.snapshot()["search"]["wall_s"]})
+                files.save_round({"round": i, "generator": gen.get_state(), "history": history,
+                                  "rng": rng_state(device), "cost": meter.snapshot(),
+                                  "nondeterministic_ops": list(nondet)}, history)
+                bar.update(1)
+                bar.set_postfix(best_val=f"{max(h['val_accuracy'] for h in history):.3f}")
+        bar.close()
 
-    # Best validation accuracy; ties go to the earlier candidate.
-    best_i = max(range(len(history)), key=lambda k: (history[k]["val_accuracy"], -k))
-    best = Genotype.from_dict(history[best_i]["genotype"])
-    final, net = _final(space, best, data, final_epochs, batch_size, lr, seed, device)
-    cost = {"search_s": elapsed, "final_train_s": final["train_s"], "device": device_name(device),
-            "rounds": len(history), "candidate_epochs": sum(h["candidate_epochs"] for h in history),
-            "weight_steps": sum(h["weight_steps"] for h in history), "alpha_steps": 0,
-            "candidates_trained": len(history)}
+        # Best validation accuracy; ties go to the earlier candidate.
+        best_i = max(range(len(history)), key=lambda k: (history[k]["val_accuracy"], -k))
+        best = Genotype.from_dict(history[best_i]["genotype"])
+        with meter.stage("final_training"):
+            final, net = _final(files, space, best, data, final_epochs, batch_size, lr, seed, device)
+    cost = search_cost(meter, device, history, nondet, alpha_steps=0, candidates_trained=len(history))
     result = FuseResult(best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space,
                         "random", net)
     _save_winner(files, net, result)

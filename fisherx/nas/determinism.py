@@ -1,0 +1,146 @@
+"""One seed controls a whole search: isolated, checkpointable random states, deterministic kernels, and a warning
+when an operation in use has no deterministic implementation on the current device.
+
+What a search sets while it runs (and restores afterwards, so the caller's settings and random streams are left as
+they were):
+
+- ``torch.use_deterministic_algorithms(True, warn_only=True)``: PyTorch picks deterministic kernels where it has
+  them (e.g. CUDA convolutions, ``index_add``); where it has none it *warns* instead of raising, and
+  :func:`watch_nondeterminism` turns that into one :class:`NondeterminismWarning` per operation and device, so a
+  search still runs but says it will not be bit-reproducible.
+- ``torch.backends.cudnn.deterministic = True`` and ``torch.backends.cudnn.benchmark = False``: benchmark mode times
+  several convolution algorithms at the first call and keeps the fastest, which can differ from run to run.
+- ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (only if unset): CUDA ≥ 10.2 cuBLAS reduces in a nondeterministic order
+  unless its workspace is fixed; it must be set before the process's first cuBLAS call, so set it in the
+  environment when CUDA has already been used (a warning says so).
+- The global random generators (torch CPU, torch CUDA of the search device, numpy, Python ``random``) are seeded
+  from the search seed inside the search and restored afterwards: an operation that draws from a global generator
+  (dropout, a user's op) is then seeded too, and :func:`rng_state` captures all of them for checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+
+#: The cuBLAS workspace setting that makes cuBLAS reductions deterministic (NVIDIA's documented value).
+CUBLAS_WORKSPACE = ":4096:8"
+
+_PYTORCH_ALERT = re.compile(r"^(\S+) does not have a deterministic implementation")
+_WARNED: set[tuple[str, str]] = set()
+
+
+class NondeterminismWarning(UserWarning):
+    """An operation used by a search has no deterministic implementation on the current device."""
+
+
+# --------------------------------------------------------------------------------------------- random states
+
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every global random state a search can touch, as a tree :func:`fisherx.io.save_tree` can store: torch's CPU
+    generator, the CUDA generator of ``device`` (if CUDA), numpy's global generator and Python's ``random``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = device is not None and torch.device(device).type == "cuda"
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(torch.device(device)) if cuda else None,
+            # fisherx files store no uint32; the 624 Mersenne-Twister words fit in int64 exactly.
+            "numpy": (name, keys.astype(np.int64), int(pos), int(has_gauss), float(gauss)),
+            "random": random.getstate()}
+
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), pos, has_gauss, gauss))
+    version, words, gauss_next = state["random"]
+    random.setstate((version, tuple(words), gauss_next))
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed every global generator from ``seed`` for the block, and give the caller back its own states after."""
+    saved = rng_state(device)
+    try:
+        torch.manual_seed(seed)  # also seeds every CUDA device's generator
+        np.random.seed(seed % 2 ** 32)
+        random.seed(seed)
+        yield
+    finally:
+        set_rng_state(saved, device)
+
+
+# ------------------------------------------------------------------------------------------ deterministic kernels
+
+@contextlib.contextmanager
+def deterministic_algorithms(warn_only: bool = True) -> Iterator[None]:
+    """The flags listed in the module docstring for the block; the previous values are restored after (the
+    environment variable too, though cuBLAS keeps the workspace it started with)."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    env_prev = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if env_prev is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            warnings.warn("CUBLAS_WORKSPACE_CONFIG was not set before CUDA was first used in this process, so cuBLAS "
+                          "may reduce in a nondeterministic order; for bit-reproducible searches on a GPU start the "
+                          f"process with CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE}", NondeterminismWarning,
+                          stacklevel=3)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+        if env_prev is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def watch_nondeterminism(device: torch.device, found: list | None = None) -> Iterator[list]:
+    """Collect PyTorch's "X does not have a deterministic implementation" warnings raised in the block (they come
+    from ``use_deterministic_algorithms(True, warn_only=True)``), append each operation name once to ``found``, and
+    warn once per (operation, device type) per process with a :class:`NondeterminismWarning`; every other warning
+    raised in the block is passed on unchanged."""
+    found = [] if found is None else found
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield found
+    dev = torch.device(device).type
+    for w in caught:
+        m = _PYTORCH_ALERT.match(str(w.message))
+        if m is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            continue
+        op = m.group(1)
+        if op not in found:
+            found.append(op)
+        if (op, dev) not in _WARNED:
+            _WARNED.add((op, dev))
+            warnings.warn(f"{op} has no deterministic implementation on {dev}: this search is not bit-reproducible "
+                          f"on this device (its results and a resume can differ in the last bits)",
+                          NondeterminismWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def reproducible(seed: int, device: torch.device, *, deterministic: bool = True,
+                 found: list | None = None) -> Iterator[list]:
+    """Everything a search runs under: :func:`isolated_rng` seeded with ``seed``, and with ``deterministic``
+    :func:`deterministic_algorithms` and :func:`watch_nondeterminism` (yielding the list of nondeterministic
+    operations met, appended to ``found``)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(isolated_rng(seed, device))
+        if deterministic:
+            stack.enter_context(deterministic_algorithms(warn_only=True))
+            yield stack.enter_context(watch_nondeterminism(device, found))
+        else:
+            yield [] if found is None else found
