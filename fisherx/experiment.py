@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import distributed as _fxd
 from . import models as _models
 from .cache import Cache
 from .distance import METRICS, distance_column
@@ -318,6 +319,10 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
             raise ValueError(f"unknown architecture {a!r}; choose one of {', '.join(_models.ARCHS)}")
     device = default_device(device)
     cache = Cache(cache_dir)
+    distributed = _fxd.is_distributed()
+    if distributed and cache.root is None:
+        raise ValueError("under torch.distributed, task_distances needs cache_dir: a folder every rank sees, where "
+                         "the ranks' units of work meet")
     datas = [t.load(data_dir) for t in tasks]
     _check_family(tasks, datas)
     width = max(d.num_classes for d in datas)
@@ -331,7 +336,8 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     distances = {a: np.zeros((S, K, K)) for a in archs}
     accuracies = {a: np.zeros((S, K)) for a in archs}
     steps = len(archs) * S * (K + K * K + (K * (K - 1) if head == "refit" else 0))
-    bar = _bar(steps, progress)
+    # Under torch.distributed the units are spread first, then assembled from the cache: no fixed step count.
+    bar = _bar(None if distributed else steps, progress and (not distributed or _fxd.is_main_process()))
     missed: list[str] = []  # networks below 1 − ε, warned about once at the end (cached or not)
 
     def network_config(arch, seed, i):
@@ -390,14 +396,18 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         if entry is None:
             bar.set_description(f"fisher → {tasks[j].name}")
             with seeded(seed, device):  # the labels drawn by kind="mc" come from the seed too
+                # One unit is one whole Fisher on one rank, never a shard combined across ranks.
                 f = fisher_diag(model.eval(), datas[j].test, loss="cross_entropy", kind=fisher_kind,
-                                max_samples=fisher_samples, device=device, progress=False)
+                                max_samples=fisher_samples, device=device, progress=False, distributed=False)
             entry = _fisher_entry(f)
             cache.store("fisher", cfg, entry)
         bar.update(1)
         return _fisher_from_entry(entry)
 
     try:
+        if distributed:
+            _spread_units(archs, seeds, K, head, get_network, refit_head, get_fisher)
+            missed.clear()  # the assembly below visits every network once more
         for arch in archs:
             for s, seed in enumerate(seeds):
                 nets = [get_network(arch, seed, i) for i in range(K)]
@@ -444,6 +454,27 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                               config, dict(cache.stats))
 
 
+def _spread_units(archs, seeds, K, head, get_network, refit_head, get_fisher) -> None:
+    """Under torch.distributed: every rank trains every ``world``-th network, then computes every ``world``-th
+    Fisher (refitting heads as needed); the results meet in the shared cache, from which each rank then
+    assembles the matrices. A rank that dies leaves its finished units in the cache for the re-run."""
+    for arch, seed, i in _fxd.assigned([(a, s, i) for a in archs for s in seeds for i in range(K)]):
+        get_network(arch, seed, i)
+    _fxd.barrier()
+    nets: dict = {}
+    for arch, seed, j, i in _fxd.assigned([(a, s, j, i) for a in archs for s in seeds for j in range(K)
+                                           for i in range(K)]):
+        if (arch, seed, i) not in nets:
+            if len(nets) >= K:  # keep one (arch, seed)'s networks in memory at most
+                nets.clear()
+            nets[(arch, seed, i)] = get_network(arch, seed, i)
+        model, _, cfg = nets[(arch, seed, i)]
+        if head == "refit" and i != j:
+            model, cfg = refit_head(model, arch, seed, i, j, cfg)
+        get_fisher(model, cfg, seed, j)
+    _fxd.barrier()
+
+
 class _NoBar:
     def update(self, n=1):
         pass
@@ -455,7 +486,7 @@ class _NoBar:
         pass
 
 
-def _bar(total: int, enabled: bool):
+def _bar(total: Optional[int], enabled: bool):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
@@ -474,6 +505,9 @@ def distances_command(args) -> int:
     atlas.png to ``args.out``; the cache defaults to ``OUT/cache`` so that re-running the command resumes."""
     from .tasks import preset
 
+    from .distributed import init_from_env, is_main_process
+
+    init_from_env(args.device)  # under torchrun: one process group, the units of work spread over the ranks
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = preset(args.preset, seed=args.task_seed, max_train_per_label=args.max_train_per_label,
@@ -496,6 +530,8 @@ def distances_command(args) -> int:
         metric=args.metric, cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir,
         batch_size=args.batch_size, lr=args.lr, epsilon=args.epsilon, head=args.head,
         fisher_samples=args.fisher_samples, device=args.device, progress=not args.quiet)
+    if not is_main_process():
+        return 0  # rank 0 writes the outputs
     result.to_json(out / "result.json")
     result.to_csv(out / "distances.csv")
     table = result.table()
