@@ -264,3 +264,74 @@ def test_a_round_stops_when_alpha_has_converged(digits):
     full = fuse(space, digits, seed=0, alpha_tol=0.0, **kw)
     assert [len(h["alternations"]) for h in full.history] == [3]
     assert all(a["alpha_change"] > 0 for a in full.history[0]["alternations"])
+
+
+# PyTorch's own words when an operation without a deterministic implementation runs under
+# use_deterministic_algorithms(True, warn_only=True) (here: the CUDA backward of adaptive average pooling).
+CUDA_ALERT = ("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
+              "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ...")
+
+
+def test_nondeterministic_operation_is_reported_once_simulated_on_cpu(monkeypatch):
+    """No CPU kernel used here is nondeterministic, so the CUDA alert is simulated: the weight step raises PyTorch's
+    warning exactly as the CUDA kernel would. The search warns once per operation and device (not once per step),
+    records the operation in its cost, and passes every other warning on unchanged."""
+    import warnings
+
+    from fisherx.nas import determinism
+    from fisherx.nas.determinism import NondeterminismWarning
+
+    real = FuseRound.weight_step
+    seen = {}
+
+    def step(self, x, y):
+        # The flags a search runs under, as seen from inside it.
+        seen.update(det=torch.are_deterministic_algorithms_enabled(),
+                    warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+                    cudnn=(torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+                    cublas=__import__("os").environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        warnings.warn(CUDA_ALERT, UserWarning)
+        warnings.warn("an unrelated warning", RuntimeWarning)
+        return real(self, x, y)
+
+    monkeypatch.setattr(FuseRound, "weight_step", step)
+    monkeypatch.setattr(determinism, "_WARNED", set())
+    data = preset("digits", max_train_per_label=20)[2].load()
+    kw = {**KILL_KW, "rounds": 1, "alternations": 1, "final_epochs": 1}
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = fuse(SearchSpace(width=4, depth=1), data, **kw)
+        again = fuse(SearchSpace(width=4, depth=1), data, **kw)
+    ours = [w for w in caught if issubclass(w.category, NondeterminismWarning)]
+    assert len(ours) == 1 and "adaptive_avg_pool2d_backward_cuda" in str(ours[0].message)
+    assert "on cpu" in str(ours[0].message)
+    assert not any("does not have a deterministic" in str(w.message) for w in caught)  # absorbed, not repeated
+    assert sum("an unrelated warning" in str(w.message) for w in caught) == 2 * res.cost["weight_steps"]
+    assert res.cost["nondeterministic_ops"] == again.cost["nondeterministic_ops"] == [
+        "adaptive_avg_pool2d_backward_cuda"]
+    assert seen == {"det": True, "warn_only": True, "cudnn": (True, False), "cublas": ":4096:8"}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+def test_a_search_leaves_the_callers_random_streams_alone():
+    """One seed controls the search; the caller's torch, numpy and random streams continue as if it never ran."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return torch.rand(3), np.random.rand(3), random.random()
+
+    data = preset("digits", max_train_per_label=20)[2].load()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    expect = draws()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    fuse(SearchSpace(width=4, depth=1), data, **{**KILL_KW, "rounds": 1, "alternations": 1, "final_epochs": 1})
+    got = draws()
+    assert torch.equal(got[0], expect[0]) and np.array_equal(got[1], expect[1]) and got[2] == expect[2]
+
+
+def test_the_network_avoids_pooling_with_a_nondeterministic_cuda_backward():
+    net = CONV.build(1, 5, width=4, depth=2)
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net.modules())

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from .determinism import NondeterminismWarning, reproducible
 from .fuse import FuseResult, FuseRound, fuse
 from .genotype import Genotype, GenotypeError
 from .network import Network
@@ -15,6 +16,6 @@ from .random_search import random_search
 from .space import SearchSpace, SearchSpaceError
 from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
 
-__all__ = ["DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network", "OP_NAMES",
-           "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary", "add_baseline", "fuse", "make_op",
-           "random_search", "ta_nas", "train_eps_network"]
+__all__ = ["DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network",
+           "NondeterminismWarning", "OP_NAMES", "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary", "add_baseline", "fuse", "make_op",
+           "random_search", "reproducible", "ta_nas", "train_eps_network"]

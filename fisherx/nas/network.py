@@ -3,7 +3,7 @@
     stem: 3×3 conv (in_channels → stem_multiplier·width), BatchNorm
     cells 0 .. depth−1: cell i is a reduction cell (doubling the channels C, halving H and W) when
                         i ∈ {⌊depth/3⌋, ⌊2·depth/3⌋}, otherwise a normal cell; C starts at ``width``
-    global average pooling, then a linear classifier to ``num_classes`` logits
+    global average pooling (a mean over H and W), then a linear classifier to ``num_classes`` logits
 
 This is the DARTS skeleton; ``width`` (C of the first cells) and ``depth`` (number of cells) are the knobs. With
 depth 1 the single cell is a reduction cell, with depth 2 both are.
@@ -51,11 +51,12 @@ class Network(nn.Module):
             self.cells.append(cell)
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.multiplier * c
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # Global pooling is a plain mean, not nn.AdaptiveAvgPool2d: the latter's CUDA backward has no deterministic
+        # implementation (PyTorch's use_deterministic_algorithms list), the mean's backward is a broadcast.
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
-        return self.classifier(self.pool(s1).flatten(1))
+        return self.classifier(s1.mean(dim=(2, 3)))
