@@ -60,6 +60,15 @@ fisherx::ConvInput<T> conv_input(std::uintptr_t p, const Shape5& size, const Sha
   return c;
 }
 
+// Bootstrap weights (R, B) from an address and strides; R < 0 means none (one unweighted sum). An empty weight
+// tensor may have address 0, so it gets a dummy non-null pointer (never read: there is no sample to weight).
+template <typename T>
+fisherx::Weights<T> weights(std::uintptr_t p, int64_t R, int64_t stride_r, int64_t stride_b) {
+  static const T dummy{};
+  if (R < 0) return fisherx::Weights<T>{};
+  return fisherx::Weights<T>{p ? cptr<T>(p) : &dummy, R, stride_r, stride_b};
+}
+
 // Calls fn.template operator()<T>() for the dtype named by `dtype`.
 template <typename Fn>
 void dispatch(const std::string& dtype, Fn&& fn) {
@@ -133,30 +142,34 @@ PYBIND11_MODULE(_C, m) {
 
   // Fisher engine: per-sample squared-gradient sums (csrc/cpu/sqgrad.h).
   cpu.def("sqgrad_gemm", [](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t u,
-                            Shape4 us, Shape4 ust, std::uintptr_t out, bool accumulate, int nt) {
+                            Shape4 us, Shape4 ust, std::uintptr_t out, bool accumulate, int nt, std::uintptr_t w,
+                            int64_t R, int64_t wsr, int64_t wsb) {
     dispatch(dt, [&](auto t) {
       using T = decltype(t);
       fisherx::cpu::sqgrad_gemm<T>(view4<T>(g, gs, gst), view4<T>(u, us, ust), reinterpret_cast<T*>(out),
-                                   accumulate, nt);
+                                   accumulate, nt, weights<T>(w, R, wsr, wsb));
     });
   }, py::call_guard<py::gil_scoped_release>());
   cpu.def("sqgrad_conv", [](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t x,
                             Shape5 xs, Shape5 xst, Shape3 out_sz, Shape3 kernel, Shape3 step, Shape3 pad, Shape3 dil,
-                            int64_t groups, std::uintptr_t out, int nt) {
+                            int64_t groups, std::uintptr_t out, int nt, std::uintptr_t w, int64_t R, int64_t wsr,
+                            int64_t wsb) {
     dispatch(dt, [&](auto t) {
       using T = decltype(t);
       fisherx::cpu::sqgrad_conv<T>(view4<T>(g, gs, gst),
                                    conv_input<T>(x, xs, xst, out_sz, kernel, step, pad, dil, groups),
-                                   reinterpret_cast<T*>(out), nt);
+                                   reinterpret_cast<T*>(out), nt, weights<T>(w, R, wsr, wsb));
     });
   }, py::call_guard<py::gil_scoped_release>());
   cpu.def("sqgrad_norm", [](const std::string& dt, Shape3 size, std::uintptr_t g, Shape3 gst, std::uintptr_t x,
                             Shape3 xst, std::uintptr_t mean, Shape3 mst, std::uintptr_t rstd, Shape3 rst,
-                            std::uintptr_t out, std::uintptr_t ws, int nt) {
+                            std::uintptr_t out, std::uintptr_t ws, int nt, std::uintptr_t w, int64_t R,
+                            int64_t wsr, int64_t wsb) {
     dispatch(dt, [&](auto t) {
       using T = decltype(t);
       fisherx::cpu::sqgrad_norm<T>(view3<T>(g, size, gst), view3<T>(x, size, xst), view3<T>(mean, size, mst),
-                                   view3<T>(rstd, size, rst), reinterpret_cast<T*>(out), dptr(ws), nt);
+                                   view3<T>(rstd, size, rst), reinterpret_cast<T*>(out), dptr(ws), nt,
+                                   weights<T>(w, R, wsr, wsb));
     });
   }, py::call_guard<py::gil_scoped_release>());
 
@@ -203,31 +216,35 @@ PYBIND11_MODULE(_C, m) {
   cuda.def("sqgrad_gemm_workspace", &fisherx::cuda::sqgrad_gemm_workspace);
   cuda.def("sqgrad_gemm", [=](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t u,
                               Shape4 us, Shape4 ust, std::uintptr_t out, bool accumulate, std::uintptr_t ws,
-                              std::uintptr_t stream) {
+                              std::uintptr_t stream, std::uintptr_t w, int64_t R, int64_t wsr, int64_t wsb) {
     dispatch(dt, [&](auto t) {
       using T = decltype(t);
       fisherx::cuda::sqgrad_gemm<T>(view4<T>(g, gs, gst), view4<T>(u, us, ust), reinterpret_cast<T*>(out),
-                                    accumulate, reinterpret_cast<T*>(ws), stream_of(stream));
+                                    accumulate, reinterpret_cast<T*>(ws), stream_of(stream),
+                                    weights<T>(w, R, wsr, wsb));
     });
   }, py::call_guard<py::gil_scoped_release>());
   cuda.def("sqgrad_conv", [=](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t x,
                               Shape5 xs, Shape5 xst, Shape3 out_sz, Shape3 kernel, Shape3 step, Shape3 pad,
-                              Shape3 dil, int64_t groups, std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream) {
+                              Shape3 dil, int64_t groups, std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream,
+                              std::uintptr_t w, int64_t R, int64_t wsr, int64_t wsb) {
     dispatch(dt, [&](auto t) {
       using T = decltype(t);
       fisherx::cuda::sqgrad_conv<T>(view4<T>(g, gs, gst),
                                     conv_input<T>(x, xs, xst, out_sz, kernel, step, pad, dil, groups),
-                                    reinterpret_cast<T*>(out), reinterpret_cast<T*>(ws), stream_of(stream));
+                                    reinterpret_cast<T*>(out), reinterpret_cast<T*>(ws), stream_of(stream),
+                                    weights<T>(w, R, wsr, wsb));
     });
   }, py::call_guard<py::gil_scoped_release>());
   cuda.def("sqgrad_norm", [=](const std::string& dt, Shape3 size, std::uintptr_t g, Shape3 gst, std::uintptr_t x,
                               Shape3 xst, std::uintptr_t mean, Shape3 mst, std::uintptr_t rstd, Shape3 rst,
-                              std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream) {
+                              std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream, std::uintptr_t w,
+                              int64_t R, int64_t wsr, int64_t wsb) {
     dispatch(dt, [&](auto t) {
       using T = decltype(t);
       fisherx::cuda::sqgrad_norm<T>(view3<T>(g, size, gst), view3<T>(x, size, xst), view3<T>(mean, size, mst),
                                     view3<T>(rstd, size, rst), reinterpret_cast<T*>(out), dptr(ws),
-                                    stream_of(stream));
+                                    stream_of(stream), weights<T>(w, R, wsr, wsb));
     });
   }, py::call_guard<py::gil_scoped_release>());
 #endif

@@ -62,4 +62,17 @@ struct ConvInput {
   }
 };
 
+// Per-sample bootstrap weights w[r, b] (R replicates × B samples), or none (data == nullptr: one unweighted sum).
+// With weights the kernels write R weighted sums out[r, ...] = Σ_b w[r,b]·(per-sample square) instead of one.
+template <typename T>
+struct Weights {
+  const T* data = nullptr;
+  int64_t R = 0;
+  int64_t stride_r = 0, stride_b = 0;
+#if defined(__CUDACC__)
+  __host__ __device__
+#endif
+  T at(int64_t r, int64_t b) const { return data[r * stride_r + b * stride_b]; }
+};
+
 }  // namespace fisherx

@@ -298,44 +298,67 @@ def _check_sqgrad_gemm(g: torch.Tensor, u: torch.Tensor) -> None:
         )
 
 
+def _check_weights(weights, g: torch.Tensor, op: str) -> tuple:
+    """Validate bootstrap weights (R, B) against g (batch first); return the kernel arguments (addr, R, strides),
+    (0, -1, 0, 0) when there are none."""
+    if weights is None:
+        return (0, -1, 0, 0)
+    _check_same({"g": g, "weights": weights}, op)
+    if weights.dim() != 2 or weights.shape[1] != g.shape[0]:
+        raise ValueError(f"{op}: weights must have shape (R, B) with B = {g.shape[0]} samples, got "
+                         f"{tuple(weights.shape)}")
+    return (weights.data_ptr(), weights.shape[0], weights.stride(0), weights.stride(1))
+
+
+def _rep_shape(weights, shape) -> tuple:
+    """The output shape: ``shape``, with a leading replicate dim R when bootstrap weights are given."""
+    return tuple(shape) if weights is None else (weights.shape[0], *shape)
+
+
 @torch.library.custom_op("fisherx::sqgrad_gemm", mutates_args=())
-def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """out[c,m,k] = Σ_b (Σ_p g[b,c,p,m]·u[b,c,p,k])²: (C, M, K), the dtype of the inputs.
 
     The summed squared per-sample gradient of a weight used at P positions (Linear on sequences; convolutions
     after im2col, C = groups). The per-sample products g_bᵀu_b never reach memory: each is squared and summed
     over the batch in registers (CPU micro-kernel) or registers/shared memory (CUDA). Any strides are accepted.
+
+    ``weights`` (R, B), the in-pass bootstrap: out[r,c,m,k] = Σ_b w[r,b]·(Σ_p g·u)², shape (R, C, M, K), all R
+    replicates from the same pass over g and u (each per-sample tile is weighted R times while in cache).
     """
     _check_sqgrad_gemm(g, u)
+    wargs = _check_weights(weights, g, "sqgrad_gemm")
     b, c, p, m = g.shape
     k = u.shape[3]
     backend = _backend(g)
     if backend == "reference":
-        return ref.sqgrad_gemm(g, u)
-    out = torch.empty(c, m, k, dtype=g.dtype, device=g.device)
+        return ref.sqgrad_gemm(g, u, weights)
+    out = torch.empty(_rep_shape(weights, (c, m, k)), dtype=g.dtype, device=g.device)
     if backend == "cpu":
         _C.cpu.sqgrad_gemm(_dtype_name(g), g.data_ptr(), list(g.shape), list(g.stride()), u.data_ptr(),
-                           list(u.shape), list(u.stride()), out.data_ptr(), False, torch.get_num_threads())
+                           list(u.shape), list(u.stride()), out.data_ptr(), False, torch.get_num_threads(), *wargs)
     else:
         ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, c, m, k), dtype=g.dtype, device=g.device)
         with torch.cuda.device(g.device):
             _C.cuda.sqgrad_gemm(_dtype_name(g), g.data_ptr(), list(g.shape), list(g.stride()), u.data_ptr(),
                                 list(u.shape), list(u.stride()), out.data_ptr(), False, ws.data_ptr(),
-                                _stream(g.device))
+                                _stream(g.device), *wargs)
     return out
 
 
 @sqgrad_gemm.register_fake
-def _(g, u):
-    return g.new_empty((g.shape[1], g.shape[3], u.shape[3]))
+def _(g, u, weights=None):
+    return g.new_empty(_rep_shape(weights, (g.shape[1], g.shape[3], u.shape[3])))
 
 
 @torch.library.custom_op("fisherx::sqgrad_norm", mutates_args=())
-def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """(2, C): row 0 Σ_b (Σ_p g·(x − mean)·rstd)², row 1 Σ_b (Σ_p g)²; inputs (B, P, C), mean/rstd may be broadcast.
 
     The summed squared per-sample gradients of a normalisation layer's weight (row 0) and bias (row 1) in one
     fused pass; x̂ = (x − mean)·rstd is formed on the fly, never stored. Per-sample sums are kept in float64.
+    ``weights`` (R, B): (R, 2, C) bootstrap sums Σ_b w[r,b]·(per-sample sum)², from the same per-sample sums.
     """
     _check_same({"g": g, "x": x, "mean": mean, "rstd": rstd}, "sqgrad_norm")
     if g.dim() != 3 or any(t.shape != g.shape for t in (x, mean, rstd)):
@@ -343,25 +366,26 @@ def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torc
             "sqgrad_norm expects g, x, mean and rstd of one shape (B, P, C) (expand mean and rstd); got "
             f"{tuple(g.shape)}, {tuple(x.shape)}, {tuple(mean.shape)}, {tuple(rstd.shape)}"
         )
+    wargs = _check_weights(weights, g, "sqgrad_norm")
     b, _, c = g.shape
     backend = _backend(g)
     if backend == "reference":
-        return ref.sqgrad_norm(g, x, mean, rstd)
-    out = torch.empty(2, c, dtype=g.dtype, device=g.device)
+        return ref.sqgrad_norm(g, x, mean, rstd, weights)
+    out = torch.empty(_rep_shape(weights, (2, c)), dtype=g.dtype, device=g.device)
     ws = torch.empty(max(1, b * 2 * c), dtype=torch.float64, device=g.device)
     args = (_dtype_name(g), list(g.shape), g.data_ptr(), list(g.stride()), x.data_ptr(), list(x.stride()),
             mean.data_ptr(), list(mean.stride()), rstd.data_ptr(), list(rstd.stride()), out.data_ptr(), ws.data_ptr())
     if backend == "cpu":
-        _C.cpu.sqgrad_norm(*args, torch.get_num_threads())
+        _C.cpu.sqgrad_norm(*args, torch.get_num_threads(), *wargs)
     else:
         with torch.cuda.device(g.device):
-            _C.cuda.sqgrad_norm(*args, _stream(g.device))
+            _C.cuda.sqgrad_norm(*args, _stream(g.device), *wargs)
     return out
 
 
 @sqgrad_norm.register_fake
-def _(g, x, mean, rstd):
-    return g.new_empty((2, g.shape[2]))
+def _(g, x, mean, rstd, weights=None):
+    return g.new_empty(_rep_shape(weights, (2, g.shape[2])))
 
 
 def _conv_geometry(x: torch.Tensor, kernel_size, stride, padding, dilation, out_size):
@@ -376,8 +400,9 @@ def _conv_geometry(x: torch.Tensor, kernel_size, stride, padding, dilation, out_
 
 @torch.library.custom_op("fisherx::sqgrad_conv", mutates_args=())
 def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                dilation: list[int], groups: int) -> torch.Tensor:
+                dilation: list[int], groups: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_b (∂ℓ_b/∂W)² for a zero-padded Conv1d/2d/3d: (groups, O/groups, C/groups·prod(kernel_size)).
+    With ``weights`` (R, B): (R, groups, O/groups, ...) bootstrap sums Σ_b w[r,b]·(∂ℓ_b/∂W)², in the same pass.
 
     ∂ℓ_b/∂W (per group) = G_bᵀU_b with U_b the im2col of sample b; the kernels read U straight from ``x``
     (implicit im2col: no unfolded copy) and square each per-sample tile in registers before summing over b.
@@ -393,15 +418,16 @@ def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride
         raise ValueError("sqgrad_conv: kernel_size, stride, padding and dilation need one entry per spatial dim")
     if groups < 1 or x.shape[1] % groups or g.shape[1] % groups:
         raise ValueError(f"sqgrad_conv: groups={groups} must divide the channels {x.shape[1]} and {g.shape[1]}")
+    wargs = _check_weights(weights, g, "sqgrad_conv")
     backend = _backend(g)
     if backend == "reference":
-        return ref.sqgrad_conv(g, x, kernel_size, stride, padding, dilation, groups)
+        return ref.sqgrad_conv(g, x, kernel_size, stride, padding, dilation, groups, weights)
     b, o = g.shape[:2]
     kvol = 1
     for k in kernel_size:
         kvol *= k
     kdim = x.shape[1] // groups * kvol
-    out = torch.empty(groups, o // groups, kdim, dtype=g.dtype, device=g.device)
+    out = torch.empty(_rep_shape(weights, (groups, o // groups, kdim)), dtype=g.dtype, device=g.device)
     p = 1
     for v in g.shape[2:]:
         p *= v
@@ -410,17 +436,17 @@ def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride
     args = (_dtype_name(g), gv.data_ptr(), list(gv.shape), list(gv.stride()), x.data_ptr(), *geo, groups,
             out.data_ptr())
     if backend == "cpu":
-        _C.cpu.sqgrad_conv(*args, torch.get_num_threads())
+        _C.cpu.sqgrad_conv(*args, torch.get_num_threads(), *wargs)
     else:
         ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, groups, o // groups, kdim), dtype=g.dtype, device=g.device)
         with torch.cuda.device(g.device):
-            _C.cuda.sqgrad_conv(*args, ws.data_ptr(), _stream(g.device))
+            _C.cuda.sqgrad_conv(*args, ws.data_ptr(), _stream(g.device), *wargs)
     return out
 
 
 @sqgrad_conv.register_fake
-def _(g, x, kernel_size, stride, padding, dilation, groups):
+def _(g, x, kernel_size, stride, padding, dilation, groups, weights=None):
     kvol = 1
     for k in kernel_size:
         kvol *= k
-    return g.new_empty((groups, g.shape[1] // groups, x.shape[1] // groups * kvol))
+    return g.new_empty(_rep_shape(weights, (groups, g.shape[1] // groups, x.shape[1] // groups * kvol)))

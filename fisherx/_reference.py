@@ -50,31 +50,43 @@ def cosine_column(sources: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # Fisher engine: per-sample squared-gradient sums (see fisherx/fisher and csrc/*/sqgrad.*)
 
 
-def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _weighted_batch_sum(sq: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Σ_b sq[b] (weights None), or (R, ...) Σ_b w[r,b]·sq[b]: the batch reduction, plain or bootstrapped."""
+    if weights is None:
+        return sq.sum(dim=0)
+    return torch.tensordot(weights.to(torch.float64), sq, dims=([1], [0]))
+
+
+def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """out[c,m,k] = Σ_b (Σ_p g[b,c,p,m]·u[b,c,p,k])²: squared per-sample GEMMs summed over the batch.
 
     ``g`` is (B, C, P, M) (output gradients, C weight groups, P positions), ``u`` is (B, C, P, K) (layer inputs,
     im2col'ed for convolutions); the result has the dtype of ``g``. Materialises every per-sample product.
+    ``weights`` (R, B): (R, C, M, K) with out[r] = Σ_b w[r,b]·(g_bᵀu_b)² (the bootstrap replicates).
     """
     w = torch.matmul(g.to(torch.float64).transpose(-1, -2), u.to(torch.float64))  # (B, C, M, K)
-    return w.square().sum(dim=0).to(g.dtype)
+    return _weighted_batch_sum(w.square(), weights).to(g.dtype)
 
 
-def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """(2, C): row 0 Σ_b (Σ_p g·(x − mean)·rstd)², row 1 Σ_b (Σ_p g)², all inputs (B, P, C) (broadcast views allowed).
 
     Row 0 is the summed squared per-sample gradient of a normalisation layer's weight, row 1 of its bias.
+    ``weights`` (R, B): (R, 2, C), the batch sum weighted by w[r, b].
     """
     g64 = g.to(torch.float64)
     xhat = (x.to(torch.float64) - mean.to(torch.float64)) * rstd.to(torch.float64)
-    return torch.stack([(g64 * xhat).sum(dim=1).square().sum(dim=0), g64.sum(dim=1).square().sum(dim=0)]).to(g.dtype)
+    per = torch.stack([(g64 * xhat).sum(dim=1), g64.sum(dim=1)], dim=1)  # (B, 2, C) per-sample sums
+    return _weighted_batch_sum(per.square(), weights).to(g.dtype)
 
 
 def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                dilation: list[int], groups: int) -> torch.Tensor:
+                dilation: list[int], groups: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_b (∂ℓ_b/∂W)² of a zero-padded convolution, W of shape (O, C/groups, *kernel_size), returned as
     (groups, O/groups, C/groups·prod(kernel_size)); ``padding`` is the leading pad per dim (the trailing side is
-    whatever the output size ``g.shape[2:]`` needs). One torch weight-gradient per sample, in float64."""
+    whatever the output size ``g.shape[2:]`` needs). One torch weight-gradient per sample, in float64.
+    With ``weights`` (R, B): the R sums Σ_b w[r,b]·(∂ℓ_b/∂W)², shape (R, groups, ...)."""
     n = len(kernel_size)
     b, o = g.shape[:2]
     c = x.shape[1]
@@ -85,9 +97,11 @@ def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride
         pads += [padding[d], need - padding[d] - x.shape[2 + d]]
     xp = torch.nn.functional.pad(x64, pads)  # negative amounts crop
     w = torch.zeros(o, c // groups, *kernel_size, dtype=torch.float64, device=x.device)
-    out = torch.zeros_like(w)
+    wts = torch.ones(1, b, dtype=torch.float64, device=x.device) if weights is None else weights.to(torch.float64)
+    out = torch.zeros(wts.shape[0], *w.shape, dtype=torch.float64, device=x.device)
     for i in range(b):
         gw = torch.ops.aten.convolution_backward(g64[i:i + 1], xp[i:i + 1], w, None, list(stride), [0] * n,
                                                  list(dilation), False, [0] * n, groups, [False, True, False])[1]
-        out += gw.square()
-    return out.reshape(groups, o // groups, -1).to(g.dtype)
+        out += wts[:, i].reshape(-1, *[1] * w.dim()) * gw.square()
+    out = out.reshape(wts.shape[0], groups, o // groups, -1).to(g.dtype)
+    return out[0] if weights is None else out

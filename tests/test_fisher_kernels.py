@@ -12,6 +12,11 @@ from fisherx import _ops
 from fisherx import _reference as ref
 
 
+def _poisson(rows, cols, dtype, device):
+    """Poisson(1) bootstrap counts, the weights fisher_diag(bootstrap=R) passes to the kernels."""
+    return torch.poisson(torch.ones(rows, cols, dtype=dtype)).to(device)
+
+
 def _gemm_samples(dtype, device):
     r = lambda *s: torch.randn(*s, dtype=dtype, device=device)  # noqa: E731
     yield "basic", (r(5, 1, 7, 13), r(5, 1, 7, 37))
@@ -23,6 +28,12 @@ def _gemm_samples(dtype, device):
     yield "big-p", (r(2, 1, 300, 5), r(2, 1, 300, 3))
     yield "empty-batch", (r(0, 1, 4, 3), r(0, 1, 4, 6))
     yield "zero-positions", (r(3, 1, 0, 3), r(3, 1, 0, 2))
+    # Bootstrap weights (R, B): R weighted batch sums from one pass (Poisson counts, a zero row, a transposed view).
+    yield "boot", (r(5, 2, 7, 13), r(5, 2, 7, 37), _poisson(3, 5, dtype, device))
+    yield "boot-conv-layout", (r(3, 2, 6, 10).transpose(2, 3), r(3, 2, 10, 12), _poisson(3, 4, dtype, device).t()[:3])
+    yield "boot-big-p-zero-row", (r(2, 1, 300, 5), r(2, 1, 300, 3), torch.cat([_poisson(2, 2, dtype, device),
+                                                                               r(1, 2).mul(0)]))
+    yield "boot-empty-batch", (r(0, 1, 4, 3), r(0, 1, 4, 6), r(2, 0))
 
 
 def _norm_samples(dtype, device):
@@ -33,6 +44,10 @@ def _norm_samples(dtype, device):
     yield "ln-rows", (r(b, p, c), r(b, p, c), r(b, p, 1).expand(b, p, c), r(b, p, 1).abs().expand(b, p, c))
     yield "gn-per-sample", (r(b, p, c), r(b, p, c), r(b, 1, c).expand(b, p, c), r(b, 1, c).abs().expand(b, p, c))
     yield "empty-batch", (r(0, p, c), r(0, p, c), r(c).expand(0, p, c), r(c).expand(0, p, c))
+    yield "boot-bn-nchw", (r(b, c, p).transpose(1, 2), r(b, c, p).transpose(1, 2), r(c).expand(b, p, c),
+                           r(c).abs().add(0.1).expand(b, p, c), _poisson(4, b, dtype, device))
+    yield "boot-ln-rows", (r(b, p, c), r(b, p, c), r(b, p, 1).expand(b, p, c), r(b, p, 1).abs().expand(b, p, c),
+                           _poisson(b, 3, dtype, device).t())
 
 
 def _conv_samples(dtype, device):
@@ -44,6 +59,10 @@ def _conv_samples(dtype, device):
     yield "x-channels-last", (r(3, 5, 6, 6), r(3, 6, 6, 4).permute(0, 3, 1, 2), [3, 3], [1, 1], [1, 1], [1, 1], 1)
     yield "same-asymmetric", (r(2, 3, 6, 6), r(2, 2, 6, 6), [2, 2], [1, 1], [0, 0], [1, 1], 1)  # right pad only
     yield "empty-batch", (r(0, 4, 3, 3), r(0, 2, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 1)
+    yield "boot-conv2d-groups-dil", (r(3, 6, 4, 4), r(3, 4, 7, 5), [3, 2], [2, 1], [1, 0], [1, 2], 2,
+                                     _poisson(5, 3, dtype, device))
+    yield "boot-conv3d", (r(2, 4, 4, 2, 4), r(2, 2, 4, 5, 5), [2, 3, 2], [1, 2, 1], [1, 0, 1], [1, 1, 2], 2,
+                          _poisson(3, 2, dtype, device))
 
 
 OPS = [
@@ -90,7 +109,7 @@ def test_op_matches_reference_cuda(name, op, reference, samples, dtype, sname, d
 def test_opcheck(name, op, reference, samples):
     torch.manual_seed(0)
     for sname, args in samples(torch.float32, "cpu"):
-        if sname in ("basic", "bn-nchw", "conv2d-groups-dil"):
+        if sname in ("basic", "bn-nchw", "conv2d-groups-dil", "boot", "boot-bn-nchw", "boot-conv2d-groups-dil"):
             torch.library.opcheck(op, args)
 
 
@@ -105,6 +124,10 @@ def test_bad_arguments_are_named():
     x = torch.randn(2, 3, 4)
     with pytest.raises(ValueError, match="one shape"):
         _ops.sqgrad_norm(x, x, x[:, :, :1], x)
+    with pytest.raises(ValueError, match=r"weights must have shape \(R, B\) with B = 2"):
+        _ops.sqgrad_gemm(g, u, torch.ones(3, 5))
+    with pytest.raises(TypeError, match="weights is torch.float64"):
+        _ops.sqgrad_norm(x, x, x, x, torch.ones(3, 2, dtype=torch.float64))
 
 
 def _status_kb(field):

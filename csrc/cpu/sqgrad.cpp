@@ -35,15 +35,20 @@ struct Vec {
 template <typename T>
 constexpr int nr() { return 2 * Vec<T>::lanes; }  // columns of k per micro-tile: two vectors
 
-// acc[MR][NR] += Σ_{b<nb} (Σ_{p<P} gp[b][p][r]·up[b][p][j])². gp, up packed and 64-byte aligned.
-template <typename T>
+// kSquares = false: acc[MR][NR] += Σ_{b<nb} (Σ_{p<P} gp[b][p][r]·up[b][p][j])², the running sum in registers.
+// kSquares = true: out[b][MR][NR] = (Σ_p gp[b][p][r]·up[b][p][j])² for each b, the per-sample squared tiles, for
+// the bootstrap path, which weights each sample differently in every replicate (see weighted_add).
+// gp, up packed and 64-byte aligned.
+template <typename T, bool kSquares>
 __attribute__((always_inline)) inline void micro_impl(const T* __restrict gp, const T* __restrict up, int64_t nb,
-                                                      int64_t P, T* __restrict acc) {
+                                                      int64_t P, T* __restrict out) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   V a[MR][2];
-  for (int r = 0; r < MR; ++r)
-    for (int h = 0; h < 2; ++h) std::memcpy(&a[r][h], acc + r * 2 * L + h * L, sizeof(V));
+  if constexpr (!kSquares) {
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < 2; ++h) std::memcpy(&a[r][h], out + r * 2 * L + h * L, sizeof(V));
+  }
   for (int64_t b = 0; b < nb; ++b) {
     V t[MR][2];
     for (int r = 0; r < MR; ++r) t[r][0] = t[r][1] = V{};
@@ -61,21 +66,64 @@ __attribute__((always_inline)) inline void micro_impl(const T* __restrict gp, co
         t[r][1] += s * u1;
       }
     }
+    if constexpr (kSquares) {
+      T* o = out + b * MR * 2 * L;
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      a[r][0] += t[r][0] * t[r][0];
-      a[r][1] += t[r][1] * t[r][1];
+      for (int r = 0; r < MR; ++r) {
+        const V s0 = t[r][0] * t[r][0], s1 = t[r][1] * t[r][1];
+        std::memcpy(o + r * 2 * L, &s0, sizeof(V));
+        std::memcpy(o + r * 2 * L + L, &s1, sizeof(V));
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        a[r][0] += t[r][0] * t[r][0];
+        a[r][1] += t[r][1] * t[r][1];
+      }
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int h = 0; h < 2; ++h) std::memcpy(acc + r * 2 * L + h * L, &a[r][h], sizeof(V));
+  if constexpr (!kSquares) {
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < 2; ++h) std::memcpy(out + r * 2 * L + h * L, &a[r][h], sizeof(V));
+  }
+}
+
+FISHERX_MULTIVERSION void micro_sq(const float* gp, const float* up, int64_t nb, int64_t P, float* sq) {
+  micro_impl<float, true>(gp, up, nb, P, sq);
+}
+FISHERX_MULTIVERSION void micro_sq(const double* gp, const double* up, int64_t nb, int64_t P, double* sq) {
+  micro_impl<double, true>(gp, up, nb, P, sq);
+}
+
+// out[r, rows, 0:kn] += Σ_{b<nb} w[r, b0+b]·sq[b][rows][0:kn] for every replicate r. ``out`` points at the tile's
+// first element in replicate 0; ``rstride`` is one replicate's size (C·M·K), ``ld`` the row stride (K). A row of
+// the output tile is loaded once per replicate and batch chunk, the squared tiles stay in L1/L2.
+// (A template, so not multiversioned: a plain loop over NR the compiler vectorises for the baseline ISA.)
+template <typename T>
+void weighted_add(const T* sq, int64_t nb, int rows, int64_t kn, const Weights<T>& w,
+                                         int64_t b0, T* out, int64_t rstride, int64_t ld) {
+  constexpr int NR = nr<T>();
+  for (int64_t r = 0; r < w.R; ++r) {
+    for (int i = 0; i < rows; ++i) {
+      T row[NR];
+      T* o = out + r * rstride + i * ld;
+      for (int64_t j = 0; j < NR; ++j) row[j] = j < kn ? o[j] : T(0);
+      for (int64_t b = 0; b < nb; ++b) {
+        const T wv = w.at(r, b0 + b);
+        if (wv == T(0)) continue;  // a Poisson(1) weight is 0 for about 37% of the samples
+        const T* s = sq + (b * MR + i) * NR;
+        for (int j = 0; j < NR; ++j) row[j] += wv * s[j];
+      }
+      for (int64_t j = 0; j < kn; ++j) o[j] = row[j];
+    }
+  }
 }
 
 FISHERX_MULTIVERSION void micro(const float* gp, const float* up, int64_t nb, int64_t P, float* acc) {
-  micro_impl<float>(gp, up, nb, P, acc);
+  micro_impl<float, false>(gp, up, nb, P, acc);
 }
 FISHERX_MULTIVERSION void micro(const double* gp, const double* up, int64_t nb, int64_t P, double* acc) {
-  micro_impl<double>(gp, up, nb, P, acc);
+  micro_impl<double, false>(gp, up, nb, P, acc);
 }
 
 template <typename T>
@@ -191,10 +239,13 @@ void pack_g(const Strided4<T>& g, int64_t c, int64_t b0, int64_t nb, int64_t m0,
 }  // namespace
 
 template <typename T, typename PackU>
-void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate, int nthreads) {
+void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate, int nthreads, const Weights<T>& w) {
   const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3], K = u.K();
   constexpr int NR = nr<T>();
-  if (!accumulate) std::fill(out, out + C * M * K, T(0));
+  const bool weighted = w.data != nullptr;
+  const int64_t R = weighted ? w.R : 1;
+  if (!accumulate) std::fill(out, out + R * C * M * K, T(0));
+  if (weighted && R == 0) return;
   if (B == 0 || P == 0 || M == 0 || K == 0) return;
   // Tasks: (group, m-chunk, k-chunk). A task packs its g slice once per batch chunk and reuses it for every
   // k-block (u is packed one k-block at a time), so splitting m is preferred; k is split only for parallelism.
@@ -214,10 +265,13 @@ void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate
 
 #pragma omp parallel num_threads(std::max(1, nthreads)) if (ntasks > 1)
   {
-    AlignedBuf<T> upack, gpack, acc;
+    AlignedBuf<T> upack, gpack, acc, sq;
     upack.resize(static_cast<size_t>(bc * P * NR));
     gpack.resize(static_cast<size_t>(bc * P * mchunk));
-    acc.resize(static_cast<size_t>(mchunk * kchunk));
+    // Weighted: the replicates are accumulated straight into out (each task owns its region of every replicate),
+    // so the per-thread memory is one batch chunk of squared tiles, not R accumulators.
+    if (weighted) sq.resize(static_cast<size_t>(bc * MR * NR));
+    else acc.resize(static_cast<size_t>(mchunk * kchunk));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t c = task / (nmc * nkc), mc = (task / nkc) % nmc, kc = task % nkc;
@@ -225,18 +279,27 @@ void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate
       const int64_t kc0 = kc * kchunk, kcn = std::min<int64_t>(kchunk, K - kc0);
       const int64_t nmb = (mn + MR - 1) / MR, nkb = (kcn + NR - 1) / NR;
       // acc layout: [k-block][m-block][MR][NR]
-      std::fill(acc.ptr, acc.ptr + mchunk * kchunk, T(0));
+      if (!weighted) std::fill(acc.ptr, acc.ptr + mchunk * kchunk, T(0));
       for (int64_t b0 = 0; b0 < B; b0 += bc) {
         const int64_t nb = std::min(bc, B - b0);
         pack_g(g, c, b0, nb, m0, mn, gpack.ptr);
         for (int64_t kb = 0; kb < nkb; ++kb) {
           const int64_t k0 = kc0 + kb * NR, kn = std::min<int64_t>(NR, K - k0);
           u.pack(c, b0, nb, k0, kn, upack.ptr);
-          T* acc_kb = acc.ptr + kb * nmb * MR * NR;
-          for (int64_t mb = 0; mb < nmb; ++mb)
-            micro(gpack.ptr + mb * nb * P * MR, upack.ptr, nb, P, acc_kb + mb * MR * NR);
+          T* acc_kb = weighted ? nullptr : acc.ptr + kb * nmb * MR * NR;
+          for (int64_t mb = 0; mb < nmb; ++mb) {
+            const T* gp = gpack.ptr + mb * nb * P * MR;
+            if (!weighted) {
+              micro(gp, upack.ptr, nb, P, acc_kb + mb * MR * NR);
+              continue;
+            }
+            micro_sq(gp, upack.ptr, nb, P, sq.ptr);
+            const int rows = static_cast<int>(std::min<int64_t>(MR, mn - mb * MR));
+            weighted_add(sq.ptr, nb, rows, kn, w, b0, out + (c * M + m0 + mb * MR) * K + k0, C * M * K, K);
+          }
         }
       }
+      if (weighted) continue;  // the replicates went straight to out
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kc0 + kb * NR, kn = std::min<int64_t>(NR, K - k0);
         const T* acc_kb = acc.ptr + kb * nmb * MR * NR;
@@ -251,18 +314,18 @@ void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate
 }
 
 template <typename T>
-void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, int nthreads) {
-  sqgrad_driver(g, StridedU<T>{u}, out, accumulate, nthreads);
+void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, int nthreads, Weights<T> w) {
+  sqgrad_driver(g, StridedU<T>{u}, out, accumulate, nthreads, w);
 }
 
 template <typename T>
-void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, int nthreads) {
-  sqgrad_driver(g, ConvU<T>{x}, out, false, nthreads);
+void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, int nthreads, Weights<T> w) {
+  sqgrad_driver(g, ConvU<T>{x}, out, false, nthreads, w);
 }
 
 template <typename T>
 void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* ws,
-                 int nthreads) {
+                 int nthreads, Weights<T> wts) {
   const int64_t B = g.size[0], P = g.size[1], C = g.size[2];
   std::fill(ws, ws + B * 2 * C, 0.0);
   // The loop with the smaller stride goes inside, so NCHW (channel-strided) and (B, T, D) layouts both stream.
@@ -291,6 +354,20 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
       }
     }
   }
+  if (wts.data != nullptr) {
+    // Bootstrap: out[r, 0|1, c] = Σ_b w[r,b]·(per-sample sum)², the squares taken once from the workspace.
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < 2 * C; ++j) ws[b * 2 * C + j] *= ws[b * 2 * C + j];
+#pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads)) if (wts.R > 1)
+    for (int64_t r = 0; r < wts.R; ++r) {
+      for (int64_t j = 0; j < 2 * C; ++j) {
+        double s = 0.0;
+        for (int64_t b = 0; b < B; ++b) s += static_cast<double>(wts.at(r, b)) * ws[b * 2 * C + j];
+        out[r * 2 * C + j] = static_cast<T>(s);
+      }
+    }
+    return;
+  }
   for (int64_t c = 0; c < C; ++c) {
     double w = 0.0, bias = 0.0;
     for (int64_t b = 0; b < B; ++b) {
@@ -302,13 +379,13 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
   }
 }
 
-template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, int);
-template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, int);
-template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, int);
-template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, int);
+template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, int, Weights<float>);
+template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, int, Weights<double>);
+template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, int, Weights<float>);
+template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, int, Weights<double>);
 template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
-                                 double*, int);
+                                 double*, int, Weights<float>);
 template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>, double*,
-                                  double*, int);
+                                  double*, int, Weights<double>);
 
 }  // namespace fisherx::cpu

@@ -30,9 +30,25 @@ int64_t splits_for(int64_t B, int64_t C, int64_t M, int64_t K) {
   return std::clamp<int64_t>((kTargetBlocks + t - 1) / t, 1, std::max<int64_t>(1, std::min<int64_t>(B, 64)));
 }
 
+// Calls f(i, j, offset) for each of this thread's RT x RT outputs inside the (M, K) bounds, offset = m·K + k.
+template <typename F>
+__device__ __forceinline__ void for_thread_tile(int64_t m0, int64_t k0, int ty, int tx, int64_t M, int64_t K, F f) {
+#pragma unroll
+  for (int i = 0; i < RT; ++i) {
+    const int64_t m = m0 + ty * RT + i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < RT; ++j) {
+      const int64_t k = k0 + tx * RT + j;
+      if (k < K) f(i, j, m * K + k);
+    }
+  }
+}
+
 // UAcc: Strided4<T> (explicit u) or ConvInput<T> (implicit im2col); both have at(b, c, p, k).
 template <typename T, typename UAcc>
-__global__ void sqgrad_gemm_kernel(Strided4<T> g, UAcc u, int64_t K, T* dst, int64_t per_split, bool accumulate) {
+__global__ void sqgrad_gemm_kernel(Strided4<T> g, UAcc u, int64_t K, T* dst, int64_t per_split, bool accumulate,
+                                   Weights<T> w) {
   const int64_t B = g.size[0], P = g.size[2], M = g.size[3];
   const int64_t nmt = (M + TM - 1) / TM, nkt = (K + TK - 1) / TK;
   const int64_t tile = blockIdx.x;
@@ -75,25 +91,29 @@ __global__ void sqgrad_gemm_kernel(Strided4<T> g, UAcc u, int64_t K, T* dst, int
       }
       __syncthreads();
     }
+    if (w.data != nullptr) {
+      // Bootstrap: the block owns this tile in every replicate (one batch split), so it adds w[r,b]·t² to the
+      // R output tiles in place, sample by sample, in batch order (deterministic, no atomics).
+      const int64_t CMK = g.size[1] * M * K;
+      for (int64_t r = 0; r < w.R; ++r) {
+        const T wv = w.at(r, b);
+        if (wv == T(0)) continue;
+        T* base = dst + r * CMK + c * M * K;
+        for_thread_tile(m0, k0, ty, tx, M, K, [&](int i, int j, int64_t off) { base[off] += wv * t[i][j] * t[i][j]; });
+      }
+      continue;
+    }
 #pragma unroll
     for (int i = 0; i < RT; ++i)
 #pragma unroll
       for (int j = 0; j < RT; ++j) acc[i][j] += t[i][j] * t[i][j];
   }
+  if (w.data != nullptr) return;
   // dst is (splits, C, M, K) partials, or the output itself when there is one split.
-  T* base = dst + blockIdx.y * (g.size[1] * M * K);
-#pragma unroll
-  for (int i = 0; i < RT; ++i) {
-    const int64_t m = m0 + ty * RT + i;
-    if (m >= M) continue;
-#pragma unroll
-    for (int j = 0; j < RT; ++j) {
-      const int64_t k = k0 + tx * RT + j;
-      if (k >= K) continue;
-      T* o = base + (c * M + m) * K + k;
-      *o = accumulate ? *o + acc[i][j] : acc[i][j];
-    }
-  }
+  T* base = dst + blockIdx.y * (g.size[1] * M * K) + c * M * K;
+  for_thread_tile(m0, k0, ty, tx, M, K, [&](int i, int j, int64_t off) {
+    base[off] = accumulate ? base[off] + acc[i][j] : acc[i][j];
+  });
 }
 
 template <typename T>
@@ -130,6 +150,21 @@ __global__ void norm_per_sample(Strided3<T> g, Strided3<T> x, Strided3<T> mean, 
 }
 
 template <typename T>
+__global__ void norm_reduce_weighted(const double* ws, int64_t B, int64_t C, Weights<T> w, T* out) {
+  // out[r, j] = Σ_b w[r,b]·ws[b, j]², j over (weight, bias) × C; one thread per (r, j), the batch in order.
+  const int64_t n = w.R * 2 * C;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / (2 * C), j = i % (2 * C);
+    double s = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const double v = ws[b * 2 * C + j];
+      s += static_cast<double>(w.at(r, b)) * v * v;
+    }
+    out[i] = static_cast<T>(s);
+  }
+}
+
+template <typename T>
 __global__ void norm_reduce(const double* ws, int64_t B, int64_t C, T* out) {
   const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -154,8 +189,20 @@ namespace {
 
 template <typename T, typename UAcc>
 void launch_gemm(const Strided4<T>& g, const UAcc& u, int64_t K, T* out, bool accumulate, T* workspace,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, const Weights<T>& w) {
   const int64_t B = g.size[0], C = g.size[1], P = g.size[2], M = g.size[3];
+  if (w.data != nullptr) {
+    // Bootstrap: R output tiles per block, no batch split (partials would cost splits × R × params).
+    const int64_t n = w.R * C * M * K;
+    if (n == 0) return;
+    if (!accumulate) fill_zero<T><<<(int)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(out, n);
+    if (B > 0 && P > 0) {
+      dim3 grid((unsigned)tiles(C, M, K), 1u);
+      sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, out, B, true, w);
+    }
+    check(cudaGetLastError(), "sqgrad_gemm (bootstrap)");
+    return;
+  }
   const int64_t n = C * M * K;
   if (n == 0) return;
   if (B == 0 || P == 0) {
@@ -168,9 +215,9 @@ void launch_gemm(const Strided4<T>& g, const UAcc& u, int64_t K, T* out, bool ac
   const int64_t used = (B + per_split - 1) / per_split;
   dim3 grid((unsigned)tiles(C, M, K), (unsigned)used);
   if (used == 1) {
-    sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, out, per_split, accumulate);
+    sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, out, per_split, accumulate, Weights<T>{});
   } else {
-    sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, workspace, per_split, false);
+    sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, workspace, per_split, false, Weights<T>{});
     reduce_splits<T><<<(int)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(workspace, used, n, out,
                                                                                          accumulate);
   }
@@ -180,36 +227,47 @@ void launch_gemm(const Strided4<T>& g, const UAcc& u, int64_t K, T* out, bool ac
 }  // namespace
 
 template <typename T>
-void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream) {
-  launch_gemm(g, u, u.size[3], out, accumulate, workspace, stream);
+void sqgrad_gemm(Strided4<T> g, Strided4<T> u, T* out, bool accumulate, T* workspace, cudaStream_t stream,
+                 Weights<T> w) {
+  launch_gemm(g, u, u.size[3], out, accumulate, workspace, stream, w);
 }
 
 template <typename T>
-void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, T* workspace, cudaStream_t stream) {
+void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, T* workspace, cudaStream_t stream, Weights<T> w) {
   const int64_t K = x.size[1] / x.groups * x.kernel[0] * x.kernel[1] * x.kernel[2];
-  launch_gemm(g, x, K, out, false, workspace, stream);
+  launch_gemm(g, x, K, out, false, workspace, stream, w);
 }
 
 template <typename T>
 void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* ws,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, Weights<T> w) {
   const int64_t B = g.size[0], C = g.size[2];
   if (C == 0) return;
   if (B > 0) {
     dim3 grid((unsigned)((C + 255) / 256), (unsigned)std::min<int64_t>(B, 65535));
     norm_per_sample<T><<<grid, 256, 0, stream>>>(g, x, mean, rstd, ws);
   }
-  norm_reduce<T><<<(unsigned)((C + 255) / 256), 256, 0, stream>>>(ws, B, C, out);
+  if (w.data != nullptr) {
+    const int64_t n = w.R * 2 * C;
+    if (n > 0)
+      norm_reduce_weighted<T><<<(unsigned)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(ws, B, C, w,
+                                                                                                    out);
+  } else {
+    norm_reduce<T><<<(unsigned)((C + 255) / 256), 256, 0, stream>>>(ws, B, C, out);
+  }
   check(cudaGetLastError(), "sqgrad_norm");
 }
 
-template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, float*, cudaStream_t);
-template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, double*, cudaStream_t);
-template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, float*, cudaStream_t);
-template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, double*, cudaStream_t);
+template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, float*, cudaStream_t,
+                                 Weights<float>);
+template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, double*, cudaStream_t,
+                                  Weights<double>);
+template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, float*, cudaStream_t, Weights<float>);
+template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, double*, cudaStream_t,
+                                  Weights<double>);
 template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
-                                 double*, cudaStream_t);
+                                 double*, cudaStream_t, Weights<float>);
 template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>,
-                                  double*, double*, cudaStream_t);
+                                  double*, double*, cudaStream_t, Weights<double>);
 
 }  // namespace fisherx::cuda

@@ -31,8 +31,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
-from .rules import Activations, fallback, find_rule
+from .rules import Activations, batch_sum, fallback, find_rule, supports_weights
 from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_once
 
 LOSSES = ("cross_entropy", "mse")
@@ -301,6 +302,9 @@ class _Engine:
     def __init__(self, model, plan: _Plan, acc: dict[str, torch.Tensor], params: dict[str, torch.Tensor]):
         self.model, self.plan, self.acc, self.acc_param = model, plan, acc, params
         self.scale = 1.0
+        # Bootstrap: (1 + R, B) weights of the current batch, row 0 all ones (the Fisher itself), rows 1..R the
+        # Poisson counts; every accumulator then has a leading dim 1 + R. None without bootstrap.
+        self.weights: torch.Tensor | None = None
         self.anchor = None
         self.capturing = False
         self.calls: dict[nn.Module, int] = {}
@@ -364,12 +368,20 @@ class _Engine:
     def _on_backward(self, mod, call, acts, g):
         names = self.plan.rule.get(mod)
         if names:
-            res = find_rule(mod)(mod, acts, g)
+            rule = find_rule(mod)
+            if self.weights is None:
+                res = rule(mod, acts, g)
+            elif supports_weights(rule):
+                res = rule(mod, acts, g, weights=self.weights)
+            else:  # a user rule without bootstrap support: its parameters' replicates come from the fallback
+                res = fallback_rule(mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()},
+                                    weights=self.weights)
             for local, full in names.items():
                 self._add(full, res[local])
         names = self.plan.fallback.get(mod)
         if names:
-            res = fallback_rule(mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()})
+            res = fallback_rule(mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()},
+                                weights=self.weights)
             for rel, full in names.items():
                 self._add(full, res[rel])
         if any((mod, call) == (m, c) for sites in self.plan.tied.values() for m, c, _ in sites):
@@ -388,7 +400,7 @@ class _Engine:
                         continue
                     acts, g = self.tied_uses[(m, c)]
                     tot += per_sample_grads(m, acts, g, {rel: p}, s, e)[rel]
-                self._add(full, tot.square().sum(0))
+                self._add(full, batch_sum(tot.square(), None if self.weights is None else self.weights[:, s:e]))
         self.tied_uses.clear()
 
 
@@ -407,8 +419,9 @@ def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine
     for s in range(0, batch, step):
         sl = slice(s, min(batch, s + step))
         gs = per(params, _slice(x, sl), _slice(y, sl))
+        w = None if engine.weights is None else engine.weights[:, sl]
         for n in names:
-            engine._add(n, gs[n].square().sum(0))
+            engine._add(n, batch_sum(gs[n].square(), w))
 
 
 def _unsq(x):
@@ -486,7 +499,8 @@ def _check_norms(model: nn.Module) -> bool:
 
 def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy", kind: str = "empirical",
                 mc_samples: int = 1, max_samples: int | None = None, params=None, device=None,
-                progress: bool = True) -> FisherDiag:
+                progress: bool = True, bootstrap: int = 0, bootstrap_seed: int = 0,
+                distributed: bool | None = None) -> FisherDiag:
     """Diagonal Fisher information F_j = (1/N) Σ_i (∂ℓ_i/∂θ_j)² of ``model`` over the N samples of ``data``.
 
     ℓ_i is the per-sample loss: ``"cross_entropy"`` (the label's negative log-likelihood, logits (B, C, ...)),
@@ -501,6 +515,17 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     The model runs in eval mode (its training flags are restored afterwards): per-sample gradients are undefined
     when BatchNorm uses batch statistics, so a model in training mode with BatchNorm is switched with a warning,
     and BatchNorm with ``track_running_stats=False`` is refused.
+
+    ``bootstrap=R`` (> 0) also accumulates R bootstrap replicates in the same pass (no pass per replicate):
+    F_r = Σ_i w_ri·(∂ℓ_i/∂θ)² / Σ_i w_ri with w_ri ~ Poisson(1) a function of (``bootstrap_seed``, the sample's
+    index in ``data``, r) only (:mod:`fisherx.fisher.bootstrap`), so they do not depend on batching, and Fishers
+    computed with the same seed on the same data are resampled alike (a paired bootstrap of their distance).
+    They are in ``result.replicates`` (R × the parameters' memory; see docs/fisher.md for each layer's bound).
+    Under torch.distributed the rank is mixed into the seed (the shards' sample indices restart at 0).
+
+    ``distributed``: ``None`` (default) combines the ranks' shards when a process group of several ranks is
+    initialised (every rank must call with its shard); ``False`` keeps this rank's Fisher of its own data, for
+    callers that hand different models or tasks to different ranks (as :func:`fisherx.task_distances` does).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -515,6 +540,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not 0 <= bootstrap <= MAX_REPLICATES:
+        raise ValueError(f"bootstrap must be an int replicate count in [0, {MAX_REPLICATES}], got {bootstrap!r}")
+    if isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int):
+        raise TypeError(f"bootstrap_seed must be an int, got {type(bootstrap_seed).__name__}")
 
     selected = _select(model, params)
     bad = sorted({str(p.dtype) for p in selected.values() if p.dtype not in (torch.float32, torch.float64)})
@@ -532,9 +561,17 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         total = min(total, max_samples) if total is not None else max_samples
     draws = mc_samples if kind == "mc" else 1
 
+    from .. import distributed as fxd
+
+    combine = fxd.is_distributed() if distributed is None else bool(distributed) and fxd.is_distributed()
     flags = {m: m.training for m in model.modules()}
     model.eval()
-    acc = {n: torch.zeros_like(p, memory_format=torch.contiguous_format) for n, p in selected.items()}
+    lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
+    acc = {n: torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for n, p in selected.items()}
+    wsum = torch.zeros(bootstrap, dtype=torch.float64)  # Σ_i w_ri per replicate
+    seed = bootstrap_seed
+    if bootstrap and combine:
+        seed = bootstrap_seed + (fxd.rank_and_world()[0] << 40)
     engine = None
     n_seen = 0
     bar = _progress(total, progress)
@@ -553,6 +590,11 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             if engine is None:
                 plan = _Plan(model, selected, x, b)
                 engine = _Engine(model, plan, acc, selected)
+            if bootstrap:
+                w = poisson_weights(seed, n_seen, b, bootstrap)
+                wsum += w.sum(1)
+                dt = next(iter(selected.values())).dtype
+                engine.weights = torch.cat([torch.ones(1, b, dtype=torch.float64), w]).to(device=dev, dtype=dt)
             _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
             n_seen += b
             bar.update(b)
@@ -564,12 +606,14 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             engine.close()
         for m, t in flags.items():
             m.training = t
-    from .. import distributed as fxd
-    if fxd.is_distributed():
+    if combine:
         # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
+        # (The replicates' weighted sums and weight totals simply add up over the shards.)
         names = list(acc)
         means, n_seen = fxd.weighted_mean([acc[n] / max(n_seen, 1) for n in names], n_seen)
         acc = {n: m * n_seen for n, m in zip(names, means)}
+        if bootstrap:
+            (wsum,) = fxd.all_reduce_sum([wsum])
     if n_seen == 0:
         raise ValueError("data is empty: fisher_diag saw no samples")
     meta = {
@@ -581,7 +625,17 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     }
     if kind == "mc":
         meta["mc_samples"] = mc_samples
-    return FisherDiag({n: a.div_(n_seen) for n, a in acc.items()}, n_seen, meta)
+    if not bootstrap:
+        return FisherDiag({n: a.div_(n_seen) for n, a in acc.items()}, n_seen, meta)
+    if bool((wsum == 0).any()):
+        r = int((wsum == 0).nonzero()[0, 0])
+        raise ValueError(f"bootstrap replicate {r} drew weight 0 for all {n_seen} samples (probability e^-N): too few "
+                         "samples for a bootstrap; pass more data or a different bootstrap_seed")
+    meta["bootstrap"] = {"replicates": bootstrap, "seed": bootstrap_seed, "weights": "poisson"}
+    scale = (1.0 / wsum).to(device=dev)
+    reps = {n: a[1:] * scale.reshape(-1, *[1] * (a.dim() - 1)).to(a.dtype) for n, a in acc.items()}
+    return FisherDiag({n: a[0].div_(n_seen) for n, a in acc.items()}, n_seen, meta, replicates=reps,
+                      replicate_weights=wsum)
 
 
 def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, kind: str, draws: int):

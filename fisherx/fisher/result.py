@@ -11,7 +11,9 @@ import torch
 from .. import io as fx_io
 
 _FORMAT = "fisherx.FisherDiag"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 1  # files without bootstrap replicates (readable by every fisherx)
+_FORMAT_VERSION_REPLICATES = 2  # files with them: tensors "replicates/<name>" and "replicate_weights"
+_REP = "replicates/"
 
 
 class FisherDiag(Mapping):
@@ -20,9 +22,15 @@ class FisherDiag(Mapping):
     A read-only mapping name → tensor (in the model's ``named_parameters`` order), with ``n_samples`` (N) and
     ``meta`` (model class, parameter count, loss, kind, and anything the caller adds: ``meta`` is a plain dict
     of JSON-serialisable values, e.g. ``f.meta["task"] = "mnist/T0"``).
+
+    ``replicates`` (from ``fisher_diag(bootstrap=R)``, else None): name → (R, *shape) tensors, replicate r being
+    F_r = Σ_i w_ri·(∂ℓ_i/∂θ)² / Σ_i w_ri with Poisson(1) weights; ``replicate_weights`` the (R,) float64 totals
+    Σ_i w_ri. :meth:`replicate` gives replicate r as a FisherDiag, :meth:`replicates_flat` all of them as (R, n).
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], n_samples: int, meta: dict | None = None):
+    def __init__(self, tensors: Mapping[str, torch.Tensor], n_samples: int, meta: dict | None = None, *,
+                 replicates: Mapping[str, torch.Tensor] | None = None,
+                 replicate_weights: torch.Tensor | None = None):
         if not tensors:
             raise ValueError("a FisherDiag needs at least one parameter")
         if int(n_samples) <= 0:
@@ -30,6 +38,20 @@ class FisherDiag(Mapping):
         self._t = {k: v.detach() for k, v in tensors.items()}
         self.n_samples = int(n_samples)
         self.meta = dict(meta or {})
+        self._reps = None
+        self.replicate_weights = None
+        if replicates is not None:
+            if sorted(replicates) != sorted(self._t):
+                raise ValueError("replicates must cover exactly the Fisher's parameters")
+            reps = {k: replicates[k].detach() for k in self._t}
+            counts = {v.shape[0] for v in reps.values()}
+            if len(counts) != 1 or any(reps[k].shape[1:] != self._t[k].shape for k in reps):
+                raise ValueError("replicates must be (R, *shape) tensors with one R for every parameter")
+            r = counts.pop()
+            if replicate_weights is None or tuple(replicate_weights.shape) != (r,):
+                raise ValueError(f"replicate_weights must be a ({r},) tensor of the replicates' weight totals")
+            self._reps = reps
+            self.replicate_weights = replicate_weights.detach().to(torch.float64).cpu()
 
     # Mapping protocol ------------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -51,6 +73,30 @@ class FisherDiag(Mapping):
         """A read-only view of the name → tensor dict."""
         return MappingProxyType(self._t)
 
+    # Bootstrap replicates ---------------------------------------------------------------------------------------
+    @property
+    def replicates(self) -> Mapping[str, torch.Tensor] | None:
+        """name → (R, *shape) bootstrap replicates (read-only view), or None without bootstrap."""
+        return None if self._reps is None else MappingProxyType(self._reps)
+
+    @property
+    def n_replicates(self) -> int:
+        """R, the number of bootstrap replicates (0 without bootstrap)."""
+        return 0 if self._reps is None else int(self.replicate_weights.shape[0])
+
+    def replicate(self, r: int) -> "FisherDiag":
+        """Bootstrap replicate ``r`` as a FisherDiag (n_samples: the rounded weight total Σ_i w_ri)."""
+        if not 0 <= r < self.n_replicates:
+            raise IndexError(f"replicate {r} out of range: this Fisher has {self.n_replicates} replicates")
+        n = max(1, int(round(float(self.replicate_weights[r]))))
+        return FisherDiag({k: v[r] for k, v in self._reps.items()}, n, dict(self.meta, replicate=r))
+
+    def replicates_flat(self) -> torch.Tensor:
+        """(R, n): every replicate's entries concatenated in parameter order (the rows the distances compare)."""
+        if self._reps is None:
+            raise ValueError("this Fisher has no bootstrap replicates: compute it with fisher_diag(..., bootstrap=R)")
+        return torch.cat([t.reshape(t.shape[0], -1) for t in self._reps.values()], dim=1)
+
     # Reductions -------------------------------------------------------------------------------------------------
     def flat(self) -> torch.Tensor:
         """All entries concatenated in parameter order: the vector the distances compare."""
@@ -67,7 +113,14 @@ class FisherDiag(Mapping):
             raise ValueError("this Fisher contains NaN or Inf; it cannot be normalised")
         if tr <= 0.0:
             raise ValueError("this Fisher has zero trace, so its unit-trace normalisation is undefined")
-        return FisherDiag({k: v / tr for k, v in self._t.items()}, self.n_samples, dict(self.meta, normalized=True))
+        reps = None
+        if self._reps is not None:  # each replicate by its own trace
+            trs = sum(t.to(torch.float64).reshape(t.shape[0], -1).sum(1) for t in self._reps.values())
+            if not bool(torch.isfinite(trs).all()) or bool((trs <= 0).any()):
+                raise ValueError("a bootstrap replicate of this Fisher has zero or non-finite trace")
+            reps = {k: v / trs.to(v.device, v.dtype).reshape(-1, *[1] * (v.dim() - 1)) for k, v in self._reps.items()}
+        return FisherDiag({k: v / tr for k, v in self._t.items()}, self.n_samples, dict(self.meta, normalized=True),
+                          replicates=reps, replicate_weights=self.replicate_weights)
 
     def merge(self, other: "FisherDiag") -> "FisherDiag":
         """Combine two partial results over disjoint samples: (n_a·F_a + n_b·F_b) / (n_a + n_b).
@@ -77,6 +130,11 @@ class FisherDiag(Mapping):
         """
         if not isinstance(other, FisherDiag):
             raise TypeError(f"can only merge a FisherDiag, got {type(other).__name__}")
+        if self._reps is not None or other._reps is not None:
+            # The bootstrap weights are keyed by sample index within each call, so two partial results reuse the
+            # same weights for different samples: their replicates cannot be combined into a valid bootstrap.
+            raise ValueError("cannot merge Fishers with bootstrap replicates (their weights are keyed by sample "
+                             "index within each call); compute the bootstrap in one fisher_diag call")
         from ..distance import _check_same_layout
         _check_same_layout(self, other, "self", "other")
         for key in ("loss", "kind"):
@@ -93,7 +151,12 @@ class FisherDiag(Mapping):
         """Write to ``path`` with :func:`fisherx.io.save_tensors`: no pickle, atomic, checksummed."""
         meta = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "n_samples": self.n_samples,
                 "order": list(self._t), "meta": self.meta}
-        return fx_io.save_tensors(path, {k: v.cpu() for k, v in self._t.items()}, meta)
+        tensors = {k: v.cpu() for k, v in self._t.items()}
+        if self._reps is not None:
+            meta["format_version"] = _FORMAT_VERSION_REPLICATES
+            tensors.update({_REP + k: v.cpu() for k, v in self._reps.items()})
+            tensors["replicate_weights"] = self.replicate_weights
+        return fx_io.save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path, map_location=None) -> "FisherDiag":
@@ -101,13 +164,19 @@ class FisherDiag(Mapping):
         tensors, meta = fx_io.load_tensors(path)
         if meta.get("format") != _FORMAT:
             raise fx_io.FormatError(f"{path}: not a FisherDiag file (format {meta.get('format')!r})")
-        if meta.get("format_version", 0) > _FORMAT_VERSION:
+        if meta.get("format_version", 0) > _FORMAT_VERSION_REPLICATES:
             raise fx_io.FormatError(f"{path}: FisherDiag format version {meta['format_version']} is newer than "
-                                    f"this fisherx understands ({_FORMAT_VERSION})")
+                                    f"this fisherx understands ({_FORMAT_VERSION_REPLICATES})")
+        reps = {k[len(_REP):]: tensors.pop(k) for k in list(tensors) if k.startswith(_REP)}
+        wts = tensors.pop("replicate_weights", None)
         order = meta.get("order", list(tensors))
-        if sorted(order) != sorted(tensors):
+        consistent = not reps or (sorted(reps) == sorted(order) and wts is not None)
+        if sorted(order) != sorted(tensors) or not consistent or (wts is not None and not reps):
             raise fx_io.FormatError(f"{path}: the tensor list does not match the recorded parameter order")
         out = {k: tensors[k] for k in order}
         if map_location is not None:
             out = {k: v.to(map_location) for k, v in out.items()}
-        return cls(out, meta["n_samples"], meta.get("meta", {}))
+            reps = {k: v.to(map_location) for k, v in reps.items()}
+        if not reps:
+            return cls(out, meta["n_samples"], meta.get("meta", {}))
+        return cls(out, meta["n_samples"], meta.get("meta", {}), replicates=reps, replicate_weights=wts)

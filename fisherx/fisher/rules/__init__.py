@@ -1,7 +1,10 @@
 """Per-layer rules of the Fisher engine: a registry keyed by module type, one small file per layer family.
 
 A rule is a function ``rule(layer, activations, backprops) -> {param_name: Σ_i (∂ℓ_i/∂θ)²}`` (Opacus' grad-sample
-signature, returning summed squares instead of per-sample gradients). ``activations`` is the tuple of the
+signature, returning summed squares instead of per-sample gradients). A rule that also takes ``weights=None``
+supports the in-pass bootstrap: given ``weights`` (R, B) it returns the R weighted sums
+``{param_name: (R, *shape)}`` with entry r = Σ_i w_ri·(∂ℓ_i/∂θ)², from the same per-sample quantities (rules without
+it run through the fallback when ``fisher_diag(bootstrap=R)`` asks for replicates). ``activations`` is the tuple of the
 layer's positional inputs (detached; keyword inputs in ``activations.kwargs``), ``backprops`` the gradient of
 Σ_i ℓ_i with respect to the layer's output, whose row i is ∂ℓ_i/∂y_i because samples are independent. A rule
 returns an entry for each of the layer's own (non-recursive) parameters that it computes.
@@ -47,6 +50,24 @@ def register_rule(*module_types: type) -> Callable[[Rule], Rule]:
         return fn
 
     return deco
+
+
+def batch_sum(sq: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The batch reduction of per-sample squares ``sq`` (B, ...): Σ_i sq_i, or with bootstrap ``weights`` (R, B) the
+    (R, ...) tensor of Σ_i w_ri·sq_i (one tensordot: the replicates share the per-sample squares)."""
+    if weights is None:
+        return sq.sum(0)
+    return torch.tensordot(weights.to(sq.dtype), sq, dims=([1], [0]))
+
+
+def supports_weights(rule: Rule) -> bool:
+    """Whether ``rule`` takes the bootstrap ``weights`` keyword (the built-in rules all do)."""
+    import inspect
+
+    try:
+        return "weights" in inspect.signature(rule).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
 
 
 def find_rule(module: nn.Module) -> Rule | None:

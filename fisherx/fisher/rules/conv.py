@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import _ops
-from . import register_rule
+from . import batch_sum, register_rule
 
 # Elements of im2col workspace per chunk of the batch (64 MiB in float32): bounds the memory the rule adds.
 UNFOLD_BUDGET = 1 << 24
@@ -48,14 +48,17 @@ def unfold(x: torch.Tensor, layer: nn.modules.conv._ConvNd) -> torch.Tensor:
 
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def conv(layer: nn.modules.conv._ConvNd, activations, backprops) -> dict:
+def conv(layer: nn.modules.conv._ConvNd, activations, backprops, weights=None) -> dict:
     """Σ_i (∂ℓ_i/∂W)² via squared per-sample GEMMs on the im2col of the input; Σ_i (Σ_positions ∂ℓ_i/∂y_i)² for
-    the bias.
+    the bias. With bootstrap ``weights`` (R, B): the R sums Σ_i w_ri·(...)², each per-sample tile weighted in the
+    kernel while in cache (memory: the R outputs).
 
     With the compiled kernels (CPU, CUDA) the im2col is implicit (:func:`fisherx._ops.sqgrad_conv` reads the
     input in place); elsewhere the input is unfolded a bounded chunk of the batch at a time.
     """
     x, g = activations[0], backprops
+    if weights is not None:
+        weights = weights.to(g.dtype)
     if x.dim() == layer.weight.dim() - 1:
         raise ValueError(f"{type(layer).__name__} got an unbatched input of shape {tuple(x.shape)}")
     b = x.shape[0]
@@ -70,21 +73,24 @@ def conv(layer: nn.modules.conv._ConvNd, activations, backprops) -> dict:
             else:
                 lead = [pad[2 * (n - 1 - d)] for d in range(n)]
             sq = _ops.sqgrad_conv(g, x, list(layer.kernel_size), list(layer.stride), lead, list(layer.dilation),
-                                  layer.groups)
+                                  layer.groups, weights)
         else:
-            sq = _unfolded(layer, x, g)
-        out["weight"] = sq.reshape(layer.weight.shape)
+            sq = _unfolded(layer, x, g, weights)
+        lead_dims = () if weights is None else (weights.shape[0],)
+        out["weight"] = sq.reshape(*lead_dims, *layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
-        out["bias"] = g.reshape(b, g.shape[1], math.prod(g.shape[2:])).sum(2).square().sum(0)
+        out["bias"] = batch_sum(g.reshape(b, g.shape[1], math.prod(g.shape[2:])).sum(2).square(), weights)
     return out
 
 
-def _unfolded(layer, x, g) -> torch.Tensor:
+def _unfolded(layer, x, g, weights=None) -> torch.Tensor:
     b, groups = x.shape[0], layer.groups
     go = g.reshape(b, groups, g.shape[1] // groups, math.prod(g.shape[2:])).transpose(2, 3)  # (B, groups, L, O/g)
     per_sample = max(1, go.shape[2] * layer.weight[0].numel() * groups)
     chunk = max(1, min(b, UNFOLD_BUDGET // per_sample))
-    acc = torch.zeros(groups, go.shape[3], layer.weight[0].numel(), dtype=g.dtype, device=g.device)
+    lead_dims = () if weights is None else (weights.shape[0],)
+    acc = torch.zeros(*lead_dims, groups, go.shape[3], layer.weight[0].numel(), dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
-        acc.add_(_ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer)))
+        w = None if weights is None else weights[:, s:s + chunk]
+        acc.add_(_ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer), w))
     return acc

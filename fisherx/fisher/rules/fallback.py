@@ -80,17 +80,22 @@ def per_sample_grads(module: nn.Module, activations, backprops, params: dict, st
     return vmap(one, in_dims=(arg_dims, 0, cot_dims))(arg_vals, kw_vals, cot)
 
 
-def fallback_rule(layer: nn.Module, activations, backprops, params: dict | None = None) -> dict:
-    """Σ_i (∂ℓ_i/∂θ)² for ``params`` (default: the layer's own trainable parameters), chunk by chunk."""
+def fallback_rule(layer: nn.Module, activations, backprops, params: dict | None = None, weights=None) -> dict:
+    """Σ_i (∂ℓ_i/∂θ)² for ``params`` (default: the layer's own trainable parameters), chunk by chunk; with bootstrap
+    ``weights`` (R, B) the (R, *shape) sums Σ_i w_ri·(∂ℓ_i/∂θ)² from the same chunk of per-sample gradients."""
+    from . import batch_sum
+
     if params is None:
         params = {n: p for n, p in layer.named_parameters(recurse=False) if p.requires_grad}
-    out = {n: torch.zeros_like(p) for n, p in params.items()}
+    lead = () if weights is None else (weights.shape[0],)
+    out = {n: torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
     if not params:
         return out
     bsz = _batch_size(activations, backprops)
     step = chunk_size(params)
     for s in range(0, bsz, step):
-        grads = per_sample_grads(layer, activations, backprops, params, s, min(bsz, s + step))
+        e = min(bsz, s + step)
+        grads = per_sample_grads(layer, activations, backprops, params, s, e)
         for n in out:
-            out[n] += grads[n].square().sum(0)
+            out[n] += batch_sum(grads[n].square(), None if weights is None else weights[:, s:e])
     return out

@@ -3,18 +3,39 @@
 Input (B, in): Σ_i (g_i a_iᵀ)∘(g_i a_iᵀ) = (G∘G)ᵀ(A∘A), one matrix product on squared operands; bias Σ_i g_i².
 Input (B, T..., in): the weight is shared across positions, W_i = G_iᵀA_i, so the squares do not factor:
 :func:`fisherx._ops.sqgrad_gemm` squares and sums the per-sample products tile by tile; bias Σ_i (Σ_t g_it)².
+
+Bootstrap (weights w (R, B)): on (B, in) replicate r is ((G∘G)·diag(w_r))ᵀ(A∘A), all R as one GEMM of the stacked
+(R·out, B) weighted squared gradients against (B, in); the stack is built a bounded number of replicates at a time
+(:data:`STACK_BUDGET` elements). On sequences the kernel weights each per-sample tile R times.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ... import _ops
-from . import register_rule
+from . import batch_sum, register_rule
+
+# Elements of the weighted (replicates × B × out) stack per GEMM (64 MiB in float32).
+STACK_BUDGET = 1 << 24
+
+
+def _weighted_sqgemm(g2: torch.Tensor, a2: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(R, out, in): out[r] = Σ_i w_ri·(g_i²)(a_i²)ᵀ = ((G∘G)ᵀdiag(w_r))(A∘A), R at a time in one matmul."""
+    gs, as_ = g2.square(), a2.square()
+    b, o = gs.shape
+    w = weights.to(gs.dtype)
+    step = max(1, STACK_BUDGET // max(1, b * o))
+    parts = []
+    for s in range(0, w.shape[0], step):
+        stack = (w[s:s + step, None, :] * gs.t()[None])  # (r, out, B)
+        parts.append((stack.reshape(-1, b) @ as_).reshape(stack.shape[0], o, as_.shape[1]))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 @register_rule(nn.Linear)
-def linear(layer: nn.Linear, activations, backprops) -> dict:
-    """Σ_i (∂ℓ_i/∂W)² and Σ_i (∂ℓ_i/∂b)² of ``y = x Wᵀ + b``."""
+def linear(layer: nn.Linear, activations, backprops, weights=None) -> dict:
+    """Σ_i (∂ℓ_i/∂W)² and Σ_i (∂ℓ_i/∂b)² of ``y = x Wᵀ + b`` (or their R weighted sums, see the module)."""
     a, g = activations[0], backprops
     out = {}
     if a.dim() < 2:
@@ -22,15 +43,16 @@ def linear(layer: nn.Linear, activations, backprops) -> dict:
     if a.dim() == 2:
         a2, g2 = a, g
         if layer.weight.requires_grad:
-            out["weight"] = g2.square().t() @ a2.square()
+            out["weight"] = g2.square().t() @ a2.square() if weights is None else _weighted_sqgemm(g2, a2, weights)
         if layer.bias is not None and layer.bias.requires_grad:
-            out["bias"] = g2.square().sum(0)
+            out["bias"] = batch_sum(g2.square(), weights)
         return out
     b = a.shape[0]
     a3 = a.reshape(b, -1, a.shape[-1])
     g3 = g.reshape(b, -1, g.shape[-1])
     if layer.weight.requires_grad:
-        out["weight"] = _ops.sqgrad_gemm(g3.unsqueeze(1), a3.unsqueeze(1))[0]
+        w = None if weights is None else weights.to(g3.dtype)
+        out["weight"] = _ops.sqgrad_gemm(g3.unsqueeze(1), a3.unsqueeze(1), w)[..., 0, :, :]
     if layer.bias is not None and layer.bias.requires_grad:
-        out["bias"] = g3.sum(1).square().sum(0)
+        out["bias"] = batch_sum(g3.sum(1).square(), weights)
     return out

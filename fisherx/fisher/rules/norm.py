@@ -19,16 +19,22 @@ def _to_bpc(t: torch.Tensor) -> torch.Tensor:
 
 
 def _result(layer: nn.Module, sq: torch.Tensor, shape) -> dict:
+    """Split the kernel's (2, C) output, or (R, 2, C) with bootstrap weights, into weight and bias."""
+    shape = (*sq.shape[:-2], *([shape] if isinstance(shape, int) else shape))
     out = {}
     if layer.weight is not None and layer.weight.requires_grad:
-        out["weight"] = sq[0].reshape(shape)
+        out["weight"] = sq[..., 0, :].reshape(shape)
     if getattr(layer, "bias", None) is not None and layer.bias.requires_grad:
-        out["bias"] = sq[1].reshape(shape)
+        out["bias"] = sq[..., 1, :].reshape(shape)
     return out
 
 
+def _w(weights, x):
+    return None if weights is None else weights.to(x.dtype)
+
+
 @register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations, backprops) -> dict:
+def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations, backprops, weights=None) -> dict:
     """Eval-mode BatchNorm: x̂ = (x − running_mean)/√(running_var + ε), per channel."""
     if layer.training or layer.running_mean is None:
         raise RuntimeError(
@@ -39,11 +45,11 @@ def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations, backprops) -
     xb, gb = _to_bpc(x), _to_bpc(g)
     mean = layer.running_mean.to(x.dtype).expand_as(xb)
     rstd = torch.rsqrt(layer.running_var.to(x.dtype) + layer.eps).expand_as(xb)
-    return _result(layer, _ops.sqgrad_norm(gb, xb, mean, rstd), layer.num_features)
+    return _result(layer, _ops.sqgrad_norm(gb, xb, mean, rstd, _w(weights, x)), layer.num_features)
 
 
 @register_rule(nn.LayerNorm)
-def layer_norm(layer: nn.LayerNorm, activations, backprops) -> dict:
+def layer_norm(layer: nn.LayerNorm, activations, backprops, weights=None) -> dict:
     """x̂ = (x − mean)/√(var + ε) over the trailing ``normalized_shape`` dims; γ, β of that shape."""
     x, g = activations[0], backprops
     d = 1
@@ -52,12 +58,12 @@ def layer_norm(layer: nn.LayerNorm, activations, backprops) -> dict:
     xb = x.reshape(x.shape[0], -1, d)
     var, mean = torch.var_mean(xb, dim=2, keepdim=True, unbiased=False)
     rstd = torch.rsqrt(var + layer.eps)
-    sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, mean.expand_as(xb), rstd.expand_as(xb))
+    sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, mean.expand_as(xb), rstd.expand_as(xb), _w(weights, x))
     return _result(layer, sq, layer.normalized_shape)
 
 
 @register_rule(nn.GroupNorm)
-def group_norm(layer: nn.GroupNorm, activations, backprops) -> dict:
+def group_norm(layer: nn.GroupNorm, activations, backprops, weights=None) -> dict:
     """x̂ = (x − mean)/√(var + ε) per sample and group of C/groups channels; γ, β per channel."""
     x, g = activations[0], backprops
     b, c = x.shape[:2]
@@ -66,14 +72,14 @@ def group_norm(layer: nn.GroupNorm, activations, backprops) -> dict:
     rstd = torch.rsqrt(var + layer.eps).repeat_interleave(per, dim=1)  # (B, C): small
     mean = mean.repeat_interleave(per, dim=1)
     xb, gb = _to_bpc(x), _to_bpc(g)
-    sq = _ops.sqgrad_norm(gb, xb, mean[:, None, :].expand_as(xb), rstd[:, None, :].expand_as(xb))
+    sq = _ops.sqgrad_norm(gb, xb, mean[:, None, :].expand_as(xb), rstd[:, None, :].expand_as(xb), _w(weights, x))
     return _result(layer, sq, c)
 
 
 if hasattr(nn, "RMSNorm"):
 
     @register_rule(nn.RMSNorm)
-    def rms_norm(layer: nn.RMSNorm, activations, backprops) -> dict:
+    def rms_norm(layer: nn.RMSNorm, activations, backprops, weights=None) -> dict:
         """x̂ = x/√(mean(x²) + ε) over the trailing ``normalized_shape`` dims; γ only."""
         x, g = activations[0], backprops
         d = 1
@@ -83,5 +89,5 @@ if hasattr(nn, "RMSNorm"):
         eps = layer.eps if layer.eps is not None else torch.finfo(x.dtype).eps
         rstd = torch.rsqrt(xb.square().mean(dim=2, keepdim=True) + eps)
         sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, torch.zeros((), dtype=x.dtype, device=x.device).expand_as(xb),
-                              rstd.expand_as(xb))
+                              rstd.expand_as(xb), _w(weights, x))
         return _result(layer, sq, layer.normalized_shape)
