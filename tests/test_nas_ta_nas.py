@@ -131,3 +131,29 @@ def test_search_command_builds_the_dictionary_and_writes_the_report(tmp_path, ca
     assert report["closest"] == "T0" and set(report["comparisons"]) == {"random"}
     assert (tmp_path / "out" / "summary.txt").read_text().startswith("TA-NAS for T1")
     assert TaskDictionary(tmp_path / "dict").names() == ["T0"]
+
+
+def test_ta_nas_reports_the_cost_of_every_stage(tasks, tmp_path):
+    """Wall time, device time and peak memory per stage, the device and the candidates trained, in the result, its
+    summary and report.json."""
+    d = TaskDictionary.create(tmp_path / "dict", arch="cnn", head_width=10, in_channels=1, image_size=8, eps_epochs=2)
+    search = {**SEARCH, "final_epochs": 1, "alternations": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EpsilonWarning)
+        add_baseline(d, tasks["T0"], space=SPACE, **search)
+        r = ta_nas(tasks["T1"], d, compare=(), out_dir=tmp_path / "out", **search)
+    c = r.cost
+    assert list(c["stages"]) == ["eps_networks", "fishers", "distances", "search", "final_training"]
+    for stage in c["stages"].values():
+        assert stage["wall_s"] > 0 and stage["device_s"] >= 0 and stage["peak_rss_mb"] > 10
+        assert stage["peak_cuda_mb"] is None  # CPU run
+    assert c["stages"]["search"] == r.result.cost["stages"]["search"]
+    assert c["device"].startswith("cpu") and c["candidates_trained"] == 2 == r.result.cost["candidates_trained"]
+    assert c["peak_rss_mb"] == max(s["peak_rss_mb"] for s in c["stages"].values())
+    assert c["stages"]["eps_networks"]["reused"] is False
+    text = r.summary()
+    assert "candidates trained" in text and all(s in text for s in c["stages"])
+    assert "2 candidates trained" in r.result.summary() and "peak memory" in r.result.summary()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["cost"]["stages"]["fishers"] == c["stages"]["fishers"]
+    assert report["result"]["cost"]["stages"]["final_training"]["wall_s"] > 0

@@ -131,9 +131,14 @@ class FuseResult:
 
     def summary(self) -> str:
         c = self.cost
+        st = c.get("stages", {})
+        dev = lambda k: f" (device {st[k]['device_s']:.1f} s)" if k in st else ""  # noqa: E731
+        peak = (f", peak memory {c['peak_rss_mb']:,.0f} MB RSS" if c.get("peak_rss_mb") is not None else "") + (
+            f", {c['peak_cuda_mb']:,.0f} MB CUDA" if c.get("peak_cuda_mb") is not None else "")
         return (f"{self.method}: test accuracy {self.test_accuracy:.4f}, {self.params:,} parameters, search "
-                f"{c['search_s']:.1f} s + final training {c['final_train_s']:.1f} s on {c['device']}, "
-                f"{c['candidate_epochs']} candidate-epochs\n{self.genotype}")
+                f"{c['search_s']:.1f} s{dev('search')} + final training {c['final_train_s']:.1f} s"
+                f"{dev('final_training')} on {c['device']}, {c.get('candidates_trained', '?')} candidates trained "
+                f"({c['candidate_epochs']} candidate-epochs){peak}\n{self.genotype}")
 
 
 def _distinct_candidates(space: SearchSpace, gen: torch.Generator, count: int, exclude: set) -> list[Genotype]:

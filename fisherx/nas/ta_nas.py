@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -36,6 +35,7 @@ from torch import nn
 
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
 from ._common import device_name, pick_device, resolve_data, show_progress
+from .cost import CostMeter
 from .fuse import FuseResult, fuse
 from .genotype import Genotype
 from .random_search import random_search
@@ -305,12 +305,22 @@ class TaNasResult:
             c = r.cost
             lines.append(f"{label:<36} {r.test_accuracy:>8.4f} {r.params:>9,} {c['search_s']:>9.1f} "
                          f"{c['final_train_s']:>8.1f} {c['candidate_epochs']:>8}")
-        lines.append(f"device: {self.result.cost['device']}")
+        lines.append(f"cost on {self.cost['device']}: {self.cost['candidates_trained']} candidates trained by TA-NAS, "
+                     f"peak memory {_mb(self.cost['peak_rss_mb'])} RSS"
+                     + (f", {_mb(self.cost['peak_cuda_mb'])} CUDA" if self.cost.get("peak_cuda_mb") else ""))
+        lines.append(f"  {'stage':<16} {'wall s':>8} {'device s':>9} {'peak RSS':>10}")
+        for stage, c in self.cost["stages"].items():
+            note = " (reused)" if c.get("reused") else ""
+            lines.append(f"  {stage:<16} {c['wall_s']:>8.2f} {c['device_s']:>9.2f} {_mb(c['peak_rss_mb']):>10}{note}")
         lines.append("winner:\n" + str(self.result.genotype))
         return "\n".join(lines)
 
     def save(self, path) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def _mb(x) -> str:
+    return f"{x:,.0f} MB" if x is not None else "n/a"
 
 
 def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Sequence[str] = ("random",),
@@ -330,7 +340,10 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     5. ``grow``: add the target to the dictionary with its ε-network, best genotype and derived space.
 
     ``out_dir`` holds the target ε-network, every search's checkpoints/logs and ``report.json``; rerunning the same
-    call resumes. Returns a :class:`TaNasResult` (``summary()`` prints the table).
+    call resumes. Returns a :class:`TaNasResult` (``summary()`` prints the table). Its ``cost`` has per stage
+    (``eps_networks``, ``fishers``, ``distances``, ``search``, ``final_training``) the wall time, device time and
+    peak memory (:mod:`fisherx.nas.cost`), the device and the number of candidates FUSE trained; each search result
+    (``result``, ``comparisons``) carries its own ``cost`` too.
     """
     from ..distance import distance_column
     from ..fisher import fisher_diag
@@ -351,13 +364,12 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
-    t0 = time.perf_counter()
-    target_net, target_eps = train_eps_network(dictionary, data, device=device,
-                                               out_file=out / "target_eps_network.fx" if out else None,
-                                               progress=show_progress(progress))
-    eps_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    meter = CostMeter(device)
+    eps_file = out / "target_eps_network.fx" if out else None
+    reused = eps_file is not None and eps_file.is_file()
+    with meter.stage("eps_networks"):
+        target_net, target_eps = train_eps_network(dictionary, data, device=device, out_file=eps_file,
+                                                   progress=show_progress(progress))
     x_test, y_test = data.test
 
     def fisher(net):
@@ -365,13 +377,14 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
                            max_samples=fisher_samples, device=device, progress=False)
 
     names = dictionary.names()
-    f_bb = fisher(target_net)
-    f_ab = [fisher(dictionary.eps_network(n, device)) for n in names]
-    col = distance_column(f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names],
-                          target_name=f"F[{name}→{name}]")
-    distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
+    with meter.stage("fishers"):
+        f_bb = fisher(target_net)
+        f_ab = [fisher(dictionary.eps_network(n, device)) for n in names]
+    with meter.stage("distances"):
+        col = distance_column(f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names],
+                              target_name=f"F[{name}→{name}]")
+        distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
     closest = min(names, key=lambda n: (distances[n], names.index(n)))
-    fisher_s = time.perf_counter() - t0
     space = dictionary[closest].space
 
     sub = (lambda s: out / s) if out is not None else (lambda s: None)
@@ -380,7 +393,8 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     if "random" in compare:
         budget = result.cost["candidate_epochs"]  # equal budget: exactly what FUSE spent
         per = random_epochs_per_candidate or search.get("alternations", 10) * search.get("weight_epochs", 1)
-        shared = {k: search[k] for k in ("batch_size", "lr", "weight_decay", "final_epochs", "seed") if k in search}
+        shared = {k: search[k] for k in ("batch_size", "lr", "weight_decay", "final_epochs", "seed",
+                                         "checkpoint_every", "deterministic") if k in search}
         comparisons["random"] = random_search(space, data, budget=budget, epochs_per_candidate=min(per, budget),
                                               device=device, out_dir=sub("random"), progress=progress, **shared)
     if "general" in compare:
@@ -390,7 +404,19 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
 
     eps = {"target": target_eps, "baselines": {n: dictionary[n].eps for n in names}}
     head = {"mode": "shared", "width": dictionary.family["head_width"], "arch": dictionary.family["arch"]}
-    cost = {"eps_s": eps_s, "fisher_and_distance_s": fisher_s, "device": device_name(device)}
+    # The TA-NAS pipeline's stages: this run's ε-network, Fishers and distances, then the FUSE search and the
+    # winner's final training as FUSE measured them (summed over its resumes). The comparisons have their own costs.
+    for stage in ("search", "final_training"):
+        meter.add(stage, result.cost["stages"][stage])
+    stages = meter.to_dict()["stages"]
+    stages["eps_networks"]["reused"] = reused  # loaded from an earlier run's file: its training cost is not here
+    cost = {"stages": stages, "device": device_name(device),
+            "candidates_trained": result.cost["candidates_trained"],
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+            "peak_cuda_mb": max((s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None),
+                                default=None),
+            "eps_s": stages["eps_networks"]["wall_s"],
+            "fisher_and_distance_s": stages["fishers"]["wall_s"] + stages["distances"]["wall_s"]}
     report = TaNasResult(name, distances, closest, space, result, comparisons, eps, cost, head)
     if out is not None:
         report.save(out / "report.json")
