@@ -94,7 +94,7 @@ def test_fuse_replaces_an_all_zero_incumbent_and_samples_distinct_candidates(dig
     # One JSON line per round, the genotype and result files, all readable.
     lines = (tmp_path / "fuse_log.jsonl").read_text().splitlines()
     assert [json.loads(l)["round"] for l in lines] == [0, 1]
-    assert Genotype.load(tmp_path / "fuse_genotype.json") == res.genotype
+    assert Genotype.load_with_space(tmp_path / "fuse_genotype.json") == (res.genotype, space)  # skeleton included
 
 
 def test_killed_search_resumes_to_the_uninterrupted_result(digits, tmp_path, monkeypatch):

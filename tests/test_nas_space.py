@@ -60,7 +60,7 @@ def test_genotype_json_round_trip_is_exact(tmp_path):
     back = Genotype.from_json(s)
     assert back == G and hash(back) == hash(G)
     assert back.to_json() == s
-    assert json.loads(s)["format"] == "fisherx.genotype" and json.loads(s)["version"] == 1
+    assert json.loads(s)["format"] == "fisherx.genotype" and json.loads(s)["version"] == 2
     G.save(tmp_path / "g.json")
     assert Genotype.load(tmp_path / "g.json") == G
 
@@ -88,8 +88,8 @@ def test_invalid_genotypes_are_rejected_with_the_reason(normal, message):
 
 def test_from_json_names_the_source_and_refuses_foreign_or_newer_files():
     d = G.to_dict()
-    with pytest.raises(GenotypeError, match="version 2 is not supported"):
-        Genotype.from_dict({**d, "version": 2})
+    with pytest.raises(GenotypeError, match="version 3 is not supported"):
+        Genotype.from_dict({**d, "version": 3})
     with pytest.raises(GenotypeError, match="not a fisherx genotype"):
         Genotype.from_dict({**d, "format": "darts"})
     bad = {**d, "normal": [[["conv_3x3", 0], ["identity", 5]]]}

@@ -4,10 +4,13 @@
   the skeleton; :class:`Genotype` an architecture as data; :class:`SearchSpace` the ops/node counts/skeleton.
 - :func:`fuse`: FUSE search with per-round checkpoints; :func:`random_search`: the equal-budget baseline.
 - :func:`ta_nas` with a :class:`TaskDictionary` of solved baselines (:func:`add_baseline`).
+- :mod:`~fisherx.nas.formats`: DARTS and NAS-Bench-201 converters; :mod:`~fisherx.nas.determinism`: seeding and
+  deterministic kernels; :mod:`~fisherx.nas.cost`: per-stage cost accounting.
 """
 from __future__ import annotations
 
 from .determinism import NondeterminismWarning, reproducible
+from .formats import ConversionError, from_darts, from_nb201, to_darts, to_darts_text, to_nb201
 from .fuse import FuseResult, FuseRound, fuse
 from .genotype import Genotype, GenotypeError
 from .network import Network
@@ -16,6 +19,7 @@ from .random_search import random_search
 from .space import SearchSpace, SearchSpaceError
 from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
 
-__all__ = ["DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network",
+__all__ = ["ConversionError", "DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network",
            "NondeterminismWarning", "OP_NAMES", "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary", "add_baseline", "fuse", "make_op",
-           "random_search", "reproducible", "ta_nas", "train_eps_network"]
+           "from_darts", "from_nb201", "random_search", "reproducible", "ta_nas", "to_darts", "to_darts_text",
+           "to_nb201", "train_eps_network"]

@@ -385,7 +385,7 @@ def _save_winner(files: SearchFiles, net: nn.Module, result) -> None:
         return
     save_tree(files.dir / f"{files.kind}_winner.fx", {k: v.detach().cpu() for k, v in net.state_dict().items()},
               meta={"genotype": result.genotype.to_dict(), "space": result.space.to_dict()})
-    result.genotype.save(files.dir / f"{files.kind}_genotype.json")
+    result.genotype.save(files.dir / f"{files.kind}_genotype.json", space=result.space)  # rebuildable alone
     files.save_result(result.to_dict())
     # The result is stored: the final training's own checkpoint is no longer needed.
     (files.dir / f"{files.kind}_final_checkpoint.fx").unlink(missing_ok=True)

@@ -5,8 +5,12 @@ each ``(operation, input)``, and computes ``n_j = op_a(s_a) + op_b(s_b)``. Input
 0 = the output of the cell two back (c[k-2]), 1 = the previous cell's output (c[k-1]), 2 + i = node i of this cell.
 Node j may read only inputs < 2 + j (the cell is a DAG in node order). The cell's output concatenates all its nodes.
 
-The JSON form is versioned (``{"format": "fisherx.genotype", "version": 1, ...}``) and round-trips exactly:
-``Genotype.from_json(g.to_json()) == g`` and ``Genotype.from_json(s).to_json() == s`` for any ``s`` written here.
+The JSON form is versioned (``{"format": "fisherx.genotype", "version": 2, "opset": ..., ...}``) and round-trips
+exactly: ``Genotype.from_json(g.to_json()) == g`` and ``Genotype.from_json(s).to_json() == s`` for any ``s`` written
+here without a space. It records the operation set (:data:`fisherx.nas.ops.OPSET`: name, version and op names) and,
+when given one, the search space with its hash, so that the file alone says how to build the network (the skeleton)
+and a reader can check that the space was not altered. Version 1 files (no opset, no space) are still read.
+Converters to the DARTS and NAS-Bench-201 forms are in :mod:`fisherx.nas.formats`.
 """
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .ops import OP_NAMES
+from .ops import OP_NAMES, OPSET
 
 if TYPE_CHECKING:  # pragma: no cover
     from .network import Network
+    from .space import SearchSpace
 
 GENOTYPE_FORMAT = "fisherx.genotype"
-GENOTYPE_VERSION = 1
+GENOTYPE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 Node = tuple[tuple[str, int], tuple[str, int]]
 CellSpec = tuple[Node, ...]
@@ -97,57 +103,89 @@ class Genotype:
                      for cell in (self.normal, self.reduce))
 
     # ------------------------------------------------------------------------------------------------- JSON
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, space: "SearchSpace | None" = None) -> dict:
+        """The JSON-able form; with ``space`` (which must contain this genotype) the space and its hash too."""
+        d = {
             "format": GENOTYPE_FORMAT,
             "version": GENOTYPE_VERSION,
+            "opset": {"name": OPSET["name"], "version": OPSET["version"]},
             "normal": [[[op, inp] for op, inp in node] for node in self.normal],
             "reduce": [[[op, inp] for op, inp in node] for node in self.reduce],
         }
+        if space is not None:
+            space.check(self)  # a file must not claim a space its genotype is outside of
+            d["space"] = space.to_dict()
+        return d
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+    def to_json(self, indent: int | None = None, space: "SearchSpace | None" = None) -> str:
+        return json.dumps(self.to_dict(space), indent=indent, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "genotype") -> "Genotype":
+        """The genotype of a dict :meth:`to_dict` wrote (version 1 or 2). A recorded space is checked (its hash, and
+        that it contains the genotype) but not returned: :meth:`from_dict_with_space` returns it."""
+        return cls.from_dict_with_space(d, source)[0]
+
+    @classmethod
+    def from_dict_with_space(cls, d: Any, source: str = "genotype") -> "tuple[Genotype, SearchSpace | None]":
+        """(genotype, the recorded search space or None)."""
         if not isinstance(d, dict):
             raise GenotypeError(f"{source}: a genotype must be a JSON object, got {type(d).__name__}")
         fmt, ver = d.get("format"), d.get("version")
         if fmt != GENOTYPE_FORMAT:
             raise GenotypeError(f"{source}: not a fisherx genotype (format {fmt!r}, expected {GENOTYPE_FORMAT!r})")
-        if ver != GENOTYPE_VERSION:
+        if ver not in _READABLE_VERSIONS:
             raise GenotypeError(f"{source}: genotype version {ver!r} is not supported (this fisherx reads "
-                                f"version {GENOTYPE_VERSION})")
-        extra = set(d) - {"format", "version", "normal", "reduce"}
+                                f"versions {', '.join(map(str, _READABLE_VERSIONS))})")
+        allowed = {"format", "version", "normal", "reduce"} | ({"opset", "space"} if ver >= 2 else set())
+        extra = set(d) - allowed
         if extra:
             raise GenotypeError(f"{source}: unexpected keys {sorted(extra)}")
+        if ver >= 2:
+            _check_opset(d.get("opset"), source)
         for k in ("normal", "reduce"):
             if k not in d:
                 raise GenotypeError(f"{source}: the {k} cell is missing")
         try:
-            return cls(normal=d["normal"], reduce=d["reduce"])
+            g = cls(normal=d["normal"], reduce=d["reduce"])
         except GenotypeError as e:
             raise GenotypeError(f"{source}: {e}") from None
+        space = None
+        if d.get("space") is not None:
+            from .space import SearchSpace, SearchSpaceError
+
+            try:
+                space = SearchSpace.from_dict(d["space"], f"{source}: space")
+                space.check(g)
+            except SearchSpaceError as e:
+                raise GenotypeError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
+        return g, space
 
     @classmethod
     def from_json(cls, text: str, source: str = "genotype") -> "Genotype":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"{source}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source)
+        return cls.from_dict(_parse_json(text, source), source)
 
-    def save(self, path) -> Any:
-        """Write the JSON form atomically (a reader sees the old file or the new one)."""
+    def save(self, path, space: "SearchSpace | None" = None) -> Any:
+        """Write the JSON form (with ``space``, see :meth:`to_dict`) atomically (a reader sees the old file or the
+        new one)."""
         from ..io import atomic_write_text
 
-        return atomic_write_text(path, self.to_json(indent=1) + "\n")
+        return atomic_write_text(path, self.to_json(indent=1, space=space) + "\n")
 
     @classmethod
     def load(cls, path) -> "Genotype":
+        return cls.load_with_space(path)[0]
+
+    @classmethod
+    def load_with_space(cls, path) -> "tuple[Genotype, SearchSpace | None]":
+        """(genotype, recorded search space or None) of a file :meth:`save` wrote."""
         from pathlib import Path
 
-        return cls.from_json(Path(path).read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise GenotypeError(f"{path}: cannot read the genotype file ({e.strerror or e})") from None
+        return cls.from_dict_with_space(_parse_json(text, str(path)), str(path))
 
     # ------------------------------------------------------------------------------------------------- text
     def __str__(self) -> str:
@@ -170,6 +208,23 @@ class Genotype:
         with torch.device("meta"):
             net = self.build(in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
         return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GenotypeError(f"{source}: not valid JSON ({e})") from None
+
+
+def _check_opset(opset: Any, source: str) -> None:
+    """Refuse a file written against another operation set: the same names could compute something else."""
+    if not isinstance(opset, dict) or "name" not in opset or "version" not in opset:
+        raise GenotypeError(f"{source}: the operation set is missing or malformed (expected "
+                            f"{{'name': {OPSET['name']!r}, 'version': {OPSET['version']}}})")
+    if (opset["name"], opset["version"]) != (OPSET["name"], OPSET["version"]):
+        raise GenotypeError(f"{source}: written for operation set {opset['name']!r} version {opset['version']!r}; "
+                            f"this fisherx has {OPSET['name']!r} version {OPSET['version']}")
 
 
 def _cell_text(cell: CellSpec) -> str:

@@ -151,6 +151,11 @@ OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
 }
 assert tuple(OPS) == OP_NAMES
 
+#: The operation set, by name and version: the ten names above with the definitions in this module. Genotype and
+#: search-space files record it, so a file is never read against operations of other semantics. Bump the version
+#: whenever an operation's computation changes.
+OPSET = {"name": "fisherx.darts-ops", "version": 1, "ops": list(OP_NAMES)}
+
 
 def make_op(name: str, channels: int, stride: int = 1, affine: bool = True) -> nn.Module:
     """Build operation ``name`` on ``channels`` channels; ``stride`` is 1 (keep the size) or 2 (halve it)."""

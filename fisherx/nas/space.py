@@ -19,11 +19,12 @@ from typing import Any, Iterable
 
 import torch
 
-from .genotype import Genotype
-from .ops import OP_NAMES
+from .genotype import Genotype, GenotypeError, _check_opset
+from .ops import OP_NAMES, OPSET
 
 SPACE_FORMAT = "fisherx.search_space"
-SPACE_VERSION = 1
+SPACE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class SearchSpaceError(ValueError):
@@ -153,7 +154,15 @@ class SearchSpace:
 
     # ---------------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
-        return {"format": SPACE_FORMAT, "version": SPACE_VERSION, "name": self.name, "ops": list(self.ops),
+        """The JSON-able form (version 2): the operation set, the space's definition, and its :meth:`fingerprint`
+        as ``hash``, which :meth:`from_dict` checks."""
+        d = self._definition()
+        return {**d, "name": self.name, "hash": _hash(d)}
+
+    def _definition(self) -> dict:
+        # Everything that defines the space (not its display name): what the hash covers.
+        return {"format": SPACE_FORMAT, "version": SPACE_VERSION,
+                "opset": {"name": OPSET["name"], "version": OPSET["version"]}, "ops": list(self.ops),
                 "nodes": list(self.nodes), "width": self.width, "depth": self.depth,
                 "stem_multiplier": self.stem_multiplier}
 
@@ -161,30 +170,48 @@ class SearchSpace:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     def fingerprint(self) -> str:
-        """SHA-256 (hex, first 16) of everything that defines the space (not its display name)."""
-        d = self.to_dict()
-        d.pop("name")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """SHA-256 (hex, first 16) of everything that defines the space (operation set included, not its display
+        name)."""
+        return _hash(self._definition())
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "search space") -> "SearchSpace":
+        """A space from :meth:`to_dict`'s form (version 1 or 2); a version-2 ``hash`` that does not match the
+        definition (an edited or damaged file) is refused."""
         if not isinstance(d, dict) or d.get("format") != SPACE_FORMAT:
             raise SearchSpaceError(f"{source}: not a fisherx search space (format "
                                    f"{d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
-        if d.get("version") != SPACE_VERSION:
+        if d.get("version") not in _READABLE_VERSIONS:
             raise SearchSpaceError(f"{source}: search space version {d.get('version')!r} is not supported")
+        if d["version"] >= 2:
+            try:
+                _check_opset(d.get("opset"), source)
+            except GenotypeError as e:
+                raise SearchSpaceError(str(e)) from None
         try:
-            return cls(tuple(d["ops"]), tuple(d["nodes"]), d["width"], d["depth"], d["stem_multiplier"],
-                       name=d.get("name", "derived"))
+            space = cls(tuple(d["ops"]), tuple(d["nodes"]), d["width"], d["depth"], d["stem_multiplier"],
+                        name=d.get("name", "derived"))
         except KeyError as e:
             raise SearchSpaceError(f"{source}: missing key {e}") from None
         except SearchSpaceError as e:
             raise SearchSpaceError(f"{source}: {e}") from None
+        if d["version"] >= 2 and d.get("hash") != space.fingerprint():
+            raise SearchSpaceError(f"{source}: the recorded hash {d.get('hash')!r} does not match the space's "
+                                   f"definition ({space.fingerprint()}): the file was edited or damaged")
+        return space
 
     @classmethod
     def from_json(cls, text: str, source: str = "search space") -> "SearchSpace":
-        return cls.from_dict(json.loads(text), source)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SearchSpaceError(f"{source}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source)
 
     def __str__(self) -> str:
         return (f"{self.name} space: ops {{{', '.join(self.ops)}}}, {'/'.join(map(str, self.nodes))} nodes, "
                 f"width {self.width}, depth {self.depth}")
+
+
+def _hash(definition: dict) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]

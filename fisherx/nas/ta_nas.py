@@ -192,7 +192,7 @@ class TaskDictionary:
         state = {k: v.detach().cpu() for k, v in eps_network.state_dict().items()}
         save_tree(self._eps_file(name), state, meta={k: self.family[k] for k in
                                                     ("arch", "head_width", "in_channels", "image_size")})
-        genotype.save(self.path / name / "genotype.json")
+        genotype.save(self.path / name / "genotype.json", space=space)
         entry = DictionaryEntry(name, task, eps, space, genotype, search or {})
         self.entries[name] = entry
         self._write_index()
