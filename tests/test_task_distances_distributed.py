@@ -50,3 +50,66 @@ def test_distributed_needs_a_shared_cache(monkeypatch):
     monkeypatch.setattr(experiment._fxd, "is_distributed", lambda: True)
     with pytest.raises(ValueError, match="under torch.distributed, task_distances needs cache_dir"):
         fisherx.task_distances(preset("digits")[:2], cache_dir=None, **ARGS)
+
+
+def _rank_pids(rank: int) -> list[int]:
+    """PIDs of this user's torchrun workers with RANK=rank (read from /proc, Linux only)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"run.py" in cmd and b"torch.distributed.run" not in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="finds the rank's process through /proc")
+def test_a_killed_rank_fails_the_job_and_a_rerun_completes_from_the_cache(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distributed_util import free_port
+
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    args = dict(ARGS, epochs=4)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "FISHERX_DIST_TIMEOUT": "20"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(cache), repr(args),
+           str(tmp_path)]
+    start = time.monotonic()
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Kill rank 1 like the OOM killer would, once the first network is in the cache.
+        while not list(cache.glob("network/*/*.fxc")):
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() - start < 120, "no network was cached in 2 minutes"
+            time.sleep(0.05)
+        pids = _rank_pids(1)
+        assert pids, "rank 1's process was not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0, "the job must fail when a rank dies"
+    assert not (tmp_path / "rank0.json").exists()  # rank 0 did not pretend to finish
+    finished = len(list(cache.glob("network/*/*.fxc")))
+    assert finished >= 1
+    # The re-run (one process here) reuses every finished unit and completes the matrix.
+    again = fisherx.task_distances(preset("digits")[:3], cache_dir=cache, **args)
+    assert again.stats.get("network.hit", 0) == finished
+    assert again.stats.get("network.hit", 0) + again.stats.get("network.miss", 0) == 6
+    assert np.all(np.isfinite(again.distances["mlp"]))
