@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="TA-NAS for a preset's task against a dictionary of baseline tasks")
     nas_cli.add_arguments(p)
     p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("retrain", help="train and evaluate an architecture from its genotype JSON file")
+    nas_cli.add_retrain_arguments(p)
+    p.set_defaults(func=_cmd_retrain)
     from . import demo  # the demo's options and logic live in fisherx/demo.py
 
     p = sub.add_parser("demo", help="the papers' pipeline end to end on built-in data (~10 min on a 2-core CPU)")
@@ -79,6 +82,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .nas import cli as nas_cli
 
     return nas_cli.run(args)
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from .nas import cli as nas_cli
+
+    return nas_cli.run_retrain(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
