@@ -23,6 +23,7 @@ import contextlib
 import os
 import random
 import re
+import sys
 import warnings
 from typing import Iterator
 
@@ -94,15 +95,25 @@ def deterministic_algorithms(warn_only: bool = True) -> Iterator[None]:
                           f"process with CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE}", NondeterminismWarning,
                           stacklevel=3)
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
-    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    _use_deterministic(True, warn_only)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        _use_deterministic(prev[0], prev[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
         if env_prev is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def _use_deterministic(mode: bool, warn_only: bool) -> None:
+    # torch.use_deterministic_algorithms also sets torch._inductor's flag, importing torch._inductor to do so: 2-3 s
+    # per process (measured, torch 2.13) for a flag that matters only to torch.compile. When inductor is not loaded
+    # nothing can be compiled with it, so the kernel-level switch alone is the same setting, without the import.
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 @contextlib.contextmanager
