@@ -10,6 +10,7 @@ import torch
 from fisherx.nas import Genotype, GenotypeError, SearchSpace, SearchSpaceError
 from fisherx.nas.formats import ConversionError, from_darts, from_nb201, to_darts, to_darts_text, to_nb201
 from fisherx.nas.ops import OPSET
+from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 # DARTS (second order), as printed in the DARTS repository's genotypes.py.
 DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
@@ -17,16 +18,6 @@ DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_co
             "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
             "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
             "('max_pool_3x3', 1)], reduce_concat=range(2, 6))")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: with its cores oversubscribed, 2-thread OpenMP kernels spin at their barriers
-    # and small convolutions run 10-30x slower than on one thread (measured). One thread keeps these tests fast.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _general_samples(n=40, seed=0):

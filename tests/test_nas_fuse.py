@@ -9,6 +9,7 @@ from fisherx.nas import _common as fuse_mod  # the home of SearchFiles, patched 
 from fisherx.nas.fuse import FuseRound, fuse
 from fisherx.nas.random_search import random_search
 from fisherx.tasks import preset
+from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 ZERO = Genotype([[("zero", 0), ("zero", 1)]] * 3, [[("zero", 0), ("zero", 1)]] * 3)
 CONV = Genotype([[("conv_3x3", 0), ("conv_3x3", 1)]] * 3, [[("conv_3x3", 0), ("conv_3x3", 1)]] * 3)
@@ -16,19 +17,14 @@ SMALL = dict(candidates=2, rounds=3, alternations=2, batch_size=128, final_epoch
              progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: with its cores oversubscribed, 2-thread OpenMP kernels spin at their barriers
-    # and small convolutions run 10-30x slower than on one thread (measured). One thread keeps these tests fast.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return preset("digits")[2].load()  # T2: 0, 1, 2, 3, anything else
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return preset("digits", max_train_per_label=20)[2].load()  # T2 again, 3 batches of 32 per epoch
 
 
 def _nets(gs, seed=0):
@@ -97,9 +93,9 @@ def test_fuse_replaces_an_all_zero_incumbent_and_samples_distinct_candidates(dig
     assert Genotype.load_with_space(tmp_path / "fuse_genotype.json") == (res.genotype, space)  # skeleton included
 
 
-def test_killed_search_resumes_to_the_uninterrupted_result(digits, tmp_path, monkeypatch):
-    space = SearchSpace(width=4, depth=2)
-    whole = fuse(space, digits, seed=3, out_dir=tmp_path / "a", **SMALL)
+def test_killed_search_resumes_to_the_uninterrupted_result(tiny, tmp_path, monkeypatch):
+    space = SearchSpace(width=4, depth=1)
+    whole = fuse(space, tiny, seed=3, out_dir=tmp_path / "a", **SMALL)
 
     real_save = fuse_mod.SearchFiles.save_round
     calls = []
@@ -112,54 +108,66 @@ def test_killed_search_resumes_to_the_uninterrupted_result(digits, tmp_path, mon
 
     monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        fuse(space, digits, seed=3, out_dir=tmp_path / "b", **SMALL)
+        fuse(space, tiny, seed=3, out_dir=tmp_path / "b", **SMALL)
     monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", real_save)
     assert len((tmp_path / "b" / "fuse_log.jsonl").read_text().splitlines()) == 2
-    resumed = fuse(space, digits, seed=3, out_dir=tmp_path / "b", **SMALL)
+    resumed = fuse(space, tiny, seed=3, out_dir=tmp_path / "b", **SMALL)
 
     strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
     assert strip(resumed.history) == strip(whole.history)  # same candidates, α, losses, accuracies
     assert resumed.genotype == whole.genotype and resumed.test_accuracy == whole.test_accuracy
     # A finished search in the same directory returns its result instead of searching again.
-    again = fuse(space, digits, seed=3, out_dir=tmp_path / "b", **SMALL)
+    again = fuse(space, tiny, seed=3, out_dir=tmp_path / "b", **SMALL)
     assert again.genotype == whole.genotype and strip(again.history) == strip(whole.history)
     # A different search in the same directory is refused, naming what differs.
     with pytest.raises(ValueError, match="lr: saved 0.003, now 0.01"):
-        fuse(space, digits, seed=3, out_dir=tmp_path / "b", **{**SMALL, "lr": 0.01})
+        fuse(space, tiny, seed=3, out_dir=tmp_path / "b", **{**SMALL, "lr": 0.01})
 
 
-def test_same_seed_same_search_different_seed_different_candidates(digits):
+def test_same_seed_same_search_different_seed_different_candidates(tiny):
     space = SearchSpace(width=4, depth=2)
     kw = {**SMALL, "rounds": 1, "alternations": 1}
-    a, b, c = (fuse(space, digits, seed=s, **kw) for s in (5, 5, 6))
+    a, b, c = (fuse(space, tiny, seed=s, **kw) for s in (5, 5, 6))
     assert a.history[0]["candidates"] == b.history[0]["candidates"] and a.history[0]["alpha"] == b.history[0]["alpha"]
     assert a.history[0]["candidates"] != c.history[0]["candidates"]
 
 
-def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(digits, tmp_path, monkeypatch):
-    space = SearchSpace(width=4, depth=2)
-    kw = dict(budget=5, epochs_per_candidate=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
-    whole = random_search(space, digits, seed=0, **kw)
+def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny, tmp_path, monkeypatch):
+    space = SearchSpace(width=4, depth=1)
+    kw = dict(budget=5, epochs_per_candidate=2, batch_size=32, final_epochs=1, device="cpu", progress=False,
+              checkpoint_every=2)
+    whole = random_search(space, tiny, seed=0, **kw)
     assert whole.method == "random" and whole.cost["candidate_epochs"] == 4 and len(whole.history) == 2
     assert whole.history[0]["genotype"] != whole.history[1]["genotype"]
+    assert whole.cost["candidates_trained"] == 2 and whole.cost["weight_steps"] == 12
     best = max(whole.history, key=lambda h: h["val_accuracy"])
     assert whole.genotype == Genotype.from_dict(best["genotype"])
 
-    real_save = fuse_mod.SearchFiles.save_round
+    # Interrupted inside the second candidate (its 2nd of 6 steps; the checkpoint after step 6 + 2 = 8 of 12)...
+    real, count = FuseRound.weight_step, [0]
 
-    def save_then_die(self, state, history):
-        real_save(self, state, history)
-        raise KeyboardInterrupt
+    def step(self, x, y):
+        count[0] += 1
+        if count[0] == 10:
+            raise KeyboardInterrupt
+        return real(self, x, y)
 
-    monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", save_then_die)
+    monkeypatch.setattr(FuseRound, "weight_step", step)
     with pytest.raises(KeyboardInterrupt):
-        random_search(space, digits, seed=0, out_dir=tmp_path, **kw)
-    monkeypatch.setattr(fuse_mod.SearchFiles, "save_round", real_save)
-    resumed = random_search(space, digits, seed=0, out_dir=tmp_path, **kw)
+        random_search(space, tiny, seed=0, out_dir=tmp_path, **kw)
+    monkeypatch.setattr(FuseRound, "weight_step", real)
+    from fisherx.io import load_tree
+
+    state = load_tree(tmp_path / "random_checkpoint.fx")
+    assert len(state["history"]) == 1 and len(state["inflight"]["position"]["losses"]) == 2
+    # ... the rerun continues there and ends exactly where an uninterrupted search does.
+    resumed = random_search(space, tiny, seed=0, out_dir=tmp_path, **kw)
     strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
     assert strip(resumed.history) == strip(whole.history) and resumed.genotype == whole.genotype
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(),
+                                                 whole.model.state_dict().values()))
     with pytest.raises(ValueError, match="trains no candidate"):
-        random_search(space, digits, budget=1, epochs_per_candidate=2)
+        random_search(space, tiny, budget=1, epochs_per_candidate=2)
 
 
 # A search small enough to kill and rerun in a few seconds: 2 + 1 candidates of 4 channels and one cell, 20 images
@@ -254,14 +262,14 @@ def test_mid_round_checkpoint_holds_the_whole_training_state(tmp_path, monkeypat
     assert state["cost"]["search"]["wall_s"] > 0
 
 
-def test_a_round_stops_when_alpha_has_converged(digits):
+def test_a_round_stops_when_alpha_has_converged(tiny):
     # With a tolerance no α change can exceed, every round ends after its first alternation; with none, it runs all.
     space = SearchSpace(width=4, depth=2)
     kw = {**SMALL, "rounds": 1, "alternations": 3}
-    converged = fuse(space, digits, seed=0, alpha_tol=1e9, **kw)
+    converged = fuse(space, tiny, seed=0, alpha_tol=1e9, **kw)
     assert [len(h["alternations"]) for h in converged.history] == [1]
     assert converged.cost["candidate_epochs"] == 2  # 2 candidates × 1 weight epoch
-    full = fuse(space, digits, seed=0, alpha_tol=0.0, **kw)
+    full = fuse(space, tiny, seed=0, alpha_tol=0.0, **kw)
     assert [len(h["alternations"]) for h in full.history] == [3]
     assert all(a["alpha_change"] > 0 for a in full.history[0]["alternations"])
 

@@ -13,20 +13,11 @@ from fisherx.nas import Genotype, SearchSpace
 from fisherx.nas.ta_nas import TaskDictionary, add_baseline, ta_nas
 from fisherx.tasks import preset
 from fisherx.train import EpsilonWarning
+from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 # Small everything: 30 training images per label, 4-channel 2-cell networks, one FUSE round.
 SEARCH = dict(candidates=2, rounds=1, alternations=2, batch_size=64, final_epochs=2, device="cpu", progress=False)
 SPACE = SearchSpace.general(width=4, depth=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: with its cores oversubscribed, 2-thread OpenMP kernels spin at their barriers
-    # and small convolutions run 10-30x slower than on one thread (measured). One thread keeps these tests fast.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
