@@ -343,3 +343,22 @@ def test_a_search_leaves_the_callers_random_streams_alone():
 def test_the_network_avoids_pooling_with_a_nondeterministic_cuda_backward():
     net = CONV.build(1, 5, width=4, depth=2)
     assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net.modules())
+
+
+def test_warnings_are_passed_on_when_a_search_is_interrupted(tiny, monkeypatch):
+    import warnings
+
+    from fisherx.nas import determinism
+    from fisherx.nas.determinism import NondeterminismWarning
+
+    def step(self, x, y):
+        warnings.warn(CUDA_ALERT, UserWarning)
+        warnings.warn("something the user should see", RuntimeWarning)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FuseRound, "weight_step", step)
+    monkeypatch.setattr(determinism, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("always")
+        fuse(SearchSpace(width=4, depth=1), tiny, **{**KILL_KW, "rounds": 1})
+    assert [w.category for w in caught] == [NondeterminismWarning, RuntimeWarning]  # in the order raised

@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", default="random",
                    help="comma-separated comparisons: random (same space, same budget), general (FUSE, all ops); "
                         "'none' for none")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="also checkpoint every N weight steps inside a round (0: only at round ends)")
     p.add_argument("--grow", action="store_true", help="add the solved target to the dictionary")
     p.add_argument("--seed", type=int, default=0, help="seed of the searches")
     p.add_argument("--max-train-per-label", type=int, default=None, help="cap training samples per label")
@@ -84,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     search = dict(candidates=args.candidates, rounds=args.rounds, alternations=args.alternations,
                   weight_epochs=args.weight_epochs, alpha_epochs=args.alpha_epochs, batch_size=args.batch_size,
-                  lr=args.lr, alpha_lr=args.alpha_lr, final_epochs=args.final_epochs, seed=args.seed)
+                  lr=args.lr, alpha_lr=args.alpha_lr, final_epochs=args.final_epochs, seed=args.seed,
+                  checkpoint_every=args.checkpoint_every)
     path = Path(args.dictionary)
     if (path / INDEX).exists():
         dictionary = TaskDictionary(path)

@@ -120,17 +120,31 @@ def _use_deterministic(mode: bool, warn_only: bool) -> None:
 def watch_nondeterminism(device: torch.device, found: list | None = None) -> Iterator[list]:
     """Collect PyTorch's "X does not have a deterministic implementation" warnings raised in the block (they come
     from ``use_deterministic_algorithms(True, warn_only=True)``), append each operation name once to ``found``, and
-    warn once per (operation, device type) per process with a :class:`NondeterminismWarning`; every other warning
-    raised in the block is passed on unchanged."""
+    warn once per (operation, device type) per process with a :class:`NondeterminismWarning`. Every other warning
+    raised in the block is passed on when the block ends (also when it ends with an exception), under the caller's
+    filters."""
     found = [] if found is None else found
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield found
-    dev = torch.device(device).type
-    for w in caught:
+    records: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield found
+            finally:
+                records = list(caught)
+    finally:
+        _replay(records, found, torch.device(device).type)
+
+
+_REPLAY_REGISTRY: dict = {}  # so that "default"/"module" filters show a replayed warning once, not once per step
+
+
+def _replay(records: list, found: list, dev: str) -> None:
+    for w in records:
         m = _PYTORCH_ALERT.match(str(w.message))
         if m is None:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=_REPLAY_REGISTRY,
+                                   source=w.source)
             continue
         op = m.group(1)
         if op not in found:
@@ -139,7 +153,7 @@ def watch_nondeterminism(device: torch.device, found: list | None = None) -> Ite
             _WARNED.add((op, dev))
             warnings.warn(f"{op} has no deterministic implementation on {dev}: this search is not bit-reproducible "
                           f"on this device (its results and a resume can differ in the last bits)",
-                          NondeterminismWarning, stacklevel=3)
+                          NondeterminismWarning, stacklevel=4)
 
 
 @contextlib.contextmanager
