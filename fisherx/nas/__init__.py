@@ -20,6 +20,6 @@ from .space import SearchSpace, SearchSpaceError
 from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
 
 __all__ = ["ConversionError", "DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network",
-           "NondeterminismWarning", "OP_NAMES", "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary", "add_baseline", "fuse", "make_op",
-           "from_darts", "from_nb201", "random_search", "reproducible", "ta_nas", "to_darts", "to_darts_text",
-           "to_nb201", "train_eps_network"]
+           "NondeterminismWarning", "OP_NAMES", "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary",
+           "add_baseline", "from_darts", "from_nb201", "fuse", "make_op", "random_search", "reproducible", "ta_nas",
+           "to_darts", "to_darts_text", "to_nb201", "train_eps_network"]

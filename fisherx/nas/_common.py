@@ -119,8 +119,8 @@ def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: f
 
 class SearchFiles:
     """The on-disk state of a resumable search in ``out_dir``: a checkpoint written (atomically, with
-    :func:`fisherx.io.save_tree`) after every round and every few weight steps, a JSON-lines log rewritten from the checkpoint's history (so
-    the log never holds a round the checkpoint does not), and the final result as JSON.
+    :func:`fisherx.io.save_tree`) after every round and every few weight steps, a JSON-lines log rewritten from the
+    checkpoint's history (so the log never holds a round the checkpoint does not), and the final result as JSON.
 
     ``config`` fixes everything that changes the result; resuming with a different one is refused, naming the
     difference, instead of silently mixing two searches."""

@@ -29,7 +29,7 @@ Choices and why:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -188,15 +188,16 @@ def new_position() -> dict:
 
 
 class Checkpointer:
-    """Mid-round checkpoints every ``every`` weight steps (None or 0: only at round ends). ``save(inflight)`` writes
-    the round-end state plus the in-flight round, so a kill at any step loses at most ``every`` steps; the rerun
-    repeats them bit for bit."""
+    """Mid-round checkpoints every ``every`` weight steps (None or 0: only at round ends). ``step(inflight)`` counts a
+    weight step and, every ``every`` steps, writes ``base()`` (the state as of the last finished round) plus
+    ``inflight()`` (the round in progress), so a kill at any step loses at most ``every`` steps, which the rerun
+    repeats bit for bit."""
 
     def __init__(self, files: SearchFiles, every: int | None):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
             raise ValueError(f"checkpoint_every must be a non-negative integer or None, got {every!r}")
         self.files, self.every, self.steps = files, every or 0, 0
-        self.base = dict  # set by the search: () -> the round-end part of the checkpoint
+        self.base: Callable[[], dict] = dict  # set by the search before each round
 
     def step(self, inflight) -> None:
         self.steps += 1
