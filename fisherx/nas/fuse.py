@@ -305,7 +305,8 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
                 data_gen = torch.Generator().manual_seed(round_seed)
                 if inflight is not None:
                     load_round_state(rnd, data_gen, inflight)
-                    a0, pos, before = inflight["alternation"], inflight["position"], inflight["before"]
+                    # Checkpoints hold CPU tensors: α's reference point goes back to α's device.
+                    a0, pos, before = inflight["alternation"], inflight["position"], inflight["before"].to(device)
                     alts, steps = list(inflight["alternations"]), dict(inflight["steps"])
                 else:
                     a0, pos, before, alts = 0, new_position(), rnd.alpha.detach().clone(), []
