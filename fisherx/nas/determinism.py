@@ -71,7 +71,11 @@ def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None
     """Seed every global generator from ``seed`` for the block, and give the caller back its own states after."""
     saved = rng_state(device)
     try:
-        torch.manual_seed(seed)  # also seeds every CUDA device's generator
+        # Only the generators restored below are seeded (torch.manual_seed would reseed every CUDA device's).
+        torch.default_generator.manual_seed(seed)
+        if device is not None and torch.device(device).type == "cuda":
+            with torch.cuda.device(torch.device(device)):
+                torch.cuda.manual_seed(seed)
         np.random.seed(seed % 2 ** 32)
         random.seed(seed)
         yield
