@@ -133,7 +133,7 @@ def test_concentration_gate_fires_on_a_collapsed_fisher():
     assert trust.fisher_concentration(bad) > 0.99
     with pytest.warns(trust.TrustWarning, match="collapsed Fisher"):
         trust.check_concentration(bad, "F[T0→T1]")
-    with pytest.raises(trust.GateError, match=r"F\[T0→T1\]: 99\.\d% of the Fisher's trace"):
+    with pytest.raises(trust.GateError, match=r"F\[T0→T1\]: 99\.\d% of the Fisher's trace sits in its 10 largest"):
         trust.check_concentration(bad, "F[T0→T1]", action="refuse")
     assert trust.check_concentration(spread, "ok", action="refuse") < 0.01
     with pytest.raises(ValueError, match="gate action must be one of"):
@@ -150,7 +150,7 @@ def test_concentration_of_a_dead_network():
     with torch.no_grad():
         m[0].bias.fill_(-100.0)
     collapsed = fisherx.fisher_diag(m, (x, y), progress=False)
-    assert trust.fisher_concentration(healthy) < 0.05
+    assert trust.fisher_concentration(healthy) < 0.2
     assert trust.fisher_concentration(collapsed) > 0.8
     with pytest.warns(trust.TrustWarning, match="dead: .* collapsed Fisher"):
         trust.check_concentration(collapsed, "dead")
@@ -159,7 +159,9 @@ def test_concentration_of_a_dead_network():
 def test_self_distance_gate():
     trust.check_self_distance([0.0, 0.0, 1e-9], "ftd", "d[T0,T0]", action="refuse")
     trust.check_self_distance([1.0, 1.0], "cosine", "d[T0,T0]", action="refuse")
-    with pytest.raises(trust.GateError, match="does not contain 0.0"):
-        trust.check_self_distance([0.2, 0.25, 0.3], "ftd", "d[T0,T0] seed 1", action="refuse")
+    # One broken replicate among many exact ones is enough.
+    with pytest.raises(trust.GateError, match=r"d\[T0,T0\] seed 1: ftd\(F, F\) ranges over \[0, 0.2\]"):
+        trust.check_self_distance([0.0] * 50 + [0.2], "ftd", "d[T0,T0] seed 1", action="refuse")
     with pytest.warns(trust.TrustWarning, match="d\\[T0,T0\\]"):
         trust.check_self_distance([float("nan"), 0.0], "ftd", "d[T0,T0]")
+    trust.check_self_distance([0.3], "ftd", "d[T0,T0]", action="off")  # off: nothing, even when it would fire
