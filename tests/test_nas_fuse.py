@@ -362,3 +362,33 @@ def test_warnings_are_passed_on_when_a_search_is_interrupted(tiny, monkeypatch):
         warnings.simplefilter("always")
         fuse(SearchSpace(width=4, depth=1), tiny, **{**KILL_KW, "rounds": 1})
     assert [w.category for w in caught] == [NondeterminismWarning, RuntimeWarning]  # in the order raised
+
+
+def test_resuming_in_another_environment_warns_that_bits_may_differ(tiny, tmp_path, monkeypatch):
+    import warnings
+
+    from fisherx.io import load_tree, save_tree
+    from fisherx.nas.determinism import NondeterminismWarning
+
+    real, count = FuseRound.weight_step, [0]
+
+    def step(self, x, y):
+        count[0] += 1
+        if count[0] == 5:
+            raise KeyboardInterrupt
+        return real(self, x, y)
+
+    monkeypatch.setattr(FuseRound, "weight_step", step)
+    kw = {**KILL_KW, "rounds": 1, "alternations": 1}
+    with pytest.raises(KeyboardInterrupt):
+        fuse(SearchSpace(width=4, depth=1), tiny, out_dir=tmp_path, **kw)
+    monkeypatch.setattr(FuseRound, "weight_step", real)
+    state = load_tree(tmp_path / "fuse_checkpoint.fx")
+    assert state["environment"] == {"torch": torch.__version__, "threads": 1, "device": "cpu"}
+    state["environment"]["threads"] = 16  # as if written by a process with 16 threads
+    save_tree(tmp_path / "fuse_checkpoint.fx", state)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fuse(SearchSpace(width=4, depth=1), tiny, out_dir=tmp_path, **kw)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, NondeterminismWarning)]
+    assert len(msgs) == 1 and "threads 16 then, 1 now" in msgs[0]

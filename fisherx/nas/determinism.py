@@ -83,6 +83,27 @@ def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None
         set_rng_state(saved, device)
 
 
+def environment(device: torch.device) -> dict:
+    """What a bit-exact resume needs to be the same as when the checkpoint was written: the torch version, its
+    CPU thread count (reductions split differently over another number of threads) and the device."""
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": name}
+
+
+def check_environment(saved: dict | None, device: torch.device, what: str) -> None:
+    """Warn (:class:`NondeterminismWarning`) when ``what`` resumes in another environment than the one that wrote
+    its checkpoint: the run goes on correctly, but need not end bit-identical to an uninterrupted one."""
+    if saved is None:
+        return
+    now = environment(device)
+    diff = [f"{k} {saved.get(k)!r} then, {now[k]!r} now" for k in now if saved.get(k) != now[k]]
+    if diff:
+        warnings.warn(f"{what} resumes in another environment than the one that wrote its checkpoint "
+                      f"({'; '.join(diff)}): it continues correctly, but its result may differ in the last bits "
+                      "from an uninterrupted run", NondeterminismWarning, stacklevel=3)
+
+
 # ------------------------------------------------------------------------------------------ deterministic kernels
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from ..io import save_tree
 from ..train import seeded
 from .cost import CostMeter
-from .determinism import reproducible, rng_state, set_rng_state
+from .determinism import check_environment, environment, reproducible, rng_state, set_rng_state
 from ._common import (SearchFiles, accuracy, batches, data_fingerprint, device_name, final_training, logits_of,
                       pick_device, resolve_data, shape_of, show_progress, split)
 from .genotype import Genotype
@@ -205,6 +205,13 @@ class Checkpointer:
             self.files.save_state({**self.base(), "inflight": inflight()})
 
 
+def run_state(device: torch.device, meter: CostMeter, nondet: list) -> dict:
+    """The part of every search checkpoint that is not the search's own: the global random states, the environment
+    (:func:`fisherx.nas.determinism.environment`), the cost so far and the nondeterministic operations met."""
+    return {"rng": rng_state(device), "environment": environment(device), "cost": meter.snapshot(),
+            "nondeterministic_ops": list(nondet)}
+
+
 def round_state(rnd: FuseRound, data_gen: torch.Generator, extra: dict) -> dict:
     """The in-flight state of a round (the tree a mid-round checkpoint stores): the candidates' weights and
     BatchNorm buffers, α, both Adam states, the batch-order generator, and the caller's position/bookkeeping."""
@@ -281,6 +288,7 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
 
     with reproducible(seed, device, deterministic=deterministic, found=nondet):
         if state is not None:
+            check_environment(state.get("environment"), device, f"FUSE in {files.dir}")
             gen.set_state(state["generator"])
             set_rng_state(state["rng"], device)
             best = Genotype.from_dict(state["best"]) if state["best"] is not None else None
@@ -314,8 +322,7 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
                 inflight = None
                 ckpt.base = lambda: {"round": r - 1, "generator": gen.get_state(),
                                      "best": best.to_dict() if best is not None else None, "history": history,
-                                     "rng": rng_state(device), "cost": meter.snapshot(),
-                                     "nondeterministic_ops": list(nondet)}
+                                     **run_state(device, meter, nondet)}
                 for a in range(a0, alternations):
                     here = lambda: round_state(rnd, data_gen, {  # noqa: E731 (read at checkpoint time)
                         "candidates": [g.to_dict() for g in cands], "round_seed": round_seed,
@@ -343,8 +350,7 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
                     "elapsed_s": meter.snapshot()["search"]["wall_s"],
                 })
                 files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(),
-                                  "history": history, "rng": rng_state(device), "cost": meter.snapshot(),
-                                  "nondeterministic_ops": list(nondet)}, history)
+                                  "history": history, **run_state(device, meter, nondet)}, history)
                 bar.update(1)
                 bar.set_postfix(val_acc=f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}", C=len(cands))
         bar.close()

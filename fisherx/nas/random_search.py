@@ -18,9 +18,9 @@ from ..train import seeded
 from ._common import (SearchFiles, accuracy, data_fingerprint, logits_of, pick_device, resolve_data, shape_of,
                       show_progress, split)
 from .cost import CostMeter
-from .determinism import reproducible, rng_state, set_rng_state
+from .determinism import check_environment, reproducible, set_rng_state
 from .fuse import (Checkpointer, FuseResult, FuseRound, _distinct_candidates, _final, _new_seed, _save_winner,
-                   load_round_state, new_position, round_state, search_cost, train_epochs)
+                   load_round_state, new_position, round_state, run_state, search_cost, train_epochs)
 from .genotype import Genotype
 from .space import SearchSpace
 
@@ -66,6 +66,7 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
 
     with reproducible(seed, device, deterministic=deterministic, found=nondet):
         if state is not None:
+            check_environment(state.get("environment"), device, f"random search in {files.dir}")
             gen.set_state(state["generator"])
             set_rng_state(state["rng"], device)
             history, start, inflight = list(state["history"]), int(state["round"]) + 1, state.get("inflight")
@@ -95,8 +96,7 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
                     pos = inflight["position"]
                 inflight = None
                 ckpt.base = lambda: {"round": i - 1, "generator": gen.get_state(), "history": history,
-                                     "rng": rng_state(device), "cost": meter.snapshot(),
-                                     "nondeterministic_ops": list(nondet)}
+                                     **run_state(device, meter, nondet)}
                 here = lambda: round_state(solo, data_gen, {  # noqa: E731 (read at checkpoint time)
                     "genotype": g.to_dict(), "seed": cand_seed, "position": pos})
                 losses = train_epochs(solo, x_tr, y_tr, epochs=epochs_per_candidate, batch_size=batch_size,
@@ -108,8 +108,7 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
                                 "train_loss": sum(last) / len(last), "candidate_epochs": epochs_per_candidate,
                                 "weight_steps": len(losses), "elapsed_s": meter.snapshot()["search"]["wall_s"]})
                 files.save_round({"round": i, "generator": gen.get_state(), "history": history,
-                                  "rng": rng_state(device), "cost": meter.snapshot(),
-                                  "nondeterministic_ops": list(nondet)}, history)
+                                  **run_state(device, meter, nondet)}, history)
                 bar.update(1)
                 bar.set_postfix(best_val=f"{max(h['val_accuracy'] for h in history):.3f}")
         bar.close()
