@@ -27,6 +27,24 @@ def tiny():
     return preset("digits", max_train_per_label=20)[2].load()  # T2 again, 3 batches of 32 per epoch
 
 
+def _interrupt_at_step(k, search, *args, **kwargs):
+    """Run ``search`` until its k-th weight step, which raises KeyboardInterrupt as a kill there would stop it."""
+    real, count = FuseRound.weight_step, [0]
+
+    def step(self, x, y):
+        count[0] += 1
+        if count[0] == k:
+            raise KeyboardInterrupt
+        return real(self, x, y)
+
+    FuseRound.weight_step = step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(*args, **kwargs)
+    finally:
+        FuseRound.weight_step = real
+
+
 def _nets(gs, seed=0):
     torch.manual_seed(seed)
     return [g.build(1, 5, width=4, depth=2) for g in gs]
@@ -132,7 +150,7 @@ def test_same_seed_same_search_different_seed_different_candidates(tiny):
     assert a.history[0]["candidates"] != c.history[0]["candidates"]
 
 
-def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny, tmp_path, monkeypatch):
+def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny, tmp_path):
     space = SearchSpace(width=4, depth=1)
     kw = dict(budget=5, epochs_per_candidate=2, batch_size=32, final_epochs=1, device="cpu", progress=False,
               checkpoint_every=2)
@@ -144,18 +162,7 @@ def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny
     assert whole.genotype == Genotype.from_dict(best["genotype"])
 
     # Interrupted inside the second candidate (its 2nd of 6 steps; the checkpoint after step 6 + 2 = 8 of 12)...
-    real, count = FuseRound.weight_step, [0]
-
-    def step(self, x, y):
-        count[0] += 1
-        if count[0] == 10:
-            raise KeyboardInterrupt
-        return real(self, x, y)
-
-    monkeypatch.setattr(FuseRound, "weight_step", step)
-    with pytest.raises(KeyboardInterrupt):
-        random_search(space, tiny, seed=0, out_dir=tmp_path, **kw)
-    monkeypatch.setattr(FuseRound, "weight_step", real)
+    _interrupt_at_step(10, random_search, space, tiny, seed=0, out_dir=tmp_path, **kw)
     from fisherx.io import load_tree
 
     state = load_tree(tmp_path / "random_checkpoint.fx")
@@ -232,24 +239,12 @@ def test_search_killed_at_a_random_step_resumes_bit_exactly(tmp_path):
     assert resumed.cost["stages"]["search"]["runs"] == 2  # the killed run's time is counted too
 
 
-def test_mid_round_checkpoint_holds_the_whole_training_state(tmp_path, monkeypatch):
+def test_mid_round_checkpoint_holds_the_whole_training_state(tiny, tmp_path):
     """Every piece a bit-exact resume needs is in the file: weights, α, both Adam states, the batch position, the
     batch-order generator, the search generator and the global random states."""
     from fisherx.io import load_tree
 
-    real = FuseRound.weight_step
-    count = [0]
-
-    def step(self, x, y):
-        count[0] += 1
-        if count[0] == 5:
-            raise KeyboardInterrupt
-        return real(self, x, y)
-
-    monkeypatch.setattr(FuseRound, "weight_step", step)
-    data = preset("digits", max_train_per_label=20)[2].load()
-    with pytest.raises(KeyboardInterrupt):
-        fuse(SearchSpace(width=4, depth=1), data, out_dir=tmp_path, **KILL_KW)
+    _interrupt_at_step(5, fuse, SearchSpace(width=4, depth=1), tiny, out_dir=tmp_path, **KILL_KW)
     state = load_tree(tmp_path / "fuse_checkpoint.fx")
     assert state["round"] == -1 and state["history"] == []
     inflight = state["inflight"]
@@ -364,25 +359,14 @@ def test_warnings_are_passed_on_when_a_search_is_interrupted(tiny, monkeypatch):
     assert [w.category for w in caught] == [NondeterminismWarning, RuntimeWarning]  # in the order raised
 
 
-def test_resuming_in_another_environment_warns_that_bits_may_differ(tiny, tmp_path, monkeypatch):
+def test_resuming_in_another_environment_warns_that_bits_may_differ(tiny, tmp_path):
     import warnings
 
     from fisherx.io import load_tree, save_tree
     from fisherx.nas.determinism import NondeterminismWarning
 
-    real, count = FuseRound.weight_step, [0]
-
-    def step(self, x, y):
-        count[0] += 1
-        if count[0] == 5:
-            raise KeyboardInterrupt
-        return real(self, x, y)
-
-    monkeypatch.setattr(FuseRound, "weight_step", step)
     kw = {**KILL_KW, "rounds": 1, "alternations": 1}
-    with pytest.raises(KeyboardInterrupt):
-        fuse(SearchSpace(width=4, depth=1), tiny, out_dir=tmp_path, **kw)
-    monkeypatch.setattr(FuseRound, "weight_step", real)
+    _interrupt_at_step(5, fuse, SearchSpace(width=4, depth=1), tiny, out_dir=tmp_path, **kw)
     state = load_tree(tmp_path / "fuse_checkpoint.fx")
     assert state["environment"] == {"torch": torch.__version__, "threads": 1, "device": "cpu"}
     state["environment"]["threads"] = 16  # as if written by a process with 16 threads

@@ -212,6 +212,16 @@ def run_state(device: torch.device, meter: CostMeter, nondet: list) -> dict:
             "nondeterministic_ops": list(nondet)}
 
 
+def resume_run(state: dict, device: torch.device, gen: torch.Generator, nondet: list, what: str):
+    """Undo :func:`run_state` from a checkpoint (inside :func:`reproducible`): restore the search generator and the
+    global random states, warn if the environment changed; returns (history, first round to run, in-flight round)."""
+    check_environment(state.get("environment"), device, what)
+    gen.set_state(state["generator"])
+    set_rng_state(state["rng"], device)
+    nondet.extend(state.get("nondeterministic_ops", []))
+    return list(state["history"]), int(state["round"]) + 1, state.get("inflight")
+
+
 def round_state(rnd: FuseRound, data_gen: torch.Generator, extra: dict) -> dict:
     """The in-flight state of a round (the tree a mid-round checkpoint stores): the candidates' weights and
     BatchNorm buffers, α, both Adam states, the batch-order generator, and the caller's position/bookkeeping."""
@@ -288,12 +298,8 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
 
     with reproducible(seed, device, deterministic=deterministic, found=nondet):
         if state is not None:
-            check_environment(state.get("environment"), device, f"FUSE in {files.dir}")
-            gen.set_state(state["generator"])
-            set_rng_state(state["rng"], device)
+            history, start, inflight = resume_run(state, device, gen, nondet, f"FUSE in {files.dir}")
             best = Genotype.from_dict(state["best"]) if state["best"] is not None else None
-            history, start, inflight = list(state["history"]), int(state["round"]) + 1, state.get("inflight")
-            nondet.extend(state.get("nondeterministic_ops", []))
         bar = tqdm(total=rounds, initial=start, desc="FUSE", unit="round", disable=not show_progress(progress))
         x_tr, y_tr = x_tr.to(device), y_tr.to(device)
         with meter.stage("search"):

@@ -18,9 +18,9 @@ from ..train import seeded
 from ._common import (SearchFiles, accuracy, data_fingerprint, logits_of, pick_device, resolve_data, shape_of,
                       show_progress, split)
 from .cost import CostMeter
-from .determinism import check_environment, reproducible, set_rng_state
+from .determinism import reproducible
 from .fuse import (Checkpointer, FuseResult, FuseRound, _distinct_candidates, _final, _new_seed, _save_winner,
-                   load_round_state, new_position, round_state, run_state, search_cost, train_epochs)
+                   load_round_state, new_position, resume_run, round_state, run_state, search_cost, train_epochs)
 from .genotype import Genotype
 from .space import SearchSpace
 
@@ -66,11 +66,7 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
 
     with reproducible(seed, device, deterministic=deterministic, found=nondet):
         if state is not None:
-            check_environment(state.get("environment"), device, f"random search in {files.dir}")
-            gen.set_state(state["generator"])
-            set_rng_state(state["rng"], device)
-            history, start, inflight = list(state["history"]), int(state["round"]) + 1, state.get("inflight")
-            nondet.extend(state.get("nondeterministic_ops", []))
+            history, start, inflight = resume_run(state, device, gen, nondet, f"random search in {files.dir}")
         seen = {Genotype.from_dict(h["genotype"]).key() for h in history}
         bar = tqdm(total=n, initial=start, desc="random search", unit="arch", disable=not show_progress(progress))
         x_tr, y_tr = x_tr.to(device), y_tr.to(device)
