@@ -301,7 +301,8 @@ void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate
   // Weighted: every batch chunk reads and writes the task's tile of all R outputs once, so chunks 8x larger than
   // the cache-sized default (packs of ~4 MB) cut that traffic, which dominates when R is large and P small.
   const int64_t pack = weighted ? 8 * kPackElems : kPackElems;
-  const int64_t bc = std::clamp<int64_t>(pack / std::max<int64_t>(1, P * (NR + mchunk)), 1, B);
+  int64_t bc = std::clamp<int64_t>(pack / std::max<int64_t>(1, P * (NR + mchunk)), 1, B);
+  if (weighted) bc = std::clamp<int64_t>(pack / (MR * NR), 1, bc);  // the squared tiles' buffer: pack elements
 
 #pragma omp parallel num_threads(std::max(1, nthreads)) if (ntasks > 1)
   {

@@ -20,6 +20,7 @@ Modules without a rule go through :mod:`.fallback` (chunked ``torch.func``), wit
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -60,6 +61,7 @@ def batch_sum(sq: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return torch.tensordot(weights.to(sq.dtype), sq, dims=([1], [0]))
 
 
+@functools.lru_cache(maxsize=None)  # asked once per layer and batch: inspect only once per rule
 def supports_weights(rule: Rule) -> bool:
     """Whether ``rule`` takes the bootstrap ``weights`` keyword (the built-in rules all do)."""
     import inspect
