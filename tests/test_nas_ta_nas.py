@@ -142,6 +142,7 @@ def test_ta_nas_reports_the_cost_of_every_stage(tasks, tmp_path):
     assert c["device"].startswith("cpu") and c["candidates_trained"] == 2 == r.result.cost["candidates_trained"]
     assert c["peak_rss_mb"] == max(s["peak_rss_mb"] for s in c["stages"].values())
     assert c["stages"]["eps_networks"]["reused"] is False
+    assert c["nondeterministic_ops"] == []  # every kernel used on the CPU here is deterministic
     text = r.summary()
     assert "candidates trained" in text and all(s in text for s in c["stages"])
     assert "2 candidates trained" in r.result.summary() and "peak memory" in r.result.summary()

@@ -36,6 +36,7 @@ from torch import nn
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
 from ._common import device_name, pick_device, resolve_data, show_progress
 from .cost import CostMeter
+from .determinism import reproducible
 from .fuse import FuseResult, fuse
 from .genotype import Genotype
 from .random_search import random_search
@@ -367,23 +368,27 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     meter = CostMeter(device)
     eps_file = out / "target_eps_network.fx" if out else None
     reused = eps_file is not None and eps_file.is_file()
-    with meter.stage("eps_networks"):
-        target_net, target_eps = train_eps_network(dictionary, data, device=device, out_file=eps_file,
-                                                   progress=show_progress(progress))
-    x_test, y_test = data.test
+    # The measuring stages run under the same reproducibility settings as the searches (the ε-network keeps its
+    # family's own seed), so a nondeterministic kernel among them is reported too.
+    nondet: list = []
+    with reproducible(search.get("seed", 0), device, deterministic=search.get("deterministic", True), found=nondet):
+        with meter.stage("eps_networks"):
+            target_net, target_eps = train_eps_network(dictionary, data, device=device, out_file=eps_file,
+                                                       progress=show_progress(progress))
+        x_test, y_test = data.test
 
-    def fisher(net):
-        return fisher_diag(net.eval(), (x_test, y_test), loss="cross_entropy", kind="empirical",
-                           max_samples=fisher_samples, device=device, progress=False)
+        def fisher(net):
+            return fisher_diag(net.eval(), (x_test, y_test), loss="cross_entropy", kind="empirical",
+                               max_samples=fisher_samples, device=device, progress=False)
 
-    names = dictionary.names()
-    with meter.stage("fishers"):
-        f_bb = fisher(target_net)
-        f_ab = [fisher(dictionary.eps_network(n, device)) for n in names]
-    with meter.stage("distances"):
-        col = distance_column(f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names],
-                              target_name=f"F[{name}→{name}]")
-        distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
+        names = dictionary.names()
+        with meter.stage("fishers"):
+            f_bb = fisher(target_net)
+            f_ab = [fisher(dictionary.eps_network(n, device)) for n in names]
+        with meter.stage("distances"):
+            col = distance_column(f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names],
+                                  target_name=f"F[{name}→{name}]")
+            distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
     closest = min(names, key=lambda n: (distances[n], names.index(n)))
     space = dictionary[closest].space
 
@@ -415,6 +420,8 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
             "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
             "peak_cuda_mb": max((s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None),
                                 default=None),
+            "nondeterministic_ops": sorted(set(nondet) | {op for r in (result, *comparisons.values())
+                                                          for op in r.cost.get("nondeterministic_ops", [])}),
             "eps_s": stages["eps_networks"]["wall_s"],
             "fisher_and_distance_s": stages["fishers"]["wall_s"] + stages["distances"]["wall_s"]}
     report = TaNasResult(name, distances, closest, space, result, comparisons, eps, cost, head)
