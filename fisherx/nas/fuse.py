@@ -1,4 +1,4 @@
-"""FUSE, the fusion search of the TA-NAS papers (DESIGN §5), with per-round checkpoints and exact resume.
+"""FUSE, the fusion search of the TA-NAS papers (DESIGN §5), with checkpoints inside rounds and bit-exact resume.
 
 One round trains a set of candidate networks C jointly through their convex combination
 
@@ -21,9 +21,12 @@ Choices and why:
 - Candidates are re-initialised every round, the incumbent included: with its weights carried over the incumbent
   would win by having been trained longer, not by being a better architecture.
 - All randomness comes from one ``torch.Generator`` seeded by ``seed``: it draws the candidates and a per-round seed
-  that fixes initialisation (under ``torch.random.fork_rng``, so the global RNG is left alone) and batch order.
-  Its state is in every checkpoint, so a search killed and rerun with the same call resumes at the next round and
-  ends exactly as an uninterrupted run would (same machine and thread count).
+  that fixes initialisation (under ``torch.random.fork_rng``, so the global RNG is left alone) and batch order; the
+  global generators are seeded from ``seed`` too for the search (:mod:`fisherx.nas.determinism`).
+- Checkpoints, after every round and every ``checkpoint_every`` weight steps, hold the whole training state: the
+  candidates' weights, α, both Adam states, the batch position and every random state, so a search killed at any
+  step and rerun with the same call continues where the checkpoint left it and ends bit-identical to an
+  uninterrupted run (same machine and thread count; a resume elsewhere warns).
 - The authors' script tuned α on the test set and seeded its two new candidates identically; neither is copied.
 """
 from __future__ import annotations
