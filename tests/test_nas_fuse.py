@@ -376,3 +376,30 @@ def test_resuming_in_another_environment_warns_that_bits_may_differ(tiny, tmp_pa
         fuse(SearchSpace(width=4, depth=1), tiny, out_dir=tmp_path, **kw)
     msgs = [str(w.message) for w in caught if issubclass(w.category, NondeterminismWarning)]
     assert len(msgs) == 1 and "threads 16 then, 1 now" in msgs[0]
+
+
+def test_cost_meter_separates_waiting_from_work_and_adds_up_runs():
+    """On the CPU, device time is the process's CPU time: a stage that sleeps has wall time but next to no device
+    time; a stage that computes has both. Stages run again (or merged from a checkpoint) add up and count runs."""
+    import time
+
+    from fisherx.nas.cost import CostMeter
+
+    meter = CostMeter(torch.device("cpu"))
+    with meter.stage("wait"):
+        time.sleep(0.3)
+    with meter.stage("work"):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.3:
+            torch.randn(64, 64) @ torch.randn(64, 64)
+    wait, work = meter.stages["wait"], meter.stages["work"]
+    assert wait["wall_s"] >= 0.3 and wait["device_s"] < 0.1
+    assert work["device_s"] > 0.05 and work["peak_cuda_mb"] is None and work["peak_rss_mb"] > 10
+    resumed = CostMeter(torch.device("cpu"), meter.to_dict()["stages"])  # as a resume loads it from a checkpoint
+    with resumed.stage("wait"):
+        time.sleep(0.05)
+    assert resumed.stages["wait"]["runs"] == 2 and resumed.stages["wait"]["wall_s"] >= 0.35
+    with resumed.stage("work"):
+        snap = resumed.snapshot()  # an open stage is counted up to now (what a checkpoint stores)...
+        assert snap["work"]["runs"] == 2 and resumed.stages["work"]["runs"] == 1  # ...without being closed
+    assert resumed.stages["work"]["runs"] == 2
