@@ -31,7 +31,7 @@ def test_genotype_file_records_the_operation_set_and_the_space_with_its_hash(tmp
     space = SearchSpace.general(width=8, depth=3)
     g = _general_samples(1)[0]
     d = json.loads(g.to_json(space=space))
-    assert d["version"] == 2 and d["opset"] == {"name": OPSET["name"], "version": OPSET["version"]}
+    assert d["version"] == 2 and d["opset"] == OPSET and len(OPSET["ops"]) == 10
     assert d["space"]["hash"] == space.fingerprint() and d["space"]["opset"]["name"] == OPSET["name"]
     g.save(tmp_path / "g.json", space=space)
     back, sp = Genotype.load_with_space(tmp_path / "g.json")
@@ -52,6 +52,9 @@ def test_genotype_file_records_the_operation_set_and_the_space_with_its_hash(tmp
     # Another operation set: the same names might compute something else.
     with pytest.raises(GenotypeError, match="operation set 'other-ops' version 1"):
         Genotype.from_dict({**json.loads(g.to_json()), "opset": {"name": "other-ops", "version": 1}})
+    renamed = {**OPSET, "ops": ["nothing", *OPSET["ops"][1:]]}
+    with pytest.raises(GenotypeError, match="lists the operations"):
+        Genotype.from_dict({**json.loads(g.to_json()), "opset": renamed})
 
 
 def test_version_1_files_are_still_read():

@@ -108,7 +108,7 @@ class Genotype:
         d = {
             "format": GENOTYPE_FORMAT,
             "version": GENOTYPE_VERSION,
-            "opset": {"name": OPSET["name"], "version": OPSET["version"]},
+            "opset": {"name": OPSET["name"], "version": OPSET["version"], "ops": list(OPSET["ops"])},
             "normal": [[[op, inp] for op, inp in node] for node in self.normal],
             "reduce": [[[op, inp] for op, inp in node] for node in self.reduce],
         }
@@ -225,6 +225,9 @@ def _check_opset(opset: Any, source: str) -> None:
     if (opset["name"], opset["version"]) != (OPSET["name"], OPSET["version"]):
         raise GenotypeError(f"{source}: written for operation set {opset['name']!r} version {opset['version']!r}; "
                             f"this fisherx has {OPSET['name']!r} version {OPSET['version']}")
+    if list(opset.get("ops", OPSET["ops"])) != list(OPSET["ops"]):
+        raise GenotypeError(f"{source}: its operation set {opset['name']!r} lists the operations {opset['ops']}, not "
+                            f"this fisherx's {OPSET['ops']}: the file was edited or damaged")
 
 
 def _cell_text(cell: CellSpec) -> str:

@@ -162,7 +162,8 @@ class SearchSpace:
     def _definition(self) -> dict:
         # Everything that defines the space (not its display name): what the hash covers.
         return {"format": SPACE_FORMAT, "version": SPACE_VERSION,
-                "opset": {"name": OPSET["name"], "version": OPSET["version"]}, "ops": list(self.ops),
+                "opset": {"name": OPSET["name"], "version": OPSET["version"], "ops": list(OPSET["ops"])},
+                "ops": list(self.ops),
                 "nodes": list(self.nodes), "width": self.width, "depth": self.depth,
                 "stem_multiplier": self.stem_multiplier}
 
