@@ -80,6 +80,14 @@ def test_distributed_fisher_equals_the_single_process_fisher(tmp_path):
     y = torch.randint(0, 5, (37,))
     torch.save({"model": model.state_dict(), "x": x, "y": y}, tmp_path / "inputs.pt")
     fisherx.fisher_diag(model, (x, y), progress=False).save(tmp_path / "reference.fx")
+    # Bootstrap: each rank weights its shard with its own seed (rank mixed in: shard indices restart at 0), and the
+    # replicates' weighted sums and weight totals add up: F_r = (W0_r·F0_r + W1_r·F1_r) / (W0_r + W1_r).
+    parts = [fisherx.fisher_diag(model, (x[sl], y[sl]), progress=False, bootstrap=4, bootstrap_seed=5 + (r << 40))
+             for r, sl in enumerate((slice(0, 20), slice(20, 37)))]
+    w = torch.stack([p.replicate_weights for p in parts])  # (2, R)
+    boot = {n: sum(p.replicates[n] * w[r].reshape(-1, *[1] * p[n].dim()) for r, p in enumerate(parts))
+            / w.sum(0).reshape(-1, *[1] * parts[0][n].dim()) for n in parts[0]}
+    torch.save(boot, tmp_path / "boot.pt")
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
         import torch
@@ -97,6 +105,12 @@ def test_distributed_fisher_equals_the_single_process_fisher(tmp_path):
         assert f.n_samples == 37, f.n_samples
         for name in ref:
             torch.testing.assert_close(f[name], ref[name], rtol=1e-12, atol=0)
+        fb = fisherx.fisher_diag(model, (inputs["x"][shard], inputs["y"][shard]), progress=False, bootstrap=4,
+                                 bootstrap_seed=5)
+        boot = torch.load({str(tmp_path / 'boot.pt')!r})
+        for name in ref:
+            torch.testing.assert_close(fb[name], ref[name], rtol=1e-12, atol=0)
+            torch.testing.assert_close(fb.replicates[name], boot[name], rtol=1e-12, atol=0)
         print(f"rank {{rank}} ok")
     """))
     res = torchrun([str(script)])
