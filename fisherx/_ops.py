@@ -175,33 +175,38 @@ def trace(x: torch.Tensor) -> torch.Tensor:
 # Distances of K source rows against one target, in one launch
 
 
+def _checked_column(kernel: str, reference, sources: torch.Tensor, target: torch.Tensor, source_name: str,
+                    target_name: str) -> torch.Tensor:
+    """Run the column kernel ``kernel`` (ftd_column, cosine_column), whose pass also yields every row's statistics,
+    and reject bad input by name; the PyTorch ``reference`` where no compiled kernel can run."""
+    _check_column(sources, target, source_name, target_name)
+    k, n = sources.shape
+    names = _row_names(source_name, k) + [target_name]
+    backend = _backend(sources)
+    if backend == "reference":
+        _raise_on_bad_rows(torch.cat([ref.row_stats(sources), ref.row_stats(target[None])]), names)
+        return reference(sources, target)
+    out = torch.empty(k, dtype=torch.float64, device=sources.device)
+    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
+    addr, _, rs, s = _rows(sources)
+    args = (_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0), out.data_ptr(),
+            stats.data_ptr())
+    if backend == "cpu":
+        getattr(_C.cpu, kernel)(*args, torch.get_num_threads())
+    else:
+        with torch.cuda.device(sources.device):
+            getattr(_C.cuda, kernel)(*args, _workspace(k, n, sources.device).data_ptr(), _stream(sources.device))
+    _raise_on_bad_rows(stats, names)
+    return out
+
+
 @torch.library.custom_op("fisherx::ftd_column", mutates_args=())
 def ftd_column(sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
     """FTD of every row of ``sources`` (K, n) against ``target`` (n,): (K,) float64.
 
     d_k = (1/√2)·‖√F̂_k − √F̂_target‖₂, with F̂ = F / tr(F).
     """
-    _check_column(sources, target, source_name, target_name)
-    k, n = sources.shape
-    out = torch.empty(k, dtype=torch.float64, device=sources.device)
-    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
-    backend = _backend(sources)
-    if backend == "reference":
-        stats[:k] = ref.row_stats(sources)
-        stats[k] = ref.row_stats(target[None])[0]
-        _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
-        return ref.ftd_column(sources, target)
-    addr, _, rs, s = _rows(sources)
-    if backend == "cpu":
-        _C.cpu.ftd_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
-                          out.data_ptr(), stats.data_ptr(), torch.get_num_threads())
-    else:
-        with torch.cuda.device(sources.device):
-            _C.cuda.ftd_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
-                               out.data_ptr(), stats.data_ptr(), _workspace(k, n, sources.device).data_ptr(),
-                               _stream(sources.device))
-    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
-    return out
+    return _checked_column("ftd_column", ref.ftd_column, sources, target, source_name, target_name)
 
 
 @ftd_column.register_fake
@@ -247,27 +252,7 @@ def _(sources, target, sigma2, normalize, source_name, target_name):
 @torch.library.custom_op("fisherx::cosine_column", mutates_args=())
 def cosine_column(sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
     """Cosine similarity Σ_j a_kj·b_j / (‖a_k‖·‖b‖) of every source row against the target: (K,) float64."""
-    _check_column(sources, target, source_name, target_name)
-    k, n = sources.shape
-    out = torch.empty(k, dtype=torch.float64, device=sources.device)
-    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
-    backend = _backend(sources)
-    if backend == "reference":
-        stats[:k] = ref.row_stats(sources)
-        stats[k] = ref.row_stats(target[None])[0]
-        _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
-        return ref.cosine_column(sources, target)
-    addr, _, rs, s = _rows(sources)
-    if backend == "cpu":
-        _C.cpu.cosine_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
-                             out.data_ptr(), stats.data_ptr(), torch.get_num_threads())
-    else:
-        with torch.cuda.device(sources.device):
-            _C.cuda.cosine_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
-                                  out.data_ptr(), stats.data_ptr(), _workspace(k, n, sources.device).data_ptr(),
-                                  _stream(sources.device))
-    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name])
-    return out
+    return _checked_column("cosine_column", ref.cosine_column, sources, target, source_name, target_name)
 
 
 @cosine_column.register_fake
