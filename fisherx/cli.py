@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epsilon", type=float, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")
+    p.add_argument("--bootstrap", type=int, default=0,
+                   help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)")
+    p.add_argument("--gates", default="warn", choices=["warn", "refuse", "off"],
+                   help="sanity gates (accuracy vs epsilon, collapsed Fisher, d[a,a] = 0): warn, refuse or off")
     p.add_argument("--fisher-samples", type=int, default=None, help="at most this many test samples per Fisher")
     p.add_argument("--max-train-per-label", type=int, default=None, help="cap training samples per label")
     p.add_argument("--image-size", type=int, default=None, help="resize images (image folders default to 32)")

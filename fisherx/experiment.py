@@ -17,6 +17,7 @@ import numpy as np
 
 from . import distributed as _fxd
 from . import models as _models
+from . import trust as _trust
 from .cache import Cache
 from .distance import METRICS, distance_column
 from .io import atomic_write_bytes, atomic_write_text
@@ -36,6 +37,11 @@ class TaskDistanceResult:
     ``accuracies[arch]`` is (S, K): the test accuracy of every task's network. ``head_mode`` says how networks
     with fewer labels than the family were handled ("shared": one head width for all, DESIGN §1; "refit": N_a's
     head refitted on b with features frozen before F_ab). For ``metric="cosine"`` the values are similarities.
+
+    Trust (:mod:`fisherx.trust`, docs/trust.md): ``replicates[arch]`` is (S, R, K, K), the paired bootstrap
+    replicates d_r[a, b] of every seed's matrix over its test samples (``task_distances(bootstrap=R)``; empty
+    without); ``concentration[arch]`` (S, K, K) the share of tr(F_ab) in its 10 largest entries; ``level`` the
+    confidence level of :meth:`interval_seeds` and :meth:`interval_bootstrap`.
     """
 
     task_names: list
@@ -48,6 +54,9 @@ class TaskDistanceResult:
     head_width: int
     config: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    replicates: dict = field(default_factory=dict)
+    concentration: dict = field(default_factory=dict)
+    level: float = _trust.LEVEL
 
     # -- statistics ------------------------------------------------------------------------------------------
     def mean(self, arch: Optional[str] = None) -> np.ndarray:
@@ -66,6 +75,34 @@ class TaskDistanceResult:
         pick = np.nanargmax if self.metric == "cosine" else np.nanargmin
         return {t: self.task_names[int(pick(m[:, j]))] for j, t in enumerate(self.task_names)}
 
+    # -- trust (fisherx.trust) -------------------------------------------------------------------------------
+    def draws(self, arch: Optional[str] = None) -> np.ndarray:
+        """(N, K, K): every matrix behind the closest-task probabilities, seeds × bootstrap replicates pooled (the
+        seeds' matrices alone without bootstrap)."""
+        a = self._arch(arch)
+        reps = self.replicates.get(a)
+        return self.distances[a] if reps is None else reps.reshape(-1, *reps.shape[2:])
+
+    def interval_seeds(self, arch: Optional[str] = None) -> Optional[np.ndarray]:
+        """(K, K, 2): Student's t interval of the mean over seeds at ``level``; None with a single seed."""
+        d = self.distances[self._arch(arch)]
+        return _trust.seed_interval(d, self.level) if d.shape[0] > 1 else None
+
+    def interval_bootstrap(self, arch: Optional[str] = None) -> Optional[np.ndarray]:
+        """(S, K, K, 2): each seed's basic bootstrap interval over its test samples; None without bootstrap."""
+        a = self._arch(arch)
+        reps = self.replicates.get(a)
+        return None if reps is None else _trust.bootstrap_interval(self.distances[a], reps, self.level, axis=1)
+
+    def closest_probability(self, arch: Optional[str] = None) -> np.ndarray:
+        """P[a, b]: the share of :meth:`draws` in which source a is the closest to target b."""
+        return _trust.closest_probability(self.draws(arch), self.metric)
+
+    def verdicts(self, arch: Optional[str] = None, threshold: float = _trust.CLEAR_WINNER) -> dict:
+        """Per target: "T3 is the closest to T2 in 97% of 300 draws", or "no clear winner for T2 (T3 60%, ...)"."""
+        return _trust.closest_verdicts(self.closest_probability(arch), self.task_names, len(self.draws(arch)),
+                                       threshold)
+
     def _arch(self, arch: Optional[str]) -> str:
         if arch is None:
             return self.archs[0]
@@ -79,22 +116,44 @@ class TaskDistanceResult:
         blocks = []
         for a in ([arch] if arch else self.archs):
             mean, std = self.mean(a), self.std(a)
-            cells = [[f"{mean[i, j]:.{digits}f} ± {std[i, j]:.{digits}f}" for j in range(len(self.task_names))]
-                     for i in range(len(self.task_names))]
-            w = max(len(c) for row in cells for c in row)
-            wn = max(len(n) for n in self.task_names + ["source"])
             acc = self.accuracies[a].mean(axis=0)
             head = (f"{a}: {self.metric} {'similarity' if self.metric == 'cosine' else 'distance'}, mean ± std over "
                     f"{len(self.seeds)} seed(s), rows = source, columns = target; head: {self.head_mode} "
                     f"(width {self.head_width})")
-            lines = [head, f"{'source':<{wn}}  " + "  ".join(f"{n:>{w}}" for n in self.task_names)]
-            for i, n in enumerate(self.task_names):
-                lines.append(f"{n:<{wn}}  " + "  ".join(f"{c:>{w}}" for c in cells[i]))
+            lines = [head] + self._grid(lambda i, j: f"{mean[i, j]:.{digits}f} ± {std[i, j]:.{digits}f}")
             lines.append("test accuracy: " + ", ".join(f"{n} {acc[i]:.3f}" for i, n in enumerate(self.task_names)))
             closest = self.closest(a)
             lines.append("closest source per target: " + ", ".join(f"{t} ← {s}" for t, s in closest.items()))
+            lines += self._interval_lines(a, digits)
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
+
+    def _grid(self, cell) -> list:
+        """A K × K text grid, rows = source, columns = target, ``cell(i, j)`` in each place."""
+        k = len(self.task_names)
+        cells = [[cell(i, j) for j in range(k)] for i in range(k)]
+        w = max(len(c) for row in cells for c in row)
+        wn = max(len(n) for n in self.task_names + ["source"])
+        lines = [f"{'source':<{wn}}  " + "  ".join(f"{n:>{w}}" for n in self.task_names)]
+        for i, n in enumerate(self.task_names):
+            lines.append(f"{n:<{wn}}  " + "  ".join(f"{c:>{w}}" for c in cells[i]))
+        return lines
+
+    def _interval_lines(self, a: str, digits: int) -> list:
+        lines, pct = [], f"{100 * self.level:g}%"
+        seeds, boot = self.interval_seeds(a), self.interval_bootstrap(a)
+        if seeds is not None:
+            lines.append(f"{pct} interval of the mean over seeds (Student t):")
+            lines += self._grid(lambda i, j: f"[{seeds[i, j, 0]:.{digits}f}, {seeds[i, j, 1]:.{digits}f}]")
+        if boot is not None:
+            lo, hi = boot.mean(axis=0).transpose(2, 0, 1)
+            lines.append(f"{pct} bootstrap interval over the test samples ({self.replicates[a].shape[1]} replicates, "
+                         "basic), each seed's bounds averaged over the seeds:")
+            lines += self._grid(lambda i, j: f"[{lo[i, j]:.{digits}f}, {hi[i, j]:.{digits}f}]")
+        n = len(self.draws(a))
+        what = "seeds × replicates" if boot is not None else "seeds"
+        lines.append(f"closest source over {n} draws ({what}): " + "; ".join(self.verdicts(a).values()))
+        return lines
 
     def __str__(self) -> str:
         return self.table()
@@ -111,6 +170,13 @@ class TaskDistanceResult:
             "accuracies": {a: self.accuracies[a].tolist() for a in self.archs},
             "closest": {a: self.closest(a) for a in self.archs},
             "config": self.config, "stats": self.stats,
+            "level": self.level,
+            "interval_seeds": {a: _tolist(self.interval_seeds(a)) for a in self.archs},
+            "interval_bootstrap": {a: _tolist(self.interval_bootstrap(a)) for a in self.archs},
+            "closest_probability": {a: self.closest_probability(a).tolist() for a in self.archs},
+            "verdicts": {a: self.verdicts(a) for a in self.archs},
+            "replicates": {a: r.tolist() for a, r in self.replicates.items()},
+            "concentration": {a: c.tolist() for a, c in self.concentration.items()},
         }
 
     def to_json(self, path=None) -> str:
@@ -129,7 +195,10 @@ class TaskDistanceResult:
         return cls(d["task_names"], d["archs"], d["seeds"], d["metric"],
                    {a: np.asarray(v, dtype=np.float64) for a, v in d["distances"].items()},
                    {a: np.asarray(v, dtype=np.float64) for a, v in d["accuracies"].items()},
-                   d["head_mode"], d["head_width"], d.get("config", {}), d.get("stats", {}))
+                   d["head_mode"], d["head_width"], d.get("config", {}), d.get("stats", {}),
+                   {a: np.asarray(v, dtype=np.float64) for a, v in d.get("replicates", {}).items()},
+                   {a: np.asarray(v, dtype=np.float64) for a, v in d.get("concentration", {}).items()},
+                   d.get("level", _trust.LEVEL))
 
     def to_csv(self, path=None) -> str:
         """One row per (arch, source, target): mean, std and the value of every seed."""
@@ -213,6 +282,40 @@ class TaskDistanceResult:
         return _save_figure(fig, path)
 
 
+    def plot_intervals(self, path, digits: int = 2) -> Path:
+        """Per architecture and target: every source's mean distance with its interval as an error bar (over seeds
+        when there are several, else the bootstrap one) and, above it, its probability of being the closest."""
+        plt = _pyplot()
+        k, n = len(self.task_names), len(self.archs)
+        fig, axes = plt.subplots(n, k, figsize=(2.6 * k + 0.5, 2.8 * n + 0.6), squeeze=False)
+        for r, a in enumerate(self.archs):
+            mean, prob = self.mean(a), self.closest_probability(a)
+            iv = self.interval_seeds(a)
+            iv = iv if iv is not None else (self.interval_bootstrap(a).mean(axis=0)
+                                            if a in self.replicates else np.stack([mean, mean], axis=-1))
+            for j, tgt in enumerate(self.task_names):
+                ax, src = axes[r, j], [i for i in range(k) if i != j]
+                m = mean[src, j]
+                err = np.abs(np.stack([m - iv[src, j, 0], iv[src, j, 1] - m]))
+                ax.bar(range(len(src)), m, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
+                for x, i in enumerate(src):
+                    ax.annotate(f"{100 * prob[i, j]:.0f}%", (x, iv[i, j, 1]), textcoords="offset points",
+                                xytext=(0, 3), ha="center", fontsize=8)
+                ax.set_xticks(range(len(src)), [self.task_names[i] for i in src])
+                ax.set_title(f"{a}: → {tgt}", fontsize=9)
+                ax.margins(y=0.2)
+                if j == 0:
+                    ax.set_ylabel(self.metric)
+        fig.suptitle(f"mean {self.metric} per source, {100 * self.level:g}% interval; % = P(closest) over "
+                     f"{len(self.draws())} draws", fontsize=9)
+        fig.tight_layout()
+        return _save_figure(fig, path)
+
+
+def _tolist(x):
+    return None if x is None else x.tolist()
+
+
 def classical_mds(d: np.ndarray, dims: int = 2) -> np.ndarray:
     """Classical (Torgerson) MDS: coordinates whose Euclidean distances best match the symmetric matrix ``d``.
 
@@ -275,21 +378,29 @@ def _check_family(tasks: Sequence[Task], datas: Sequence[TaskData]) -> None:
 def _fisher_entry(fisher) -> dict:
     # Names and values as parallel lists: the order of parameters is part of a Fisher's layout.
     names = list(fisher.keys())
-    return {"names": names, "values": [fisher[n].detach().to("cpu") for n in names],
-            "n_samples": int(fisher.n_samples), "meta": dict(fisher.meta)}
+    entry = {"names": names, "values": [fisher[n].detach().to("cpu") for n in names],
+             "n_samples": int(fisher.n_samples), "meta": dict(fisher.meta)}
+    if fisher.replicates is not None:  # bootstrap=R: (R, *shape) per parameter, and the weight totals
+        entry["replicates"] = [fisher.replicates[n].to("cpu") for n in names]
+        entry["replicate_weights"] = fisher.replicate_weights
+    return entry
 
 
 def _fisher_from_entry(entry: dict):
     from .fisher import FisherDiag
 
-    return FisherDiag(dict(zip(entry["names"], entry["values"])), entry["n_samples"], entry["meta"])
+    names = entry["names"]
+    reps = dict(zip(names, entry["replicates"])) if "replicates" in entry else None
+    return FisherDiag(dict(zip(names, entry["values"])), entry["n_samples"], entry["meta"], replicates=reps,
+                      replicate_weights=entry.get("replicate_weights"))
 
 
 def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds: Sequence[int] = (0, 1, 2),
                    epochs: int = 10, metric: str = "ftd", cache_dir=None, data_dir=None, *,
                    batch_size: int = 128, lr: float = 1e-3, epsilon: Optional[float] = 0.1, head: str = "shared",
                    head_epochs: int = 5, fisher_kind: str = "empirical", fisher_samples: Optional[int] = None,
-                   sigma2: float = 1e-8, device=None, progress: bool = True) -> TaskDistanceResult:
+                   sigma2: float = 1e-8, device=None, progress: bool = True, bootstrap: int = 0,
+                   bootstrap_seed: int = 0, level: float = _trust.LEVEL, gates: str = "warn") -> TaskDistanceResult:
     """The papers' task-distance matrices.
 
     For every architecture in ``archs`` and seed in ``seeds``: train an ε-approximation network N_a for every task
@@ -302,6 +413,15 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     additionally refits a copy of N_a's head on b's training data (features frozen, ``head_epochs`` epochs)
     before taking F_ab. Every trained network and every Fisher is cached under ``cache_dir`` (keyed by its full
     configuration), so an interrupted run resumes where it stopped and gives the same result.
+
+    Trust (docs/trust.md). ``bootstrap=R`` (default 0: none) takes every Fisher with R in-pass Poisson-bootstrap
+    replicates over the test samples (``bootstrap_seed``, the same for every Fisher of a column, so d_r[a, b] is a
+    paired replicate); the result then has per-seed bootstrap intervals and closest-task probabilities over
+    seeds × replicates (memory: K·(R + 1)·params per column of Fishers; the cache holds the replicates too). The
+    sanity gates act per ``gates``: "warn" (default), "refuse" (a fisherx.trust.GateError) or "off": a network
+    below 1 − ε is refused before its Fisher is used (or named in one EpsilonWarning), a Fisher with more than half
+    its trace in its 10 largest entries is flagged, and d[b, b] must be exactly 0 in every matrix and replicate.
+    ``level``: the confidence level of the intervals.
     """
     from .fisher import fisher_diag  # the Fisher engine; imported here so the rest of fisherx loads without it
 
@@ -309,6 +429,12 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if head not in HEAD_MODES:
         raise ValueError(f"unknown head mode {head!r}; choose one of {', '.join(HEAD_MODES)}")
+    if gates not in _trust.GATE_ACTIONS:
+        raise ValueError(f"gates must be one of {', '.join(_trust.GATE_ACTIONS)}, got {gates!r}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"bootstrap must be a non-negative int (replicates per Fisher), got {bootstrap!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
     tasks, archs, seeds = list(tasks), list(archs), [int(s) for s in seeds]
     if len(tasks) < 2:
         raise ValueError(f"task_distances needs at least 2 tasks, got {len(tasks)}")
@@ -332,9 +458,14 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                  "loss": "cross_entropy", "selection": "best_val_accuracy", "recipe": RECIPE_VERSION}
     fisher_cfg = {"kind": fisher_kind, "max_samples": fisher_samples, "loss": "cross_entropy", "split": "test",
                   "mode": "eval", "recipe": RECIPE_VERSION}
+    boot_cfg = {"replicates": bootstrap, "seed": bootstrap_seed} if bootstrap else None
+    if boot_cfg:  # only then: the keys of Fishers without replicates stay those of earlier runs
+        fisher_cfg["bootstrap"] = boot_cfg
     K, S = len(tasks), len(seeds)
     distances = {a: np.zeros((S, K, K)) for a in archs}
     accuracies = {a: np.zeros((S, K)) for a in archs}
+    replicates = {a: np.zeros((S, bootstrap, K, K)) for a in archs} if bootstrap else {}
+    concentration = {a: np.zeros((S, K, K)) for a in archs}
     steps = len(archs) * S * (K + K * K + (K * (K - 1) if head == "refit" else 0))
     # Under torch.distributed the units are spread first, then assembled from the cache: no fixed step count.
     bar = _bar(None if distributed else steps, progress and (not distributed or _fxd.is_main_process()))
@@ -366,6 +497,10 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         model.to(device).eval()
         acc = float(entry["summary"]["test_accuracy"])
         if epsilon is not None and acc < 1.0 - epsilon:
+            if gates == "refuse":  # before any Fisher of this network is used
+                raise _trust.GateError(f"{arch} seed {seed} {tasks[i].name}: test accuracy {acc:.3f} < 1 − ε = "
+                                       f"{1 - epsilon:.3f}, not an ε-approximation (gates='refuse'); train longer "
+                                       "(epochs=...) or pass gates='warn'")
             missed.append(f"{arch} seed {seed} {tasks[i].name}: {acc:.3f}")
         bar.update(1)
         return model, acc, cfg
@@ -398,7 +533,8 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
             with seeded(seed, device):  # the labels drawn by kind="mc" come from the seed too
                 # One unit is one whole Fisher on one rank, never a shard combined across ranks.
                 f = fisher_diag(model.eval(), datas[j].test, loss="cross_entropy", kind=fisher_kind,
-                                max_samples=fisher_samples, device=device, progress=False, distributed=False)
+                                max_samples=fisher_samples, device=device, progress=False, distributed=False,
+                                bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
             entry = _fisher_entry(f)
             cache.store("fisher", cfg, entry)
         bar.update(1)
@@ -420,9 +556,12 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                         if head == "refit" and i != j:
                             model, cfg = refit_head(model, arch, seed, i, j, cfg)
                         columns.append(get_fisher(model, cfg, seed, j))
-                    col = distance_column(columns, columns[j], metric=metric, sigma2=sigma2,
-                                          names=[f"F[{tasks[i].name}→{tasks[j].name}]" for i in range(K)],
-                                          target_name=f"F[{tasks[j].name}→{tasks[j].name}]")
+                    names = [f"F[{tasks[i].name}→{tasks[j].name}]" for i in range(K)]
+                    where = f" ({arch}, seed {seed})"
+                    for i, f in enumerate(columns):
+                        concentration[arch][s, i, j] = _trust.check_concentration(f, names[i] + where, gates)
+                    col = distance_column(columns, columns[j], metric=metric, sigma2=sigma2, names=names,
+                                          target_name=names[j])
                     col = col.cpu().numpy()
                     # d[b, b] compares F_bb with itself: exactly 0 (cosine: 1) by definition. The kernel's value
                     # differs by rounding only; anything more means a broken Fisher or kernel.
@@ -430,12 +569,18 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                     if not abs(col[j] - exact) < 1e-6:
                         raise FloatingPointError(f"{metric}(F_bb, F_bb) = {col[j]!r} for {arch}, seed {seed}, task "
                                                  f"{tasks[j].name}; expected {exact}")
+                    if bootstrap:
+                        reps = _trust.replicate_column(columns, columns[j], metric, sigma2, names, names[j])
+                        _trust.check_self_distance(np.r_[col[j], reps[:, j]], metric,
+                                                   f"d[{tasks[j].name},{tasks[j].name}]{where}", gates)
+                        reps[:, j] = exact
+                        replicates[arch][s, :, :, j] = reps
                     col[j] = exact
                     distances[arch][s, :, j] = col
                 del nets
     finally:
         bar.close()
-    if missed:
+    if missed and gates != "off":
         warnings.warn(f"{len(missed)} of {len(archs) * S * K} networks are not ε-approximations (test accuracy < "
                       f"1 − ε = {1 - epsilon:.3f}), so their distances are suspect; train longer (epochs=...): "
                       + "; ".join(missed), EpsilonWarning, stacklevel=2)
@@ -446,12 +591,13 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                                                     "train": d.train[0].shape[0], "val": d.val[0].shape[0],
                                                     "test": d.test[0].shape[0]}
                                            for t, d, fp in zip(tasks, datas, fingerprints)},
-              "cache_dir": str(cache.root) if cache.root is not None else None, "device": str(device)}
+              "cache_dir": str(cache.root) if cache.root is not None else None, "device": str(device),
+              "bootstrap": boot_cfg, "gates": gates, "level": level}
     for a in archs:
         if not np.all(np.isfinite(distances[a])):
             raise FloatingPointError(f"non-finite distances for {a}; the Fishers should have been refused earlier")
     return TaskDistanceResult([t.name for t in tasks], archs, seeds, metric, distances, accuracies, head, width,
-                              config, dict(cache.stats))
+                              config, dict(cache.stats), replicates, concentration, level)
 
 
 def _spread_units(archs, seeds, K, head, get_network, refit_head, get_fisher) -> None:
@@ -497,12 +643,13 @@ def _bar(total: Optional[int], enabled: bool):
 # ---------------------------------------------------------------------------------------------------------------
 # The `fisherx distances` command (its arguments are declared in fisherx/cli.py).
 
-OUTPUT_FILES = ("result.json", "distances.csv", "table.txt", "heatmaps.png", "atlas.png")
+OUTPUT_FILES = ("result.json", "distances.csv", "table.txt", "heatmaps.png", "atlas.png", "intervals.png")
 
 
 def distances_command(args) -> int:
-    """Run :func:`task_distances` on a preset and write result.json, distances.csv, table.txt, heatmaps.png and
-    atlas.png to ``args.out``; the cache defaults to ``OUT/cache`` so that re-running the command resumes."""
+    """Run :func:`task_distances` on a preset and write result.json, distances.csv, table.txt, heatmaps.png,
+    atlas.png and intervals.png to ``args.out``; the cache defaults to ``OUT/cache`` so that re-running the command
+    resumes."""
     from .tasks import preset
 
     from .distributed import init_from_env, is_main_process
@@ -529,7 +676,8 @@ def distances_command(args) -> int:
         tasks, archs=args.archs.split(","), seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
         metric=args.metric, cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir,
         batch_size=args.batch_size, lr=args.lr, epsilon=args.epsilon, head=args.head,
-        fisher_samples=args.fisher_samples, device=args.device, progress=not args.quiet)
+        fisher_samples=args.fisher_samples, device=args.device, progress=not args.quiet, bootstrap=args.bootstrap,
+        gates=args.gates)
     if not is_main_process():
         return 0  # rank 0 writes the outputs
     result.to_json(out / "result.json")
@@ -538,6 +686,7 @@ def distances_command(args) -> int:
     atomic_write_text(out / "table.txt", table + "\n")
     result.plot_heatmaps(out / "heatmaps.png")
     result.plot_atlas(out / "atlas.png")
+    result.plot_intervals(out / "intervals.png")
     print(table)
     print(f"\nwrote {', '.join(str(out / f) for f in OUTPUT_FILES)}")
     return 0
