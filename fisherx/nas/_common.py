@@ -83,6 +83,20 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y.to(logits.device)).float().mean())
 
 
+def check_positive_ints(**values: Any) -> None:
+    """Refuse any search setting that is not a positive integer, naming it."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def search_inputs(task: Any, data_dir, device):
+    """What every search starts from: ``(data, device, (x_train, y_train), (x_val, y_val), (in_channels,
+    num_classes))``."""
+    data = resolve_data(task, data_dir)
+    return data, pick_device(device), split(data, "train"), split(data, "val"), shape_of(data)
+
+
 def pick_device(device) -> torch.device:
     from ..train import default_device
 

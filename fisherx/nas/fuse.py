@@ -42,8 +42,8 @@ from ..io import save_tree
 from ..train import seeded
 from .cost import CostMeter
 from .determinism import check_environment, environment, reproducible, rng_state, set_rng_state
-from ._common import (SearchFiles, accuracy, batches, data_fingerprint, device_name, final_training, logits_of,
-                      pick_device, resolve_data, shape_of, show_progress, split)
+from ._common import (SearchFiles, accuracy, batches, check_positive_ints, data_fingerprint, device_name,
+                      final_training, logits_of, search_inputs, show_progress)
 from .genotype import Genotype
 from .space import SearchSpace
 
@@ -270,18 +270,11 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
     unit random search is matched on), ``candidates_trained``, ``weight_steps``, ``alpha_steps`` and
     ``nondeterministic_ops``.
     """
-    for name, v in (("candidates", candidates), ("rounds", rounds), ("alternations", alternations),
-                    ("weight_epochs", weight_epochs), ("alpha_epochs", alpha_epochs), ("batch_size", batch_size),
-                    ("final_epochs", final_epochs)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_positive_ints(candidates=candidates, rounds=rounds, alternations=alternations, weight_epochs=weight_epochs,
+                        alpha_epochs=alpha_epochs, batch_size=batch_size, final_epochs=final_epochs)
     if init is not None:
         space.check(init)
-    data = resolve_data(task, data_dir)
-    device = pick_device(device)
-    x_tr, y_tr = split(data, "train")
-    x_val, y_val = split(data, "val")
-    in_channels, num_classes = shape_of(data)
+    data, device, (x_tr, y_tr), (x_val, y_val), (in_channels, num_classes) = search_inputs(task, data_dir, device)
     config = {"method": "fuse", "space": space.to_dict(), "data": data_fingerprint(data), "candidates": candidates,
               "rounds": rounds, "alternations": alternations, "weight_epochs": weight_epochs,
               "alpha_epochs": alpha_epochs, "alpha_tol": alpha_tol, "batch_size": batch_size, "lr": lr,

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..train import seeded
-from ._common import (SearchFiles, accuracy, data_fingerprint, logits_of, pick_device, resolve_data, shape_of,
-                      show_progress, split)
+from ._common import (SearchFiles, accuracy, check_positive_ints, data_fingerprint, logits_of, search_inputs,
+                      show_progress)
 from .cost import CostMeter
 from .determinism import reproducible
 from .fuse import (Checkpointer, FuseResult, FuseRound, _distinct_candidates, _final, _new_seed, _save_winner,
@@ -35,19 +35,13 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
     as in :func:`fisherx.nas.fuse`. Returns a :class:`FuseResult` with ``method == "random"``; ``history`` has one
     entry per candidate (its genotype, validation accuracy, final training loss).
     """
-    for name, v in (("budget", budget), ("epochs_per_candidate", epochs_per_candidate),
-                    ("batch_size", batch_size), ("final_epochs", final_epochs)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_positive_ints(budget=budget, epochs_per_candidate=epochs_per_candidate, batch_size=batch_size,
+                        final_epochs=final_epochs)
     n = budget // epochs_per_candidate
     if n < 1:
         raise ValueError(f"a budget of {budget} candidate-epochs trains no candidate at {epochs_per_candidate} "
                          f"epochs each; raise the budget or lower epochs_per_candidate")
-    data = resolve_data(task, data_dir)
-    device = pick_device(device)
-    x_tr, y_tr = split(data, "train")
-    x_val, y_val = split(data, "val")
-    in_channels, num_classes = shape_of(data)
+    data, device, (x_tr, y_tr), (x_val, y_val), (in_channels, num_classes) = search_inputs(task, data_dir, device)
     config = {"method": "random", "space": space.to_dict(), "data": data_fingerprint(data), "budget": budget,
               "epochs_per_candidate": epochs_per_candidate, "batch_size": batch_size, "lr": lr,
               "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed,
