@@ -7,11 +7,12 @@
 #include <string>
 
 // Wheels are built for baseline x86-64, but the machines they run on have AVX2 or AVX-512: hot CPU loops are
-// compiled once per instruction set and the loader picks the best at run time (GCC/Clang function multiversioning).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
-#define FISHERX_CPU_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+// compiled for x86-64-v4 (AVX-512), v3 (AVX2) and the baseline, and the loader picks the best at run time (GCC
+// function multiversioning; -march=native is not an option for a wheel).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define FISHERX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define FISHERX_CPU_DISPATCH
+#define FISHERX_MULTIVERSION
 #endif
 
 namespace fisherx {

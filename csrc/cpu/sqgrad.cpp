@@ -11,14 +11,6 @@
 #include <omp.h>
 #endif
 
-// Compile the micro-kernel for AVX-512, AVX2 and baseline x86-64 and pick at load time (the wheel must run on
-// any x86-64 CPU, so -march=native is not an option).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FISHERX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FISHERX_MULTIVERSION
-#endif
-
 namespace fisherx::cpu {
 namespace {
 
