@@ -6,6 +6,8 @@ Each rule only lays its tensors out as (B, positions, channels) views and suppli
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -48,14 +50,16 @@ def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations, backprops, w
     return _result(layer, _ops.sqgrad_norm(gb, xb, mean, rstd, _w(weights, x)), layer.num_features)
 
 
+def _over_normalized_shape(x: torch.Tensor, normalized_shape) -> torch.Tensor:
+    """(B, positions, D): the trailing ``normalized_shape`` dims flattened into D, the rest into positions."""
+    return x.reshape(x.shape[0], -1, math.prod(normalized_shape))
+
+
 @register_rule(nn.LayerNorm)
 def layer_norm(layer: nn.LayerNorm, activations, backprops, weights=None) -> dict:
     """x̂ = (x − mean)/√(var + ε) over the trailing ``normalized_shape`` dims; γ, β of that shape."""
     x, g = activations[0], backprops
-    d = 1
-    for s in layer.normalized_shape:
-        d *= s
-    xb = x.reshape(x.shape[0], -1, d)
+    xb = _over_normalized_shape(x, layer.normalized_shape)
     var, mean = torch.var_mean(xb, dim=2, keepdim=True, unbiased=False)
     rstd = torch.rsqrt(var + layer.eps)
     sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, mean.expand_as(xb), rstd.expand_as(xb), _w(weights, x))
@@ -82,10 +86,7 @@ if hasattr(nn, "RMSNorm"):
     def rms_norm(layer: nn.RMSNorm, activations, backprops, weights=None) -> dict:
         """x̂ = x/√(mean(x²) + ε) over the trailing ``normalized_shape`` dims; γ only."""
         x, g = activations[0], backprops
-        d = 1
-        for s in layer.normalized_shape:
-            d *= s
-        xb = x.reshape(x.shape[0], -1, d)
+        xb = _over_normalized_shape(x, layer.normalized_shape)
         eps = layer.eps if layer.eps is not None else torch.finfo(x.dtype).eps
         rstd = torch.rsqrt(xb.square().mean(dim=2, keepdim=True) + eps)
         sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, torch.zeros((), dtype=x.dtype, device=x.device).expand_as(xb),
