@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 
-from fisherx import cli, demo
+from fisherx import cli
+from fisherx.experiments import demo
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from torch import nn
 
 from fisherx.models import ARCHS, build
 from fisherx.tasks import preset
-from fisherx.train import EpsilonWarning, evaluate, seeded, train
+from fisherx.models import EpsilonWarning, evaluate, seeded, train
 
 PARAMS = {"vgg16": 14.72e6, "resnet18": 11.17e6, "densenet121": 6.96e6}  # the standard sizes, give or take a head
 
@@ -82,7 +82,7 @@ def test_train_warns_when_missing_epsilon_and_can_freeze_features():
 
 
 def test_training_interrupted_mid_way_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
-    import fisherx.train as train_mod
+    import fisherx.models.training as train_mod
 
     data = preset("digits")[2].load()
     ckpt = tmp_path / "ckpt.fx"

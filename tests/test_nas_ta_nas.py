@@ -12,7 +12,7 @@ from fisherx.io import FormatError, load_tree
 from fisherx.nas import Genotype, SearchSpace
 from fisherx.nas.ta_nas import TaskDictionary, add_baseline, ta_nas
 from fisherx.tasks import preset
-from fisherx.train import EpsilonWarning
+from fisherx.models import EpsilonWarning
 from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 # Small everything: 30 training images per label, 4-channel 2-cell networks, one FUSE round.

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fisherx import cache as cache_mod
-from fisherx.cache import Cache, CacheWarning, config_key
+from fisherx.io import cache as cache_mod
+from fisherx.io.cache import Cache, CacheWarning, config_key
 from fisherx.io import save_tree
 
 CFG = {"arch": "cnn", "seed": 0, "task": {"name": "T0", "classes": ["0"]}, "lr": 1e-3}

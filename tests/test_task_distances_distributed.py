@@ -45,7 +45,7 @@ def test_two_ranks_split_the_units_and_agree(tmp_path):
 
 
 def test_distributed_needs_a_shared_cache(monkeypatch):
-    from fisherx import experiment
+    from fisherx.experiments import distances as experiment
 
     monkeypatch.setattr(experiment._fxd, "is_distributed", lambda: True)
     with pytest.raises(ValueError, match="under torch.distributed, task_distances needs cache_dir"):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import fisherx
-from fisherx import trust
-from fisherx.experiment import TaskDistanceResult
+from fisherx.experiments import trust
+from fisherx.experiments.distances import TaskDistanceResult
 from fisherx.tasks import preset
-from fisherx.train import EpsilonWarning
+from fisherx.models import EpsilonWarning
 
 ARGS = dict(archs=["mlp"], seeds=[0, 1], epochs=6, epsilon=0.25, fisher_samples=150, progress=False)
 R = 20

@@ -1,4 +1,4 @@
-"""fisherx.trust: intervals (with a statistical test of their coverage on synthetic Fishers), the probability of
+"""fisherx.experiments.trust: intervals (with a statistical test of their coverage on synthetic Fishers), the probability of
 being the closest task, and the sanity gates on constructed bad cases."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fisherx
-from fisherx import trust
+from fisherx.experiments import trust
 from fisherx.fisher import FisherDiag
 from fisherx.fisher.bootstrap import poisson_weights
 

@@ -11,6 +11,7 @@ from .common import Classifier
 from .densenet import densenet121
 from .resnet import resnet18
 from .small import cnn, mlp
+from .training import EpsilonWarning, TrainResult, default_device, evaluate, seeded, train
 from .vgg import vgg16
 
 ARCHS = {"vgg16": vgg16, "resnet18": resnet18, "densenet121": densenet121, "cnn": cnn, "mlp": mlp}
@@ -19,7 +20,7 @@ ARCHS = {"vgg16": vgg16, "resnet18": resnet18, "densenet121": densenet121, "cnn"
 def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """A freshly initialised network ``arch`` (one of :data:`ARCHS`) for ``in_channels``×``image_size``×``image_size``
     images and ``num_classes`` outputs. Initialisation draws from torch's global generator: seed it (or use
-    :func:`fisherx.train.seeded`) for reproducible weights."""
+    :func:`fisherx.models.seeded`) for reproducible weights."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
@@ -28,4 +29,5 @@ def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.
     return ARCHS[arch](in_channels, num_classes, image_size)
 
 
-__all__ = ["ARCHS", "Classifier", "build", "cnn", "densenet121", "mlp", "resnet18", "vgg16"]
+__all__ = ["ARCHS", "Classifier", "EpsilonWarning", "TrainResult", "build", "cnn", "default_device", "densenet121",
+           "evaluate", "mlp", "resnet18", "seeded", "train", "vgg16"]

@@ -98,7 +98,7 @@ def search_inputs(task: Any, data_dir, device):
 
 
 def pick_device(device) -> torch.device:
-    from ..train import default_device
+    from ..models.training import default_device
 
     return default_device(device)
 
@@ -116,10 +116,10 @@ def show_progress(progress: bool | None) -> bool:
 def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: float, seed: int,
                    device: torch.device, checkpoint=None) -> tuple[dict, nn.Module]:
     """Train the winner from scratch on the training split (the papers retrain the found cell) with
-    :func:`fisherx.train.train` (Adam, best-validation-epoch weights kept), then record its test accuracy once.
+    :func:`fisherx.models.train` (Adam, best-validation-epoch weights kept), then record its test accuracy once.
     Returns (report, trained network); the report has test and validation accuracy, parameters and time.
-    ``checkpoint``: a file for :func:`fisherx.train.train`'s per-epoch checkpoints (resume after a kill)."""
-    from ..train import seeded, train
+    ``checkpoint``: a file for :func:`fisherx.models.train`'s per-epoch checkpoints (resume after a kill)."""
+    from ..models.training import seeded, train
 
     in_channels, num_classes = shape_of(data)
     with seeded(seed, device):

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import save_tree
-from ..train import seeded
+from ..models.training import seeded
 from .cost import CostMeter
 from .determinism import check_environment, environment, reproducible, rng_state, set_rng_state
 from ._common import (SearchFiles, accuracy, batches, check_positive_ints, data_fingerprint, device_name,

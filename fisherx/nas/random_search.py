@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..train import seeded
+from ..models.training import seeded
 from ._common import (SearchFiles, accuracy, check_positive_ints, data_fingerprint, logits_of, search_inputs,
                       show_progress)
 from .cost import CostMeter

@@ -113,7 +113,7 @@ class TaskDictionary:
     def create(cls, path, *, arch: str, head_width: int, in_channels: int, image_size: int, eps_epochs: int = 10,
                eps_seed: int = 0, eps_batch_size: int = 128, eps_lr: float = 1e-3) -> "TaskDictionary":
         """An empty dictionary whose ε-networks are ``arch`` with ``head_width`` outputs on
-        ``in_channels``×``image_size``² inputs, each trained with :func:`fisherx.train.train` for ``eps_epochs``
+        ``in_channels``×``image_size``² inputs, each trained with :func:`fisherx.models.train` for ``eps_epochs``
         epochs (Adam ``eps_lr``, batch ``eps_batch_size``) from the initialisation of ``eps_seed``; the target's
         ε-network in :func:`ta_nas` is trained the same way. Refuses to overwrite an existing dictionary."""
         from .. import models
@@ -222,9 +222,9 @@ def _task_name(task: Any, data: Any) -> str:
 
 def train_eps_network(dictionary: TaskDictionary, data: Any, *, epsilon: Optional[float] = 0.1, device=None,
                       out_file=None, progress: bool = False) -> tuple[nn.Module, dict]:
-    """Train the family's network on ``data`` with the family's recipe (:func:`fisherx.train.train`). With
+    """Train the family's network on ``data`` with the family's recipe (:func:`fisherx.models.train`). With
     ``out_file`` the trained network is saved there and reloaded on the next call with the same recipe."""
-    from ..train import seeded, train
+    from ..models.training import seeded, train
 
     device = pick_device(device)
     recipe = dictionary.family["eps"]

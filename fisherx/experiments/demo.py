@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ OUTPUT_FILES = ("report.md", "summary.json", "result.json", "distances.csv", "ta
 
 def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = True, argv: list | None = None) -> dict:
     """Run the demo into the folder ``out`` and return the summary (also written as ``summary.json``)."""
-    from .experiment import task_distances
-    from .nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
-    from .nas.space import SearchSpace
-    from .tasks import preset
+    from .distances import task_distances
+    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+    from ..nas.space import SearchSpace
+    from ..tasks import preset
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def _closest_share(result, arch: str) -> dict:
 def _summary(config, result, report, timings, argv) -> dict:
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     fuse_res, rnd = report.result, report.comparisons["random"]
     return {

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
     from ..tasks import preset
-    from .space import SearchSpace
-    from .ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+    from ..nas.space import SearchSpace
+    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
 
     tasks = {t.name: t for t in preset(args.preset, seed=args.task_seed,
                                        max_train_per_label=args.max_train_per_label)}
@@ -135,7 +135,7 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
 def run_retrain(args: argparse.Namespace) -> int:
     from ..io import FormatError
     from ..tasks import preset
-    from .retrain import retrain
+    from ..nas.retrain import retrain
 
     try:
         tasks = {t.name: t for t in preset(args.preset, seed=args.task_seed,

@@ -193,7 +193,7 @@ def _identity(model, task_data, seed, batch_size, lr, frozen) -> dict:
 
 
 def _load_checkpoint(path, identity: dict) -> Optional[dict]:
-    from .io import FormatError, load_tree
+    from ..io import FormatError, load_tree
 
     try:
         state = load_tree(path)
@@ -211,7 +211,7 @@ def _load_checkpoint(path, identity: dict) -> Optional[dict]:
 
 
 def _save_checkpoint(path, identity, epoch, model, opt, gen, device, best_acc, best_epoch, best_state, history):
-    from .io import save_tree
+    from ..io import save_tree
 
     def cpu(sd):
         return None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}

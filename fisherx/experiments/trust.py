@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .distance import DEFAULT_SIGMA2, distance_column
+from ..distance import DEFAULT_SIGMA2, distance_column
 
 LEVEL = 0.95  # default confidence level of every interval
 CLEAR_WINNER = 0.95  # a closest source is "clear" when it wins in at least this share of the draws

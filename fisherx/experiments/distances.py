@@ -15,14 +15,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import distributed as _fxd
-from . import models as _models
+from .. import distributed as _fxd
+from .. import models as _models
 from . import trust as _trust
-from .cache import Cache
-from .distance import METRICS, distance_column
-from .io import atomic_write_bytes, atomic_write_text
-from .tasks import Task, TaskData
-from .train import EpsilonWarning, default_device, seeded, train
+from ..io.cache import Cache
+from ..distance import METRICS, distance_column
+from ..io import atomic_write_bytes, atomic_write_text
+from ..tasks import Task, TaskData
+from ..models.training import EpsilonWarning, default_device, seeded, train
 
 HEAD_MODES = ("shared", "refit")
 # Bump when what a trained-network or Fisher entry means changes (training recipe, Fisher definition...).
@@ -38,7 +38,7 @@ class TaskDistanceResult:
     with fewer labels than the family were handled ("shared": one head width for all, DESIGN §1; "refit": N_a's
     head refitted on b with features frozen before F_ab). For ``metric="cosine"`` the values are similarities.
 
-    Trust (:mod:`fisherx.trust`, docs/trust.md): ``replicates[arch]`` is (S, R, K, K), the paired bootstrap
+    Trust (:mod:`fisherx.experiments.trust`, docs/trust.md): ``replicates[arch]`` is (S, R, K, K), the paired bootstrap
     replicates d_r[a, b] of every seed's matrix over its test samples (``task_distances(bootstrap=R)``; empty
     without); ``concentration[arch]`` (S, K, K) the share of tr(F_ab) in its 10 largest entries; ``level`` the
     confidence level of :meth:`interval_seeds` and :meth:`interval_bootstrap`.
@@ -75,7 +75,7 @@ class TaskDistanceResult:
         pick = np.nanargmax if self.metric == "cosine" else np.nanargmin
         return {t: self.task_names[int(pick(m[:, j]))] for j, t in enumerate(self.task_names)}
 
-    # -- trust (fisherx.trust) -------------------------------------------------------------------------------
+    # -- trust (fisherx.experiments.trust) -------------------------------------------------------------------------------
     def draws(self, arch: Optional[str] = None) -> np.ndarray:
         """(N, K, K): every matrix behind the closest-task probabilities, seeds × bootstrap replicates pooled (the
         seeds' matrices alone without bootstrap)."""
@@ -387,7 +387,7 @@ def _fisher_entry(fisher) -> dict:
 
 
 def _fisher_from_entry(entry: dict):
-    from .fisher import FisherDiag
+    from ..fisher import FisherDiag
 
     names = entry["names"]
     reps = dict(zip(names, entry["replicates"])) if "replicates" in entry else None
@@ -418,12 +418,12 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     replicates over the test samples (``bootstrap_seed``, the same for every Fisher of a column, so d_r[a, b] is a
     paired replicate); the result then has per-seed bootstrap intervals and closest-task probabilities over
     seeds × replicates (memory: K·(R + 1)·params per column of Fishers; the cache holds the replicates too). The
-    sanity gates act per ``gates``: "warn" (default), "refuse" (a fisherx.trust.GateError) or "off": a network
+    sanity gates act per ``gates``: "warn" (default), "refuse" (a fisherx.experiments.trust.GateError) or "off": a network
     below 1 − ε is refused before its Fisher is used (or named in one EpsilonWarning), a Fisher with more than half
     its trace in its 10 largest entries is flagged, and d[b, b] must be exactly 0 in every matrix and replicate.
     ``level``: the confidence level of the intervals.
     """
-    from .fisher import fisher_diag  # the Fisher engine; imported here so the rest of fisherx loads without it
+    from ..fisher import fisher_diag  # the Fisher engine; imported here so the rest of fisherx loads without it
 
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -641,7 +641,7 @@ def _bar(total: Optional[int], enabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The `fisherx distances` command (its arguments are declared in fisherx/cli.py).
+# The `fisherx distances` command (its arguments are declared in fisherx/cli/main.py).
 
 OUTPUT_FILES = ("result.json", "distances.csv", "table.txt", "heatmaps.png", "atlas.png", "intervals.png")
 
@@ -650,9 +650,9 @@ def distances_command(args) -> int:
     """Run :func:`task_distances` on a preset and write result.json, distances.csv, table.txt, heatmaps.png,
     atlas.png and intervals.png to ``args.out``; the cache defaults to ``OUT/cache`` so that re-running the command
     resumes."""
-    from .tasks import preset
+    from ..tasks import preset
 
-    from .distributed import init_from_env, is_main_process
+    from ..distributed import init_from_env, is_main_process
 
     init_from_env(args.device)  # under torchrun: one process group, the units of work spread over the ranks
     out = Path(args.out)

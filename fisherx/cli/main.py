@@ -10,7 +10,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     import torch
 
-    from . import _ops
+    from .. import _ops
 
     info = _ops.build_info()
     rows = [
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_distances)
-    from .nas import cli as nas_cli  # the search command's options and logic live with the NAS code
+    from . import search as nas_cli
 
     p = sub.add_parser("search", help="TA-NAS for a preset's task against a dictionary of baseline tasks")
     nas_cli.add_arguments(p)
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="train and evaluate an architecture from its genotype JSON file")
     nas_cli.add_retrain_arguments(p)
     p.set_defaults(func=_cmd_retrain)
-    from . import demo  # the demo's options and logic live in fisherx/demo.py
+    from ..experiments import demo
 
     p = sub.add_parser("demo", help="the papers' pipeline end to end on built-in data (~10 min on a 2-core CPU)")
     demo.add_arguments(p)
@@ -77,25 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_distances(args: argparse.Namespace) -> int:
-    from .experiment import distances_command
+    from ..experiments.distances import distances_command
 
     return distances_command(args)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .nas import cli as nas_cli
+    from . import search as nas_cli
 
     return nas_cli.run(args)
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from .nas import cli as nas_cli
+    from . import search as nas_cli
 
     return nas_cli.run_retrain(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from ..experiments import demo
 
     return demo.command(args, argv=args.argv[1:])
 

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .io import FormatError, load_tree, save_tree
+from .files import FormatError, load_tree, save_tree
 
 FORMAT_VERSION = 1
 SUFFIX = ".fxc"
