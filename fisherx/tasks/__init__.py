@@ -3,5 +3,6 @@ from __future__ import annotations
 
 from .presets import CIFAR100_SUPERCLASSES, PRESETS, preset
 from .task import OTHER_LABEL, Task, TaskData
+from .user import UserTask
 
-__all__ = ["CIFAR100_SUPERCLASSES", "OTHER_LABEL", "PRESETS", "Task", "TaskData", "preset"]
+__all__ = ["CIFAR100_SUPERCLASSES", "OTHER_LABEL", "PRESETS", "Task", "TaskData", "UserTask", "preset"]

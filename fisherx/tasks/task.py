@@ -33,6 +33,11 @@ class TaskData:
     origin: str = ""
     label_members: tuple[tuple[str, ...], ...] = field(default=())  # the source classes behind every label
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample (C×H×W for images, (D,) for tabular data, (L,) for token sequences)."""
+        return tuple(self.train[0].shape[1:])
+
     def label_counts(self, split: str = "train") -> list[int]:
         """How many samples of ``split`` ("train", "val" or "test") carry each label."""
         y = getattr(self, split)[1]
@@ -94,6 +99,49 @@ class Task:
             raise ValueError(f"task {self.name!r}: other=True needs classes of interest (with classes=None every class "
                              "has its own label and nothing is left for 'anything else')")
 
+    @classmethod
+    def from_tensors(cls, name: str, train=None, test=None, val=None, *, class_names=None, balanced=None,
+                     **options) -> "Task":
+        """A task on the user's own data: ``train``, ``test`` (and optionally ``val``; default: carved from train,
+        ``val_fraction`` per label, seeded) as ``(inputs, targets)`` pairs of tensors or numpy arrays.
+
+        Integer targets are labels in [0, len(class_names)) (class names default to "0", "1", ...), and
+        ``classes`` / ``other`` / ``balanced`` / ``max_train_per_label`` / ``seed`` cut a class-subset task from
+        them exactly as for the presets (``balanced`` defaults to True when ``classes`` is given). Float targets
+        make a regression task (train it with loss="mse"). Inputs are taken as they are (no normalisation)."""
+        from .user import build
+
+        return build(name, {"train": train, "test": test, "val": val}, class_names=class_names, balanced=balanced,
+                     **options)
+
+    @classmethod
+    def from_datasets(cls, name: str, train=None, test=None, val=None, **options) -> "Task":
+        """:meth:`from_tensors` on one map-style ``torch.utils.data.Dataset`` of (input, target) items per split
+        (the items are stacked once, in memory)."""
+        from .user import build, materialize
+
+        arrays = {s: materialize(d, f"task {name!r}: the {s} dataset") for s, d in
+                  (("train", train), ("test", test), ("val", val))}
+        return build(name, arrays, **options)
+
+    @classmethod
+    def from_npz(cls, name: str, path, **options) -> "Task":
+        """:meth:`from_tensors` on a ``.npz`` file holding ``x_train``, ``y_train``, ``x_test``, ``y_test``
+        (optionally ``x_val``, ``y_val`` and ``class_names``). The task records the file, so it can be rebuilt
+        from its configuration (TA-NAS dictionaries, run files)."""
+        from .user import _read_npz, build
+
+        arrays, names = _read_npz(name, path)
+        options.setdefault("class_names", names)
+        return build(name, arrays, data_file=path, **options)
+
+    @staticmethod
+    def from_config(config: dict) -> "Task":
+        """Rebuild a task from what :meth:`config` returned (a preset's task, or a user task read from a file)."""
+        from .user import from_config
+
+        return from_config(config)
+
     def config(self) -> dict:
         """The task as plain JSON-able data (for cache keys and results)."""
         d = asdict(self)
@@ -103,7 +151,7 @@ class Task:
 
     def load(self, data_dir=None) -> TaskData:
         """Build the task's splits from its source (files under ``data_dir`` where the source needs them)."""
-        src = open_source(self.source, data_dir, self.image_size)
+        src = self._open(data_dir)
         groups, names = self._labels(src)
         label_of = {c: i for i, g in enumerate(groups) for c in g}
         train, test = src.splits(None if self.other or self.classes is None else sorted(label_of))
@@ -123,11 +171,12 @@ class Task:
             lut[c] = l
         rng = np.random.default_rng(self.seed)
         chosen = self._draw(train.y, groups, rng)
+        given_val = getattr(src, "val", None)  # a validation split of the user's own: nothing is carved
         val_idx, train_idx = [], []
         for idx in chosen:
             idx = idx[rng.permutation(idx.size)]
             k = int(round(idx.size * self.val_fraction))
-            if idx.size >= 2:
+            if idx.size >= 2 and given_val is None:
                 k = min(k, idx.size - 1)  # keep at least one training sample per label
             else:
                 k = 0
@@ -136,6 +185,9 @@ class Task:
         tr, va = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
         x_tr, y_tr = self._tensor(src, train.x[tr]), torch.from_numpy(lut[train.y[tr]])
         x_va, y_va = self._tensor(src, train.x[va]), torch.from_numpy(lut[train.y[va]])
+        if given_val is not None:
+            kv = lut[given_val.y] >= 0
+            x_va, y_va = self._tensor(src, given_val.x[kv]), torch.from_numpy(lut[given_val.y[kv]])
         keep = lut[test.y] >= 0
         x_te, y_te = self._tensor(src, test.x[keep]), torch.from_numpy(lut[test.y[keep]])
         for split, y in (("train", y_tr), ("test", y_te)):
@@ -145,7 +197,10 @@ class Task:
                                  f"{src.name} ({src.origin})")
         members = tuple(tuple(src.class_names[c] for c in g) for g in groups)
         return TaskData(self, (x_tr, y_tr), (x_va, y_va), (x_te, y_te), len(groups), tuple(names),
-                        int(x_tr.shape[1]), int(x_tr.shape[-1]), src.origin, members)
+                        *_channels_and_size(x_tr), src.origin, members)
+
+    def _open(self, data_dir) -> Source:
+        return open_source(self.source, data_dir, self.image_size)
 
     def _labels(self, src: Source) -> tuple[list[list[int]], list[str]]:
         if self.classes is None:
@@ -182,6 +237,8 @@ class Task:
         return [_draw_evenly(pool, q, rng) for pool, q in zip(pools, quotas)]
 
     def _tensor(self, src: Source, x: np.ndarray) -> torch.Tensor:
+        if getattr(src, "raw", False):  # the user's own inputs (any shape and dtype): taken as they are
+            return torch.from_numpy(np.ascontiguousarray(x))
         t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(src.scale)
         mean = torch.tensor(src.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(src.std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -190,6 +247,11 @@ class Task:
             t = torch.nn.functional.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear",
                                                 align_corners=False, antialias=self.image_size < t.shape[-1])
         return t.contiguous()
+
+
+def _channels_and_size(x: torch.Tensor) -> tuple[int, int]:
+    """(in_channels, image_size) of N×C×H×W images; for other inputs dim 1 and the last dim (1 for 1-D inputs)."""
+    return (int(x.shape[1]), int(x.shape[-1])) if x.dim() >= 2 else (1, 1)
 
 
 def _draw_evenly(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
