@@ -31,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from . import inputs as _inputs
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
 from .rules import Activations, batch_sum, fallback, find_rule, supports_weights
@@ -411,7 +412,7 @@ def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine
     params = {n: acc_param[n].detach() for n in names}
 
     def loss_one(p, xi, yi):
-        out = _call_functional(model, p, _unsq(xi), functional_call)
+        out = _inputs.select_output(_call_functional(model, p, _unsq(xi), functional_call), engine.output_fn)
         return _per_sample_loss(loss, out, _unsq(yi), 1).sum()
 
     per = vmap(grad(loss_one), in_dims=(None, 0, 0))
@@ -500,7 +501,8 @@ def _check_norms(model: nn.Module) -> bool:
 def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy", kind: str = "empirical",
                 mc_samples: int = 1, max_samples: int | None = None, params=None, device=None,
                 progress: bool = True, bootstrap: int = 0, bootstrap_seed: int = 0,
-                distributed: bool | None = None) -> FisherDiag:
+                distributed: bool | None = None, output_fn=None, label_key: str | None = None,
+                batch_fn: Callable | None = None, batch_size: int | None = None) -> FisherDiag:
     """Diagonal Fisher information F_j = (1/N) Σ_i (∂ℓ_i/∂θ_j)² of ``model`` over the N samples of ``data``.
 
     ℓ_i is the per-sample loss: ``"cross_entropy"`` (the label's negative log-likelihood, logits (B, C, ...)),
@@ -526,7 +528,15 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     ``distributed``: ``None`` (default) combines the ranks' shards when a process group of several ranks is
     initialised (every rank must call with its shard); ``False`` keeps this rank's Fisher of its own data, for
     callers that hand different models or tasks to different ranks (as :func:`fisherx.task_distances` does).
+
+    Inputs (:mod:`fisherx.fisher.inputs`): ``data`` may also be a map-style Dataset (batched in order,
+    ``batch_size`` per batch, default 256), numpy arrays, or batches that are dicts (the targets under
+    ``label_key``, default "labels"; the rest are keyword inputs, ``model(**inputs)``); ``batch_fn(batch) ->
+    (inputs, targets)`` splits any other batch. ``output_fn`` selects the logits from a tuple / dict / output
+    object (a function, key, attribute name or index; ``.logits`` is taken by default). A ``torch.compile``d model
+    is unwrapped to its original module, with a warning.
     """
+    model = _inputs.unwrap_compiled(model)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not callable(loss) and loss not in LOSSES:
@@ -556,7 +566,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         warnings.warn("fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
                       "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
                       "model.eval() to silence this.", RuntimeWarning, stacklevel=2)
+    data, hint = _inputs.prepare(data, label_key=label_key, batch_fn=batch_fn, batch_size=batch_size,
+                                 pair_batch=PAIR_BATCH)
     batches, total = _batches(data)
+    total = total if total is not None else hint
     if max_samples is not None:
         total = min(total, max_samples) if total is not None else max_samples
     draws = mc_samples if kind == "mc" else 1
@@ -590,6 +603,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             if engine is None:
                 plan = _Plan(model, selected, x, b)
                 engine = _Engine(model, plan, acc, selected)
+                engine.output_fn = output_fn
             if bootstrap:
                 w = poisson_weights(seed, n_seen, b, bootstrap)
                 wsum += w.sum(1)
@@ -647,7 +661,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         engine.capturing = True
         try:
             with torch.enable_grad():
-                out = _call(model, x)
+                out = _inputs.select_output(_call(model, x), engine.output_fn)
         finally:
             engine.capturing = False
         if not isinstance(out, torch.Tensor):
