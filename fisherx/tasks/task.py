@@ -65,6 +65,8 @@ class Task:
     - ``max_train_per_label``: cap on training samples per label (quick runs); ``None`` keeps them all.
     - ``val_fraction``: part of each label's training samples held out as ``val``.
     - ``image_size``: resize images to this side length (``None``: the source's own size; image folders: 32).
+    - ``data_dir``: where the source's files are when :meth:`load` is given none (a run file's per-task folder);
+      not part of :meth:`config` (the data's fingerprint is what identifies it).
     - ``seed``: drives the balanced draw and the validation split. The test split never depends on it: tasks on
       one source share its test images (restricted to the classes they cover).
     """
@@ -79,6 +81,7 @@ class Task:
     max_train_per_label: Optional[int] = None
     image_size: Optional[int] = None
     label_names: Optional[tuple] = None
+    data_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -145,6 +148,7 @@ class Task:
     def config(self) -> dict:
         """The task as plain JSON-able data (for cache keys and results)."""
         d = asdict(self)
+        del d["data_dir"]
         d["classes"] = None if self.classes is None else [list(c) if isinstance(c, tuple) else c for c in self.classes]
         d["label_names"] = None if self.label_names is None else list(self.label_names)
         return d
@@ -200,7 +204,7 @@ class Task:
                         *_channels_and_size(x_tr), src.origin, members)
 
     def _open(self, data_dir) -> Source:
-        return open_source(self.source, data_dir, self.image_size)
+        return open_source(self.source, self.data_dir if self.data_dir is not None else data_dir, self.image_size)
 
     def _labels(self, src: Source) -> tuple[list[list[int]], list[str]]:
         if self.classes is None:

@@ -1,0 +1,124 @@
+"""The networks of a task-distance run: built-in architectures by name, the user's factories
+(``factory(num_outputs) -> nn.Module``), or ready trained ε-networks per task; and the checks that make a wrong
+one fail with one line before any training."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import models as _models
+
+GIVEN = "given"  # the architecture name of ready trained networks (task_distances(networks=...))
+
+
+def builders(archs, model) -> dict[str, Callable[[int, int, int], nn.Module]]:
+    """name → build(in_channels, width, image_size). ``model``: None (the built-in ``archs``), a built-in name, a
+    factory ``factory(num_outputs)``, or a dict name → factory / built-in name."""
+    if model is None:
+        chosen = {a: a for a in archs}
+    elif isinstance(model, str) or callable(model):
+        chosen = {_name(model): model}
+    elif isinstance(model, Mapping) and model:
+        chosen = dict(model)
+    else:
+        raise TypeError(f"model must be a built-in architecture name, a factory num_outputs -> nn.Module or a dict "
+                        f"of them, got {type(model).__name__}")
+    out = {}
+    for name, m in chosen.items():
+        if isinstance(m, str):
+            if m not in _models.ARCHS:
+                raise ValueError(f"unknown architecture {m!r}; choose one of {', '.join(_models.ARCHS)} or pass "
+                                 "model=factory (a function num_outputs -> nn.Module)")
+            out[str(name)] = lambda c, w, s, m=m: _models.build(m, c, w, s)
+        elif callable(m):
+            out[str(name)] = lambda c, w, s, m=m, name=name: _call_factory(m, w, name)
+        else:
+            raise TypeError(f"model {name!r}: expected a factory or a built-in name, got {type(m).__name__}")
+    return out
+
+
+def _name(model) -> str:
+    return model if isinstance(model, str) else getattr(model, "__name__", type(model).__name__)
+
+
+def _call_factory(factory, width: int, name: str) -> nn.Module:
+    net = factory(width)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model factory {name!r} returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def check_head(net: nn.Module, sample_x: torch.Tensor, width: int, name: str, target_shape=None) -> None:
+    """Refuse a network whose output does not have the family's head width (or the targets' shape)."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(sample_x)
+    except Exception as exc:  # the user's network and the task's inputs do not fit: say which
+        raise ValueError(f"network {name!r} cannot run on the task's inputs of shape {tuple(sample_x.shape[1:])}: "
+                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    finally:
+        net.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"network {name!r} returns {type(out).__name__}; task_distances needs a logits tensor")
+    want = (width,) if target_shape is None else tuple(target_shape)
+    if tuple(out.shape[1:]) != want:
+        what = f"num_outputs={width} (the family's largest label count)" if target_shape is None else \
+            f"targets of shape {want}"
+        raise ValueError(f"network {name!r} returns outputs of shape {tuple(out.shape[1:])} per sample but the "
+                         f"family needs {want}: its head has the wrong width for {what}")
+
+
+def state_sha256(net: nn.Module) -> str:
+    """SHA-256 of a network's structure and weights: what identifies a given or freshly built network in the cache."""
+    h = hashlib.sha256(repr(net).encode())
+    for k, v in net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def given_networks(networks: Mapping, task_names: list[str]) -> dict[str, nn.Module]:
+    """The ready trained networks, one per task, checked."""
+    if not isinstance(networks, Mapping):
+        raise TypeError(f"networks must be a dict task name -> trained nn.Module, got {type(networks).__name__}")
+    missing = [t for t in task_names if t not in networks]
+    extra = [t for t in networks if t not in task_names]
+    if missing or extra:
+        raise ValueError("networks must hold one trained network per task: "
+                         + "; ".join(p for p in (f"missing {', '.join(missing)}" if missing else "",
+                                                 f"unknown {', '.join(map(str, extra))}" if extra else "") if p))
+    for t in task_names:
+        if not isinstance(networks[t], nn.Module):
+            raise TypeError(f"networks[{t!r}] is a {type(networks[t]).__name__}, not an nn.Module")
+    return {t: networks[t] for t in task_names}
+
+
+def train_kwargs(train, loss, optimizer) -> dict:
+    """The extra keyword arguments for :func:`fisherx.models.train`: ``loss`` and ``optimizer`` where they differ
+    from its defaults (refused clearly when this fisherx's ``train`` cannot take them)."""
+    params = inspect.signature(train).parameters
+    kw = {}
+    for key, value, default in (("loss", loss, "cross_entropy"), ("optimizer", optimizer, None)):
+        if value is not default and value != default:
+            if key not in params:
+                raise ValueError(f"fisherx.models.train takes no {key}=; pass train_fn=... to train the networks "
+                                 f"your way (train_fn(model, task_data, seed=...))")
+            kw[key] = value
+    return kw
+
+
+def run_train_fn(train_fn, net: nn.Module, data, seed: int, device) -> Optional[float]:
+    """Train ``net`` with the user's ``train_fn(model, task_data, seed=seed)`` (in place)."""
+    net.to(device)
+    res = train_fn(net, data, seed=seed)
+    if res is not None and isinstance(res, nn.Module) and res is not net:
+        raise ValueError("train_fn must train the model it is given in place (it returned another module)")
+    return None
