@@ -211,7 +211,11 @@ class TaskDictionary:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _task_config(task: Any, data: Any) -> dict:
+    """What the dictionary records of a task: how to rebuild it. A user task built from in-memory data cannot be
+    rebuilt and is refused (``rebuild_spec`` says what to pass instead)."""
     t = getattr(data, "task", None) or task
+    if hasattr(t, "rebuild_spec"):
+        return t.rebuild_spec()
     return t.config() if hasattr(t, "config") else {"name": getattr(t, "name", str(t))}
 
 
@@ -255,13 +259,14 @@ def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | 
     data = resolve_data(task, data_dir)
     name = _task_name(task, data)
     dictionary.check_task(data, name)
+    record = _task_config(task, data)  # refused before any training when the task cannot be recorded
     space = space or SearchSpace.general()
     out = Path(out_dir) / name if out_dir is not None else None
     net, eps = train_eps_network(dictionary, data, device=device,
                                  out_file=out / "eps_network.fx" if out else None, progress=show_progress(progress))
     res = fuse(space, data, device=device, out_dir=out / "fuse" if out else None, progress=progress, **search)
     derived = SearchSpace.from_genotypes(res.genotype, base=space, name=name)
-    return dictionary.add(name, task=_task_config(task, data), eps_network=net, eps=eps, space=derived,
+    return dictionary.add(name, task=record, eps_network=net, eps=eps, space=derived,
                           genotype=res.genotype, search=_brief(res))
 
 
@@ -360,6 +365,7 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     data = resolve_data(target, data_dir)
     name = _task_name(target, data)
     dictionary.check_task(data, name)
+    record = _task_config(target, data) if grow else None  # refused before any training if it cannot be recorded
     device = pick_device(device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -429,6 +435,6 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
         report.save(out / "report.json")
     if grow:
         derived = SearchSpace.from_genotypes(result.genotype, base=space, name=name)
-        dictionary.add(name, task=_task_config(target, data), eps_network=target_net, eps=target_eps,
+        dictionary.add(name, task=record, eps_network=target_net, eps=target_eps,
                        space=derived, genotype=result.genotype, search=_brief(result), replace=name in dictionary)
     return report
