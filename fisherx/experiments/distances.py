@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import distributed as _fxd
 from .. import models as _models
+from . import networks as _networks
 from . import trust as _trust
 from ..io.cache import Cache
 from ..distance import METRICS, distance_column
@@ -167,7 +168,7 @@ class TaskDistanceResult:
             "distances": {a: self.distances[a].tolist() for a in self.archs},
             "mean": {a: self.mean(a).tolist() for a in self.archs},
             "std": {a: self.std(a).tolist() for a in self.archs},
-            "accuracies": {a: self.accuracies[a].tolist() for a in self.archs},
+            "accuracies": {a: _nan_none(self.accuracies[a]) for a in self.archs},
             "closest": {a: self.closest(a) for a in self.archs},
             "config": self.config, "stats": self.stats,
             "level": self.level,
@@ -194,7 +195,7 @@ class TaskDistanceResult:
         d = json.loads(text)
         return cls(d["task_names"], d["archs"], d["seeds"], d["metric"],
                    {a: np.asarray(v, dtype=np.float64) for a, v in d["distances"].items()},
-                   {a: np.asarray(v, dtype=np.float64) for a, v in d["accuracies"].items()},
+                   {a: np.asarray(v, dtype=np.float64) for a, v in d["accuracies"].items()},  # null → nan
                    d["head_mode"], d["head_width"], d.get("config", {}), d.get("stats", {}),
                    {a: np.asarray(v, dtype=np.float64) for a, v in d.get("replicates", {}).items()},
                    {a: np.asarray(v, dtype=np.float64) for a, v in d.get("concentration", {}).items()},
@@ -312,6 +313,11 @@ class TaskDistanceResult:
         return _save_figure(fig, path)
 
 
+def _nan_none(a: np.ndarray) -> list:
+    """Accuracies as JSON: nan (no accuracy for a loss other than cross-entropy) as null."""
+    return np.where(np.isnan(a), None, a).tolist()
+
+
 def _tolist(x):
     return None if x is None else x.tolist()
 
@@ -368,11 +374,12 @@ def _check_family(tasks: Sequence[Task], datas: Sequence[TaskData]) -> None:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
-    shapes = {(d.in_channels, d.image_size) for d in datas}
+    shapes = {(tuple(d.train[0].shape[1:]), d.train[0].dtype) for d in datas}
     if len(shapes) != 1:
-        desc = ", ".join(f"{t.name}: {d.in_channels}×{d.image_size}×{d.image_size}" for t, d in zip(tasks, datas))
-        raise ValueError("every network is evaluated on every task's data, so all tasks need images of one shape; "
-                         f"got {desc} (set Task.image_size to resize)")
+        desc = ", ".join(f"{t.name}: {tuple(d.train[0].shape[1:])} {str(d.train[0].dtype).replace('torch.', '')}"
+                         for t, d in zip(tasks, datas))
+        raise ValueError("every network is evaluated on every task's data, so all tasks need inputs of one shape "
+                         f"and dtype; got {desc} (images: set Task.image_size to resize)")
 
 
 def _fisher_entry(fisher) -> dict:
@@ -400,7 +407,8 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                    batch_size: int = 128, lr: float = 1e-3, epsilon: Optional[float] = 0.1, head: str = "shared",
                    head_epochs: int = 5, fisher_kind: str = "empirical", fisher_samples: Optional[int] = None,
                    sigma2: float = 1e-8, device=None, progress: bool = True, bootstrap: int = 0,
-                   bootstrap_seed: int = 0, level: float = _trust.LEVEL, gates: str = "warn") -> TaskDistanceResult:
+                   bootstrap_seed: int = 0, level: float = _trust.LEVEL, gates: str = "warn", model=None,
+                   networks=None, loss="cross_entropy", train_fn=None, optimizer=None) -> TaskDistanceResult:
     """The papers' task-distance matrices.
 
     For every architecture in ``archs`` and seed in ``seeds``: train an ε-approximation network N_a for every task
@@ -422,6 +430,15 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     below 1 − ε is refused before its Fisher is used (or named in one EpsilonWarning), a Fisher with more than half
     its trace in its 10 largest entries is flagged, and d[b, b] must be exactly 0 in every matrix and replicate.
     ``level``: the confidence level of the intervals.
+
+    Your own networks (docs/your-tasks.md). ``model``: a factory ``factory(num_outputs) -> nn.Module`` (or a dict
+    name → factory / built-in name) used instead of ``archs``; its output must have the family's head width.
+    ``networks={task name: trained module}``: ready ε-networks, one per task, used as they are (no training, one
+    "seed"). ``loss``: the per-sample loss of training and Fishers: "cross_entropy", "mse" (regression /
+    autoencoding targets) or a callable ``loss(output, target) -> (B,)``. ``train_fn(model, task_data, seed=...)``
+    trains a network in place instead of :func:`fisherx.models.train`; ``optimizer(params) -> torch.optim``
+    replaces its Adam (where ``train`` takes it). Networks from a factory are cached by a hash of their structure
+    and initial weights, given networks by a hash of their weights.
     """
     from ..fisher import fisher_diag  # the Fisher engine; imported here so the rest of fisherx loads without it
 
@@ -440,9 +457,23 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         raise ValueError(f"task_distances needs at least 2 tasks, got {len(tasks)}")
     if not archs or not seeds:
         raise ValueError("task_distances needs at least one architecture and one seed")
-    for a in archs:
-        if a not in _models.ARCHS:
-            raise ValueError(f"unknown architecture {a!r}; choose one of {', '.join(_models.ARCHS)}")
+    given = None
+    if networks is not None:  # ready ε-networks: one set, no training
+        if model is not None or train_fn is not None:
+            raise ValueError("networks= are used as given: model= and train_fn= do not apply to them")
+        given = _networks.given_networks(networks, [t.name for t in tasks])
+        archs, seeds, build, factories = [_networks.GIVEN], seeds[:1], {}, set()
+    else:
+        build, factories = _networks.builders(archs, model)
+        archs = list(build)
+    if head == "refit" and (given is not None or model is not None):
+        raise ValueError("head='refit' refits the built-in networks' classifier; use head='shared' with model= or "
+                         "networks=")
+    if not callable(loss) and loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable (output, target) -> per-sample losses, "
+                         f"got {loss!r}")
+    loss_key = loss if isinstance(loss, str) else getattr(loss, "__qualname__", type(loss).__name__)
+    extra_train = {} if train_fn is not None else _networks.train_kwargs(train, loss, optimizer)
     device = default_device(device)
     cache = Cache(cache_dir)
     distributed = _fxd.is_distributed()
@@ -452,11 +483,14 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     datas = [t.load(data_dir) for t in tasks]
     _check_family(tasks, datas)
     width = max(d.num_classes for d in datas)
+    target_shape = None if loss == "cross_entropy" else tuple(datas[0].test[1].shape[1:])
     in_ch, size = datas[0].in_channels, datas[0].image_size
     fingerprints = [d.fingerprint() for d in datas]
     train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "adam",
-                 "loss": "cross_entropy", "selection": "best_val_accuracy", "recipe": RECIPE_VERSION}
-    fisher_cfg = {"kind": fisher_kind, "max_samples": fisher_samples, "loss": "cross_entropy", "split": "test",
+                 "loss": loss_key, "selection": "best_val_accuracy", "recipe": RECIPE_VERSION}
+    if train_fn is not None or optimizer is not None:  # only then: the keys of the default recipe stay as they were
+        train_cfg["custom"] = {"train_fn": _networks.qualname(train_fn), "optimizer": _networks.qualname(optimizer)}
+    fisher_cfg = {"kind": fisher_kind, "max_samples": fisher_samples, "loss": loss_key, "split": "test",
                   "mode": "eval", "recipe": RECIPE_VERSION}
     boot_cfg = {"replicates": bootstrap, "seed": bootstrap_seed} if bootstrap else None
     if boot_cfg:  # only then: the keys of Fishers without replicates stay those of earlier runs
@@ -471,31 +505,52 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     bar = _bar(None if distributed else steps, progress and (not distributed or _fxd.is_main_process()))
     missed: list[str] = []  # networks below 1 − ε, warned about once at the end (cached or not)
 
-    def network_config(arch, seed, i):
-        return {"arch": arch, "in_channels": in_ch, "image_size": size, "head_width": width, "seed": seed,
-                "task": tasks[i].config(), "data": fingerprints[i], "train": train_cfg}
+    def network_config(arch, seed, i, net=None):
+        cfg = {"arch": arch, "in_channels": in_ch, "image_size": size, "head_width": width, "seed": seed,
+               "task": tasks[i].config(), "data": fingerprints[i], "train": train_cfg}
+        if net is not None:  # the user's factory: what it built (structure and initial weights) is the key
+            cfg["initial"] = _networks.state_sha256(net)
+        return cfg
 
     def get_network(arch, seed, i):
-        cfg = network_config(arch, seed, i)
+        if given is not None:
+            return given_network(i)
         with seeded(seed):
-            model = _models.build(arch, in_ch, width, size)
+            model = build[arch](in_ch, width, size)
+        _networks.check_head(model, datas[i].train[0][:2], width, arch, target_shape)
+        cfg = network_config(arch, seed, i, model if arch in factories else None)
         entry = cache.load("network", cfg)
         if entry is None:
             bar.set_description(f"train {arch} seed {seed} {tasks[i].name}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EpsilonWarning)  # warned once below, cached or not
                 # Per-epoch checkpoints: a long training killed half-way resumes from its last epoch.
-                ckpt = cache.path("training", cfg)
-                res = train(model, datas[i], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            device=device, progress=progress, epsilon=epsilon, checkpoint=ckpt)
+                ckpt = cache.path("training", cfg) if train_fn is None else None
+                if train_fn is not None:
+                    _networks.run_train_fn(train_fn, model, datas[i], seed, device)
+                    summary = {"test_accuracy": _networks.accuracy(model, datas[i], loss, device)}
+                else:
+                    summary = train(model, datas[i], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                    device=device, progress=progress, epsilon=epsilon, checkpoint=ckpt,
+                                    **extra_train).summary()
             entry = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                     "summary": res.summary()}
+                     "summary": summary}
             cache.store("network", cfg, entry)
             if ckpt is not None:
                 ckpt.unlink(missing_ok=True)
         model.load_state_dict(entry["state_dict"])
         model.to(device).eval()
-        acc = float(entry["summary"]["test_accuracy"])
+        return judged(model, entry["summary"].get("test_accuracy"), arch, seed, i, cfg)
+
+    def given_network(i):
+        net = given[tasks[i].name].to(device).eval()
+        _networks.check_head(net, datas[i].train[0][:2].to(device), width, f"networks[{tasks[i].name!r}]",
+                             target_shape)
+        cfg = {"given": _networks.state_sha256(net), "task": tasks[i].config(), "data": fingerprints[i]}
+        return judged(net, _networks.accuracy(net, datas[i], loss, device), _networks.GIVEN, 0, i, cfg)
+
+    def judged(model, acc, arch, seed, i, cfg):
+        acc = float("nan") if acc is None else float(acc)  # nan: no accuracy for a loss other than cross-entropy
         if epsilon is not None and acc < 1.0 - epsilon:
             if gates == "refuse":  # before any Fisher of this network is used
                 raise _trust.GateError(f"{arch} seed {seed} {tasks[i].name}: test accuracy {acc:.3f} < 1 − ε = "
@@ -532,7 +587,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
             bar.set_description(f"fisher → {tasks[j].name}")
             with seeded(seed, device):  # the labels drawn by kind="mc" come from the seed too
                 # One unit is one whole Fisher on one rank, never a shard combined across ranks.
-                f = fisher_diag(model.eval(), datas[j].test, loss="cross_entropy", kind=fisher_kind,
+                f = fisher_diag(model.eval(), datas[j].test, loss=loss, kind=fisher_kind,
                                 max_samples=fisher_samples, device=device, progress=False, distributed=False,
                                 bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
             entry = _fisher_entry(f)
@@ -585,6 +640,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
                       f"1 − ε = {1 - epsilon:.3f}), so their distances are suspect; train longer (epochs=...): "
                       + "; ".join(missed), EpsilonWarning, stacklevel=2)
     config = {"tasks": [t.config() for t in tasks], "archs": archs, "seeds": seeds, "metric": metric,
+              "networks": "given" if given is not None else ("factory" if model is not None else "built-in"),
               "sigma2": sigma2 if metric == "logdet" else None, "train": train_cfg, "fisher": fisher_cfg,
               "head": {"mode": head, "width": width, "refit_epochs": head_epochs if head == "refit" else None},
               "epsilon": epsilon, "data": {t.name: {"origin": d.origin, "fingerprint": fp, "num_classes": d.num_classes,

@@ -16,9 +16,9 @@ from .. import models as _models
 GIVEN = "given"  # the architecture name of ready trained networks (task_distances(networks=...))
 
 
-def builders(archs, model) -> dict[str, Callable[[int, int, int], nn.Module]]:
-    """name → build(in_channels, width, image_size). ``model``: None (the built-in ``archs``), a built-in name, a
-    factory ``factory(num_outputs)``, or a dict name → factory / built-in name."""
+def builders(archs, model) -> tuple[dict[str, Callable[[int, int, int], nn.Module]], set]:
+    """(name → build(in_channels, width, image_size), the names that are the user's factories). ``model``: None
+    (the built-in ``archs``), a built-in name, a factory ``factory(num_outputs)``, or a dict name → either."""
     if model is None:
         chosen = {a: a for a in archs}
     elif isinstance(model, str) or callable(model):
@@ -28,7 +28,7 @@ def builders(archs, model) -> dict[str, Callable[[int, int, int], nn.Module]]:
     else:
         raise TypeError(f"model must be a built-in architecture name, a factory num_outputs -> nn.Module or a dict "
                         f"of them, got {type(model).__name__}")
-    out = {}
+    out, factories = {}, set()
     for name, m in chosen.items():
         if isinstance(m, str):
             if m not in _models.ARCHS:
@@ -37,9 +37,10 @@ def builders(archs, model) -> dict[str, Callable[[int, int, int], nn.Module]]:
             out[str(name)] = lambda c, w, s, m=m: _models.build(m, c, w, s)
         elif callable(m):
             out[str(name)] = lambda c, w, s, m=m, name=name: _call_factory(m, w, name)
+            factories.add(str(name))
         else:
             raise TypeError(f"model {name!r}: expected a factory or a built-in name, got {type(m).__name__}")
-    return out
+    return out, factories
 
 
 def _name(model) -> str:
@@ -115,10 +116,25 @@ def train_kwargs(train, loss, optimizer) -> dict:
     return kw
 
 
+def qualname(fn) -> Optional[str]:
+    """A function's module and qualified name, for cache keys and results (None for None)."""
+    if fn is None:
+        return None
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def accuracy(net: nn.Module, data, loss, device) -> Optional[float]:
+    """Test accuracy of ``net`` for cross-entropy; None for other losses (accuracy means nothing there)."""
+    if loss != "cross_entropy":
+        return None
+    return _models.evaluate(net, *data.test, device=device)
+
+
 def run_train_fn(train_fn, net: nn.Module, data, seed: int, device) -> Optional[float]:
     """Train ``net`` with the user's ``train_fn(model, task_data, seed=seed)`` (in place)."""
     net.to(device)
     res = train_fn(net, data, seed=seed)
-    if res is not None and isinstance(res, nn.Module) and res is not net:
+    if isinstance(res, nn.Module) and res is not net:
         raise ValueError("train_fn must train the model it is given in place (it returned another module)")
+    net.eval()
     return None
