@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="ftd", choices=["ftd", "logdet", "cosine"])
     p.add_argument("--head", default="shared", choices=["shared", "refit"],
                    help="shared head width for all tasks (default), or refit N_a's head on task b")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of the preset's tasks (e.g. T0,T1,T2)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the preset's tasks (e.g. T0,T1,T2), "
+                                                  "or FILE.py:NAME / module:NAME naming a list of your own Tasks")
+    p.add_argument("--model", default=None, help="FILE.py:FACTORY / module:FACTORY: your network factory "
+                                                  "factory(num_outputs) -> nn.Module, instead of --archs")
+    p.add_argument("--config", default=None, help="a TOML run file: tasks (.npz files, image folders, CIFAR batches "
+                                                   "with class subsets), the networks, seeds and settings "
+                                                   "(docs/your-tasks.md); its settings win over these options")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epsilon", type=float, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")

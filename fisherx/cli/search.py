@@ -22,6 +22,8 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="digits", help="digits (built in), mnist, cifar10, cifar100 or imagenet")
     p.add_argument("--target", required=True, help="the target task's name in the preset, e.g. T2")
+    p.add_argument("--tasks", default=None, help="FILE.py:NAME / module:NAME naming a list of your own Tasks; "
+                                                  "--target and --baselines then name tasks of that list")
     p.add_argument("--dictionary", required=True, help="folder of the baseline dictionary (created if missing)")
     p.add_argument("--out", required=True, help="output folder: report.json, summary.txt, checkpoints")
     p.add_argument("--baselines", default=None,
@@ -72,12 +74,22 @@ def _run(args: argparse.Namespace) -> int:
     from ..nas.space import SearchSpace
     from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
 
-    tasks = {t.name: t for t in preset(args.preset, seed=args.task_seed,
-                                       max_train_per_label=args.max_train_per_label)}
+    if args.tasks:
+        from ..tasks.runfile import load_tasks
+
+        try:
+            tasks = {t.name: t for t in load_tasks(args.tasks)}
+        except (AttributeError, ImportError, TypeError) as exc:
+            raise SystemExit(f"fisherx search: {exc}") from exc
+        where = args.tasks
+    else:
+        tasks = {t.name: t for t in preset(args.preset, seed=args.task_seed,
+                                           max_train_per_label=args.max_train_per_label)}
+        where = f"preset {args.preset!r}"
 
     def task(name):
         if name not in tasks:
-            raise SystemExit(f"fisherx search: no task {name!r} in preset {args.preset!r} (it has {', '.join(tasks)})")
+            raise SystemExit(f"fisherx search: no task {name!r} in {where} (it has {', '.join(tasks)})")
         return tasks[name]
 
     target = task(args.target)

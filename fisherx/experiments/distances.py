@@ -702,6 +702,22 @@ def _bar(total: Optional[int], enabled: bool):
 OUTPUT_FILES = ("result.json", "distances.csv", "table.txt", "heatmaps.png", "atlas.png", "intervals.png")
 
 
+def _user_run(args) -> dict:
+    """The user's part of a ``fisherx distances`` run: a TOML run file's tasks, networks and settings, or tasks
+    and a model factory from ``FILE.py:NAME`` references; {} for a preset run."""
+    from ..tasks.runfile import load_attr, load_tasks, read_run
+
+    try:
+        run = read_run(args.config) if getattr(args, "config", None) else {}
+        if args.tasks and ":" in args.tasks:
+            run["tasks"] = load_tasks(args.tasks)
+        if getattr(args, "model", None):
+            run["model"] = load_attr(args.model, "--model")
+    except (FileNotFoundError, AttributeError, ImportError, TypeError, ValueError, KeyError) as exc:
+        raise SystemExit(f"fisherx distances: {exc}") from exc
+    return run
+
+
 def distances_command(args) -> int:
     """Run :func:`task_distances` on a preset and write result.json, distances.csv, table.txt, heatmaps.png,
     atlas.png and intervals.png to ``args.out``; the cache defaults to ``OUT/cache`` so that re-running the command
@@ -713,9 +729,11 @@ def distances_command(args) -> int:
     init_from_env(args.device)  # under torchrun: one process group, the units of work spread over the ranks
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = preset(args.preset, seed=args.task_seed, max_train_per_label=args.max_train_per_label,
-                   image_size=args.image_size)
-    if args.tasks:
+    user = _user_run(args)  # --config / --tasks FILE.py:NAME / --model FILE.py:FACTORY
+    tasks = user.pop("tasks", None) or preset(args.preset, seed=args.task_seed,
+                                              max_train_per_label=args.max_train_per_label,
+                                              image_size=args.image_size)
+    if args.tasks and "tasks" not in user and ":" not in args.tasks:
         wanted = args.tasks.split(",")
         unknown = [t for t in wanted if t not in {x.name for x in tasks}]
         if unknown:
@@ -728,12 +746,16 @@ def distances_command(args) -> int:
     except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise SystemExit(f"fisherx distances: {msg}") from exc
-    result = task_distances(
-        tasks, archs=args.archs.split(","), seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
-        metric=args.metric, cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir,
-        batch_size=args.batch_size, lr=args.lr, epsilon=args.epsilon, head=args.head,
-        fisher_samples=args.fisher_samples, device=args.device, progress=not args.quiet, bootstrap=args.bootstrap,
-        gates=args.gates)
+    settings = dict(archs=args.archs.split(","), seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
+                    metric=args.metric, cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir,
+                    batch_size=args.batch_size, lr=args.lr, epsilon=args.epsilon, head=args.head,
+                    fisher_samples=args.fisher_samples, device=args.device, progress=not args.quiet,
+                    bootstrap=args.bootstrap, gates=args.gates)
+    settings.update(user)  # the run file's settings win over the options' defaults
+    try:
+        result = task_distances(tasks, **settings)
+    except (ValueError, TypeError) as exc:  # a bad factory or task family: one line, not a traceback
+        raise SystemExit(f"fisherx distances: {exc}") from exc
     if not is_main_process():
         return 0  # rank 0 writes the outputs
     result.to_json(out / "result.json")

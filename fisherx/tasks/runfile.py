@@ -69,7 +69,11 @@ def load_tasks(spec: str) -> list:
     """Tasks from ``FILE.py:NAME``: a list of tasks, or a function returning one."""
     obj = load_attr(spec, "--tasks")
     if callable(obj) and not isinstance(obj, (list, tuple)):
-        obj = obj()
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise TypeError(f"--tasks {spec!r} must name a list of fisherx Tasks or a function of no arguments "
+                            f"returning one ({exc})") from None
     if not isinstance(obj, (list, tuple)) or not all(hasattr(t, "load") and hasattr(t, "name") for t in obj):
         raise TypeError(f"--tasks {spec!r} must name a list of fisherx Tasks (or a function returning one), got "
                         f"{type(obj).__name__}")
