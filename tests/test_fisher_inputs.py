@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fisher_models import naive_fisher
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fisherx import fisher_diag
-
-from fisher_models import naive_fisher
 
 TOL = 1e-10
 

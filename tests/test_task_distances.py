@@ -113,7 +113,8 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="at least 2 tasks"):
         fisherx.task_distances(tasks[:1])
     from dataclasses import replace
-    with pytest.raises(ValueError, match=r"inputs of one shape and dtype; got T0: \(1, 8, 8\) float32, T1: \(1, 16, 16\) float32"):
+    with pytest.raises(ValueError, match=r"inputs of one shape and dtype; got T0: \(1, 8, 8\) float32, "
+                                         r"T1: \(1, 16, 16\) float32"):
         fisherx.task_distances([tasks[0], replace(tasks[1], image_size=16)], progress=False)
 
 

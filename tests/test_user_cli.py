@@ -8,11 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
+from synthetic_datasets import write_cifar10, write_imagefolder
 
 from fisherx.cli import main
 from fisherx.models import EpsilonWarning
-
-from synthetic_datasets import write_cifar10, write_imagefolder
 
 QUICK = ["--seeds", "0", "--epochs", "2", "--device", "cpu", "--quiet", "--gates", "off"]
 

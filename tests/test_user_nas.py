@@ -6,13 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
+from test_nas_space import _one_thread  # noqa: F401  (autouse: one thread)
 
 from fisherx.models import EpsilonWarning
 from fisherx.nas import SearchSpace
 from fisherx.nas.ta_nas import TaskDictionary, add_baseline, ta_nas
 from fisherx.tasks import Task
-
-from test_nas_space import _one_thread  # noqa: F401  (autouse: one thread)
 
 SEARCH = dict(candidates=1, rounds=1, alternations=1, batch_size=64, final_epochs=1, device="cpu", progress=False)
 SPACE = SearchSpace.general(width=4, depth=1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Optional
 
 import torch
 from torch import nn
@@ -116,21 +115,21 @@ def train_kwargs(train, loss, optimizer) -> dict:
     return kw
 
 
-def qualname(fn) -> Optional[str]:
+def qualname(fn) -> str | None:
     """A function's module and qualified name, for cache keys and results (None for None)."""
     if fn is None:
         return None
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def accuracy(net: nn.Module, data, loss, device) -> Optional[float]:
+def accuracy(net: nn.Module, data, loss, device) -> float | None:
     """Test accuracy of ``net`` for cross-entropy; None for other losses (accuracy means nothing there)."""
     if loss != "cross_entropy":
         return None
     return _models.evaluate(net, *data.test, device=device)
 
 
-def run_train_fn(train_fn, net: nn.Module, data, seed: int, device) -> Optional[float]:
+def run_train_fn(train_fn, net: nn.Module, data, seed: int, device) -> float | None:
     """Train ``net`` with the user's ``train_fn(model, task_data, seed=seed)`` (in place)."""
     net.to(device)
     res = train_fn(net, data, seed=seed)

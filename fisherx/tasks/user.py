@@ -13,7 +13,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class UserSource(ArraySource):
 
     raw = True
 
-    def __init__(self, name: str, origin: str, class_names, train: Split, test: Split, val: Optional[Split]):
+    def __init__(self, name: str, origin: str, class_names, train: Split, test: Split, val: Split | None):
         Source.__init__(self)
         self.name, self.origin, self.class_names = name, origin, tuple(class_names or ())
         self.train, self.test, self.val = train, test, val
@@ -106,9 +106,9 @@ class UserTask(Task):
     what they mean for a preset's task, with class names ``class_names`` (default "0", "1", ... for the labels)."""
 
     source: str = "user"
-    class_names: Optional[tuple] = None
+    class_names: tuple | None = None
     target: str = "labels"
-    data_file: Optional[str] = None
+    data_file: str | None = None
     data_sha256: str = ""
     arrays: Any = field(default=None, compare=False, repr=False)
 
@@ -164,7 +164,7 @@ def replace_arrays(task: UserTask) -> UserTask:
     return replace(task, arrays=None)
 
 
-def _read_npz(name: str, path) -> tuple[dict, Optional[tuple]]:
+def _read_npz(name: str, path) -> tuple[dict, tuple | None]:
     if path is None:
         raise ValueError(f"task {name!r} has neither arrays nor a data file")
     p = Path(path)
