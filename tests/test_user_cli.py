@@ -166,4 +166,4 @@ def test_search_with_tasks_from_a_file(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["closest"] in ("A", "B")
     with pytest.raises(SystemExit, match=r"no task 'Z' in .*tasks\.py:tasks \(it has A, B, C\)"):
-        main([*argv[:5], "Z", *argv[6:]])
+        main([*argv[:4], "Z", *argv[5:]])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -137,3 +138,44 @@ def run_train_fn(train_fn, net: nn.Module, data, seed: int, device) -> float | N
         raise ValueError("train_fn must train the model it is given in place (it returned another module)")
     net.eval()
     return None
+
+
+@dataclass
+class UserNetworks:
+    """How one task_distances run gets its networks and losses (built-in archs, the user's factories, or given
+    networks) and what its training calls need."""
+
+    archs: list
+    seeds: list
+    build: dict
+    factories: set
+    given: dict | None
+    loss: object
+    loss_key: str
+    train_fn: Callable | None
+    optimizer: Callable | None
+    extra_train: dict
+
+
+def plan(tasks, archs, seeds, model, networks, loss, train_fn, optimizer, head: str) -> UserNetworks:
+    """Check the network arguments of task_distances and resolve them (one-line errors for each bad one)."""
+    from ..models.training import train
+
+    given = None
+    if networks is not None:  # ready ε-networks: one set, no training
+        if model is not None or train_fn is not None:
+            raise ValueError("networks= are used as given: model= and train_fn= do not apply to them")
+        given = given_networks(networks, [t.name for t in tasks])
+        archs, seeds, build, factories = [GIVEN], seeds[:1], {}, set()
+    else:
+        build, factories = builders(archs, model)
+        archs = list(build)
+    if head == "refit" and (given is not None or model is not None):
+        raise ValueError("head='refit' refits the built-in networks' classifier; use head='shared' with model= or "
+                         "networks=")
+    if not callable(loss) and loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable (output, target) -> per-sample losses, "
+                         f"got {loss!r}")
+    loss_key = loss if isinstance(loss, str) else getattr(loss, "__qualname__", type(loss).__name__)
+    extra = {} if train_fn is not None else train_kwargs(train, loss, optimizer)
+    return UserNetworks(archs, seeds, build, factories, given, loss, loss_key, train_fn, optimizer, extra)

@@ -179,7 +179,7 @@ def replicate_column(sources: Sequence, target, metric: str = "ftd", sigma2: flo
     """
     names = list(names) if names is not None else [f"sources[{i}]" for i in range(len(sources))]
     seed, r = _bootstrap_seed(target, target_name), target.n_replicates
-    for s, n in zip(sources, names):
+    for s, n in zip(sources, names, strict=True):
         if _bootstrap_seed(s, n) != seed or s.n_replicates != r:
             raise ValueError(f"{n} has {s.n_replicates} replicates with bootstrap seed {_bootstrap_seed(s, n)} but "
                              f"{target_name} has {r} with seed {seed}: the replicates must be paired (same seed, "
