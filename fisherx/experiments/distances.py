@@ -20,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import distributed as _fxd
-from .. import models as _models
-from . import networks as _networks
 from ..distance import METRICS, distance_column
 from ..io.cache import Cache
 from ..models.training import EpsilonWarning, default_device, seeded, train
 from ..tasks import Task, TaskData
+from . import networks as _networks
 from . import trust as _trust
 from .result import TaskDistanceResult
 
