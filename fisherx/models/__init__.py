@@ -12,7 +12,8 @@ from .common import Classifier
 from .densenet import densenet121
 from .resnet import resnet18
 from .small import cnn, mlp
-from .training import EpsilonWarning, TrainResult, default_device, evaluate, seeded, train
+from .training import (EpsilonWarning, TrainResult, default_device, evaluate, evaluate_loss, per_sample_losses, seeded,
+                       train)
 from .vgg import vgg16
 
 ARCHS = {"vgg16": vgg16, "resnet18": resnet18, "densenet121": densenet121, "cnn": cnn, "mlp": mlp}
@@ -34,4 +35,4 @@ def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.
 
 
 __all__ = ["ARCHS", "PIXEL_ARCHS", "Autoencoder", "Classifier", "autoencoder", "EpsilonWarning", "TrainResult", "build", "cnn", "default_device", "densenet121",
-           "evaluate", "mlp", "resnet18", "seeded", "train", "vgg16"]
+           "evaluate", "evaluate_loss", "mlp", "per_sample_losses", "resnet18", "seeded", "train", "vgg16"]
