@@ -14,9 +14,20 @@ from fisher_models import naive_fisher
 import fisherx
 from fisherx.models import build, per_sample_losses, seeded, train
 from fisherx.tasks import PixelTask
-from fisherx.transfer import (agreement, agreement_table, ahp_affinity, choose_source, compare_sources,
-                              comparison_table, cost_table, fine_tune, kendall, spearman, transfer_affinity)
 from fisherx.transfer import affinity as affinity_mod
+from fisherx.transfer import (
+    agreement,
+    agreement_table,
+    ahp_affinity,
+    choose_source,
+    compare_sources,
+    comparison_table,
+    cost_table,
+    fine_tune,
+    kendall,
+    spearman,
+    transfer_affinity,
+)
 
 
 @pytest.mark.parametrize("size", [8, 9])

@@ -22,8 +22,8 @@ PIXEL_ARCHS = {"autoencoder": autoencoder}
 
 
 def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """A freshly initialised network ``arch`` (one of :data:`ARCHS` or :data:`PIXEL_ARCHS`) for ``in_channels``×``image_size``×``image_size``
-    images and ``num_classes`` outputs. Initialisation draws from torch's global generator: seed it (or use
+    """A freshly initialised network ``arch`` (one of :data:`ARCHS` or :data:`PIXEL_ARCHS`) for
+    ``in_channels``×``image_size``×``image_size`` images and ``num_classes`` outputs. Initialisation draws from torch's global generator: seed it (or use
     :func:`fisherx.models.seeded`) for reproducible weights."""
     makers = {**ARCHS, **PIXEL_ARCHS}
     if arch not in makers:
@@ -34,5 +34,6 @@ def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.
     return makers[arch](in_channels, num_classes, image_size)
 
 
-__all__ = ["ARCHS", "PIXEL_ARCHS", "Autoencoder", "Classifier", "autoencoder", "EpsilonWarning", "TrainResult", "build", "cnn", "default_device", "densenet121",
+__all__ = ["ARCHS", "PIXEL_ARCHS", "Autoencoder", "Classifier", "autoencoder", "EpsilonWarning", "TrainResult",
+           "build", "cnn", "default_device", "densenet121",
            "evaluate", "evaluate_loss", "mlp", "per_sample_losses", "resnet18", "seeded", "train", "vgg16"]

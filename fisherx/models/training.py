@@ -222,12 +222,7 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                     count += idx.numel()
                 rec = {"epoch": epoch, "loss": total / max(count, 1)}
                 if xv.shape[0] > 0:
-                    # One "higher is better" score for both kinds, so the checkpoint keeps one best_acc slot.
-                    if classify:
-                        score = rec["val_accuracy"] = evaluate(model, xv, yv, device=device)
-                    else:
-                        rec["val_loss"] = evaluate_loss(model, xv, yv, loss)
-                        score = -rec["val_loss"]
+                    score = _val_score(model, xv, yv, loss, device, rec)
                     if score > best_acc or best_state is None:
                         best_acc, best_epoch = score, epoch
                         best_state = copy.deepcopy(model.state_dict())
@@ -243,20 +238,31 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    best = best_acc if best_state is not None else None
-    if classify:
-        test_acc = evaluate(model, *task_data.test, device=device)
-        result = TrainResult(model, test_acc, best, best_epoch, epochs, time.perf_counter() - start, epsilon,
-                             history)
-    else:
-        test_loss = evaluate_loss(model, *task_data.test, loss)
-        result = TrainResult(model, None, None, best_epoch, epochs, time.perf_counter() - start, None, history,
-                             loss_name(loss), test_loss, None if best is None else -best)
+    result = _result(model, task_data, loss, best_acc if best_state is not None else None, best_epoch, epochs,
+                     time.perf_counter() - start, epsilon, history, device)
     if not result.meets_epsilon:
         warnings.warn(f"the {type(model).__name__} trained on task {task_data.task.name!r} reached test accuracy "
-                      f"{result.test_accuracy:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; train it "
-                      "longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
+                      f"{result.test_accuracy:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; "
+                      "train it longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
     return result
+
+
+def _val_score(model, xv, yv, loss, device, rec: dict) -> float:
+    # One "higher is better" score for both kinds (accuracy, or minus the loss), so the checkpoint keeps one slot.
+    if loss == "cross_entropy":
+        rec["val_accuracy"] = evaluate(model, xv, yv, device=device)
+        return rec["val_accuracy"]
+    rec["val_loss"] = evaluate_loss(model, xv, yv, loss)
+    return -rec["val_loss"]
+
+
+def _result(model, task_data, loss, best, best_epoch, epochs, seconds, epsilon, history, device) -> TrainResult:
+    if loss == "cross_entropy":
+        test_acc = evaluate(model, *task_data.test, device=device)
+        return TrainResult(model, test_acc, best, best_epoch, epochs, seconds, epsilon, history)
+    test_loss = evaluate_loss(model, *task_data.test, loss)
+    return TrainResult(model, None, None, best_epoch, epochs, seconds, None, history, loss_name(loss), test_loss,
+                       None if best is None else -best)
 
 
 def _mean_loss(loss: Loss):

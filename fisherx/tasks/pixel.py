@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ class PixelTaskData:
     """A pixel task's tensors: ``train``, ``val`` and ``test`` as ``(x, y)`` pairs of float32 N×C×H×W tensors
     (input, target)."""
 
-    task: "PixelTask"
+    task: PixelTask
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
@@ -68,8 +67,8 @@ class PixelTask:
     source: str = "digits"
     seed: int = 0
     val_fraction: float = 0.1
-    max_train_per_label: Optional[int] = None
-    image_size: Optional[int] = None
+    max_train_per_label: int | None = None
+    image_size: int | None = None
     noise_seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -144,7 +143,7 @@ class PixelTask:
                              int(f[0].shape[-1]), pairs.origin)
 
 
-def _cap_per_class(y: np.ndarray, cap: Optional[int], seed: int) -> np.ndarray:
+def _cap_per_class(y: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
     if cap is None:
         return np.arange(y.size)
     rng = np.random.default_rng([seed, 7])

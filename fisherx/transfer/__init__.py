@@ -6,7 +6,8 @@ from __future__ import annotations
 from .affinity import AffinityResult, ahp_affinity, transfer_affinity
 from .agreement import agreement, agreement_table, cost_table, kendall, plot_cost, plot_matrices, spearman
 from .choose import SourceChoice, choose_source, compare_sources, comparison_table, fine_tune
+from .report import report_text, write_report
 
 __all__ = ["AffinityResult", "SourceChoice", "agreement", "agreement_table", "ahp_affinity", "choose_source",
            "compare_sources", "comparison_table", "cost_table", "fine_tune", "kendall", "plot_cost", "plot_matrices",
-           "spearman", "transfer_affinity"]
+           "report_text", "spearman", "transfer_affinity", "write_report"]

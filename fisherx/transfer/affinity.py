@@ -26,8 +26,8 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def _timed(compute):
     return value
 
 
-def _fisher_value(model, data, loss, samples: Optional[int], device) -> dict:
+def _fisher_value(model, data, loss, samples: int | None, device) -> dict:
     x, y = data.test
     with warnings.catch_warnings():  # the transposed conv's fallback rule is expected here; do not repeat it K² times
         warnings.filterwarnings("ignore", message=".*no per-layer rule.*")
@@ -200,7 +200,7 @@ class _Run:
 
 def transfer_affinity(tasks: Sequence, *, seeds: Sequence[int] = (0,), arch: str = "autoencoder",
                       source_epochs: int = 10, budget: int = 2, batch_size: int = 64, lr: float = 1e-3,
-                      loss="mse", fisher_samples: Optional[int] = None, cache_dir=None, data_dir=None, device=None,
+                      loss="mse", fisher_samples: int | None = None, cache_dir=None, data_dir=None, device=None,
                       progress: bool = False) -> AffinityResult:
     """FTD matrix and brute-force transfer affinities of ``tasks`` (pixel tasks or any with ``load()`` giving
     ``train``/``val``/``test`` input–target pairs, ``in_channels``, ``out_channels``, ``image_size``).

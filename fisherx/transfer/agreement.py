@@ -9,7 +9,8 @@ affinity when it is large, so the statistics compare −d[:, b] with affinity[:,
   T_x / T_y tied in one vector only);
 - top-1: whether the FTD-closest source is the affinity-best one.
 
-Each is computed per seed; the interval is Student's t over seeds (:func:`fisherx.experiments.trust.seed_interval`).
+Each is computed per seed; the interval is Student's t over seeds (:func:`fisherx.experiments.trust.seed_interval`),
+cut to [−1, 1].
 A vector without spread (all values equal) has no ranks to compare: its correlation is NaN.
 """
 from __future__ import annotations
@@ -60,11 +61,14 @@ def kendall(x, y) -> float:
     return both / math.sqrt(nx * ny) if nx > 0 and ny > 0 else float("nan")
 
 
-def _interval(values: list, level: float):
+def _interval(values: list, level: float, bounds: tuple[float, float] | None = None):
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2 or not np.isfinite(v).all():
         return None
-    return [float(b) for b in seed_interval(v, level)]
+    iv = seed_interval(v, level)
+    if bounds is not None:  # a correlation's interval is cut to [-1, 1], where the statistic lives
+        iv = np.clip(iv, *bounds)
+    return [float(b) for b in iv]
 
 
 def agreement(result, kind: str = "ahp", level: float = LEVEL) -> dict:
@@ -84,8 +88,8 @@ def agreement(result, kind: str = "ahp", level: float = LEVEL) -> dict:
             closest.append(names[others[int(np.argmin(d))]])
             best.append(names[others[int(np.argmax(f))]])
         out[target] = {
-            "spearman": {"per_seed": rho, "mean": float(np.mean(rho)), "interval": _interval(rho, level)},
-            "kendall": {"per_seed": tau, "mean": float(np.mean(tau)), "interval": _interval(tau, level)},
+            "spearman": {"per_seed": rho, "mean": float(np.mean(rho)), "interval": _interval(rho, level, (-1, 1))},
+            "kendall": {"per_seed": tau, "mean": float(np.mean(tau)), "interval": _interval(tau, level, (-1, 1))},
             "ftd_closest": closest, "affinity_best": best,
             "top1_agreement": float(np.mean([c == b_ for c, b_ in zip(closest, best)])),
         }

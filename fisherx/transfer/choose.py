@@ -9,8 +9,8 @@ scratch, on the same budget (the brute force fine-tuned every source, so all thr
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -38,9 +38,9 @@ def _data(target):
     return target if hasattr(target, "test") else target.load()
 
 
-def choose_source(target, candidates: Mapping[str, nn.Module], *, target_model: Optional[nn.Module] = None,
+def choose_source(target, candidates: Mapping[str, nn.Module], *, target_model: nn.Module | None = None,
                   loss="mse", arch: str = "autoencoder", epochs: int = 10, seed: int = 0, batch_size: int = 64,
-                  lr: float = 1e-3, fisher_samples: Optional[int] = None, device=None) -> SourceChoice:
+                  lr: float = 1e-3, fisher_samples: int | None = None, device=None) -> SourceChoice:
     """Pick the candidate network to fine-tune for ``target`` (a task, or its loaded data) by FTD.
 
     d_a = FTD(F_ab, F_bb) = (1/√2)‖√F̂_ab − √F̂_bb‖ with F_ab the Fisher of candidate a on b's test data under the
@@ -104,4 +104,5 @@ def comparison_table(comparison: dict, level: float = LEVEL) -> str:
     rows += [(t, cell(c["ftd_chosen"]), cell(c["affinity_best"]), cell(c["scratch"])) for t, c in comparison.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines + [f"(test loss after the same fine-tuning budget; mean [{level:.0%} t interval over seeds])"])
+    note = f"(test loss after the same fine-tuning budget; mean [{level:.0%} t interval over seeds])"
+    return "\n".join(lines + [note])
