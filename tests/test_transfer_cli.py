@@ -24,3 +24,11 @@ def test_affinity_command_writes_its_files(tmp_path, capsys):
     assert list((out / "cache").rglob("*.fxc"))  # the default cache lives under OUT
     with pytest.raises(SystemExit, match="unknown task.*sharpen"):
         main(argv[:4] + ["autoencode,sharpen"] + argv[5:])
+
+
+def test_undefined_correlations_are_written_as_null():
+    from fisherx.transfer.report import _plain
+
+    assert _plain({"rho": [0.5, float("nan")], "x": {"tau": float("nan")}, "n": 3}) == {"rho": [0.5, None],
+                                                                                      "x": {"tau": None}, "n": 3}
+    json.dumps(_plain({"v": float("nan")}), allow_nan=False)  # strict JSON accepts it

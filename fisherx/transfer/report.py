@@ -18,6 +18,17 @@ def _matrix(names, m: np.ndarray, digits: int = 3) -> list:
     return lines
 
 
+def _plain(obj):
+    # JSON has no NaN (a correlation of a vector without spread): write null instead.
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def report_text(result, kind: str = "ahp") -> str:
     """The run as text: mean FTD, affinity and gain matrices (rows = source, columns = target), the agreement per
     target, the fine-tuning comparison and the cost table."""
@@ -38,13 +49,13 @@ def report_text(result, kind: str = "ahp") -> str:
 def write_report(result, out, kind: str = "ahp") -> dict:
     """Write ``out/affinity.json``, ``out/table.txt``, ``out/matrices.png`` and ``out/cost.png``; returns the
     paths by name. affinity.json holds every per-seed matrix, the agreement and comparison for both affinities,
-    and the cost."""
+    and the cost (an undefined correlation is null)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = result.to_dict()
     doc["agreement"] = {k: agreement(result, k) for k in ("ahp", "gain")}
     doc["comparison"] = {k: compare_sources(result, k) for k in ("ahp", "gain")}
-    paths = {"json": atomic_write_text(out / "affinity.json", json.dumps(doc, indent=1, allow_nan=True) + "\n"),
+    paths = {"json": atomic_write_text(out / "affinity.json", json.dumps(_plain(doc), indent=1, allow_nan=False) + "\n"),
              "table": atomic_write_text(out / "table.txt", report_text(result, kind))}
     try:
         paths["matrices"] = plot_matrices(result, out / "matrices.png", kind)
