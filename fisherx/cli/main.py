@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("affinity", help="transfer affinity (brute force) beside the FTD on a pixel task family")
     affinity_cli.add_arguments(p)
-    p.set_defaults(func=lambda args: affinity_cli.run(args))
+    p.set_defaults(func=affinity_cli.run)
     from ..experiments import demo
 
     p = sub.add_parser("demo", help="the papers' pipeline end to end on built-in data (~10 min on a 2-core CPU)")

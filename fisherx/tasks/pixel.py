@@ -19,8 +19,7 @@ pairs by one deterministic transform; every task of a family uses the same image
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -220,15 +219,3 @@ def pixel_preset(name: str, *, seed: int = 0, val_fraction: float = 0.1, max_tra
         raise ValueError(f"unknown pixel preset {name!r}; choose one of {', '.join(PIXEL_PRESETS)}")
     return pixel_tasks(name.split("-", 1)[1], **options)
 
-
-def family_digest(tasks) -> str:
-    """SHA-256 over the tasks' configurations: a short name for a family in cache keys."""
-    h = hashlib.sha256()
-    for t in tasks:
-        h.update(repr(sorted(t.config().items())).encode())
-    return h.hexdigest()
-
-
-def renamed(task: PixelTask, name: str) -> PixelTask:
-    """The same task under another name (a synthetic family where one source is exactly the target)."""
-    return replace(task, name=name)
