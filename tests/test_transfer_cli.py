@@ -11,7 +11,7 @@ from fisherx.cli.main import main
 def test_affinity_command_writes_its_files(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["affinity", "--preset", "pixel-digits", "--tasks", "autoencode,blur,rotate", "--max-train-per-label",
-            "3", "--seeds", "0", "--source-epochs", "1", "--budget", "1", "--out", str(out), "--quiet"]
+            "3", "--seeds", "0", "--epochs", "1", "--budget", "1", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     doc = json.loads((out / "affinity.json").read_text())
     assert doc["tasks"] == ["autoencode", "blur", "rotate"] and doc["seeds"] == [0]

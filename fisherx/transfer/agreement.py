@@ -132,7 +132,7 @@ def cost_table(result) -> str:
 
 def plot_matrices(result, path, kind: str = "ahp") -> Path:
     """A figure: the mean FTD matrix beside the mean ``kind`` affinity matrix (rows = source, columns = target)."""
-    from ..experiments.distances import _pyplot, _save_figure
+    from ..experiments.plots import _pyplot, _save_figure
 
     plt = _pyplot()
     names = result.task_names
@@ -156,7 +156,7 @@ def plot_matrices(result, path, kind: str = "ahp") -> Path:
 
 def plot_cost(result, path) -> Path:
     """A figure: wall seconds of FTD against brute force, stacked by stage."""
-    from ..experiments.distances import _pyplot, _save_figure
+    from ..experiments.plots import _pyplot, _save_figure
 
     plt = _pyplot()
     c = result.cost()
