@@ -186,7 +186,7 @@ def test_choose_source_picks_the_twin_and_fine_tune_leaves_the_source_alone():
             m = build("autoencoder", 1, 1, 8)
         return train(m, d, epochs=epochs, batch_size=16, seed=0, progress=False, loss="mse").model
 
-    nets = {t.name: net(d) for t, d in zip(fam, datas)}
+    nets = {t.name: net(d) for t, d in zip(fam, datas, strict=True)}
     target_model = nets.pop("autoencode")
     choice = choose_source(datas[0], nets, target_model=target_model)
     assert choice.name == "copy" and choice.distances["copy"] == pytest.approx(0.0, abs=1e-6)

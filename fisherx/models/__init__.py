@@ -12,8 +12,16 @@ from .common import Classifier
 from .densenet import densenet121
 from .resnet import resnet18
 from .small import cnn, mlp
-from .training import (EpsilonWarning, TrainResult, default_device, evaluate, evaluate_loss, per_sample_losses, seeded,
-                       train)
+from .training import (
+    EpsilonWarning,
+    TrainResult,
+    default_device,
+    evaluate,
+    evaluate_loss,
+    per_sample_losses,
+    seeded,
+    train,
+)
 from .vgg import vgg16
 
 ARCHS = {"vgg16": vgg16, "resnet18": resnet18, "densenet121": densenet121, "cnn": cnn, "mlp": mlp}
@@ -23,7 +31,8 @@ PIXEL_ARCHS = {"autoencoder": autoencoder}
 
 def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """A freshly initialised network ``arch`` (one of :data:`ARCHS` or :data:`PIXEL_ARCHS`) for
-    ``in_channels``×``image_size``×``image_size`` images and ``num_classes`` outputs. Initialisation draws from torch's global generator: seed it (or use
+    ``in_channels``×``image_size``×``image_size`` images and ``num_classes`` outputs (for a pixel network: the
+    target's channels). Initialisation draws from torch's global generator: seed it (or use
     :func:`fisherx.models.seeded`) for reproducible weights."""
     makers = {**ARCHS, **PIXEL_ARCHS}
     if arch not in makers:

@@ -223,7 +223,7 @@ def transfer_affinity(tasks: Sequence, *, seeds: Sequence[int] = (0,), arch: str
         raise ValueError("transfer_affinity: give at least one seed")
     device = default_device(device)
     datas = [t.load(data_dir) for t in tasks]
-    shapes = {n: (d.in_channels, d.out_channels, d.image_size) for n, d in zip(names, datas)}
+    shapes = {n: (d.in_channels, d.out_channels, d.image_size) for n, d in zip(names, datas, strict=True)}
     if len(set(shapes.values())) != 1:
         raise ValueError("transfer_affinity: every task needs the same input/target channels and image size, so that "
                          f"one ε-network fits all; got (in, out, size) = {shapes}")

@@ -91,7 +91,7 @@ def agreement(result, kind: str = "ahp", level: float = LEVEL) -> dict:
             "spearman": {"per_seed": rho, "mean": float(np.mean(rho)), "interval": _interval(rho, level, (-1, 1))},
             "kendall": {"per_seed": tau, "mean": float(np.mean(tau)), "interval": _interval(tau, level, (-1, 1))},
             "ftd_closest": closest, "affinity_best": best,
-            "top1_agreement": float(np.mean([c == b_ for c, b_ in zip(closest, best)])),
+            "top1_agreement": float(np.mean([c == b_ for c, b_ in zip(closest, best, strict=True)])),
         }
     return out
 
@@ -108,7 +108,7 @@ def agreement_table(agree: dict, level: float = LEVEL) -> str:
         rows.append((t, _fmt(a["spearman"]), _fmt(a["kendall"]), ",".join(a["ftd_closest"]),
                      ",".join(a["affinity_best"]), f"{a['top1_agreement']:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines + [f"(mean over seeds [{level:.0%} t interval over seeds]; per-seed sources listed)"])
 
 

@@ -61,7 +61,7 @@ def choose_source(target, candidates: Mapping[str, nn.Module], *, target_model: 
     fishers = [_as_fisher(v) for v in values]
     d = distance_column(fishers[:-1], fishers[-1], names=names, target_name=getattr(data.task, "name", "target"))
     best = int(torch.argmin(d))
-    return SourceChoice(names[best], candidates[names[best]], dict(zip(names, d.tolist())), target_model)
+    return SourceChoice(names[best], candidates[names[best]], dict(zip(names, d.tolist(), strict=True)), target_model)
 
 
 def fine_tune(model: nn.Module, target, *, epochs: int, seed: int = 0, loss="mse", batch_size: int = 64,
@@ -103,6 +103,6 @@ def comparison_table(comparison: dict, level: float = LEVEL) -> str:
     rows = [("target", "from FTD-chosen", "from affinity-best", "from scratch")]
     rows += [(t, cell(c["ftd_chosen"]), cell(c["affinity_best"]), cell(c["scratch"])) for t, c in comparison.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     note = f"(test loss after the same fine-tuning budget; mean [{level:.0%} t interval over seeds])"
     return "\n".join(lines + [note])

@@ -14,7 +14,7 @@ from .choose import compare_sources, comparison_table
 def _matrix(names, m: np.ndarray, digits: int = 3) -> list:
     w = max(8, max(len(n) for n in names))
     lines = [f"{'source':<{w}}  " + "  ".join(f"{n:>{w}}" for n in names)]
-    lines += [f"{n:<{w}}  " + "  ".join(f"{v:>{w}.{digits}f}" for v in row) for n, row in zip(names, m)]
+    lines += [f"{n:<{w}}  " + "  ".join(f"{v:>{w}.{digits}f}" for v in row) for n, row in zip(names, m, strict=True)]
     return lines
 
 
@@ -55,7 +55,8 @@ def write_report(result, out, kind: str = "ahp") -> dict:
     doc = result.to_dict()
     doc["agreement"] = {k: agreement(result, k) for k in ("ahp", "gain")}
     doc["comparison"] = {k: compare_sources(result, k) for k in ("ahp", "gain")}
-    paths = {"json": atomic_write_text(out / "affinity.json", json.dumps(_plain(doc), indent=1, allow_nan=False) + "\n"),
+    text = json.dumps(_plain(doc), indent=1, allow_nan=False) + "\n"
+    paths = {"json": atomic_write_text(out / "affinity.json", text),
              "table": atomic_write_text(out / "table.txt", report_text(result, kind))}
     try:
         paths["matrices"] = plot_matrices(result, out / "matrices.png", kind)
