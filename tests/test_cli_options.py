@@ -5,9 +5,8 @@ import argparse
 
 import pytest
 
-from fisherx.cli import build_parser
+from fisherx.cli import build_parser, options
 from fisherx.cli import main as cli_main
-from fisherx.cli import options
 from fisherx.cli.main import COMMANDS
 
 

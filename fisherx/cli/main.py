@@ -13,13 +13,14 @@ import sys
 import torch
 
 from .. import _ops
-from . import demo, distances, retrain, search
+from . import affinity, demo, distances, retrain, search
 
 COMMANDS = (
     distances,
     search,
     retrain,
     demo,
+    affinity,
 )
 
 

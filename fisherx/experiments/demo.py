@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..io import atomic_write_text
+from . import metrics as _metrics
 
 
 @dataclass(frozen=True)
@@ -127,13 +126,13 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
 def _closest_share(result, arch: str) -> dict:
     """For every target: the share of seeds in which each other task is the closest (by that seed's matrix)."""
     d = result.distances[arch]
-    pick = np.argmax if result.metric == "cosine" else np.argmin
+    pick = _metrics.pick_closest(result.metric)
     shares = {}
     for j, tgt in enumerate(result.task_names):
         counts: dict[str, int] = {}
         for s in range(d.shape[0]):
             col = d[s, :, j].copy()
-            col[j] = -np.inf if result.metric == "cosine" else np.inf
+            col[j] = _metrics.worst(result.metric)
             src = result.task_names[int(pick(col))]
             counts[src] = counts.get(src, 0) + 1
         shares[tgt] = {k: v / d.shape[0] for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}

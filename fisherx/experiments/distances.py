@@ -25,6 +25,7 @@ from ..io.cache import Cache
 from ..models.training import EpsilonWarning, default_device, seeded, train
 from ..tasks import Task, TaskData
 from . import networks as _networks
+from . import metrics as _metrics
 from . import trust as _trust
 from .result import TaskDistanceResult
 
@@ -70,7 +71,7 @@ class _Settings:
     @property
     def self_value(self) -> float:
         """d[b, b]: what the metric gives for a Fisher compared with itself (0 for a distance, 1 for cosine)."""
-        return 1.0 if self.metric == "cosine" else 0.0
+        return _metrics.self_value(self.metric)
 
 
 def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds: Sequence[int] = (0, 1, 2),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_bytes
+from . import metrics as _metrics
 
 
 def heatmaps(result, path, digits: int = 2) -> Path:
@@ -41,11 +42,9 @@ def embedding(result, arch: str | None = None) -> np.ndarray:
     """2-D coordinates of the tasks: classical MDS of the symmetrised mean matrix (D + Dᵀ)/2.
 
     The asymmetry is lost in the embedding; :func:`atlas` draws it back as arrows to each target's
-    closest source. For cosine similarity, 1 − similarity is embedded.
+    closest source. For a similarity (cosine), 1 − similarity is embedded.
     """
-    m = result.mean(arch)
-    if result.metric == "cosine":
-        m = 1.0 - m
+    m = _metrics.as_distance(result.metric, result.mean(arch))
     return classical_mds((m + m.T) / 2.0)
 
 

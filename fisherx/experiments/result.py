@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_text
+from . import metrics as _metrics
 from . import plots as _plots
 from . import trust as _trust
 
@@ -61,7 +62,7 @@ class TaskDistanceResult:
         """For every target task, the other task closest to it (by mean; the most similar for cosine)."""
         m = self.mean(arch).copy()
         np.fill_diagonal(m, np.nan)
-        pick = np.nanargmax if self.metric == "cosine" else np.nanargmin
+        pick = _metrics.pick_closest(self.metric, nan=True)
         return {t: self.task_names[int(pick(m[:, j]))] for j, t in enumerate(self.task_names)}
 
     # -- trust (fisherx.experiments.trust) -------------------------------------------------------------------
@@ -106,7 +107,7 @@ class TaskDistanceResult:
         for a in ([arch] if arch else self.archs):
             mean, std = self.mean(a), self.std(a)
             acc = self.accuracies[a].mean(axis=0)
-            head = (f"{a}: {self.metric} {'similarity' if self.metric == 'cosine' else 'distance'}, mean ± std over "
+            head = (f"{a}: {self.metric} {_metrics.kind(self.metric)}, mean ± std over "
                     f"{len(self.seeds)} seed(s), rows = source, columns = target; head: {self.head_mode} "
                     f"(width {self.head_width})")
             lines = [head] + self._grid(lambda i, j, m=mean, s=std: f"{m[i, j]:.{digits}f} ± {s[i, j]:.{digits}f}")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..distance import DEFAULT_SIGMA2, distance_column
+from . import metrics as _metrics
 
 LEVEL = 0.95  # default confidence level of every interval
 CLEAR_WINNER = 0.95  # a closest source is "clear" when it wins in at least this share of the draws
@@ -209,9 +210,9 @@ def closest_probability(draws, metric: str = "ftd") -> np.ndarray:
     n, k, _ = d.shape
     if k < 2:
         raise ValueError("closest_probability needs at least 2 tasks")
-    fill = -np.inf if metric == "cosine" else np.inf
+    fill = _metrics.worst(metric)
     d[:, np.arange(k), np.arange(k)] = fill  # a task is not its own closest
-    win = (np.argmax if metric == "cosine" else np.argmin)(d, axis=1)  # (N, K): the winning source per target
+    win = _metrics.pick_closest(metric)(d, axis=1)  # (N, K): the winning source per target
     p = np.zeros((k, k))
     for j in range(k):
         p[:, j] = np.bincount(win[:, j], minlength=k) / n
@@ -277,7 +278,7 @@ def check_self_distance(values, metric: str, what: str, action: str = "warn") ->
     (cosine: 1). Its interval over ``values`` (the full-sample value and every replicate's, min to max) must be that
     single value up to rounding (:data:`SELF_DISTANCE_TOL`); one broken replicate is enough to fire."""
     v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    exact = 1.0 if metric == "cosine" else 0.0
+    exact = _metrics.self_value(metric)
     finite = bool(np.all(np.isfinite(v)))
     lo, hi = (float(v.min()), float(v.max())) if finite else (float("nan"), float("nan"))
     if not (finite and exact - SELF_DISTANCE_TOL <= lo and hi <= exact + SELF_DISTANCE_TOL):

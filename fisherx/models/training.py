@@ -3,6 +3,10 @@
 The weights kept are those of the epoch with the best validation accuracy (the task's ``val`` split, held out of
 its training data); the test split is touched once, at the end, to record the test accuracy that decides whether
 the network is an ε-approximation (test accuracy ≥ 1 − ε).
+
+Other per-sample losses (``loss="mse"``: ½‖f(x) − y‖², or a callable) train regression and pixel-to-pixel tasks;
+there accuracy means nothing, so the best epoch is the one with the lowest validation loss and the result records
+the test loss (mean per-sample loss) instead of an accuracy.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import copy
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -38,29 +42,84 @@ def default_device(device=None) -> torch.device:
     return torch.device(device)
 
 
+Loss = Union[str, Callable]
+
+
 @dataclass
 class TrainResult:
-    """A trained network and how it did: accuracies in [0, 1], the per-epoch history, the time taken."""
+    """A trained network and how it did: the per-epoch history, the time taken, and its score on the test split.
+
+    With ``loss="cross_entropy"`` the score is an accuracy in [0, 1] (``test_accuracy``, ``val_accuracy``); with any
+    other loss those are None and ``test_loss`` / ``val_loss`` (mean per-sample loss, lower is better) hold it.
+    ``test_loss`` is recorded for cross-entropy too only when asked for (it is None otherwise).
+    """
 
     model: nn.Module
-    test_accuracy: float
+    test_accuracy: Optional[float]
     val_accuracy: Optional[float]
     best_epoch: int
     epochs: int
     seconds: float
     epsilon: Optional[float]
     history: list = field(default_factory=list)
+    loss: str = "cross_entropy"
+    test_loss: Optional[float] = None
+    val_loss: Optional[float] = None
+
+    @property
+    def classification(self) -> bool:
+        """Whether the network was trained as a classifier (cross-entropy), so that accuracies mean something."""
+        return self.loss == "cross_entropy"
 
     @property
     def meets_epsilon(self) -> bool:
-        """Whether test accuracy ≥ 1 − ε (always True without an ε)."""
-        return self.epsilon is None or self.test_accuracy >= 1.0 - self.epsilon
+        """Whether test accuracy ≥ 1 − ε (always True without an ε, or without an accuracy)."""
+        return self.epsilon is None or self.test_accuracy is None or self.test_accuracy >= 1.0 - self.epsilon
 
     def summary(self) -> dict:
         """Everything but the model, as plain JSON-able data."""
         return {"test_accuracy": self.test_accuracy, "val_accuracy": self.val_accuracy, "best_epoch": self.best_epoch,
                 "epochs": self.epochs, "seconds": self.seconds, "epsilon": self.epsilon,
-                "meets_epsilon": self.meets_epsilon, "history": self.history}
+                "meets_epsilon": self.meets_epsilon, "history": self.history, "loss": self.loss,
+                "test_loss": self.test_loss, "val_loss": self.val_loss}
+
+
+def loss_name(loss: Loss) -> str:
+    """A loss's name for results and checkpoints: the string itself, or a callable's ``__name__``."""
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+
+
+def _check_loss(loss: Loss) -> None:
+    if not callable(loss) and loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"train: loss must be 'cross_entropy', 'mse' or a callable (out, y) -> per-sample losses, "
+                         f"got {loss!r}")
+
+
+@torch.no_grad()
+def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = "mse",
+                      batch_size: int = 512) -> torch.Tensor:
+    """(N,) float64 per-sample losses ℓ_i of ``model`` (in eval mode) on ``(x, y)``: ½‖f(x_i) − y_i‖² for "mse",
+    the label's cross-entropy for "cross_entropy", or ``loss(out, y)`` for a callable (one value per sample)."""
+    from ..fisher.engine import _per_sample_loss  # the Fisher's own definition of ℓ_i, so training and F agree
+
+    _check_loss(loss)
+    if x.shape[0] == 0:
+        raise ValueError("per_sample_losses: no samples to evaluate on")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts = []
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        parts.append(_per_sample_loss(loss, model(xb), yb, xb.shape[0]).detach().double().cpu())
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = "mse",
+                  batch_size: int = 512) -> float:
+    """Mean per-sample loss (1/N) Σ_i ℓ_i of ``model`` on ``(x, y)`` (see :func:`per_sample_losses`)."""
+    return float(per_sample_losses(model, x, y, loss, batch_size).mean())
 
 
 @torch.no_grad()
@@ -81,8 +140,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int,
           device=None, progress: bool = True, epsilon: Optional[float] = 0.1,
-          trainable: Optional[Iterable[nn.Parameter]] = None, checkpoint=None) -> TrainResult:
+          trainable: Optional[Iterable[nn.Parameter]] = None, checkpoint=None,
+          loss: Loss = "cross_entropy") -> TrainResult:
     """Train ``model`` on ``task_data.train`` with Adam(lr) and cross-entropy for ``epochs`` epochs.
+
+    ``loss``: "cross_entropy" (classification, scored by accuracy), "mse" (minimises the batch mean of
+    ½‖f(x_i) − y_i‖², for targets shaped like the output), or a callable ``(out, y) -> (B,)`` per-sample losses
+    (its batch mean is minimised). With a loss other than cross-entropy the best epoch is the one of lowest
+    validation loss, ε is not checked, and the result holds ``test_loss`` instead of ``test_accuracy``.
 
     ``seed`` fixes the batch order (and any randomness inside the model). After every epoch the model is scored
     on ``task_data.val``; the best epoch's weights are kept. The test accuracy is then recorded, with an
@@ -100,6 +165,8 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
         raise ValueError(f"train: epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"train: batch_size must be >= 1, got {batch_size}")
+    _check_loss(loss)
+    classify = loss == "cross_entropy"
     device = default_device(device)
     model.to(device)
     x, y = task_data.train
@@ -108,7 +175,7 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     if n == 0:
         raise ValueError(f"train: task {getattr(task_data.task, 'name', '?')!r} has no training samples")
     out_features = getattr(getattr(model, "classifier", None), "out_features", None)
-    if out_features is not None and out_features < task_data.num_classes:
+    if classify and out_features is not None and out_features < task_data.num_classes:
         raise ValueError(f"train: the model has {out_features} outputs but task {task_data.task.name!r} has "
                          f"{task_data.num_classes} labels")
     params = list(trainable) if trainable is not None else [p for p in model.parameters() if p.requires_grad]
@@ -119,11 +186,11 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
         for p in frozen:
             p.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss() if classify else _mean_loss(loss)
     gen = torch.Generator().manual_seed(seed)
     best_acc, best_state, best_epoch, history = -1.0, None, epochs, []
     start = time.perf_counter()
-    identity = _identity(model, task_data, seed, batch_size, lr, trainable is not None) if checkpoint else None
+    identity = _identity(model, task_data, seed, batch_size, lr, trainable is not None, loss) if checkpoint else None
     state = _load_checkpoint(checkpoint, identity) if checkpoint else None
     first = 1
     try:
@@ -148,16 +215,16 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                         continue  # BatchNorm cannot train on a batch of one sample
                     xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
                     opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
+                    batch_loss = loss_fn(model(xb), yb)
+                    batch_loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * idx.numel()
+                    total += float(batch_loss.detach()) * idx.numel()
                     count += idx.numel()
                 rec = {"epoch": epoch, "loss": total / max(count, 1)}
                 if xv.shape[0] > 0:
-                    rec["val_accuracy"] = evaluate(model, xv, yv, device=device)
-                    if rec["val_accuracy"] > best_acc:
-                        best_acc, best_epoch = rec["val_accuracy"], epoch
+                    score = _val_score(model, xv, yv, loss, device, rec)
+                    if score > best_acc or best_state is None:
+                        best_acc, best_epoch = score, epoch
                         best_state = copy.deepcopy(model.state_dict())
                 history.append(rec)
                 if checkpoint:
@@ -171,25 +238,54 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    test_acc = evaluate(model, *task_data.test, device=device)
-    result = TrainResult(model, test_acc, best_acc if best_state is not None else None, best_epoch, epochs,
-                         time.perf_counter() - start, epsilon, history)
+    result = _result(model, task_data, loss, best_acc if best_state is not None else None, best_epoch, epochs,
+                     time.perf_counter() - start, epsilon, history, device)
     if not result.meets_epsilon:
         warnings.warn(f"the {type(model).__name__} trained on task {task_data.task.name!r} reached test accuracy "
-                      f"{test_acc:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; train it "
-                      "longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
+                      f"{result.test_accuracy:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; "
+                      "train it longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
     return result
+
+
+def _val_score(model, xv, yv, loss, device, rec: dict) -> float:
+    # One "higher is better" score for both kinds (accuracy, or minus the loss), so the checkpoint keeps one slot.
+    if loss == "cross_entropy":
+        rec["val_accuracy"] = evaluate(model, xv, yv, device=device)
+        return rec["val_accuracy"]
+    rec["val_loss"] = evaluate_loss(model, xv, yv, loss)
+    return -rec["val_loss"]
+
+
+def _result(model, task_data, loss, best, best_epoch, epochs, seconds, epsilon, history, device) -> TrainResult:
+    if loss == "cross_entropy":
+        test_acc = evaluate(model, *task_data.test, device=device)
+        return TrainResult(model, test_acc, best, best_epoch, epochs, seconds, epsilon, history)
+    test_loss = evaluate_loss(model, *task_data.test, loss)
+    return TrainResult(model, None, None, best_epoch, epochs, seconds, None, history, loss_name(loss), test_loss,
+                       None if best is None else -best)
+
+
+def _mean_loss(loss: Loss):
+    from ..fisher.engine import _per_sample_loss
+
+    def mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _per_sample_loss(loss, out, y, out.shape[0]).mean()
+
+    return mean_loss
 
 
 _CHECKPOINT = "fisherx.train-checkpoint"
 
 
-def _identity(model, task_data, seed, batch_size, lr, frozen) -> dict:
+def _identity(model, task_data, seed, batch_size, lr, frozen, loss="cross_entropy") -> dict:
     # What must match for a checkpoint to continue this training (epochs may grow: no schedule depends on them).
     data = task_data.fingerprint() if hasattr(task_data, "fingerprint") else None
-    return {"format": _CHECKPOINT, "version": 1, "seed": seed, "batch_size": batch_size, "lr": lr,
-            "frozen_features": frozen, "data": data,
-            "params": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+    ident = {"format": _CHECKPOINT, "version": 1, "seed": seed, "batch_size": batch_size, "lr": lr,
+             "frozen_features": frozen, "data": data,
+             "params": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+    if loss != "cross_entropy":  # cross-entropy checkpoints keep the identity they always had
+        ident["loss"] = loss_name(loss)
+    return ident
 
 
 def _load_checkpoint(path, identity: dict) -> Optional[dict]:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from .presets import CIFAR100_SUPERCLASSES, PRESETS, preset
+from .pixel import PIXEL_PRESETS, PixelTask, PixelTaskData
 from .task import OTHER_LABEL, Task, TaskData
 from .user import UserTask
 
-__all__ = ["CIFAR100_SUPERCLASSES", "OTHER_LABEL", "PRESETS", "Task", "TaskData", "UserTask", "preset"]
+__all__ = ["CIFAR100_SUPERCLASSES", "OTHER_LABEL", "PIXEL_PRESETS", "PRESETS", "PixelTask", "PixelTaskData", "Task",
+           "TaskData", "UserTask", "preset"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from . import pixel as _pixel
 from .task import Task
 
 # CIFAR-100's superclasses used by the papers (the standard CIFAR-100 taxonomy, fine-label names as in its meta file).
@@ -72,6 +73,9 @@ def preset(name: str, *, seed: int = 0, balanced: bool | None = None, val_fracti
     ``balanced`` overrides the papers' choice (balanced partial tasks, whole training set for full-class tasks);
     the other arguments are passed to every :class:`Task`.
     """
+    if name in _pixel.PIXEL_PRESETS:  # pixel-to-pixel families (fisherx.tasks.pixel)
+        return _pixel.pixel_preset(name, seed=seed, val_fraction=val_fraction,
+                                   max_train_per_label=max_train_per_label, image_size=image_size)
     makers = {"digits": lambda: _digit_tasks("digits"), "mnist": lambda: _digit_tasks("mnist"),
               "cifar10": _cifar10_tasks, "cifar100": _cifar100_tasks, "imagenet": _imagenet_tasks}
     if name not in makers:
