@@ -1,7 +1,7 @@
 """Tasks of the papers: :class:`Task` definitions, their :class:`TaskData`, and the presets T0–T3 per dataset."""
 from __future__ import annotations
 
-from .presets import CIFAR100_SUPERCLASSES, PRESETS, preset
+from .presets import CIFAR100_SUPERCLASSES, PRESETS, PROTOCOLS, preset
 from .task import OTHER_LABEL, Task, TaskData
 
-__all__ = ["CIFAR100_SUPERCLASSES", "OTHER_LABEL", "PRESETS", "Task", "TaskData", "preset"]
+__all__ = ["CIFAR100_SUPERCLASSES", "OTHER_LABEL", "PRESETS", "PROTOCOLS", "Task", "TaskData", "preset"]
