@@ -248,3 +248,191 @@ def config_for(size: str = "default", **changes) -> ReproduceConfig:
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     return replace(SIZES[size], **{k: v for k, v in changes.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paired tests (no scipy): the t test, the sign test and Wilcoxon's signed-rank test, exact for small n
+
+
+def paired_t(diffs) -> dict:
+    """Paired t test of mean(diffs) = 0: t = mean / (s/√n), two-sided p = 1 − A(|t| | n−1), A the CDF of |T|."""
+    d = np.asarray(diffs, dtype=np.float64)
+    n = d.size
+    if n < 2:
+        raise ValueError(f"a paired t test needs at least 2 pairs, got {n}")
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return {"t": float("inf") if d.mean() != 0 else 0.0, "df": n - 1, "p": 0.0 if d.mean() != 0 else 1.0}
+    t = float(d.mean() / (sd / np.sqrt(n)))
+    return {"t": t, "df": n - 1, "p": float(max(0.0, 1.0 - _trust._t_abs_cdf(abs(t), n - 1)))}
+
+
+def sign_test(diffs) -> dict:
+    """Exact two-sided sign test: zeros dropped, p = min(1, 2·P(Bin(n, ½) ≤ min(n₊, n₋)))."""
+    from math import comb
+
+    d = np.asarray(diffs, dtype=np.float64)
+    pos, neg = int((d > 0).sum()), int((d < 0).sum())
+    n = pos + neg
+    if n == 0:
+        return {"positive": 0, "negative": 0, "p": 1.0}
+    k = min(pos, neg)
+    return {"positive": pos, "negative": neg, "p": min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)}
+
+
+def wilcoxon_signed_rank(diffs) -> dict:
+    """Exact two-sided Wilcoxon signed-rank test: zeros dropped, ties given mid-ranks, W₊ = Σ ranks of the positive
+    differences; its null distribution (every sign equally likely) counted exactly over the 2ⁿ sign patterns by
+    dynamic programming on doubled ranks; p = min(1, 2·min(P(W ≤ W₊), P(W ≥ W₊)))."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[d != 0]
+    n = d.size
+    if n == 0:
+        return {"w_plus": 0.0, "n": 0, "p": 1.0}
+    a = np.abs(d)
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(n)
+    i = 0
+    while i < n:  # mid-ranks of tied |d|
+        j = i
+        while j + 1 < n and a[order[j + 1]] == a[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    r2 = np.rint(2 * ranks).astype(int)  # doubled ranks are integers
+    counts = np.zeros(int(r2.sum()) + 1)
+    counts[0] = 1.0
+    for r in r2:  # each rank either joins W₊ or not
+        counts[r:] = counts[r:] + counts[:-r].copy() if r else counts
+    w2 = int(r2[d > 0].sum())
+    total = counts.sum()
+    lower, upper = counts[:w2 + 1].sum() / total, counts[w2:].sum() / total
+    return {"w_plus": w2 / 2, "n": n, "p": float(min(1.0, 2 * min(lower, upper)))}
+
+
+def paired_comparison(a, b, level: float = _trust.LEVEL, alpha: float = 0.05) -> dict:
+    """a − b pair by pair: mean ± Student t interval, the three paired tests, and "significant" or "not
+    significant" (the paired t test's two-sided p against ``alpha``; the rank tests are reported beside it)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    lo, hi = _trust.seed_interval(d, level)
+    t = paired_t(d)
+    return {"diffs": d.tolist(), "mean": float(d.mean()), "interval": [float(lo), float(hi)], "level": level,
+            "t_test": t, "sign_test": sign_test(d), "wilcoxon": wilcoxon_signed_rank(d), "alpha": alpha,
+            "verdict": "significant" if t["p"] < alpha else "not significant"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TA-NAS against random search over ε-seeds × search seeds
+
+
+@dataclass(frozen=True)
+class NasCompareConfig:
+    """Sizes of :func:`nas_comparison`. The defaults are tiny (seconds per search on digits)."""
+
+    data: str = "digits"
+    target: str = "T2"
+    eps_seeds: tuple = (0, 1, 2)
+    search_seeds: tuple = (0, 1, 2)
+    arch: str = "cnn"
+    eps_epochs: int = 3
+    width: int = 4
+    depth: int = 2
+    candidates: int = 2
+    rounds: int = 1
+    alternations: int = 1
+    final_epochs: int = 1
+    batch_size: int = 256
+    fisher_samples: int | None = 150
+    max_train_per_label: int | None = None  # cap the tasks' training data (tests: 30)
+
+
+def _dictionary_for(path, base, family: dict, eps_seed: int, datas: dict, device):
+    """A dictionary with ``base``'s baselines (spaces, genotypes) and ε-networks trained from ``eps_seed``."""
+    from ..nas.ta_nas import INDEX, TaskDictionary, train_eps_network
+
+    path = Path(path)
+    fam = family["eps"]
+    d = TaskDictionary(path) if (path / INDEX).exists() else TaskDictionary.create(
+        path, arch=family["arch"], head_width=family["head_width"], in_channels=family["in_channels"],
+        image_size=family["image_size"], eps_epochs=fam["epochs"], eps_seed=eps_seed,
+        eps_batch_size=fam["batch_size"], eps_lr=fam["lr"])
+    for name in base.names():
+        if name not in d:
+            e = base[name]
+            net, eps = train_eps_network(d, datas[name], device=device)
+            d.add(name, task=e.task, eps_network=net, eps=eps, space=e.space, genotype=e.genotype, search=e.search)
+    return d
+
+
+def nas_comparison(out, config: NasCompareConfig = NasCompareConfig(), *, device=None, progress: bool = False) -> dict:
+    """TA-NAS against random search with equal budgets, over ``eps_seeds`` × ``search_seeds``.
+
+    The baselines' spaces come from one FUSE search each (search seed 0, ε-seed ``eps_seeds[0]``). For every
+    ε-seed e the baselines' and the target's ε-networks are retrained from e, so the distances d[a, target] and the
+    closest baseline are re-sampled; for every search seed s, :func:`fisherx.nas.ta_nas` runs FUSE in the closest
+    baseline's space and random search in the same space with the candidate-epochs FUSE spent. The pairs
+    (TA-NAS, random) of test accuracies are compared by :func:`paired_comparison`. Writes ``nas_comparison.json``
+    under ``out``; every search checkpoints there, so a rerun resumes."""
+    from ..nas.space import SearchSpace
+    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+    from ..tasks import preset
+
+    out = Path(out)
+    tasks = {t.name: t for t in preset(config.data, max_train_per_label=config.max_train_per_label)}
+    if config.target not in tasks:
+        raise ValueError(f"target {config.target!r} is not a task of {config.data} ({', '.join(tasks)})")
+    if len(config.eps_seeds) * len(config.search_seeds) < 2:
+        raise ValueError("a paired comparison needs at least 2 (ε-seed, search seed) pairs")
+    datas = {n: t.load() for n, t in tasks.items()}
+    first = datas[config.target]
+    width = max(d.num_classes for d in datas.values())
+    search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
+                  final_epochs=config.final_epochs, batch_size=config.batch_size)
+    base_path = out / f"dictionary_e{config.eps_seeds[0]}"
+    base = TaskDictionary(base_path) if (base_path / INDEX).exists() else TaskDictionary.create(
+        base_path, arch=config.arch, head_width=width, in_channels=first.in_channels, image_size=first.image_size,
+        eps_epochs=config.eps_epochs, eps_seed=config.eps_seeds[0])
+    general = SearchSpace.general(width=config.width, depth=config.depth)
+    for n in tasks:
+        if n != config.target and n not in base:
+            add_baseline(base, datas[n], space=general, device=device, out_dir=out / "baselines",
+                         progress=progress, seed=0, **search)
+    runs = []
+    t0 = time.perf_counter()
+    for e in config.eps_seeds:
+        d = base if e == config.eps_seeds[0] else _dictionary_for(out / f"dictionary_e{e}", base, base.family, e,
+                                                                    datas, device)
+        for s in config.search_seeds:
+            rep = ta_nas(datas[config.target], d, compare=("random",), fisher_samples=config.fisher_samples,
+                         device=device, out_dir=out / "nas" / f"e{e}_s{s}", progress=progress, seed=s, **search)
+            rnd = rep.comparisons["random"]
+            runs.append({"eps_seed": e, "search_seed": s, "distances": rep.distances, "closest": rep.closest,
+                         "space": str(rep.space),
+                         "ta_nas": rep.result.test_accuracy, "random": rnd.test_accuracy,
+                         "budget": rep.result.cost["candidate_epochs"], "random_budget": rnd.cost["candidate_epochs"]})
+    res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+           "runs": runs, "seconds": time.perf_counter() - t0,
+           "closest_by_eps_seed": {str(r["eps_seed"]): r["closest"] for r in runs},
+           "comparison": paired_comparison([r["ta_nas"] for r in runs], [r["random"] for r in runs])}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "nas_comparison.json", json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def nas_comparison_text(res: dict) -> str:
+    """The comparison in a few lines of markdown: every pair, then mean ± interval, the tests and the verdict."""
+    c, cfg = res["comparison"], res["config"]
+    lines = [f"TA-NAS vs random search for {cfg['target']} on {cfg['data']}: {len(res['runs'])} pairs "
+             f"(ε-seeds {cfg['eps_seeds']} × search seeds {cfg['search_seeds']}), equal candidate-epoch budgets.", "",
+             "| ε-seed | search seed | closest baseline | TA-NAS test acc | random test acc | difference |",
+             "|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        lines.append(f"| {r['eps_seed']} | {r['search_seed']} | {r['closest']} | {r['ta_nas']:.3f} | "
+                     f"{r['random']:.3f} | {r['ta_nas'] - r['random']:+.3f} |")
+    lo, hi = c["interval"]
+    lines += ["", f"Mean difference (TA-NAS − random): {c['mean']:+.4f}, {100 * c['level']:g}% interval "
+              f"[{lo:+.4f}, {hi:+.4f}]; paired t = {c['t_test']['t']:.2f} (df {c['t_test']['df']}, p = "
+              f"{c['t_test']['p']:.3f}); Wilcoxon signed-rank p = {c['wilcoxon']['p']:.3f}; sign test "
+              f"{c['sign_test']['positive']}+/{c['sign_test']['negative']}− p = {c['sign_test']['p']:.3f}: "
+              f"**{c['verdict']}** at α = {c['alpha']}."]
+    return "\n".join(lines)
