@@ -110,9 +110,14 @@ def test_paired_t_known_value_and_verdict():
     assert rp.sign_test([1, 1, 1, 1, 1, 1])["p"] == pytest.approx(2 / 64)
 
 
-def test_reproduce_digits_claims_agree_with_their_matrices(tmp_path):
-    cfg = rp.config_for("smallest", max_train_per_label=30, fisher_samples=60, bootstrap=4)
-    claims = rp.reproduce("digits", tmp_path, cfg, progress=False)
+def test_reproduce_digits_claims_agree_with_their_matrices(tmp_path, capsys):
+    from fisherx import cli
+
+    cfg = rp.config_for("smallest", max_train_per_label=30)
+    assert cli.main(["reproduce", "digits", "--size", "smallest", "--max-train-per-label", "30", "--seeds", "0,1",
+                     "--out", str(tmp_path), "--quiet"]) == 0
+    assert "the papers' claims" in capsys.readouterr().out
+    claims = json.loads((tmp_path / "claims.json").read_text())
     assert {p.name for p in tmp_path.iterdir()} >= {"claims.json", "claims.md", "tables.txt", "result_empirical.json",
                                                     "result_mc.json", "result_minibatch_authors.json"}
     results = {e: TaskDistanceResult.from_json(tmp_path / f"result_{e}.json") for e in rp.ESTIMATORS}
@@ -140,3 +145,18 @@ def test_reproduce_mnist_claims_agree_with_their_matrices(tmp_path):
     for r in results.values():
         assert r.config["data"]["T0"]["test"] == 200  # balanced: 100 zeros, 100 others
     assert claims["claims"][0]["of"] == 9
+
+
+@pytest.mark.slow
+def test_nas_comparison_pairs_every_eps_seed_with_every_search_seed(tmp_path):
+    cfg = rp.NAS_SIZES["smallest"]
+    res = rp.nas_comparison(tmp_path, cfg)
+    assert len(res["runs"]) == 9 and {(r["eps_seed"], r["search_seed"]) for r in res["runs"]} == {
+        (e, s) for e in (0, 1, 2) for s in (0, 1, 2)}
+    assert all(r["budget"] == r["random_budget"] for r in res["runs"])  # equal budgets
+    # the ε-seeds re-sample the distances: the baselines' ε-networks differ, so do d[a, T2]
+    dists = {r["eps_seed"]: tuple(sorted(r["distances"].items())) for r in res["runs"]}
+    assert len(set(dists.values())) == 3
+    c = res["comparison"]
+    assert c["diffs"] == pytest.approx([r["ta_nas"] - r["random"] for r in res["runs"]])
+    assert c["verdict"] in rp.nas_comparison_text(res) and (tmp_path / "nas_comparison.json").is_file()

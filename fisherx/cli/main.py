@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="train and evaluate an architecture from its genotype JSON file")
     nas_cli.add_retrain_arguments(p)
     p.set_defaults(func=_cmd_retrain)
+    from . import reproduce as reproduce_cli
+
+    p = sub.add_parser("reproduce", help="the papers' experiments with their claims checked (claims.json, table)")
+    reproduce_cli.add_arguments(p)
+    p.set_defaults(func=lambda args: reproduce_cli.run(args))
     from ..experiments import demo
 
     p = sub.add_parser("demo", help="the papers' pipeline end to end on built-in data (~10 min on a 2-core CPU)")

@@ -178,12 +178,12 @@ SIZES = {
 
 
 def reproduce(name: str, out, config: ReproduceConfig = SIZES["default"], *, data_dir=None, device=None,
-              progress: bool = True, claims=PAPER_CLAIMS) -> dict:
+              progress: bool = True, claims=PAPER_CLAIMS, cache_dir=None) -> dict:
     """Run experiment ``name`` (one of :data:`EXPERIMENTS`) into ``out``: for every estimator of ``config``, the
     task-distance matrices of T0–T3 (:func:`fisherx.task_distances`, Adam, batch ``config.batch_size``, the
     papers' protocol by default), then the claims. Writes ``result_<estimator>.json``, ``claims.json``,
-    ``claims.md`` and ``tables.txt``; the cache under ``out/cache`` makes a rerun resume (the networks are shared
-    by the estimators). Returns the claims dict (with ``config`` and ``timings_s``)."""
+    ``claims.md`` and ``tables.txt``; the cache (``cache_dir``, default ``out/cache``) makes a rerun resume (the
+    networks are shared by the estimators; runs of other estimators may share it). Returns the claims dict (with ``config`` and ``timings_s``)."""
     from ..tasks import preset
     from .distances import task_distances
 
@@ -202,7 +202,7 @@ def reproduce(name: str, out, config: ReproduceConfig = SIZES["default"], *, dat
     for est in config.estimators:
         t0 = time.perf_counter()
         r = task_distances(tasks, archs=config.archs, seeds=config.seeds, epochs=config.epochs,
-                           cache_dir=out / "cache", data_dir=data_dir, batch_size=config.batch_size, lr=config.lr,
+                           cache_dir=cache_dir or out / "cache", data_dir=data_dir, batch_size=config.batch_size, lr=config.lr,
                            fisher_kind=est, fisher_samples=config.fisher_samples, device=device, progress=progress,
                            bootstrap=config.bootstrap)
         timings[est] = time.perf_counter() - t0
@@ -344,6 +344,17 @@ class NasCompareConfig:
     batch_size: int = 256
     fisher_samples: int | None = 150
     max_train_per_label: int | None = None  # cap the tasks' training data (tests: 30)
+
+
+NAS_SIZES = {
+    # tests: 30 training samples per label, one FUSE round of two candidates, one final epoch.
+    "smallest": NasCompareConfig(max_train_per_label=30),
+    # the run measured in docs/reproduce.md: about 10 minutes for 3 × 3 pairs on a lightly loaded 2-core CPU.
+    "default": NasCompareConfig(eps_epochs=5, alternations=2, final_epochs=5, batch_size=64),
+    # closer to the papers (a GPU): the demo's paper-size search, 100-epoch ε-networks and final training.
+    "paper": NasCompareConfig(eps_epochs=100, width=16, depth=5, candidates=3, rounds=100, alternations=10,
+                              final_epochs=100, batch_size=128, fisher_samples=None),
+}
 
 
 def _dictionary_for(path, base, family: dict, eps_seed: int, datas: dict, device):
