@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(out / "nas_comparison.md", text + "\n")
         print(text)
         return 0
-    cfg = rp.config_for(args.size, seeds=seeds, max_train_per_label=args.max_train_per_label, epochs=args.epochs, bootstrap=args.bootstrap, protocol=args.protocol,
+    cfg = rp.config_for(args.size, seeds=seeds, max_train_per_label=args.max_train_per_label, epochs=args.epochs,
+                        bootstrap=args.bootstrap, protocol=args.protocol,
                         archs=tuple(args.archs.split(",")) if args.archs else None,
                         estimators=tuple(args.estimators.split(",")) if args.estimators else None)
     try:

@@ -183,7 +183,8 @@ def reproduce(name: str, out, config: ReproduceConfig = SIZES["default"], *, dat
     task-distance matrices of T0–T3 (:func:`fisherx.task_distances`, Adam, batch ``config.batch_size``, the
     papers' protocol by default), then the claims. Writes ``result_<estimator>.json``, ``claims.json``,
     ``claims.md`` and ``tables.txt``; the cache (``cache_dir``, default ``out/cache``) makes a rerun resume (the
-    networks are shared by the estimators; runs of other estimators may share it). Returns the claims dict (with ``config`` and ``timings_s``)."""
+    networks are shared by the estimators; runs of other estimators may share it). Returns the claims dict (with
+    ``config`` and ``timings_s``)."""
     from ..tasks import preset
     from .distances import task_distances
 
@@ -202,7 +203,8 @@ def reproduce(name: str, out, config: ReproduceConfig = SIZES["default"], *, dat
     for est in config.estimators:
         t0 = time.perf_counter()
         r = task_distances(tasks, archs=config.archs, seeds=config.seeds, epochs=config.epochs,
-                           cache_dir=cache_dir or out / "cache", data_dir=data_dir, batch_size=config.batch_size, lr=config.lr,
+                           cache_dir=cache_dir or out / "cache", data_dir=data_dir, batch_size=config.batch_size,
+                           lr=config.lr,
                            fisher_kind=est, fisher_samples=config.fisher_samples, device=device, progress=progress,
                            bootstrap=config.bootstrap)
         timings[est] = time.perf_counter() - t0
