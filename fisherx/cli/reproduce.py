@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates per Fisher")
     p.add_argument("--protocol", default=None, choices=["papers", "full"],
                    help="papers (default: balanced train and test sets) or full (the full test split)")
+    p.add_argument("--cache-dir", default=None, help="cache of networks and Fishers (default OUT/cache; share one "
+                                                     "between runs of other architectures or estimators)")
     p.add_argument("--data-dir", default=None, help="the data set's files (cifar10, cifar100, imagenet; MNIST IDX)")
     p.add_argument("--max-train-per-label", type=int, default=None, help="cap the training samples per label")
     p.add_argument("--search-seeds", default="0,1,2", help="nas: comma-separated search seeds")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                         estimators=tuple(args.estimators.split(",")) if args.estimators else None)
     try:
         claims = rp.reproduce(args.name, out, cfg, data_dir=args.data_dir, device=args.device,
-                              progress=not args.quiet)
+                              progress=not args.quiet, cache_dir=args.cache_dir)
     except (FileNotFoundError, ImportError, ValueError) as exc:
         raise SystemExit(f"fisherx reproduce {args.name}: {exc}") from exc
     print((out / "claims.md").read_text())

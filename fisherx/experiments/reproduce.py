@@ -351,8 +351,8 @@ class NasCompareConfig:
 NAS_SIZES = {
     # tests: 30 training samples per label, one FUSE round of two candidates, one final epoch.
     "smallest": NasCompareConfig(max_train_per_label=30),
-    # the run measured in docs/reproduce.md: about 10 minutes for 3 × 3 pairs on a lightly loaded 2-core CPU.
-    "default": NasCompareConfig(eps_epochs=5, alternations=2, final_epochs=5, batch_size=64),
+    # the run measured in docs/reproduce.md (digits, 100 training samples per label).
+    "default": NasCompareConfig(eps_epochs=5, alternations=2, final_epochs=3, batch_size=64, max_train_per_label=100),
     # closer to the papers (a GPU): the demo's paper-size search, 100-epoch ε-networks and final training.
     "paper": NasCompareConfig(eps_epochs=100, width=16, depth=5, candidates=3, rounds=100, alternations=10,
                               final_epochs=100, batch_size=128, fisher_samples=None),
