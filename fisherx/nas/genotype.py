@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .ops import OP_NAMES, OPSET
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .network import Network
     from .space import SearchSpace
 
 GENOTYPE_FORMAT = "fisherx.genotype"
@@ -191,23 +190,6 @@ class Genotype:
     def __str__(self) -> str:
         return "\n".join(f"{name}: {_cell_text(cell)}" for name, cell in (("normal", self.normal),
                                                                           ("reduce", self.reduce)))
-
-    # ------------------------------------------------------------------------------------------ networks
-    def build(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-              stem_multiplier: int = 3) -> "Network":
-        """The network of this genotype on the standard skeleton (see :class:`fisherx.nas.network.Network`)."""
-        from .network import Network
-
-        return Network(self, in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
-
-    def num_params(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-                   stem_multiplier: int = 3) -> int:
-        """Trainable parameter count of :meth:`build` (built on the ``meta`` device: no memory, no init cost)."""
-        import torch
-
-        with torch.device("meta"):
-            net = self.build(in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
-        return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
 def _parse_json(text: str, source: str) -> Any:

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
+from . import network as _network
 from .genotype import Genotype, GenotypeError, _check_opset
 from .ops import OP_NAMES, OPSET
 
@@ -145,12 +146,12 @@ class SearchSpace:
     # ------------------------------------------------------------------------------------------- networks
     def build(self, g: Genotype, in_channels: int, num_classes: int):
         """The network of ``g`` on this space's skeleton."""
-        return g.build(in_channels, num_classes, width=self.width, depth=self.depth,
-                       stem_multiplier=self.stem_multiplier)
+        return _network.build(g, in_channels, num_classes, width=self.width, depth=self.depth,
+                              stem_multiplier=self.stem_multiplier)
 
     def num_params(self, g: Genotype, in_channels: int, num_classes: int) -> int:
-        return g.num_params(in_channels, num_classes, width=self.width, depth=self.depth,
-                            stem_multiplier=self.stem_multiplier)
+        return _network.num_params(g, in_channels, num_classes, width=self.width, depth=self.depth,
+                                   stem_multiplier=self.stem_multiplier)
 
     # ---------------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
