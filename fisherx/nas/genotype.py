@@ -1,4 +1,4 @@
-"""Genotypes: the architecture of a cell-based network as data (DESIGN §5).
+"""Genotypes: the architecture of a cell-based network as data (docs/nas.md).
 
 A genotype holds two cells, ``normal`` and ``reduce``. A cell is a list of nodes; node j takes exactly two inputs,
 each ``(operation, input)``, and computes ``n_j = op_a(s_a) + op_b(s_b)``. Inputs are numbered as in DARTS:

@@ -1,4 +1,4 @@
-"""The ten cell operations of the task-aware NAS search space (DESIGN §5), in their DARTS forms.
+"""The ten cell operations of the task-aware NAS search space (docs/nas.md), in their DARTS forms.
 
 Every operation maps (N, C, H, W) to (N, C, H, W) at stride 1 and to (N, C, ⌈H/2⌉, ⌈W/2⌉) at stride 2 (used on the
 edges that read the cell inputs of a reduction cell). Paddings are chosen so that ``⌊(H + 2p − d(k−1) − 1)/s⌋ + 1``

@@ -1,7 +1,7 @@
 """Search spaces: which operations a cell may use, how many nodes it has, and the skeleton it is built on.
 
 The **general space** (the papers' space for baseline tasks) has all ten operations and cells of 3 or 4 nodes. A
-**task's space** is derived from its best cells (DESIGN §5): the operations they use and their node counts, on the
+**task's space** is derived from its best cells (docs/nas.md): the operations they use and their node counts, on the
 same skeleton. Sampling draws, for each of the normal and reduction cells, a node count n from the space and for
 each node j two *distinct* inputs from {0, …, 1 + j} (an edge twice from the same input is the same as one edge
 with a wider op) and an operation for each from the space's list, uniformly, from a caller-given
