@@ -8,7 +8,7 @@ FISHERX_CUDA ?= OFF
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fisherx-installed
 
-.PHONY: test demo bench cuda-build clean
+.PHONY: test lint demo bench cuda-build clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,17 @@ $(VENV)/bin/python:
 # Reinstall whenever the sources or the build description change.
 $(STAMP): $(VENV)/bin/python pyproject.toml CMakeLists.txt $(shell find csrc -type f)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	FISHERX_CUDA=$(FISHERX_CUDA) $(PY) -m pip install -q -e ".[test,bench]"
+	FISHERX_CUDA=$(FISHERX_CUDA) $(PY) -m pip install -q -e ".[test,bench,dev]"
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Lint, format check and type check (configured in pyproject.toml); non-zero exit on any finding.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fisherx tests bench
+	$(VENV)/bin/ruff format --check fisherx tests bench
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/fisherx demo $(DEMO_ARGS)

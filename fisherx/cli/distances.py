@@ -1,0 +1,87 @@
+"""``fisherx distances``: task-distance matrices of a preset's tasks, with table, heatmaps, atlas and intervals.
+
+    fisherx distances --preset digits --archs mlp,cnn --seeds 0,1,2 --out DIR
+
+Runs :func:`fisherx.task_distances` and writes result.json, distances.csv, table.txt, heatmaps.png, atlas.png and
+intervals.png to DIR; the cache defaults to DIR/cache, so re-running the command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..distance import METRICS
+from ..distributed import init_from_env, is_main_process
+from ..experiments.distances import HEAD_MODES, task_distances
+from ..experiments.trust import GATE_ACTIONS
+from ..io import atomic_write_text
+from ..tasks import preset
+from . import options
+
+NAME = "distances"
+HELP = "task-distance matrices of a preset's tasks T0-T3 (table, heatmaps, atlas)"
+OUTPUT_FILES = ("result.json", "distances.csv", "table.txt", "heatmaps.png", "atlas.png", "intervals.png")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add(p, "preset", "archs", "seeds")
+    options.add(p, "epochs", help="training epochs per network (the papers: 100)")
+    options.add(p, "data-dir")
+    options.add(p, "out", help="output folder: result.json, distances.csv, table.txt, *.png")
+    p.add_argument("--cache-dir", default=None, help="cache of networks and Fishers (default OUT/cache)")
+    p.add_argument("--metric", default="ftd", choices=list(METRICS))
+    p.add_argument("--head", default="shared", choices=list(HEAD_MODES),
+                   help="shared head width for all tasks (default), or refit N_a's head on task b")
+    options.add(p, "tasks", "batch-size", "lr")
+    p.add_argument("--epsilon", type=float, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")
+    p.add_argument("--bootstrap", type=int, default=0,
+                   help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)")
+    p.add_argument("--gates", default="warn", choices=list(GATE_ACTIONS),
+                   help="sanity gates (accuracy vs epsilon, collapsed Fisher, d[a,a] = 0): warn, refuse or off")
+    options.add(p, "fisher-samples", "max-train-per-label")
+    p.add_argument("--image-size", type=int, default=None, help="resize images (image folders default to 32)")
+    options.add(p, "task-seed", "device", "quiet")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`task_distances` on a preset and write :data:`OUTPUT_FILES` to ``args.out``."""
+    init_from_env(args.device)  # under torchrun: one process group, the units of work spread over the ranks
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = _tasks(args)
+    result = task_distances(
+        tasks, archs=list(args.archs), seeds=list(args.seeds), epochs=args.epochs, metric=args.metric,
+        cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
+        epsilon=args.epsilon, head=args.head, fisher_samples=args.fisher_samples, device=args.device,
+        progress=not args.quiet, bootstrap=args.bootstrap, gates=args.gates)
+    if not is_main_process():
+        return 0  # rank 0 writes the outputs
+    result.to_json(out / "result.json")
+    result.to_csv(out / "distances.csv")
+    table = result.table()
+    atomic_write_text(out / "table.txt", table + "\n")
+    result.plot_heatmaps(out / "heatmaps.png")
+    result.plot_atlas(out / "atlas.png")
+    result.plot_intervals(out / "intervals.png")
+    print(table)
+    print(f"\nwrote {', '.join(str(out / f) for f in OUTPUT_FILES)}")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> list:
+    """The preset's tasks (``--tasks``: a subset), their data loaded once so that a data problem is one line."""
+    tasks = preset(args.preset, seed=args.task_seed, max_train_per_label=args.max_train_per_label,
+                   image_size=args.image_size)
+    if args.tasks:
+        unknown = [t for t in args.tasks if t not in {x.name for x in tasks}]
+        if unknown:
+            raise SystemExit(f"fisherx distances: unknown task(s) {', '.join(unknown)} in preset {args.preset} "
+                             f"(it has {', '.join(t.name for t in tasks)})")
+        tasks = [t for t in tasks if t.name in args.tasks]
+    try:  # data problems (missing files, wrong layout, unknown class) as one clear line, not a traceback
+        for t in tasks:
+            t.load(args.data_dir)
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise SystemExit(f"fisherx distances: {msg}") from exc
+    return tasks
