@@ -1,6 +1,6 @@
 """Cost of the in-pass bootstrap: fisher_diag(bootstrap=R) against a plain fisher_diag pass (pytest-benchmark).
 
-    pytest bench/bench_bootstrap.py --benchmark-only -q -p no:cacheprovider     # CPU: the models of DESIGN §2
+    pytest bench/bench_bootstrap.py --benchmark-only -q -p no:cacheprovider     # CPU: the models of bench_fisher.py
     pytest bench/bench_bootstrap.py --benchmark-only -q -m cuda                  # GPU: VGG-16, ResNet-18
 
 One batch of 256 (GPU: 128), cross-entropy, empirical Fisher, the models of bench/bench_fisher.py. Each case times

@@ -1,6 +1,6 @@
 """The Fisher engine vs plain forward+backward and the peers (pytest-benchmark; not part of the test run).
 
-    pytest bench/bench_fisher.py --benchmark-only -p no:cacheprovider        # CPU: the three models of DESIGN §2
+    pytest bench/bench_fisher.py --benchmark-only -p no:cacheprovider        # CPU: the three models below
     pytest bench/bench_fisher.py --benchmark-only -m cuda                    # GPU: VGG-16, ResNet-18 (bench/gpu.sh)
     python bench/bench_fisher.py --model vgg11 --method fisherx              # one measurement, with peak memory
 
@@ -38,7 +38,7 @@ if os.environ.get("FISHERX_BENCH_THREADS"):  # e.g. 1 on a shared, oversubscribe
 TABLE = os.environ.get("FISHERX_BENCH_TABLE", "build/fisher-bench.md")  # the ratio table, rewritten after each test
 
 
-# ---- models of DESIGN §2 (as in /work/shared/tools/peer_fisher_bench.py) ------------------------------------------
+# ---- the benchmark models: an MLP, a small CNN and VGG-11 (the peers' comparison models) ------------------------
 def mlp():
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
                          nn.Linear(256, 10))
@@ -249,7 +249,7 @@ CPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[] if _available(m) else [p
 @pytest.mark.parametrize("name,method", CPU_CASES)
 def test_cpu(benchmark, summary, name, method):
     if method in SLOW and name == "vgg11" and not os.environ.get("FISHERX_BENCH_ALL"):
-        pytest.skip("minutes and up to 11 GB on VGG: set FISHERX_BENCH_ALL=1 (DESIGN §2 has the figures)")
+        pytest.skip("minutes and up to 11 GB on VGG: set FISHERX_BENCH_ALL=1 (docs/benchmarks.md has the figures)")
     model, x, y = _setup(name)
     fn = METHODS[method]
     fn(model, x[:8], y[:8])

@@ -57,3 +57,15 @@ def test_rerun_resumes_from_the_cache(demo_run):
     assert not any(k.endswith(".miss") and v for k, v in after["cache"].items()), after["cache"]
     assert after["ftd_mean"] == before["ftd_mean"] and after["ta_nas"]["fuse"] == before["ta_nas"]["fuse"]
     assert time.monotonic() - start < sum(before["timings_s"].values())
+
+
+def test_report_states_the_papers_claims_beside_their_numbers(demo_run):
+    from fisherx.experiments.distances import TaskDistanceResult
+    from fisherx.experiments.reproduce import check_claims
+
+    report = (demo_run / "report.md").read_text()
+    claims = json.loads((demo_run / "summary.json").read_text())["claims"]
+    assert "## The papers' claims on this run" in report
+    for c in claims["claims"]:
+        assert f"**{c['text']}** — {c['verdict']}" in report
+    check_claims(claims, {"empirical": TaskDistanceResult.from_json(demo_run / "result.json")})

@@ -61,7 +61,7 @@ def test_ftd_lies_in_unit_interval(dtype, device):
 
 
 def test_ftd_is_symmetric_in_its_arguments_but_the_task_distance_is_not():
-    """d[a, b] = ftd(F_ab, F_bb) and d[b, a] = ftd(F_ba, F_aa) (DESIGN §1). The Hellinger form itself is symmetric,
+    """d[a, b] = ftd(F_ab, F_bb) and d[b, a] = ftd(F_ba, F_aa) (README.md's definitions). The Hellinger form itself is symmetric,
     ftd(x, y) = ftd(y, x); the task distance is asymmetric because F_ab and F_bb are Fishers on task b's data while
     F_ba and F_aa are on task a's data: different networks on different data give four different Fishers.
 

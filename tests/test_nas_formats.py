@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
+from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 from fisherx.nas import Genotype, GenotypeError, SearchSpace, SearchSpaceError
 from fisherx.nas.formats import ConversionError, from_darts, from_nb201, to_darts, to_darts_text, to_nb201
+from fisherx.nas.network import build as build_network
 from fisherx.nas.ops import OPSET
-from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 # DARTS (second order), as printed in the DARTS repository's genotypes.py.
 DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
@@ -90,7 +91,7 @@ def test_a_published_darts_genotype_converts_and_builds():
                                                                                 ("dil_conv_3x3", 2))
     assert g.reduce[1] == (("identity", 2), ("max_pool_3x3", 1)) and len(g.reduce) == 4
     assert to_darts_text(g) == DARTS_V2.replace("range(2, 6)", "[2, 3, 4, 5]")
-    assert g.build(3, 10, width=4, depth=2)(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert build_network(g, 3, 10, width=4, depth=2)(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -134,7 +135,7 @@ def test_nb201_edges_land_on_the_matching_fisherx_inputs():
     # x0 = c[k-1] (input 1), x1 = n0 (input 2), x2 = n1 (input 3); a lone operation gets zero on c[k-2].
     assert g.normal == ((("zero", 0), ("identity", 1)), (("zero", 0), ("avg_pool_3x3", 2)),
                         (("avg_pool_3x3", 1), ("identity", 3)))
-    assert g.build(1, 5, width=4, depth=1)(torch.randn(2, 1, 8, 8)).shape == (2, 5)
+    assert build_network(g, 1, 5, width=4, depth=1)(torch.randn(2, 1, 8, 8)).shape == (2, 5)
 
 
 @pytest.mark.parametrize("arch, message", [

@@ -3,13 +3,14 @@ import json
 
 import pytest
 import torch
+from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 from fisherx.nas import Genotype, SearchSpace
 from fisherx.nas import _common as fuse_mod  # the home of SearchFiles, patched to simulate a kill
 from fisherx.nas.fuse import FuseRound, fuse
+from fisherx.nas.network import build as build_network
 from fisherx.nas.random_search import random_search
 from fisherx.tasks import preset
-from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 ZERO = Genotype([[("zero", 0), ("zero", 1)]] * 3, [[("zero", 0), ("zero", 1)]] * 3)
 CONV = Genotype([[("conv_3x3", 0), ("conv_3x3", 1)]] * 3, [[("conv_3x3", 0), ("conv_3x3", 1)]] * 3)
@@ -47,7 +48,7 @@ def _interrupt_at_step(k, search, *args, **kwargs):
 
 def _nets(gs, seed=0):
     torch.manual_seed(seed)
-    return [g.build(1, 5, width=4, depth=2) for g in gs]
+    return [build_network(g, 1, 5, width=4, depth=2) for g in gs]
 
 
 def test_weight_steps_move_only_weights_and_alpha_steps_only_alpha(digits):
@@ -188,7 +189,6 @@ def test_search_killed_at_a_random_step_resumes_bit_exactly(tmp_path, kill_seed)
     """SIGKILL a search process just before weight step k (k drawn by a seeded generator, so the test is
     reproducible), rerun the same call, and require the exact α, losses, genotype and final weights of a run that
     was never interrupted."""
-    import os
     import random
     import signal
     import subprocess
@@ -340,7 +340,7 @@ def test_a_search_leaves_the_callers_random_streams_alone():
 
 
 def test_the_network_avoids_pooling_with_a_nondeterministic_cuda_backward():
-    net = CONV.build(1, 5, width=4, depth=2)
+    net = build_network(CONV, 1, 5, width=4, depth=2)
     assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net.modules())
 
 

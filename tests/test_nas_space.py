@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fisherx.nas import OP_NAMES, Genotype, GenotypeError, SearchSpace, SearchSpaceError, make_op
-from fisherx.nas.network import reduction_positions
+from fisherx.nas.network import build as build_network
+from fisherx.nas.network import num_params, reduction_positions
 
 G = Genotype(
     normal=[[("conv_3x3", 0), ("identity", 1)], [("max_pool_3x3", 1), ("conv_5x5", 2)],
@@ -98,19 +99,19 @@ def test_from_json_names_the_source_and_refuses_foreign_or_newer_files():
 
 
 def test_parameter_count_matches_the_built_network_and_the_network_runs():
-    net = G.build(1, 10, width=8, depth=3)
-    assert G.num_params(1, 10, width=8, depth=3) == sum(p.numel() for p in net.parameters())
+    net = build_network(G, 1, 10, width=8, depth=3)
+    assert num_params(G, 1, 10, width=8, depth=3) == sum(p.numel() for p in net.parameters())
     assert net(torch.randn(3, 1, 8, 8)).shape == (3, 10)
     # Wider networks have more parameters; a cell of parameter-free ops has fewer than one of convolutions.
-    assert G.num_params(1, 10, width=16, depth=3) > G.num_params(1, 10, width=8, depth=3)
+    assert num_params(G, 1, 10, width=16, depth=3) > num_params(G, 1, 10, width=8, depth=3)
     pools = Genotype([[("max_pool_3x3", 0), ("avg_pool_3x3", 1)]] * 1, [[("max_pool_3x3", 0), ("zero", 1)]])
     convs = Genotype([[("conv_3x3", 0), ("conv_5x5", 1)]], [[("conv_3x3", 0), ("conv_5x5", 1)]])
-    assert pools.num_params(1, 10, 8, 3) < convs.num_params(1, 10, 8, 3)
+    assert num_params(pools, 1, 10, 8, 3) < num_params(convs, 1, 10, 8, 3)
 
 
 def test_skeleton_halves_the_size_in_reduction_cells():
     assert reduction_positions(5) == {1, 3} and reduction_positions(3) == {1, 2}
-    net = G.build(3, 4, width=4, depth=5)
+    net = build_network(G, 3, 4, width=4, depth=5)
     x = net.stem(torch.randn(1, 3, 16, 16))
     s0 = s1 = x
     sizes = []
@@ -119,7 +120,7 @@ def test_skeleton_halves_the_size_in_reduction_cells():
         sizes.append(s1.shape[-1])
     assert sizes == [16, 8, 8, 4, 4]
     with pytest.raises(ValueError, match="width must be even"):
-        G.build(1, 10, width=5)
+        build_network(G, 1, 10, width=5)
 
 
 def test_search_space_sampling_is_seeded_valid_and_stays_in_the_space():

@@ -13,7 +13,7 @@ from fisherx.tasks.presets import IMAGENET_T0, IMAGENET_T1, IMAGENET_T2, IMAGENE
 
 from synthetic_datasets import source_class, write_cifar10, write_cifar100, write_imagefolder, write_mnist
 
-EXPECTED_LABELS = {  # preset -> number of labels of T0..T3 (DESIGN §4)
+EXPECTED_LABELS = {  # preset -> number of labels of T0..T3 (docs/tasks.md)
     "digits": [2, 2, 5, 10], "mnist": [2, 2, 5, 10], "cifar10": [2, 2, 4, 10], "cifar100": [2, 2, 11, 21],
     "imagenet": [10, 10, 10, 10],
 }

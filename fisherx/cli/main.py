@@ -13,7 +13,7 @@ import sys
 import torch
 
 from .. import _ops
-from . import affinity, demo, distances, retrain, search
+from . import affinity, demo, distances, reproduce, retrain, search
 
 COMMANDS = (
     distances,
@@ -21,6 +21,7 @@ COMMANDS = (
     retrain,
     demo,
     affinity,
+    reproduce,
 )
 
 

@@ -25,7 +25,7 @@ class TaskDistanceResult:
 
     ``distances[arch]`` is an (S, K, K) float64 array, ``[s, a, b]`` = d(task a → task b) with seed ``seeds[s]``;
     ``accuracies[arch]`` is (S, K): the test accuracy of every task's network. ``head_mode`` says how networks
-    with fewer labels than the family were handled ("shared": one head width for all, DESIGN §1; "refit": N_a's
+    with fewer labels than the family were handled ("shared": one head width for all, docs/tasks.md; "refit": N_a's
     head refitted on b with features frozen before F_ab). For ``metric="cosine"`` the values are similarities.
 
     Trust (:mod:`fisherx.experiments.trust`, docs/trust.md): ``replicates[arch]`` is (S, R, K, K), the paired bootstrap

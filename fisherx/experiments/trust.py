@@ -1,6 +1,6 @@
 """Trustworthy distances: confidence intervals, the probability that a task is the closest, and sanity gates.
 
-Two sources of uncertainty in a task distance d[a, b] (DESIGN §1, §8):
+Two sources of uncertainty in a task distance d[a, b] (docs/trust.md):
 
 - **the test samples** the Fishers are computed on: within one seed, the Poisson bootstrap of
   :func:`fisherx.fisher_diag` (``bootstrap=R``) gives R replicates of every Fisher; F_ab and F_bb taken with the same

@@ -509,6 +509,8 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     ``"mse"`` (½‖f(x_i) − y_i‖²), or a callable ``loss(output, target) -> (B,)``. With ``kind="mc"`` the labels are
     drawn from the model's predictive distribution (softmax, or N(f(x), I) for mse), ``mc_samples`` draws per
     input, each squared separately: F_j = (1/N) Σ_i (1/k) Σ_d (∂ℓ(x_i, ỹ_id)/∂θ_j)².
+    ``kind="minibatch_authors"``: the FTD authors' code's estimator instead, squared gradients of mean losses
+    over mini-batches of 10, each parameter's first axis averaged out (:mod:`fisherx.fisher.minibatch`).
 
     ``data``: a DataLoader, any iterable of (x, y) batches (x a tensor, tuple or dict of tensors), or a pair
     (X, Y) of tensors (taken in batches of 256). ``params``: names, or a predicate on names; parameters with
@@ -537,8 +539,13 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     is unwrapped to its original module, with a warning.
     """
     model = _inputs.unwrap_compiled(model)
+    if kind == "minibatch_authors":  # the FTD authors' code's estimator (fisherx.fisher.minibatch), batch 10
+        from .minibatch import fisher_minibatch
+
+        return fisher_minibatch(model, data, loss=loss, max_samples=max_samples, params=params, device=device,
+                                bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ValueError(f"kind must be one of {KINDS} or 'minibatch_authors', got {kind!r}")
     if not callable(loss) and loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
     if kind == "mc" and callable(loss):

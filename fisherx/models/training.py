@@ -1,4 +1,4 @@
-"""Training ε-approximation networks with the papers' recipe: Adam, batch 128, cross-entropy (DESIGN §1, §4).
+"""Training ε-approximation networks with the papers' recipe: Adam, batch 128, cross-entropy (docs/tasks.md).
 
 The weights kept are those of the epoch with the best validation accuracy (the task's ``val`` split, held out of
 its training data); the test split is touched once, at the end, to record the test accuracy that decides whether

@@ -1,4 +1,4 @@
-"""Task-aware neural architecture search (DESIGN §5): the cell search space, FUSE, TA-NAS, random search.
+"""Task-aware neural architecture search (docs/nas.md): the cell search space, FUSE, TA-NAS, random search.
 
 - :mod:`~fisherx.nas.ops`, :mod:`~fisherx.nas.cells`, :mod:`~fisherx.nas.network`: the ten operations, the cell DAG,
   the skeleton; :class:`Genotype` an architecture as data; :class:`SearchSpace` the ops/node counts/skeleton.

@@ -1,4 +1,4 @@
-"""A cell: a DAG of nodes, each the sum of two operations on earlier states (DESIGN §5, DARTS-style).
+"""A cell: a DAG of nodes, each the sum of two operations on earlier states (DARTS-style; docs/nas.md).
 
 States 0 and 1 are the two previous cells' outputs after a 1×1 ReLU-conv-BN preprocessing to C channels (a
 factorised reduce for state 0 when the previous cell halved the size, so both inputs have the same shape). Node j

@@ -1,4 +1,4 @@
-"""What a search costs, per stage: wall time, device time, peak memory, the device (DESIGN §8: say what it cost).
+"""What a search costs, per stage: wall time, device time, peak memory, the device: every result says what it cost.
 
 - ``wall_s``: elapsed time (``time.perf_counter``), CUDA work synchronised at both ends so it is counted.
 - ``device_s``: on CUDA, the time between two CUDA events recorded on the current stream at the stage's start and end

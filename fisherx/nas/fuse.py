@@ -1,4 +1,4 @@
-"""FUSE, the fusion search of the TA-NAS papers (DESIGN §5), with checkpoints inside rounds and bit-exact resume.
+"""FUSE, the fusion search of the TA-NAS papers (docs/nas.md), with checkpoints inside rounds and bit-exact resume.
 
 One round trains a set of candidate networks C jointly through their convex combination
 

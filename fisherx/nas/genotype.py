@@ -1,4 +1,4 @@
-"""Genotypes: the architecture of a cell-based network as data (DESIGN §5).
+"""Genotypes: the architecture of a cell-based network as data (docs/nas.md).
 
 A genotype holds two cells, ``normal`` and ``reduce``. A cell is a list of nodes; node j takes exactly two inputs,
 each ``(operation, input)``, and computes ``n_j = op_a(s_a) + op_b(s_b)``. Inputs are numbered as in DARTS:
@@ -15,13 +15,13 @@ Converters to the DARTS and NAS-Bench-201 forms are in :mod:`fisherx.nas.formats
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .ops import OP_NAMES, OPSET
+from . import ops as _ops
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .network import Network
     from .space import SearchSpace
 
 GENOTYPE_FORMAT = "fisherx.genotype"
@@ -57,8 +57,9 @@ def _check_cell(cell: Any, which: str) -> CellSpec:
             if isinstance(edge, (str, bytes)) or not isinstance(edge, Sequence) or len(edge) != 2:
                 raise GenotypeError(f"{where}: each input must be an (operation, input index) pair, got {edge!r}")
             op, inp = edge
-            if not isinstance(op, str) or op not in OP_NAMES:
-                raise GenotypeError(f"{where}: unknown operation {op!r}; the operations are {', '.join(OP_NAMES)}")
+            if not isinstance(op, str) or op not in _ops.OPS:
+                raise GenotypeError(f"{where}: unknown operation {op!r}; the operations are "
+                                    f"{', '.join(_ops.OP_NAMES)}")
             if isinstance(inp, bool) or not isinstance(inp, int):
                 raise GenotypeError(f"{where}: input index must be an integer, got {inp!r}")
             if inp < 0:
@@ -103,12 +104,12 @@ class Genotype:
                      for cell in (self.normal, self.reduce))
 
     # ------------------------------------------------------------------------------------------------- JSON
-    def to_dict(self, space: "SearchSpace | None" = None) -> dict:
+    def to_dict(self, space: SearchSpace | None = None) -> dict:
         """The JSON-able form; with ``space`` (which must contain this genotype) the space and its hash too."""
         d = {
             "format": GENOTYPE_FORMAT,
             "version": GENOTYPE_VERSION,
-            "opset": {"name": OPSET["name"], "version": OPSET["version"], "ops": list(OPSET["ops"])},
+            "opset": _ops.opset_record(),
             "normal": [[[op, inp] for op, inp in node] for node in self.normal],
             "reduce": [[[op, inp] for op, inp in node] for node in self.reduce],
         }
@@ -117,17 +118,17 @@ class Genotype:
             d["space"] = space.to_dict()
         return d
 
-    def to_json(self, indent: int | None = None, space: "SearchSpace | None" = None) -> str:
+    def to_json(self, indent: int | None = None, space: SearchSpace | None = None) -> str:
         return json.dumps(self.to_dict(space), indent=indent, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "genotype") -> "Genotype":
+    def from_dict(cls, d: Any, source: str = "genotype") -> Genotype:
         """The genotype of a dict :meth:`to_dict` wrote (version 1 or 2). A recorded space is checked (its hash, and
         that it contains the genotype) but not returned: :meth:`from_dict_with_space` returns it."""
         return cls.from_dict_with_space(d, source)[0]
 
     @classmethod
-    def from_dict_with_space(cls, d: Any, source: str = "genotype") -> "tuple[Genotype, SearchSpace | None]":
+    def from_dict_with_space(cls, d: Any, source: str = "genotype") -> tuple[Genotype, SearchSpace | None]:
         """(genotype, the recorded search space or None)."""
         if not isinstance(d, dict):
             raise GenotypeError(f"{source}: a genotype must be a JSON object, got {type(d).__name__}")
@@ -162,10 +163,10 @@ class Genotype:
         return g, space
 
     @classmethod
-    def from_json(cls, text: str, source: str = "genotype") -> "Genotype":
+    def from_json(cls, text: str, source: str = "genotype") -> Genotype:
         return cls.from_dict(_parse_json(text, source), source)
 
-    def save(self, path, space: "SearchSpace | None" = None) -> Any:
+    def save(self, path, space: SearchSpace | None = None) -> Any:
         """Write the JSON form (with ``space``, see :meth:`to_dict`) atomically (a reader sees the old file or the
         new one)."""
         from ..io import atomic_write_text
@@ -173,11 +174,11 @@ class Genotype:
         return atomic_write_text(path, self.to_json(indent=1, space=space) + "\n")
 
     @classmethod
-    def load(cls, path) -> "Genotype":
+    def load(cls, path) -> Genotype:
         return cls.load_with_space(path)[0]
 
     @classmethod
-    def load_with_space(cls, path) -> "tuple[Genotype, SearchSpace | None]":
+    def load_with_space(cls, path) -> tuple[Genotype, SearchSpace | None]:
         """(genotype, recorded search space or None) of a file :meth:`save` wrote."""
         from pathlib import Path
 
@@ -192,23 +193,6 @@ class Genotype:
         return "\n".join(f"{name}: {_cell_text(cell)}" for name, cell in (("normal", self.normal),
                                                                           ("reduce", self.reduce)))
 
-    # ------------------------------------------------------------------------------------------ networks
-    def build(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-              stem_multiplier: int = 3) -> "Network":
-        """The network of this genotype on the standard skeleton (see :class:`fisherx.nas.network.Network`)."""
-        from .network import Network
-
-        return Network(self, in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
-
-    def num_params(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-                   stem_multiplier: int = 3) -> int:
-        """Trainable parameter count of :meth:`build` (built on the ``meta`` device: no memory, no init cost)."""
-        import torch
-
-        with torch.device("meta"):
-            net = self.build(in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
-        return sum(p.numel() for p in net.parameters() if p.requires_grad)
-
 
 def _parse_json(text: str, source: str) -> Any:
     try:
@@ -218,16 +202,11 @@ def _parse_json(text: str, source: str) -> Any:
 
 
 def _check_opset(opset: Any, source: str) -> None:
-    """Refuse a file written against another operation set: the same names could compute something else."""
-    if not isinstance(opset, dict) or "name" not in opset or "version" not in opset:
-        raise GenotypeError(f"{source}: the operation set is missing or malformed (expected "
-                            f"{{'name': {OPSET['name']!r}, 'version': {OPSET['version']}}})")
-    if (opset["name"], opset["version"]) != (OPSET["name"], OPSET["version"]):
-        raise GenotypeError(f"{source}: written for operation set {opset['name']!r} version {opset['version']!r}; "
-                            f"this fisherx has {OPSET['name']!r} version {OPSET['version']}")
-    if list(opset.get("ops", OPSET["ops"])) != list(OPSET["ops"]):
-        raise GenotypeError(f"{source}: its operation set {opset['name']!r} lists the operations {opset['ops']}, not "
-                            f"this fisherx's {OPSET['ops']}: the file was edited or damaged")
+    """Refuse a file written against another operation set, or with an operation this fisherx lacks or computes
+    differently now (per-operation versions, :data:`fisherx.nas.ops.OP_VERSIONS`)."""
+    problem = _ops.check_opset_record(opset, source)
+    if problem:
+        raise GenotypeError(problem)
 
 
 def _cell_text(cell: CellSpec) -> str:

@@ -21,6 +21,21 @@ def reduction_positions(depth: int) -> set[int]:
     return {depth // 3, 2 * depth // 3}
 
 
+def build(genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
+          stem_multiplier: int = 3) -> Network:
+    """The network of ``genotype`` on the standard skeleton (a :class:`Network`). A :class:`Genotype` is data
+    only; networks are built here, so genotype.py imports nothing of the network code."""
+    return Network(genotype, in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
+
+
+def num_params(genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
+               stem_multiplier: int = 3) -> int:
+    """Trainable parameter count of :func:`build` (built on the ``meta`` device: no memory, no init cost)."""
+    with torch.device("meta"):
+        net = build(genotype, in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
 class Network(nn.Module):
     def __init__(self, genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
                  stem_multiplier: int = 3, affine: bool = True):

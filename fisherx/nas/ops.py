@@ -1,4 +1,4 @@
-"""The ten cell operations of the task-aware NAS search space (DESIGN §5), in their DARTS forms.
+"""The ten cell operations of the task-aware NAS search space (docs/nas.md), in their DARTS forms.
 
 Every operation maps (N, C, H, W) to (N, C, H, W) at stride 1 and to (N, C, ⌈H/2⌉, ⌈W/2⌉) at stride 2 (used on the
 edges that read the cell inputs of a reduction cell). Paddings are chosen so that ``⌊(H + 2p − d(k−1) − 1)/s⌋ + 1``
@@ -16,7 +16,7 @@ equals H at s = 1 and ⌈H/2⌉ at s = 2 for every kernel size k and dilation d 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -151,10 +151,58 @@ OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
 }
 assert tuple(OPS) == OP_NAMES
 
-#: The operation set, by name and version: the ten names above with the definitions in this module. Genotype and
-#: search-space files record it, so a file is never read against operations of other semantics. Bump the version
-#: whenever an operation's computation changes.
+#: Each operation's version: bump an operation's entry when its computation changes (a file that used the old
+#: version is then refused, naming the operation). Operations not listed here are at version 1.
+OP_VERSIONS: dict[str, int] = {name: 1 for name in OP_NAMES}
+
+#: The operation set: its name, the version of this record, and the operations. Genotype and search-space files
+#: record it (plus ``op_versions`` for operations past version 1), so a file is never read against operations of
+#: other semantics; a file is readable when every operation it lists exists here at the version it recorded, so
+#: adding an operation (:func:`register_op`) keeps every older file readable.
 OPSET = {"name": "fisherx.darts-ops", "version": 1, "ops": list(OP_NAMES)}
+
+
+def register_op(name: str, factory: Callable[[int, int, bool], nn.Module], version: int = 1) -> None:
+    """Add operation ``name``: ``factory(channels, stride, affine)`` returns the module (stride 1 keeps the size,
+    stride 2 halves it). New files record it; files written before it stay readable."""
+    global OP_NAMES
+    if name in OPS:
+        raise ValueError(f"operation {name!r} exists already; bump OP_VERSIONS[{name!r}] to change its computation")
+    OPS[name] = factory
+    OP_VERSIONS[name] = int(version)
+    OP_NAMES = (*OP_NAMES, name)
+    OPSET["ops"].append(name)
+
+
+def opset_record() -> dict:
+    """The operation set as files record it (a fresh dict)."""
+    rec = {"name": OPSET["name"], "version": OPSET["version"], "ops": list(OPSET["ops"])}
+    later = {op: v for op, v in OP_VERSIONS.items() if v != 1}
+    if later:
+        rec["op_versions"] = later
+    return rec
+
+
+def check_opset_record(opset, source: str) -> str | None:
+    """None when a file's recorded operation set can be read here, else what is wrong (one sentence)."""
+    if not isinstance(opset, dict) or "name" not in opset or "version" not in opset:
+        return (f"{source}: the operation set is missing or malformed (expected "
+                f"{{'name': {OPSET['name']!r}, 'version': {OPSET['version']}}})")
+    if (opset["name"], opset["version"]) != (OPSET["name"], OPSET["version"]):
+        return (f"{source}: written for operation set {opset['name']!r} version {opset['version']!r}; "
+                f"this fisherx has {OPSET['name']!r} version {OPSET['version']}")
+    ops = opset.get("ops", OPSET["ops"])
+    unknown = [op for op in ops if op not in OPS] if isinstance(ops, list) else ops
+    if unknown:
+        return (f"{source}: its operation set {opset['name']!r} lists the operations {unknown}, which this fisherx "
+                f"does not have (operations: {', '.join(OP_NAMES)}): a newer fisherx wrote it, or it was edited")
+    versions = opset.get("op_versions", {})
+    changed = [f"{op} (file: version {versions.get(op, 1)}, here: {OP_VERSIONS.get(op, 1)})" for op in ops
+               if (versions.get(op, 1) if isinstance(versions, dict) else None) != OP_VERSIONS.get(op, 1)]
+    if changed:
+        return (f"{source}: written with other versions of the operations {', '.join(changed)}: the same names "
+                "compute something else now")
+    return None
 
 
 def make_op(name: str, channels: int, stride: int = 1, affine: bool = True) -> nn.Module:

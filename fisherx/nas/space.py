@@ -1,7 +1,7 @@
 """Search spaces: which operations a cell may use, how many nodes it has, and the skeleton it is built on.
 
 The **general space** (the papers' space for baseline tasks) has all ten operations and cells of 3 or 4 nodes. A
-**task's space** is derived from its best cells (DESIGN §5): the operations they use and their node counts, on the
+**task's space** is derived from its best cells (docs/nas.md): the operations they use and their node counts, on the
 same skeleton. Sampling draws, for each of the normal and reduction cells, a node count n from the space and for
 each node j two *distinct* inputs from {0, …, 1 + j} (an edge twice from the same input is the same as one edge
 with a wider op) and an operation for each from the space's list, uniformly, from a caller-given
@@ -14,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
+from . import network as _network
+from . import ops as _ops
 from .genotype import Genotype, GenotypeError, _check_opset
-from .ops import OP_NAMES, OPSET
+from .ops import OP_NAMES
 
 SPACE_FORMAT = "fisherx.search_space"
 SPACE_VERSION = 2
@@ -33,12 +36,12 @@ class SearchSpaceError(ValueError):
 
 def _canonical_ops(ops: Iterable[str]) -> tuple[str, ...]:
     ops = list(ops)
-    unknown = [o for o in ops if o not in OP_NAMES]
+    unknown = [o for o in ops if o not in _ops.OP_NAMES]
     if unknown:
-        raise SearchSpaceError(f"unknown operation(s) {unknown}; the operations are {', '.join(OP_NAMES)}")
+        raise SearchSpaceError(f"unknown operation(s) {unknown}; the operations are {', '.join(_ops.OP_NAMES)}")
     if not ops:
         raise SearchSpaceError("a search space needs at least one operation")
-    return tuple(o for o in OP_NAMES if o in set(ops))
+    return tuple(o for o in _ops.OP_NAMES if o in set(ops))
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,14 @@ class SearchSpace:
 
     # --------------------------------------------------------------------------------------- constructors
     @classmethod
-    def general(cls, width: int = 16, depth: int = 5, stem_multiplier: int = 3) -> "SearchSpace":
+    def general(cls, width: int = 16, depth: int = 5, stem_multiplier: int = 3) -> SearchSpace:
         """All ten operations, cells of 3 or 4 nodes."""
-        return cls(OP_NAMES, (3, 4), width, depth, stem_multiplier, name="general")
+        return cls(_ops.OP_NAMES, (3, 4), width, depth, stem_multiplier, name="general")
 
     @classmethod
     def from_genotypes(cls, best: Genotype | Iterable[Genotype], width: int | None = None,
                        depth: int | None = None, stem_multiplier: int | None = None,
-                       base: "SearchSpace | None" = None, name: str = "derived") -> "SearchSpace":
+                       base: SearchSpace | None = None, name: str = "derived") -> SearchSpace:
         """The space of a task's best cells: the union of their operations and of their cells' node counts.
 
         The skeleton comes from ``base`` (default: the general space's) unless given explicitly.
@@ -93,7 +96,7 @@ class SearchSpace:
     def violations(self, g: Genotype) -> list[str]:
         """Why ``g`` is not in this space (empty when it is)."""
         out = []
-        extra = sorted(g.ops() - set(self.ops), key=OP_NAMES.index)
+        extra = sorted(g.ops() - set(self.ops), key=_ops.OP_NAMES.index)
         if extra:
             out.append(f"uses operation(s) {', '.join(extra)} outside the space ({', '.join(self.ops)})")
         for which, cell in (("normal", g.normal), ("reduce", g.reduce)):
@@ -145,12 +148,12 @@ class SearchSpace:
     # ------------------------------------------------------------------------------------------- networks
     def build(self, g: Genotype, in_channels: int, num_classes: int):
         """The network of ``g`` on this space's skeleton."""
-        return g.build(in_channels, num_classes, width=self.width, depth=self.depth,
-                       stem_multiplier=self.stem_multiplier)
+        return _network.build(g, in_channels, num_classes, width=self.width, depth=self.depth,
+                              stem_multiplier=self.stem_multiplier)
 
     def num_params(self, g: Genotype, in_channels: int, num_classes: int) -> int:
-        return g.num_params(in_channels, num_classes, width=self.width, depth=self.depth,
-                            stem_multiplier=self.stem_multiplier)
+        return _network.num_params(g, in_channels, num_classes, width=self.width, depth=self.depth,
+                                   stem_multiplier=self.stem_multiplier)
 
     # ---------------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
@@ -162,7 +165,7 @@ class SearchSpace:
     def _definition(self) -> dict:
         # Everything that defines the space (not its display name): what the hash covers.
         return {"format": SPACE_FORMAT, "version": SPACE_VERSION,
-                "opset": {"name": OPSET["name"], "version": OPSET["version"], "ops": list(OPSET["ops"])},
+                "opset": _ops.opset_record(),
                 "ops": list(self.ops),
                 "nodes": list(self.nodes), "width": self.width, "depth": self.depth,
                 "stem_multiplier": self.stem_multiplier}
@@ -176,7 +179,7 @@ class SearchSpace:
         return _hash(self._definition())
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "search space") -> "SearchSpace":
+    def from_dict(cls, d: Any, source: str = "search space") -> SearchSpace:
         """A space from :meth:`to_dict`'s form (version 1 or 2); a version-2 ``hash`` that does not match the
         definition (an edited or damaged file) is refused."""
         if not isinstance(d, dict) or d.get("format") != SPACE_FORMAT:
@@ -196,13 +199,16 @@ class SearchSpace:
             raise SearchSpaceError(f"{source}: missing key {e}") from None
         except SearchSpaceError as e:
             raise SearchSpaceError(f"{source}: {e}") from None
-        if d["version"] >= 2 and d.get("hash") != space.fingerprint():
+        # The hash covers the definition as written, with the operation set of its time: operations added since
+        # change the fingerprint of new files, never the validity of old ones.
+        recorded = _hash({k: d.get(k) for k in space._definition()})
+        if d["version"] >= 2 and d.get("hash") != recorded:
             raise SearchSpaceError(f"{source}: the recorded hash {d.get('hash')!r} does not match the space's "
-                                   f"definition ({space.fingerprint()}): the file was edited or damaged")
+                                   f"definition ({recorded}): the file was edited or damaged")
         return space
 
     @classmethod
-    def from_json(cls, text: str, source: str = "search space") -> "SearchSpace":
+    def from_json(cls, text: str, source: str = "search space") -> SearchSpace:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:

@@ -1,4 +1,4 @@
-"""TA-NAS: task-aware architecture search from a dictionary of solved baseline tasks (DESIGN §5, Algorithm 2).
+"""TA-NAS: task-aware architecture search from a dictionary of solved baseline tasks (Algorithm 2; docs/nas.md).
 
 For a target task b and baseline tasks a ∈ A, each with an ε-approximation network N_a, a search space S_a and a
 best genotype:
@@ -8,7 +8,7 @@ best genotype:
     c* = FUSE(S_{a*}, b)
 
 F_ab is the Fisher of N_a on b's **test** data with b's labels, F_bb that of b's own ε-network on the same data
-(DESIGN §1). All ε-networks of one dictionary form a *family*: one architecture, one head width (the family's
+(docs/tasks.md). All ε-networks of one dictionary form a *family*: one architecture, one head width (the family's
 largest label count, as :func:`fisherx.task_distances` does in its default "shared" mode), and one training recipe
 including the initialisation seed, so every Fisher covers the same parameters, b's labels index N_a's logits
 directly, and the networks differ only by the task they learned (in ``task_distances`` too, d[a, b] compares

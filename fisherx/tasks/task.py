@@ -1,5 +1,5 @@
 """A task (T, X) of the papers: a dataset, the classes of interest, an optional "anything else" label, balanced
-sampling, and train / validation / test splits, all deterministic from a seed (DESIGN §4)."""
+sampling, and train / validation / test splits, all deterministic from a seed (docs/tasks.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -69,6 +69,9 @@ class Task:
       not part of :meth:`config` (the data's fingerprint is what identifies it).
     - ``seed``: drives the balanced draw and the validation split. The test split never depends on it: tasks on
       one source share its test images (restricted to the classes they cover).
+    - ``test_balanced``: the papers' protocol (``preset(..., protocol="papers")``): the test split too gets the
+      same number of samples per label (the smallest label's count), drawn evenly across the classes a label
+      collects with a fixed generator (not ``seed``). False (default): the full test split of the classes covered.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Task:
     image_size: Optional[int] = None
     label_names: Optional[tuple] = None
     data_dir: Optional[str] = None
+    test_balanced: bool = False
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -151,6 +155,8 @@ class Task:
         del d["data_dir"]
         d["classes"] = None if self.classes is None else [list(c) if isinstance(c, tuple) else c for c in self.classes]
         d["label_names"] = None if self.label_names is None else list(self.label_names)
+        if not self.test_balanced:  # absent when off, so the cache keys of full-split tasks stay as they were
+            del d["test_balanced"]
         return d
 
     def load(self, data_dir=None) -> TaskData:
@@ -193,6 +199,8 @@ class Task:
             kv = lut[given_val.y] >= 0
             x_va, y_va = self._tensor(src, given_val.x[kv]), torch.from_numpy(lut[given_val.y[kv]])
         keep = lut[test.y] >= 0
+        if self.test_balanced:
+            keep = _balanced_mask(test.y, groups)
         x_te, y_te = self._tensor(src, test.x[keep]), torch.from_numpy(lut[test.y[keep]])
         for split, y in (("train", y_tr), ("test", y_te)):
             missing = [names[l] for l in range(len(groups)) if not bool((y == l).any())]
@@ -278,3 +286,15 @@ def _draw_evenly(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> n
     picked = [np.sort(rng.choice(p, size=q, replace=False)) if q < p.size else p for p, q in zip(pools, quota)]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
+
+
+def _balanced_mask(y: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """A mask of ``y`` keeping the same number of samples per label (the smallest label's count), each label's
+    drawn evenly across its classes; a fixed generator, so every seed of a task sees the same test set."""
+    pools = [[np.flatnonzero(y == c) for c in g] for g in groups]
+    n = min(sum(p.size for p in pool) for pool in pools)
+    rng = np.random.default_rng(0)
+    mask = np.zeros(y.shape[0], dtype=bool)
+    for pool in pools:
+        mask[_draw_evenly(pool, n, rng)] = True
+    return mask
