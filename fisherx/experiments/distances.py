@@ -479,7 +479,9 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         cfg = network_config(arch, seed, i)
         with seeded(seed):
             model = _models.build(arch, in_ch, width, size)
-        entry = cache.load("network", cfg)
+        # The check loads into a copy: a refused entry must leave the freshly seeded model untouched for training.
+        entry = cache.load("network", cfg, check=lambda e: (copy.deepcopy(model).load_state_dict(e["state_dict"]),
+                                                             float(e["summary"]["test_accuracy"])))
         if entry is None:
             bar.set_description(f"train {arch} seed {seed} {tasks[i].name}")
             with warnings.catch_warnings():
@@ -509,7 +511,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         cfg = {"network": net_cfg, "target_task": tasks[j].config(), "target_data": fingerprints[j],
                "head_epochs": head_epochs, "batch_size": batch_size, "lr": lr, "recipe": RECIPE_VERSION}
         probe = copy.deepcopy(model)
-        entry = cache.load("head", cfg)
+        entry = cache.load("head", cfg, check=probe.classifier.load_state_dict)
         if entry is None:
             bar.set_description(f"refit head {arch} seed {seed} {tasks[i].name}→{tasks[j].name}")
             with seeded(seed):
@@ -527,7 +529,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     def get_fisher(model, model_cfg, seed, j):
         cfg = {"model": model_cfg, "target_task": tasks[j].config(), "target_data": fingerprints[j],
                "fisher": fisher_cfg}
-        entry = cache.load("fisher", cfg)
+        entry = cache.load("fisher", cfg, check=_fisher_from_entry)
         if entry is None:
             bar.set_description(f"fisher → {tasks[j].name}")
             with seeded(seed, device):  # the labels drawn by kind="mc" come from the seed too
