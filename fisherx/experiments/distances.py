@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import _validate
 from .. import distributed as _fxd
 from .. import models as _models
 from . import trust as _trust
@@ -435,7 +436,12 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
         raise ValueError(f"bootstrap must be a non-negative int (replicates per Fisher), got {bootstrap!r}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
-    tasks, archs, seeds = list(tasks), list(archs), [int(s) for s in seeds]
+    tasks, archs, seeds = list(tasks), list(archs), _validate.seeds(seeds)
+    epochs, batch_size = _validate.count("epochs", epochs), _validate.count("batch_size", batch_size)
+    head_epochs, lr = _validate.count("head_epochs", head_epochs, 0), _validate.positive("lr", lr)
+    epsilon, sigma2 = _validate.epsilon(epsilon), _validate.positive("sigma2", sigma2)
+    if fisher_samples is not None:
+        fisher_samples = _validate.count("fisher_samples", fisher_samples)
     if len(tasks) < 2:
         raise ValueError(f"task_distances needs at least 2 tasks, got {len(tasks)}")
     if not archs or not seeds:
