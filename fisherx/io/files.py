@@ -32,6 +32,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
@@ -250,40 +251,72 @@ def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict | 
 def load_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a file written by :func:`save_tensors` (or a format-1 ``.fx`` file): ``(tensors, meta)``.
 
-    The file is read once; the tensors share that buffer (no second copy). Everything malformed raises
+    The file is read once, hashed chunk by chunk while it is read; the tensors share that buffer (no copy). Everything malformed raises
     :class:`FormatError` naming the file and what is wrong. Never unpickles anything.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            buf = bytearray(size)
-            got = f.readinto(buf) if size else 0
+            buf, digest = _read_once(f, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such fisherx file: {path}") from None
     except IsADirectoryError:
         raise FormatError(f"{path} is a directory, not a fisherx file") from None
-    if got != size:
-        raise FormatError(f"{path} changed while it was read ({got} of {size} bytes)")
-    if buf[:8] == MAGIC:
+    if digest is not None:
+        return _load_v2(path, buf, digest)
+    if bytes(buf[:8]) == MAGIC:
         return _load_v1(path, buf)
-    return _load_v2(path, buf)
+    if bytes(buf[8:9]) == b"{":
+        raise FormatError(f"{path} is not a fisherx file: no fisherx checksum at the start of its header (a "
+                          "safetensors file from elsewhere, or a damaged one)")
+    raise FormatError(f"{path} is not a fisherx file (it starts neither with a fisherx safetensors header nor with "
+                      "the format-1 magic bytes)")
 
 
-def _load_v2(path: Path, buf: bytearray) -> tuple[dict[str, torch.Tensor], dict]:
+_CHUNK = 8 << 20
+
+
+def _read_once(f: BinaryIO, path: Path) -> tuple[np.ndarray, str | None]:
+    """The whole file in one uninitialised buffer, and for a format-2 file its SHA-256 (64 digits read as zeros),
+    hashed chunk by chunk in a thread while the next chunk is read; None for other files."""
+    size = os.fstat(f.fileno()).st_size
+    buf = np.empty(size, dtype=np.uint8)  # np.empty: no zero-fill of memory about to be overwritten
     mv = memoryview(buf)
-    if len(buf) < _HASH_AT + 64 or buf[_LEN.size:_HASH_AT] != _HEAD_START:
-        if len(buf) >= 9 and buf[8:9] == b"{":
-            raise FormatError(f"{path} is not a fisherx file: no fisherx checksum at the start of its header (a "
-                              "safetensors file from elsewhere, or a damaged one)")
-        raise FormatError(f"{path} is not a fisherx file (it starts neither with a fisherx safetensors header nor "
-                          "with the format-1 magic bytes)")
-    (head_len,) = _LEN.unpack_from(buf)
-    recorded = bytes(mv[_HASH_AT:_HASH_AT + 64])
+    got = f.readinto(mv[:_HASH_AT + 64]) if size else 0
+    if got < min(size, _HASH_AT + 64) or bytes(mv[_LEN.size:_HASH_AT]) != _HEAD_START:
+        got += _read_into(f, mv[got:])
+        if got != size:
+            raise FormatError(f"{path} changed while it was read ({got} of {size} bytes)")
+        return buf, None
     h = hashlib.sha256(mv[:_HASH_AT])
     h.update(_ZERO_HASH)
-    h.update(mv[_HASH_AT + 64:])
-    if h.hexdigest().encode("ascii") != recorded:
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: the chunks are hashed in file order
+        while got < size:
+            n = _read_into(f, mv[got:got + _CHUNK])
+            if n == 0:
+                break
+            pool.submit(h.update, mv[got:got + n])
+            got += n
+    if got != size:
+        raise FormatError(f"{path} changed while it was read ({got} of {size} bytes)")
+    return buf, h.hexdigest()
+
+
+def _read_into(f: BinaryIO, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _load_v2(path: Path, buf: np.ndarray, digest: str) -> tuple[dict[str, torch.Tensor], dict]:
+    mv = memoryview(buf)
+    (head_len,) = _LEN.unpack_from(mv)
+    recorded = bytes(mv[_HASH_AT:_HASH_AT + 64])
+    if digest.encode("ascii") != recorded:
         raise FormatError(f"{path} is corrupted or truncated (SHA-256 mismatch over the whole file)")
     # The checksum matched, so what follows only refuses files crafted with a valid checksum.
     if head_len > min(MAX_HEADER_BYTES, len(buf) - _LEN.size):
@@ -358,7 +391,7 @@ def _build(path: Path, data: memoryview, specs: dict, contiguous_in_offset_order
     return {name: out[name] for name in specs}
 
 
-def _load_v1(path: Path, buf: bytearray) -> tuple[dict[str, torch.Tensor], dict]:
+def _load_v1(path: Path, buf: np.ndarray) -> tuple[dict[str, torch.Tensor], dict]:
     # Format 1 has its checksum over the tensor bytes only: header damage is caught by the structural checks
     # below, but a flipped byte inside a name or a metadata string cannot be detected (format 2 fixes that).
     if len(buf) < _PREFIX.size:
