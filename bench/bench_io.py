@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     if args.format1:
         pairs += [("format-1 save", "fisherx save"), ("format-1 load", "fisherx load")]
     for a, b in pairs:
-        r = [x / y for x, y in zip(times[a], times[b])]
+        r = [x / y for x, y in zip(times[a], times[b], strict=True)]
         print(f"  {a} / {b}: median {statistics.median(r):.2f}x, worst round {max(r):.2f}x")
 
 

@@ -29,7 +29,9 @@ from fisherx.nas.genotype import Genotype, GenotypeError
 from fisherx.nas.space import SearchSpaceError
 from fisherx.nas.ta_nas import INDEX, TaskDictionary
 
-FAST = settings(max_examples=int(os.environ.get("FISHERX_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# FISHERX_FUZZ_EXAMPLES=1500 for a long hunt; 60 keeps the default run fast.
+FAST = settings(max_examples=int(os.environ.get("FISHERX_FUZZ_EXAMPLES", "60")), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _fisher() -> FisherDiag:
@@ -104,7 +106,8 @@ def test_sealing_makes_a_valid_file(tmp_path):  # so that the crafted-header tes
     assert meta == {"a": 1} and tensors["t"].tolist() == [1, 2]
 
 
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-2, 40) | st.floats(allow_nan=False) | st.text(max_size=5),
+SCALARS = st.none() | st.booleans() | st.integers(-2, 40) | st.floats(allow_nan=False) | st.text(max_size=5)
+JSONISH = st.recursive(SCALARS,
                        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
                        max_leaves=12)
 

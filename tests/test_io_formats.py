@@ -23,7 +23,8 @@ def _fisher(bootstrap=False, dtype=torch.float32):
     if not bootstrap:
         return FisherDiag(t, 9, {"kind": "empirical", "loss": "cross_entropy"})
     reps = {k: torch.rand(5, *v.shape, generator=g, dtype=dtype) for k, v in t.items()}
-    return FisherDiag(t, 9, {"kind": "empirical"}, replicates=reps, replicate_weights=torch.rand(5, dtype=torch.float64))
+    return FisherDiag(t, 9, {"kind": "empirical"}, replicates=reps,
+                      replicate_weights=torch.rand(5, dtype=torch.float64))
 
 
 def test_files_are_safetensors_that_other_readers_open(tmp_path):
@@ -113,7 +114,8 @@ def test_fisher_moves_and_casts_like_a_tensor_container():
     f = _fisher(bootstrap=True)
     d = f.double()
     assert d.dtype == torch.float64 and all(v.dtype == torch.float64 for v in d.replicates.values())
-    assert d.float().dtype == torch.float32 and d.cpu().device.type == "cpu" and f.to(torch.float16).dtype == torch.float16
+    assert d.float().dtype == torch.float32 and d.cpu().device.type == "cpu"
+    assert f.to(torch.float16).dtype == torch.float16
     assert list(d) == list(f) and d.n_samples == f.n_samples and d.meta == f.meta
     torch.testing.assert_close(d.flat(), f.flat().double())
 

@@ -81,7 +81,8 @@ class Cache:
         found = {k: meta.get(k) for k in expected}
         if canonical_json(found) != canonical_json(expected):
             what = [k for k in expected if canonical_json(found[k]) != canonical_json(expected[k])]
-            return self._unusable(kind, f"ignoring cache entry {p}: its {' and '.join(what)} differ from the ones asked for")
+            return self._unusable(kind, f"ignoring cache entry {p}: its {' and '.join(what)} differ from the ones "
+                                        "asked for")
         if check is not None:
             try:
                 check(value)

@@ -251,8 +251,8 @@ def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict | 
 def load_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a file written by :func:`save_tensors` (or a format-1 ``.fx`` file): ``(tensors, meta)``.
 
-    The file is read once, hashed chunk by chunk while it is read; the tensors share that buffer (no copy). Everything malformed raises
-    :class:`FormatError` naming the file and what is wrong. Never unpickles anything.
+    The file is read once, hashed chunk by chunk while it is read; the tensors share that buffer (no copy).
+    Everything malformed raises :class:`FormatError` naming the file and what is wrong. Never unpickles anything.
     """
     path = Path(path)
     try:
@@ -476,15 +476,19 @@ def _encode(obj: Any, tensors: dict, where: str, depth: int) -> Any:
     if isinstance(obj, list):
         return [_encode(v, tensors, f"{where}[{i}]", depth + 1) for i, v in enumerate(obj)]
     if isinstance(obj, dict):
-        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: _encode(v, tensors, f"{where}[{k!r}]", depth + 1) for k, v in obj.items()}
-        items = []
-        for k, v in obj.items():
-            if not (k is None or isinstance(k, (str, int, float, bool))):
-                raise TypeError(f"save_tree: {where} has a key of type {type(k).__name__}, which cannot be saved")
-            items.append([_encode(k, tensors, where, depth + 1), _encode(v, tensors, f"{where}[{k!r}]", depth + 1)])
-        return {"__dict__": items}
+        return _encode_dict(obj, tensors, where, depth)
     raise TypeError(f"save_tree: {where} is a {type(obj).__name__}, which cannot be saved without pickle")
+
+
+def _encode_dict(obj: dict, tensors: dict, where: str, depth: int) -> dict:
+    if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+        return {k: _encode(v, tensors, f"{where}[{k!r}]", depth + 1) for k, v in obj.items()}
+    items = []
+    for k, v in obj.items():
+        if not (k is None or isinstance(k, (str, int, float, bool))):
+            raise TypeError(f"save_tree: {where} has a key of type {type(k).__name__}, which cannot be saved")
+        items.append([_encode(k, tensors, where, depth + 1), _encode(v, tensors, f"{where}[{k!r}]", depth + 1)])
+    return {"__dict__": items}
 
 
 _SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
@@ -495,8 +499,16 @@ def _decode(node: Any, tensors: dict, path: PathLike) -> Any:
         return [_decode(v, tensors, path) for v in node]
     if not isinstance(node, dict):
         return node
-    tags = [k for k in node if k.startswith("__")]
-    if tags and (len(node) != 1 or tags[0] not in ("__tensor__", "__ndarray__", "__float__", "__tuple__", "__dict__")):
+    if any(k.startswith("__") for k in node):
+        return _decode_tagged(node, tensors, path)
+    return {k: _decode(v, tensors, path) for k, v in node.items()}
+
+
+_TAGS = ("__tensor__", "__ndarray__", "__float__", "__tuple__", "__dict__")
+
+
+def _decode_tagged(node: dict, tensors: dict, path: PathLike) -> Any:
+    if len(node) != 1 or next(iter(node)) not in _TAGS:
         raise FormatError(f"{path}: the tree has a malformed node with keys {sorted(node)[:5]}")
     if "__tensor__" in node or "__ndarray__" in node:
         key = node.get("__tensor__", node.get("__ndarray__"))
@@ -518,5 +530,4 @@ def _decode(node: Any, tensors: dict, path: PathLike) -> Any:
         keys = [_decode(k, tensors, path) for k, _ in items]
         if not all(k is None or isinstance(k, (str, int, float, bool)) for k in keys):
             raise FormatError(f"{path}: the tree has a dict key that is not a scalar")
-        return {k: _decode(v, tensors, path) for k, (_, v) in zip(keys, items)}
-    return {k: _decode(v, tensors, path) for k, v in node.items()}
+        return {k: _decode(v, tensors, path) for k, (_, v) in zip(keys, items, strict=True)}

@@ -184,7 +184,8 @@ class Genotype:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:  # a damaged byte can make the file invalid UTF-8
-            raise GenotypeError(f"{path}: cannot read the genotype file ({getattr(e, 'strerror', None) or e})") from None
+            why = getattr(e, "strerror", None) or e
+            raise GenotypeError(f"{path}: cannot read the genotype file ({why})") from None
         return cls.from_dict_with_space(_parse_json(text, str(path)), str(path))
 
     # ------------------------------------------------------------------------------------------------- text
