@@ -146,3 +146,15 @@ def test_arithmetic_keeps_the_layout_and_refuses_another():
     with pytest.raises(TypeError):
         f + "x"
     assert (f * 2).replicates is None
+
+
+def test_loaded_tensors_each_own_their_storage(tmp_path):
+    # A tensor placed after others in the file must still work where torch reads a storage from its start (the
+    # generator state below used to crash when the tensors were views into one shared storage).
+    g = torch.Generator().manual_seed(4)
+    io.save_tree(tmp_path / "t.fx", {"before": torch.arange(5.0), "gen": g.get_state()})
+    back = io.load_tree(tmp_path / "t.fx")
+    assert back["gen"].storage_offset() == 0 and back["gen"].untyped_storage().nbytes() == g.get_state().numel()
+    h = torch.Generator()
+    h.set_state(back["gen"])
+    assert torch.equal(torch.rand(4, generator=h), torch.rand(4, generator=g))

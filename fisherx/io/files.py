@@ -379,12 +379,13 @@ def _build(path: Path, data: memoryview, specs: dict, contiguous_in_offset_order
     if pos != len(data):
         raise FormatError(f"{path} is truncated or has trailing bytes: the tensors span {pos} data bytes, the file "
                           f"has {len(data)}")
-    u8 = torch.frombuffer(data, dtype=torch.uint8) if len(data) else torch.empty(0, dtype=torch.uint8)
     for off, nbytes, name, dtype, shape in plan:
-        chunk = u8[off:off + nbytes]
         if nbytes == 0:
             out[name] = torch.empty(shape, dtype=dtype)
             continue
+        # One storage per tensor over its own bytes (no copy): some torch code (set_rng_state, ...) reads a
+        # tensor's storage from its start, so views at an offset into one shared storage would be unsafe.
+        chunk = torch.frombuffer(data, dtype=torch.uint8, count=nbytes, offset=off)
         if off % dtype.itemsize:  # a foreign layout: copy rather than view unaligned memory
             chunk = chunk.clone()
         out[name] = chunk.view(dtype).reshape(shape)
