@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         datas = [t.load(args.data_dir) for t in tasks.values()]
         dictionary = TaskDictionary.create(path, arch=args.arch, head_width=max(d.num_classes for d in datas),
                                            in_channels=datas[0].in_channels, image_size=datas[0].image_size,
-                                           eps_epochs=args.eps_epochs, eps_seed=args.eps_seed)
+                                           eps_epochs=args.eps_epochs, eps_seed=args.eps_seed, exist_ok=True)
     general = SearchSpace.general(width=args.width, depth=args.depth)
     out = Path(args.out)
     for b in baselines:

@@ -1,6 +1,8 @@
 """Readers for the on-disk formats of the papers' datasets: MNIST IDX files, CIFAR python batches, image folders.
 
-Every reader names the file it was reading and what it expected there when it refuses something.
+Every reader names the file it was reading and what it expected there when it refuses something, always with
+:class:`fisherx.io.FormatError` (a ``ValueError``): a truncated, damaged or hostile file never escapes as another
+exception. (These formats carry no checksum, so a damaged byte inside the pixel data itself cannot be detected.)
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from ..io.files import FormatError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
@@ -25,7 +29,7 @@ def _read_maybe_gzip(path: Path) -> bytes:
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupted gzip stream ({exc})") from exc
+            raise FormatError(f"{path}: corrupted gzip stream ({exc})") from exc
     return raw
 
 
@@ -34,17 +38,17 @@ def read_idx(path: Path | str) -> np.ndarray:
     path = Path(path)
     raw = _read_maybe_gzip(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file: expected 2 zero bytes, a type code "
+        raise FormatError(f"{path} is not an IDX file: expected 2 zero bytes, a type code "
                          f"({', '.join(hex(c) for c in _IDX_TYPES)}) and a dimension count in its first 4 bytes")
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path} is truncated: its header declares {ndim} dimensions")
+        raise FormatError(f"{path} is truncated: its header declares {ndim} dimensions")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     body = raw[4 + 4 * ndim:]
     if len(body) != expected:
-        raise ValueError(f"{path} holds {len(body)} data bytes; its header {tuple(shape)} of {dtype} needs {expected}")
+        raise FormatError(f"{path} holds {len(body)} data bytes; its header {tuple(shape)} of {dtype} needs {expected}")
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -78,7 +82,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise ValueError(f"{self._path}: refusing to unpickle {module}.{name}; a CIFAR python batch holds only "
+            raise FormatError(f"{self._path}: refusing to unpickle {module}.{name}; a CIFAR python batch holds only "
                              "dicts, lists, strings and numpy arrays")
         if module == "_codecs":
             import codecs
@@ -88,7 +92,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return getattr(_numpy_core(module), name)
 
     def persistent_load(self, pid):
-        raise ValueError(f"{self._path}: refusing a pickle with persistent references")
+        raise FormatError(f"{self._path}: refusing a pickle with persistent references")
 
 
 def read_cifar_pickle(path: Path | str) -> dict:
@@ -97,23 +101,27 @@ def read_cifar_pickle(path: Path | str) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _ArraysOnlyUnpickler(io.BufferedReader(f), path).load()
-    except FileNotFoundError:
+    except (FileNotFoundError, FormatError):
         raise
-    except (pickle.UnpicklingError, EOFError, struct.error, AttributeError, IndexError, TypeError) as exc:
-        raise ValueError(f"{path} is not a readable CIFAR python batch ({type(exc).__name__}: {exc})") from exc
+    except (OSError, MemoryError) as exc:
+        raise FormatError(f"{path} cannot be read as a CIFAR python batch ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # the unpickler's failures on damaged input have no common type (struct, value, ...)
+        raise FormatError(f"{path} is not a readable CIFAR python batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict (a CIFAR python batch), found {type(obj).__name__}")
+        raise FormatError(f"{path}: expected a pickled dict (a CIFAR python batch), found {type(obj).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
 def cifar_images(batch: dict, path: Path, key: str = "data") -> np.ndarray:
     """The batch's images as uint8 (N, 3, 32, 32), checking the CIFAR row layout."""
     if key not in batch:
-        raise ValueError(f"{path}: no {key!r} entry; a CIFAR batch has {key!r} (N × 3072 uint8) and its labels "
+        raise FormatError(f"{path}: no {key!r} entry; a CIFAR batch has {key!r} (N × 3072 uint8) and its labels "
                          f"(found keys: {', '.join(map(str, batch))})")
-    data = np.asarray(batch[key])
+    data = batch[key]
+    if not isinstance(data, np.ndarray):
+        raise FormatError(f"{path}: {key!r} is a {type(data).__name__}; expected an (N, 3072) uint8 array")
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
-        raise ValueError(f"{path}: {key!r} has shape {data.shape} and dtype {data.dtype}; expected (N, 3072) uint8 "
+        raise FormatError(f"{path}: {key!r} has shape {data.shape} and dtype {data.dtype}; expected (N, 3072) uint8 "
                          "rows of 1024 red, 1024 green and 1024 blue values of a 32×32 image")
     return data.reshape(-1, 3, 32, 32)
 
@@ -121,12 +129,19 @@ def cifar_images(batch: dict, path: Path, key: str = "data") -> np.ndarray:
 def cifar_labels(batch: dict, path: Path, key: str, n: int, num_classes: int) -> np.ndarray:
     """The batch's labels under ``key`` as int64, checked against the image count and the class count."""
     if key not in batch:
-        raise ValueError(f"{path}: no {key!r} entry (found keys: {', '.join(map(str, batch))})")
-    labels = np.asarray(batch[key], dtype=np.int64).reshape(-1)
+        raise FormatError(f"{path}: no {key!r} entry (found keys: {', '.join(map(str, batch))})")
+    raw = batch[key]
+    if not isinstance(raw, (list, np.ndarray)) or (isinstance(raw, list) and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in raw)):
+        raise FormatError(f"{path}: {key!r} must be a list of integer labels, got {type(raw).__name__}")
+    try:
+        labels = np.asarray(raw, dtype=np.int64).reshape(-1)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: {key!r} does not hold integer labels ({exc})") from None
     if labels.shape[0] != n:
-        raise ValueError(f"{path}: {labels.shape[0]} labels in {key!r} for {n} images")
+        raise FormatError(f"{path}: {labels.shape[0]} labels in {key!r} for {n} images")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: labels in {key!r} must lie in [0, {num_classes}); "
+        raise FormatError(f"{path}: labels in {key!r} must lie in [0, {num_classes}); "
                          f"found {labels.min()}..{labels.max()}")
     return labels
 
@@ -146,7 +161,7 @@ def read_image(path: Path, size: int) -> np.ndarray:
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+        raise FormatError(f"{path}: not a readable image ({exc})") from exc
 
 
 def list_images(folder: Path) -> list[Path]:

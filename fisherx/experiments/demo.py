@@ -100,7 +100,7 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
         first = next(iter(datas.values()))
         dictionary = TaskDictionary.create(dict_path, arch=config.nas_arch, head_width=result.head_width,
                                            in_channels=first.in_channels, image_size=first.image_size,
-                                           eps_epochs=config.eps_epochs, eps_seed=config.seed)
+                                           eps_epochs=config.eps_epochs, eps_seed=config.seed, exist_ok=True)
     search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
                   final_epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed)
     general = SearchSpace.general(width=config.width, depth=config.depth)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _validate
 from .. import distributed as _fxd
 from ..distance import METRICS, distance_column
 from ..io.cache import Cache
@@ -67,6 +68,15 @@ class _Settings:
             raise ValueError(f"bootstrap must be a non-negative int (replicates per Fisher), got {b!r}")
         if not 0.0 < self.level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {self.level!r}")
+        # Ranges (fisherx._validate names the argument): the values are only checked here, the settings stay frozen.
+        _validate.count("epochs", self.epochs)
+        _validate.count("batch_size", self.batch_size)
+        _validate.count("head_epochs", self.head_epochs, 0)
+        _validate.positive("lr", self.lr)
+        _validate.epsilon(self.epsilon)
+        _validate.positive("sigma2", self.sigma2)
+        if self.fisher_samples is not None:
+            _validate.count("fisher_samples", self.fisher_samples)
 
     @property
     def self_value(self) -> float:
@@ -115,7 +125,7 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     settings = _Settings(epochs, metric, batch_size, lr, epsilon, head, head_epochs, fisher_kind, fisher_samples,
                          sigma2, bootstrap, bootstrap_seed, level, gates)
     settings.check()
-    tasks, archs, seeds = list(tasks), list(archs), [int(s) for s in seeds]
+    tasks, archs, seeds = list(tasks), list(archs), _validate.seeds(seeds)
     if len(tasks) < 2:
         raise ValueError(f"task_distances needs at least 2 tasks, got {len(tasks)}")
     if not archs or not seeds:
@@ -194,7 +204,9 @@ class _Run:
             model = user.build[arch](self.in_ch, self.width, self.size)
         _networks.check_head(model, self.datas[i].train[0][:2], self.width, arch, self.target_shape)
         cfg = self.network_config(arch, seed, i, model if arch in user.factories else None)
-        entry = self.cache.load("network", cfg)
+        # The check loads into a copy: a refused entry must leave the freshly seeded model untouched for training.
+        entry = self.cache.load("network", cfg, check=lambda e: (copy.deepcopy(model).load_state_dict(e["state_dict"]),
+                                                                  e["summary"]))
         if entry is None:
             self.bar.set_description(f"train {arch} seed {seed} {self.tasks[i].name}")
             with warnings.catch_warnings():
@@ -248,7 +260,7 @@ class _Run:
         cfg = {"network": net_cfg, "target_task": self.tasks[j].config(), "target_data": self.fingerprints[j],
                "head_epochs": st.head_epochs, "batch_size": st.batch_size, "lr": st.lr, "recipe": RECIPE_VERSION}
         probe = copy.deepcopy(model)
-        entry = self.cache.load("head", cfg)
+        entry = self.cache.load("head", cfg, check=probe.classifier.load_state_dict)
         if entry is None:
             self.bar.set_description(f"refit head {arch} seed {seed} {self.tasks[i].name}→{self.tasks[j].name}")
             with seeded(seed):
@@ -271,7 +283,7 @@ class _Run:
         st = self.s
         cfg = {"model": model_cfg, "target_task": self.tasks[j].config(), "target_data": self.fingerprints[j],
                "fisher": self.fisher_cfg}
-        entry = self.cache.load("fisher", cfg)
+        entry = self.cache.load("fisher", cfg, check=_fisher_from_entry)
         if entry is None:
             self.bar.set_description(f"fisher → {self.tasks[j].name}")
             with seeded(seed, self.device):  # the labels drawn by kind="mc" come from the seed too

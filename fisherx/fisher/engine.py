@@ -594,6 +594,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         seed = bootstrap_seed + (fxd.rank_and_world()[0] << 40)
     engine = None
     n_seen = 0
+    n_used = 0  # N: samples with a label the loss does not ignore (n_seen also counts the ignored ones)
     bar = _progress(total, progress)
     try:
         for k, batch in enumerate(batches):
@@ -607,17 +608,19 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             if b == 0:
                 continue
             x, y = _move(x, dev), _move(y, dev)
+            used = _used_samples(loss, kind, y, b, k, n_seen)
             if engine is None:
                 plan = _Plan(model, selected, x, b)
                 engine = _Engine(model, plan, acc, selected)
                 engine.output_fn = output_fn
             if bootstrap:
                 w = poisson_weights(seed, n_seen, b, bootstrap)
-                wsum += w.sum(1)
+                wsum += w.sum(1) if used is None else (w * used.cpu()).sum(1)
                 dt = next(iter(selected.values())).dtype
                 engine.weights = torch.cat([torch.ones(1, b, dtype=torch.float64), w]).to(device=dev, dtype=dt)
             _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
             n_seen += b
+            n_used += b if used is None else int(used.sum())
             bar.update(b)
             if max_samples is not None and n_seen >= max_samples:
                 break
@@ -631,12 +634,13 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
         # (The replicates' weighted sums and weight totals simply add up over the shards.)
         names = list(acc)
-        means, n_seen = fxd.weighted_mean([acc[n] / max(n_seen, 1) for n in names], n_seen)
-        acc = {n: m * n_seen for n, m in zip(names, means)}
+        means, n_used = fxd.weighted_mean([acc[n] / max(n_used, 1) for n in names], n_used)
+        acc = {n: m * n_used for n, m in zip(names, means)}
         if bootstrap:
             (wsum,) = fxd.all_reduce_sum([wsum])
-    if n_seen == 0:
+    if n_used == 0:
         raise ValueError("data is empty: fisher_diag saw no samples")
+    _check_finite(acc)
     meta = {
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "n_params": int(sum(p.numel() for p in selected.values())),
@@ -647,16 +651,38 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     if kind == "mc":
         meta["mc_samples"] = mc_samples
     if not bootstrap:
-        return FisherDiag({n: a.div_(n_seen) for n, a in acc.items()}, n_seen, meta)
+        return FisherDiag({n: a.div_(n_used) for n, a in acc.items()}, n_used, meta)
     if bool((wsum == 0).any()):
         r = int((wsum == 0).nonzero()[0, 0])
-        raise ValueError(f"bootstrap replicate {r} drew weight 0 for all {n_seen} samples (probability e^-N): too few "
+        raise ValueError(f"bootstrap replicate {r} drew weight 0 for all {n_used} samples (probability e^-N): too few "
                          "samples for a bootstrap; pass more data or a different bootstrap_seed")
     meta["bootstrap"] = {"replicates": bootstrap, "seed": bootstrap_seed, "weights": "poisson"}
     scale = (1.0 / wsum).to(device=dev)
     reps = {n: a[1:] * scale.reshape(-1, *[1] * (a.dim() - 1)).to(a.dtype) for n, a in acc.items()}
-    return FisherDiag({n: a[0].div_(n_seen) for n, a in acc.items()}, n_seen, meta, replicates=reps,
+    return FisherDiag({n: a[0].div_(n_used) for n, a in acc.items()}, n_used, meta, replicates=reps,
                       replicate_weights=wsum)
+
+
+def _used_samples(loss, kind: str, y, b: int, k: int, start: int) -> torch.Tensor | None:
+    """(B,) bool: samples with at least one label the loss does not ignore (cross-entropy's ignore_index -100, or
+    a loss object's ``ignore_index``); None when every sample counts. An ignored sample has zero gradient, so it
+    must not count in N either. A batch with every label ignored is refused."""
+    ignore = -100 if loss == "cross_entropy" else getattr(loss, "ignore_index", None)
+    if kind != "empirical" or ignore is None or not isinstance(y, torch.Tensor) or y.is_floating_point():
+        return None
+    used = (y != ignore).reshape(b, -1).any(1)
+    if not bool(used.any()):
+        raise ValueError(f"batch {k} (samples {start}..{start + b - 1}): every label is the ignore_index {ignore}, "
+                         "so no sample has a gradient; drop the batch or fix its labels")
+    return None if bool(used.all()) else used
+
+
+def _check_finite(acc: dict[str, torch.Tensor]) -> None:
+    # Finite per-sample losses can still overflow in the squared gradients (float32 beyond ~1.8e19).
+    for n, a in acc.items():
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError(f"the Fisher of parameter {n!r} is not finite (NaN or Inf): the squared per-sample "
+                             "gradients overflowed; compute it in float64 (model.double()) or rescale the model")
 
 
 def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, kind: str, draws: int):

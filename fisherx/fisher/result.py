@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Iterator
@@ -146,9 +147,103 @@ class FisherDiag(Mapping):
         merged = {k: (self._t[k] * na + other._t[k].to(self._t[k].device) * nb) / n for k in self._t}
         return FisherDiag(merged, n, dict(self.meta))
 
+    # Tensor-container habits ------------------------------------------------------------------------------------
+    def _map(self, fn, meta: dict | None = None, keep_replicates: bool = True) -> "FisherDiag":
+        reps = {k: fn(v) for k, v in self._reps.items()} if keep_replicates and self._reps is not None else None
+        return FisherDiag({k: fn(v) for k, v in self._t.items()}, self.n_samples,
+                          dict(self.meta) if meta is None else meta, replicates=reps,
+                          replicate_weights=self.replicate_weights if reps is not None else None)
+
+    def to(self, *args, **kwargs) -> "FisherDiag":
+        """Every tensor (replicates included) moved/cast as ``Tensor.to(*args, **kwargs)`` would; same layout."""
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def cpu(self) -> "FisherDiag":
+        """The Fisher on the CPU."""
+        return self.to("cpu")
+
+    def double(self) -> "FisherDiag":
+        """The Fisher in float64."""
+        return self.to(torch.float64)
+
+    def float(self) -> "FisherDiag":
+        """The Fisher in float32."""
+        return self.to(torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the tensors (of the first one: fisher_diag puts them all on the model's device)."""
+        return next(iter(self._t.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the tensors (of the first one)."""
+        return next(iter(self._t.values())).dtype
+
+    def state_dict(self) -> dict:
+        """Everything this Fisher holds as plain tensors, numbers and dicts (``torch.save(..., weights_only=True)``
+        and :func:`fisherx.io.save_tree` can store it): rebuild it with :meth:`from_state_dict`."""
+        return {"format": _FORMAT, "format_version": _FORMAT_VERSION if self._reps is None
+                else _FORMAT_VERSION_REPLICATES, "n_samples": self.n_samples, "meta": dict(self.meta),
+                "tensors": dict(self._t), "replicates": None if self._reps is None else dict(self._reps),
+                "replicate_weights": self.replicate_weights}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping) -> "FisherDiag":
+        """The FisherDiag of a :meth:`state_dict`; anything else is refused with what is wrong."""
+        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+            raise ValueError("not a FisherDiag state dict (it needs format='fisherx.FisherDiag')")
+        missing = {"n_samples", "meta", "tensors"} - set(state)
+        if missing:
+            raise ValueError(f"FisherDiag state dict lacks {sorted(missing)}")
+        return cls(state["tensors"], state["n_samples"], state["meta"], replicates=state.get("replicates"),
+                   replicate_weights=state.get("replicate_weights"))
+
+    # Elementwise arithmetic: by scalars or by a FisherDiag of the same layout; the result keeps the layout and
+    # self's n_samples and meta, and carries no bootstrap replicates (a sum of replicates is not a replicate).
+    def _binary(self, other, op, reflected: bool = False) -> "FisherDiag":
+        if isinstance(other, FisherDiag):
+            from ..distance import _check_same_layout
+            _check_same_layout(self, other, "self", "other")
+            return FisherDiag({k: op(other._t[k], v) if reflected else op(v, other._t[k])
+                               for k, v in self._t.items()}, self.n_samples, dict(self.meta))
+        if isinstance(other, torch.Tensor) and other.dim() == 0:
+            other = other.item()
+        if isinstance(other, bool) or not isinstance(other, (int, float)):
+            return NotImplemented
+        return self._map(lambda v: op(other, v) if reflected else op(v, other), keep_replicates=False)
+
+    def __add__(self, other):
+        return self._binary(other, operator.add)
+
+    def __radd__(self, other):
+        return self._binary(other, operator.add, reflected=True)
+
+    def __sub__(self, other):
+        return self._binary(other, operator.sub)
+
+    def __rsub__(self, other):
+        return self._binary(other, operator.sub, reflected=True)
+
+    def __mul__(self, other):
+        return self._binary(other, operator.mul)
+
+    def __rmul__(self, other):
+        return self._binary(other, operator.mul, reflected=True)
+
+    def __truediv__(self, other):
+        return self._binary(other, operator.truediv)
+
+    def __rtruediv__(self, other):
+        return self._binary(other, operator.truediv, reflected=True)
+
+    def __neg__(self) -> "FisherDiag":
+        return self._map(torch.neg, keep_replicates=False)
+
     # Files ------------------------------------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write to ``path`` with :func:`fisherx.io.save_tensors`: no pickle, atomic, checksummed."""
+        """Write to ``path`` with :func:`fisherx.io.save_tensors`: a safetensors file (the parameters under their
+        own names, replicates as ``replicates/<name>``), no pickle, atomic, SHA-256 over the whole file."""
         meta = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "n_samples": self.n_samples,
                 "order": list(self._t), "meta": self.meta}
         tensors = {k: v.cpu() for k, v in self._t.items()}
@@ -170,6 +265,8 @@ class FisherDiag(Mapping):
         reps = {k[len(_REP):]: tensors.pop(k) for k in list(tensors) if k.startswith(_REP)}
         wts = tensors.pop("replicate_weights", None)
         order = meta.get("order", list(tensors))
+        if not isinstance(order, list) or not all(isinstance(k, str) for k in order):
+            raise fx_io.FormatError(f"{path}: the recorded parameter order is not a list of names")
         consistent = not reps or (sorted(reps) == sorted(order) and wts is not None)
         if sorted(order) != sorted(tensors) or not consistent or (wts is not None and not reps):
             raise fx_io.FormatError(f"{path}: the tensor list does not match the recorded parameter order")
@@ -177,6 +274,9 @@ class FisherDiag(Mapping):
         if map_location is not None:
             out = {k: v.to(map_location) for k, v in out.items()}
             reps = {k: v.to(map_location) for k, v in reps.items()}
-        if not reps:
-            return cls(out, meta["n_samples"], meta.get("meta", {}))
-        return cls(out, meta["n_samples"], meta.get("meta", {}), replicates=reps, replicate_weights=wts)
+        try:
+            if not reps:
+                return cls(out, meta["n_samples"], meta.get("meta", {}))
+            return cls(out, meta["n_samples"], meta.get("meta", {}), replicates=reps, replicate_weights=wts)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise fx_io.FormatError(f"{path}: not a consistent FisherDiag file ({type(exc).__name__}: {exc})") from None

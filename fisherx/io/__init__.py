@@ -1,5 +1,6 @@
-"""Files: the tensor-file format (``files``: atomic writes, ``.fx`` tensors and trees) and the content-addressed
-cache of networks and Fishers (``cache``). Every file fisherx writes goes through here."""
+"""Files: the tensor-file format (``files``: atomic writes, checksummed safetensors tensors and trees, format-1
+``.fx`` still read) and the content-addressed cache of networks and Fishers (``cache``). Every file fisherx
+writes goes through here."""
 from __future__ import annotations
 
 from .files import (
@@ -10,9 +11,11 @@ from .files import (
     atomic_write_text,
     load_tensors,
     load_tree,
+    parse_json,
     save_tensors,
     save_tree,
+    sweep_stale_temporaries,
 )
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "FormatError", "atomic_write_bytes", "atomic_write_text", "load_tensors",
-           "load_tree", "save_tensors", "save_tree"]
+           "load_tree", "parse_json", "save_tensors", "save_tree", "sweep_stale_temporaries"]

@@ -4,11 +4,13 @@ An entry's key is the SHA-256 of the canonical JSON of ``{"format": FORMAT_VERSI
 where the configuration is everything that determines the result (the task, its data's fingerprint, the
 architecture, the seed, the training and Fisher settings). Why this is safe to resume from:
 
-- entries are written with :func:`fisherx.io.save_tree` (temporary file, fsync, rename): after ``kill -9`` an
-  entry is either complete or absent; leftover temporary files (``.NAME.*.tmp``) are never read;
+- entries are written with :func:`fisherx.io.save_tree` (a safetensors file whose SHA-256 covers all of it;
+  temporary file, fsync, rename): after ``kill -9`` an entry is either complete or absent; leftover temporary files
+  (``.NAME.*.tmp``) are never read, and are swept by a later write to their folder;
 - each entry stores its own kind, format and configuration, compared on every read: an entry of another
   configuration (a hash collision, a hand-copied file) or of another format is reported with a
-  :class:`CacheWarning` and recomputed, never used; a corrupted file likewise;
+  :class:`CacheWarning` and recomputed, never used; a corrupted file, or a value the caller's ``check`` refuses,
+  likewise — never fatal;
 - changing what an entry holds means bumping :data:`FORMAT_VERSION`, which changes every key.
 """
 from __future__ import annotations
@@ -60,28 +62,40 @@ class Cache:
         key = config_key(kind, config)
         return self.root / kind / key[:2] / f"{key}{SUFFIX}"
 
-    def load(self, kind: str, config: dict) -> Optional[Any]:
-        """The stored value of (kind, config), or None (a miss) when there is no usable entry."""
+    def load(self, kind: str, config: dict, check: Optional[Callable[[Any], Any]] = None) -> Optional[Any]:
+        """The stored value of (kind, config), or None (a miss) when there is no usable entry.
+
+        An entry that fails verification (checksum, structure, its recorded kind/format/configuration, or the
+        caller's ``check(value)``, e.g. loading a state dict into the model it is for) is never used and never
+        fatal: one :class:`CacheWarning` names the file and the reason, and the caller recomputes it.
+        """
         p = self.path(kind, config)
         if p is None or not p.is_file():
             self.stats[f"{kind}.miss"] += 1
             return None
         try:
             value, meta = load_tree(p, with_meta=True)
-        except (FormatError, OSError, KeyError, ValueError) as exc:
-            warnings.warn(f"ignoring unreadable cache entry {p} ({exc}); recomputing it", CacheWarning, stacklevel=2)
-            self.stats[f"{kind}.miss"] += 1
-            return None
+        except (FormatError, OSError) as exc:
+            return self._unusable(kind, f"ignoring unreadable cache entry {p} ({exc})")
         expected = {"format": FORMAT_VERSION, "kind": kind, "config": json.loads(canonical_json(config))}
         found = {k: meta.get(k) for k in expected}
         if canonical_json(found) != canonical_json(expected):
             what = [k for k in expected if canonical_json(found[k]) != canonical_json(expected[k])]
-            warnings.warn(f"ignoring cache entry {p}: its {' and '.join(what)} differ from the ones asked for; "
-                          "recomputing it", CacheWarning, stacklevel=2)
-            self.stats[f"{kind}.miss"] += 1
-            return None
+            return self._unusable(kind, f"ignoring cache entry {p}: its {' and '.join(what)} differ from the ones "
+                                        "asked for")
+        if check is not None:
+            try:
+                check(value)
+            except Exception as exc:  # whatever the caller's check raises, the entry is unusable, not fatal
+                return self._unusable(kind, f"ignoring cache entry {p}: it does not fit ({type(exc).__name__}: {exc})")
         self.stats[f"{kind}.hit"] += 1
         return value
+
+    def _unusable(self, kind: str, why: str) -> None:
+        warnings.warn(f"{why}; recomputing it", CacheWarning, stacklevel=3)
+        self.stats[f"{kind}.miss"] += 1
+        self.stats[f"{kind}.rejected"] += 1
+        return None
 
     def store(self, kind: str, config: dict, value: Any) -> Optional[Path]:
         """Write (kind, config) → value atomically; returns the entry's path (None without a root)."""
@@ -93,9 +107,10 @@ class Cache:
         self.stats[f"{kind}.store"] += 1
         return p
 
-    def get_or_compute(self, kind: str, config: dict, compute: Callable[[], Any]) -> Any:
-        """The cached value, or ``compute()`` stored and returned."""
-        value = self.load(kind, config)
+    def get_or_compute(self, kind: str, config: dict, compute: Callable[[], Any],
+                       check: Optional[Callable[[Any], Any]] = None) -> Any:
+        """The cached value (verified as in :meth:`load`), or ``compute()`` stored and returned."""
+        value = self.load(kind, config, check)
         if value is None:
             value = compute()
             self.store(kind, config, value)

@@ -161,10 +161,10 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     exactly as an uninterrupted run would; a checkpoint of another training is reported and ignored. The file is
     left in place (the caller removes it once the result is safely stored).
     """
-    if epochs < 1:
-        raise ValueError(f"train: epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"train: batch_size must be >= 1, got {batch_size}")
+    from .. import _validate
+
+    epochs, batch_size = _validate.count("train: epochs", epochs), _validate.count("train: batch_size", batch_size)
+    lr, epsilon = _validate.positive("train: lr", lr), _validate.epsilon(epsilon, "train: epsilon")
     _check_loss(loss)
     classify = loss == "cross_entropy"
     device = default_device(device)

@@ -184,8 +184,9 @@ class Genotype:
 
         try:
             text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise GenotypeError(f"{path}: cannot read the genotype file ({e.strerror or e})") from None
+        except (OSError, UnicodeDecodeError) as e:  # a damaged byte can make the file invalid UTF-8
+            why = getattr(e, "strerror", None) or e
+            raise GenotypeError(f"{path}: cannot read the genotype file ({why})") from None
         return cls.from_dict_with_space(_parse_json(text, str(path)), str(path))
 
     # ------------------------------------------------------------------------------------------------- text

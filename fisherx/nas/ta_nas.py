@@ -18,6 +18,7 @@ The dictionary is a directory::
 
     dictionary.json            versioned index: the family (arch, head width, input shape) and one entry per task
                                (task config, ε-network accuracy and training settings, search space, best genotype)
+    .dictionary.lock           the inter-process lock (filelock) under which the index is read, merged and rewritten
     <task>/eps_network.fx      the ε-network's weights (fisherx.io.save_tree: checksummed, atomic, no pickle)
     <task>/genotype.json       the best genotype, readable on its own
 
@@ -31,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from filelock import FileLock
 from torch import nn
 
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
+from ..io.files import parse_json
 from ._common import device_name, pick_device, resolve_data, show_progress
 from .cost import CostMeter
 from .determinism import reproducible
@@ -45,7 +48,12 @@ from .space import SearchSpace
 DICTIONARY_FORMAT = "fisherx.task_dictionary"
 DICTIONARY_VERSION = 1
 INDEX = "dictionary.json"
+LOCK = ".dictionary.lock"  # the inter-process lock every change to the index takes (filelock)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _dictionary_lock(path: Path) -> FileLock:
+    return FileLock(str(Path(path) / LOCK), timeout=600)
 
 
 def _check_name(name: str) -> str:
@@ -71,12 +79,16 @@ class DictionaryEntry:
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "DictionaryEntry":
+        if not isinstance(d, dict):
+            raise FormatError(f"{source}: an entry must be a JSON object, got {type(d).__name__}")
         try:
             return cls(_check_name(d["name"]), d["task"], d["eps"],
                        SearchSpace.from_dict(d["space"], f"{source}: space"),
                        Genotype.from_dict(d["genotype"], f"{source}: genotype"), d.get("search", {}))
         except KeyError as e:
             raise FormatError(f"{source}: entry lacks {e}") from None
+        except (TypeError, ValueError) as e:  # a bad name, space or genotype (GenotypeError, SearchSpaceError)
+            raise FormatError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
 
 
 class TaskDictionary:
@@ -88,47 +100,73 @@ class TaskDictionary:
         index = self.path / INDEX
         if not index.is_file():
             raise FileNotFoundError(f"{index} does not exist; make a dictionary with TaskDictionary.create(...)")
+        self.family, self.entries = self._read()
+
+    def _lock(self) -> FileLock:
+        # Every change is read-merge-write under this inter-process lock, so concurrent adds never lose an entry.
+        return _dictionary_lock(self.path)
+
+    def _read(self) -> tuple[dict, dict[str, "DictionaryEntry"]]:
+        """(family, entries) of the index on disk; anything malformed is a FormatError naming the index."""
+        index = self.path / INDEX
         try:
-            d = json.loads(index.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{index} is not valid JSON ({e})") from None
+            raw = index.read_bytes()
+        except OSError as e:
+            raise FormatError(f"{index}: cannot read the dictionary index ({e.strerror or e})") from None
+        d = parse_json(raw, str(index))
         if not isinstance(d, dict) or d.get("format") != DICTIONARY_FORMAT:
             raise FormatError(f"{index} is not a fisherx task dictionary")
         if d.get("version") != DICTIONARY_VERSION:
-            raise FormatError(f"{index}: dictionary version {d.get('version')!r} is not supported (this fisherx "
+            raise FormatError(f"{index}: dictionary version {d.get('version')!r:.40} is not supported (this fisherx "
                               f"reads version {DICTIONARY_VERSION})")
         fam = d.get("family", {})
+        if not isinstance(fam, dict) or not isinstance(fam.get("eps", {}), dict):
+            raise FormatError(f"{index}: the family is not a JSON object")
         missing = {"arch", "head_width", "in_channels", "image_size", "eps"} - set(fam)
         if missing:
             raise FormatError(f"{index}: the family lacks {sorted(missing)}")
-        self.family = fam
-        self.entries: dict[str, DictionaryEntry] = {}
+        if not isinstance(d.get("entries", []), list):
+            raise FormatError(f"{index}: entries must be a list")
+        entries: dict[str, DictionaryEntry] = {}
         for i, e in enumerate(d.get("entries", [])):
             entry = DictionaryEntry.from_dict(e, f"{index} entry {i}")
-            if entry.name in self.entries:
+            if entry.name in entries:
                 raise FormatError(f"{index}: two entries named {entry.name!r}")
-            self.entries[entry.name] = entry
+            entries[entry.name] = entry
+        return fam, entries
 
     @classmethod
     def create(cls, path, *, arch: str, head_width: int, in_channels: int, image_size: int, eps_epochs: int = 10,
-               eps_seed: int = 0, eps_batch_size: int = 128, eps_lr: float = 1e-3) -> "TaskDictionary":
+               eps_seed: int = 0, eps_batch_size: int = 128, eps_lr: float = 1e-3,
+               exist_ok: bool = False) -> "TaskDictionary":
         """An empty dictionary whose ε-networks are ``arch`` with ``head_width`` outputs on
         ``in_channels``×``image_size``² inputs, each trained with :func:`fisherx.models.train` for ``eps_epochs``
         epochs (Adam ``eps_lr``, batch ``eps_batch_size``) from the initialisation of ``eps_seed``; the target's
-        ε-network in :func:`ta_nas` is trained the same way. Refuses to overwrite an existing dictionary."""
+        ε-network in :func:`ta_nas` is trained the same way. Refuses to overwrite an existing dictionary; with
+        ``exist_ok`` an existing one of the same family is opened instead (two processes creating the same
+        dictionary at once both succeed), one of another family is refused naming the difference."""
         from .. import models
 
         if arch not in models.ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(models.ARCHS)}")
         path = Path(path)
-        if (path / INDEX).exists():
-            raise FileExistsError(f"{path / INDEX} already exists; open it with TaskDictionary(path)")
-        path.mkdir(parents=True, exist_ok=True)
         fam = {"arch": arch, "head_width": int(head_width), "in_channels": int(in_channels),
                "image_size": int(image_size), "eps": {"epochs": int(eps_epochs), "seed": int(eps_seed),
                                                       "batch_size": int(eps_batch_size), "lr": float(eps_lr)}}
-        atomic_write_text(path / INDEX, json.dumps({"format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION,
-                                                    "family": fam, "entries": []}, indent=1) + "\n")
+        path.mkdir(parents=True, exist_ok=True)
+        with _dictionary_lock(path):  # check-and-create as one step: no other process can create in between
+            if (path / INDEX).exists():
+                if not exist_ok:
+                    raise FileExistsError(f"{path / INDEX} already exists; open it with TaskDictionary(path)")
+                found = cls(path)
+                if found.family != fam:
+                    diff = sorted(k for k in fam if found.family.get(k) != fam[k])
+                    raise ValueError(f"{path / INDEX} already holds a dictionary of another family (differs in "
+                                     f"{', '.join(diff)}: {[found.family.get(k) for k in diff]} vs "
+                                     f"{[fam[k] for k in diff]})")
+                return found
+            atomic_write_text(path / INDEX, json.dumps({"format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION,
+                                                        "family": fam, "entries": []}, indent=1) + "\n")
         return cls(path)
 
     def __contains__(self, name: str) -> bool:
@@ -185,19 +223,31 @@ class TaskDictionary:
     def add(self, name: str, *, task: dict, eps_network: nn.Module, eps: dict, space: SearchSpace,
             genotype: Genotype, search: dict | None = None, replace: bool = False) -> DictionaryEntry:
         """Store a solved task: the ε-network's weights first, then the index (each write atomic), so a crash
-        leaves either the old dictionary or the new one."""
+        leaves either the old dictionary or the new one. The index is re-read, merged and rewritten under an
+        inter-process lock: entries other processes added meanwhile are kept. If another process added ``name``
+        since this dictionary was opened (two identical runs at once), its entry is kept and returned."""
         _check_name(name)
-        if name in self.entries and not replace:
-            raise ValueError(f"{self.path} already has a baseline {name!r} (pass replace=True to overwrite it)")
         space.check(genotype)
-        state = {k: v.detach().cpu() for k, v in eps_network.state_dict().items()}
-        save_tree(self._eps_file(name), state, meta={k: self.family[k] for k in
-                                                    ("arch", "head_width", "in_channels", "image_size")})
-        genotype.save(self.path / name / "genotype.json", space=space)
-        entry = DictionaryEntry(name, task, eps, space, genotype, search or {})
-        self.entries[name] = entry
-        self._write_index()
+        known = set(self.entries)
+        with self._lock():
+            self.family, self.entries = self._read()
+            if name in self.entries and not replace:
+                if name not in known:  # a concurrent run solved the same task first: theirs stands
+                    return self.entries[name]
+                raise ValueError(f"{self.path} already has a baseline {name!r} (pass replace=True to overwrite it)")
+            state = {k: v.detach().cpu() for k, v in eps_network.state_dict().items()}
+            save_tree(self._eps_file(name), state, meta={k: self.family[k] for k in
+                                                        ("arch", "head_width", "in_channels", "image_size")})
+            genotype.save(self.path / name / "genotype.json", space=space)
+            entry = DictionaryEntry(name, task, eps, space, genotype, search or {})
+            self.entries[name] = entry
+            self._write_index()
         return entry
+
+    def reload(self) -> "TaskDictionary":
+        """Re-read the index (entries other processes added since this one was opened)."""
+        self.family, self.entries = self._read()
+        return self
 
     def _write_index(self) -> None:
         atomic_write_text(self.path / INDEX, json.dumps({
