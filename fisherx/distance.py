@@ -115,8 +115,6 @@ def distance_column(sources: Sequence[FisherLike], target: FisherLike, metric: s
                 _ops._check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)
         rows = flats[0][None] if len(flats) == 1 else torch.stack(flats)
         src_name = "\n".join(names)  # the op names each bad row by its own name
-    if metric == "ftd":
-        return _ops.ftd_column(rows, tgt, src_name, target_name)
-    if metric == "cosine":
-        return _ops.cosine_column(rows, tgt, src_name, target_name)
-    return _ops.logdet_column(rows, tgt, float(sigma2), bool(normalize), src_name, target_name)
+    if metric == "logdet":
+        return _ops.differentiable["logdet_column"](rows, tgt, float(sigma2), bool(normalize), src_name, target_name)
+    return _ops.differentiable[f"{metric}_column"](rows, tgt, src_name, target_name)
