@@ -119,3 +119,50 @@ def test_distance(benchmark, summary, op, n, device, impl):
     benchmark.pedantic(run, rounds=5 if n >= 10**7 else 30, iterations=1, warmup_rounds=1)
     per_call = benchmark.stats.stats.median / reps
     summary.add(benchmark.group, impl, per_call, 2 * bytes_read if impl == "d2d_copy" else bytes_read)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The memory floor: each kernel against a read-only reduction and a copy of the same bytes, interleaved.
+
+FLOOR_N = 10**7
+FLOOR_ROUNDS = 9
+
+
+def _floor_ratios(kernel, floor, rounds: int) -> tuple[float, float]:
+    """Median and worst of the per-round ratios kernel/floor, measured A B A B ... in one process."""
+    import statistics
+    import time
+
+    ratios = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        kernel()
+        t1 = time.perf_counter()
+        floor()
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    return statistics.median(ratios), max(ratios)
+
+
+FLOOR_OPS = {
+    "ftd": lambda s, t: fisherx.ftd(s[0], t),
+    "logdet": lambda s, t: fisherx.distance(s[0], t, "logdet", sigma2=SIGMA2),
+    "cosine": lambda s, t: fisherx.distance(s[0], t, "cosine"),
+}
+
+
+@pytest.mark.parametrize("floor", ["sum", "copy"])
+@pytest.mark.parametrize("op", list(FLOOR_OPS))
+def test_distance_vs_memory_floor(benchmark, summary, op, floor):
+    """Kernel time / time of torch.sum (read-only) or Tensor.copy_ over the same 2·10^7 float32 (the source and the
+    target of one distance), median and worst of per-round ratios; printed in the summary as "floor" groups."""
+    src, tgt = _inputs(1, FLOOR_N, "cpu")
+    both = torch.cat([src[0], tgt])
+    dst = torch.empty_like(both)
+    floor_call = (lambda: both.sum()) if floor == "sum" else (lambda: dst.copy_(both))  # noqa: E731
+    kernel = lambda: FLOOR_OPS[op](src, tgt)  # noqa: E731
+    kernel(), floor_call()  # warm-up
+    median, worst = benchmark.pedantic(lambda: _floor_ratios(kernel, floor_call, FLOOR_ROUNDS), rounds=1,
+                                       iterations=1)
+    benchmark.extra_info.update(median_ratio=median, worst_ratio=worst)
+    print(f"\n{op} / {floor} at 10^7 float32: median {median:.2f}x, worst {worst:.2f}x over {FLOOR_ROUNDS} rounds")

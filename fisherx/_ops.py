@@ -261,6 +261,138 @@ def _(sources, target, source_name, target_name):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Autograd: analytic backward formulas of the distance ops, in plain float64 PyTorch (so they are differentiable
+# again: double backward and torch.func.grad(grad(...)) work). Each recomputes what it needs from the saved inputs.
+
+
+def _grad_like(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return g.to(like.dtype)
+
+
+def _row_stats_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    # Column 0 is the row sum (∂/∂x = 1); column 1 counts negatives, a step function (derivative 0).
+    return _grad_like(grad[:, :1].expand(x.shape[0], x.shape[1]), x)
+
+
+def _ftd_partials(a: torch.Tensor, b: torch.Tensor, d_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂d_k/∂a_kj (K, n) and ∂d_k/∂b_j (K, n) of d_k = (1/√2)·‖√(a_k/A_k) − √(b/B)‖ (float64 inputs).
+
+    With u = √(a/A), v = √(b/B) and d² = 1 − Σ uv:  ∂d/∂a_j = ((u_j − v_j)/u_j − d²) / (4·A·d), the same with a and b
+    (u and v, A and B) swapped for ∂d/∂b_j; written with u − v, not v/u − 1, so tiny distances do not cancel.
+    Subgradients where d is not differentiable:
+    - d = 0 (a ∝ b, d's minimum; ``d_out``, the forward's result, is 0): 0.
+    - a_j = 0 = b_j: (u_j − v_j)/u_j := 1, the exact limit (√(a_j·b_j) ≡ 0, only the trace depends on a_j).
+    - a_j = 0 < b_j: the derivative is −∞ (the boundary of the domain); 0 is returned instead, so a chain rule
+      through a Fisher entry that is identically zero (a dead parameter) stays finite. Likewise for b_j = 0 < a_j.
+    """
+    A = a.sum(dim=1, keepdim=True)
+    B = b.sum()
+    u = (a / A).sqrt()
+    v = (b / B).sqrt().expand_as(u)
+    diff = u - v
+    d2 = 0.5 * diff.square().sum(dim=1, keepdim=True)
+    d = d2.sqrt()
+    live = (d > 0) & (d_out[:, None] > 0)
+    d_safe = torch.where(live, d, torch.ones_like(d))
+
+    def one_side(x: torch.Tensor, y: torch.Tensor, dxy: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        pos = x > 0
+        ratio = torch.where(pos, dxy / torch.where(pos, x, torch.ones_like(x)), torch.ones_like(x))
+        g = (ratio - d2) / (4.0 * total * d_safe)
+        return torch.where(live & (pos | (y == 0)), g, torch.zeros_like(g))
+
+    return one_side(u, v, diff, A), one_side(v, u, -diff, B)
+
+
+def _ftd_backward(ctx, grad):
+    sources, target, d_out = ctx.saved_tensors
+    da, db = _ftd_partials(sources.to(torch.float64), target.to(torch.float64), d_out.detach())
+    g = grad.to(torch.float64)[:, None]
+    return _grad_like(g * da, sources), _grad_like((g * db).sum(dim=0), target), None, None
+
+
+def _logdet_backward(ctx, grad):
+    """d_k = |L_k|/n with L_k = Σ_j log(â_kj + σ²) − log(b̂_j + σ²); ∂d/∂a = sign(L)/n·∂L/∂a (sign(0) = 0: the
+    subgradient 0 at d = 0). Raw: ∂L/∂a_j = 1/(a_j + σ²); unit-trace (â = a/A): (w_j − Σ_i â_i·w_i)/A with
+    w = 1/(â + σ²). The target enters with the opposite sign."""
+    sources, target = ctx.saved_tensors
+    a, b = sources.to(torch.float64), target.to(torch.float64)[None]
+    n = a.shape[1]
+
+    def dlog(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not ctx.normalize:
+            return (x + ctx.sigma2).log().sum(dim=1), 1.0 / (x + ctx.sigma2)
+        total = x.sum(dim=1, keepdim=True)
+        xh = x / total
+        w = 1.0 / (xh + ctx.sigma2)
+        return (xh + ctx.sigma2).log().sum(dim=1), (w - (xh * w).sum(dim=1, keepdim=True)) / total
+
+    la, ga = dlog(a)
+    lb, gb = dlog(b)
+    coef = (grad.to(torch.float64) * torch.sign(la - lb) / max(n, 1))[:, None]
+    return _grad_like(coef * ga, sources), _grad_like(-(coef * gb).sum(dim=0), target), None, None, None, None
+
+
+def _cosine_backward(ctx, grad):
+    """c = a·b/(‖a‖‖b‖): ∂c/∂a = b/(‖a‖‖b‖) − c·a/‖a‖², and the same with a and b swapped."""
+    sources, target = ctx.saved_tensors
+    a, b = sources.to(torch.float64), target.to(torch.float64)
+    na, nb = a.norm(dim=1, keepdim=True), b.norm()
+    c = (a @ b)[:, None] / (na * nb)
+    g = grad.to(torch.float64)[:, None]
+    da = b[None] / (na * nb) - c * a / na.square()
+    db = a / (na * nb) - c * b[None] / nb.square()
+    return _grad_like(g * da, sources), _grad_like((g * db).sum(dim=0), target), None, None
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2])
+
+
+def _save_inputs_output(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2], output)
+
+
+def _save_logdet(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2])
+    ctx.sigma2, ctx.normalize = float(inputs[2]), bool(inputs[3])
+
+
+def _save_x(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _differentiable(op, backward, setup_context):
+    """Register ``backward`` as the op's autograd formula, and return the op wrapped in an autograd.Function with
+    the same formula: torch's custom-op autograd does not support torch.func transforms (grad, jacrev), an
+    autograd.Function with a setup_context does. The public distances call the wrapper."""
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+    fn = type(f"{op._name}_fn", (torch.autograd.Function,), {
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })
+
+    def call(*args):
+        # Under torch.compile the op itself, whose registered formula AOTAutograd traces (dynamo cannot trace the
+        # generic wrapper); eagerly the wrapper, so torch.func transforms work.
+        return op(*args) if torch.compiler.is_compiling() else fn.apply(*args)
+
+    call.__name__ = call.__qualname__ = op._name
+    return call
+
+
+# The differentiable forms of the ops (same arguments): use these where gradients or torch.func may be needed.
+differentiable = {
+    "row_stats": _differentiable(row_stats, _row_stats_backward, _save_x),
+    "ftd_column": _differentiable(ftd_column, _ftd_backward, _save_inputs_output),
+    "logdet_column": _differentiable(logdet_column, _logdet_backward, _save_logdet),
+    "cosine_column": _differentiable(cosine_column, _cosine_backward, _save_inputs),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Fisher engine: per-sample squared-gradient sums (csrc/cpu/sqgrad.*, csrc/cuda/sqgrad.*; used by fisherx/fisher)
 
 

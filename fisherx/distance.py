@@ -6,24 +6,102 @@ reductions run in the fused kernels of :mod:`fisherx._ops` with float64 accumula
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Union
 
 import torch
 
 from . import _ops
+from . import _reference as ref
 
-METRICS = ("ftd", "logdet", "cosine")
 DEFAULT_SIGMA2 = 1e-8
 
 FisherLike = Union[torch.Tensor, Mapping]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry of the metric table :data:`METRICS` (look-ups instead of ``if metric == "cosine"`` branches).
+
+    Fields:
+    - ``name``: the string users pass as ``metric=``.
+    - ``column``: ``column(sources (K, n), target (n,), sigma2, normalize, source_name, target_name) -> (K,)``
+      float64, the K values against one target; it checks its input and names the bad tensor by
+      ``source_name`` (K names joined by newlines) / ``target_name``. Differentiable where the metric is.
+    - ``kind``: ``"distance"`` (smaller = closer; the closest task is the argmin) or ``"similarity"`` (larger =
+      closer; argmax).
+    - ``self_value``: the value of a Fisher against itself (0 for a distance, 1 for cosine).
+    - ``range``: (low, high) of the values (``math.inf`` where unbounded).
+    - ``reference``: the pure-PyTorch ``reference(sources, target, sigma2, normalize)`` the kernel is tested
+      against.
+    - ``uses_sigma2``: whether ``sigma2`` changes the value (recorded in results only then).
+    """
+
+    name: str
+    column: Callable[..., torch.Tensor]
+    kind: str
+    self_value: float
+    range: tuple[float, float]
+    reference: Callable[..., torch.Tensor]
+    uses_sigma2: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("distance", "similarity"):
+            raise ValueError(f"metric {self.name!r}: kind must be 'distance' or 'similarity', got {self.kind!r}")
+
+    @property
+    def closest(self):
+        """``torch.argmin`` for a distance, ``torch.argmax`` for a similarity."""
+        return torch.argmin if self.kind == "distance" else torch.argmax
+
+
+# name -> Metric. Iterating, ``in`` and ``", ".join(METRICS)`` give the metric names.
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric, replace: bool = False) -> Metric:
+    """Add ``metric`` to :data:`METRICS`, so ``distance``/``distance_column``/task distances accept its name."""
+    if metric.name in METRICS and not replace:
+        raise ValueError(f"metric {metric.name!r} is already registered (pass replace=True to override it)")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def get_metric(name: str) -> Metric:
+    """The table entry of ``name``; ValueError naming the known metrics otherwise."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}") from None
+
+
+def _two_arg(op_name: str):
+    def column(rows, target, sigma2, normalize, source_name, target_name):
+        return _ops.differentiable[op_name](rows, target, source_name, target_name)
+    return column
+
+
+def _logdet(rows, target, sigma2, normalize, source_name, target_name):
+    return _ops.differentiable["logdet_column"](rows, target, float(sigma2), bool(normalize), source_name,
+                                                target_name)
+
+
+register_metric(Metric("ftd", _two_arg("ftd_column"), "distance", 0.0, (0.0, 1.0),
+                       lambda s, t, sigma2, normalize: ref.ftd_column(s, t)))
+register_metric(Metric("logdet", _logdet, "distance", 0.0, (0.0, float("inf")), ref.logdet_column, uses_sigma2=True))
+register_metric(Metric("cosine", _two_arg("cosine_column"), "similarity", 1.0, (0.0, 1.0),
+                       lambda s, t, sigma2, normalize: ref.cosine_column(s, t)))
 
 
 def _layout(f: Mapping) -> list[tuple[str, tuple[int, ...]]]:
     return [(name, tuple(t.shape)) for name, t in f.items()]
 
 
-def _check_same_layout(a: Mapping, b: Mapping, name_a: str, name_b: str) -> None:
+def check_same_layout(a: Mapping, b: Mapping, name_a: str, name_b: str) -> None:
+    """Raise ValueError unless the mappings ``a`` and ``b`` (parameter name → tensor, e.g. two FisherDiag results)
+    hold the same names, in the same order, with the same shapes; the message lists what differs, naming the
+    two arguments by ``name_a``/``name_b``."""
     la, lb = dict(_layout(a)), dict(_layout(b))
     if la == lb and list(la) == list(lb):
         return
@@ -57,7 +135,7 @@ def _flat(f: FisherLike, name: str) -> torch.Tensor:
 def _aligned(sources: Sequence[FisherLike], target: FisherLike, names: Sequence[str], target_name: str):
     for s, n in zip(sources, names):
         if isinstance(s, Mapping) and isinstance(target, Mapping):
-            _check_same_layout(s, target, n, target_name)
+            check_same_layout(s, target, n, target_name)
         # Parameter-shaped tensors are flattened, so (2, 3) against (3, 2) would silently pair the wrong entries:
         # shapes must agree unless one side is already flat.
         if (isinstance(s, torch.Tensor) and isinstance(target, torch.Tensor) and s.dim() != 1
@@ -94,10 +172,10 @@ def distance_column(sources: Sequence[FisherLike], target: FisherLike, metric: s
                     target_name: str = "target") -> torch.Tensor:
     """Distances of K sources against one target in one kernel launch: a (K,) float64 tensor.
 
-    This is one column of a task-distance matrix (every baseline a against target b).
+    This is one column of a task-distance matrix (every baseline a against target b). ``metric`` is any name
+    in :data:`METRICS` (see :class:`Metric` and :func:`register_metric`).
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    entry = get_metric(metric)
     if isinstance(sources, torch.Tensor) and sources.dim() == 2:
         rows, tgt = sources, _flat(target, target_name)
         src_name = "sources"
@@ -115,8 +193,4 @@ def distance_column(sources: Sequence[FisherLike], target: FisherLike, metric: s
                 _ops._check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)
         rows = flats[0][None] if len(flats) == 1 else torch.stack(flats)
         src_name = "\n".join(names)  # the op names each bad row by its own name
-    if metric == "ftd":
-        return _ops.ftd_column(rows, tgt, src_name, target_name)
-    if metric == "cosine":
-        return _ops.cosine_column(rows, tgt, src_name, target_name)
-    return _ops.logdet_column(rows, tgt, float(sigma2), bool(normalize), src_name, target_name)
+    return entry.column(rows, tgt, sigma2, normalize, src_name, target_name)

@@ -383,3 +383,62 @@ def test_opcheck(op):
     ]
     for src, tgt in samples:
         torch.library.opcheck(getattr(torch.ops.fisherx, op).default, _op_args(op, src, tgt))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The metric table
+
+def test_metric_table_entries():
+    from fisherx.distance import METRICS, get_metric
+    assert list(METRICS) == ["ftd", "logdet", "cosine"]
+    assert [METRICS[m].kind for m in METRICS] == ["distance", "distance", "similarity"]
+    a = fisher(500, 1)
+    for m in METRICS.values():
+        # The documented self value and range are what the metric really gives.
+        assert fisherx.distance(a, a, m.name).item() == pytest.approx(m.self_value, abs=1e-12)
+        v = fisherx.distance(a, fisher(500, 2), m.name).item()
+        assert m.range[0] <= v <= m.range[1]
+        torch.testing.assert_close(m.column(a[None], a.flip(0), 1e-8, True, "a", "b"),
+                                   m.reference(a[None], a.flip(0), 1e-8, True), rtol=1e-9, atol=1e-12)
+    assert get_metric("cosine").closest is torch.argmax and get_metric("ftd").closest is torch.argmin
+    with pytest.raises(ValueError, match="unknown metric 'kl'"):
+        get_metric("kl")
+
+
+def test_register_a_toy_metric_and_use_it():
+    """A new metric is one table entry: here the L1 distance of unit-trace Fishers, ½·Σ|F̂_a − F̂_b| (in [0, 1]),
+    from its pure-PyTorch reference alone; distance() and distance_column() then accept its name."""
+    from fisherx.distance import METRICS, Metric, register_metric
+
+    def l1_reference(sources, target, sigma2, normalize):
+        a = sources.to(torch.float64)
+        b = target.to(torch.float64)
+        return 0.5 * (a / a.sum(dim=1, keepdim=True) - b / b.sum()).abs().sum(dim=1)
+
+    def l1_column(rows, target, sigma2, normalize, source_name, target_name):
+        _ops._check_column(rows, target, source_name, target_name)
+        return l1_reference(rows, target, sigma2, normalize)
+
+    entry = Metric("l1", l1_column, "distance", 0.0, (0.0, 1.0), l1_reference)
+    register_metric(entry)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_metric(entry)
+        a, b = fisher(300, 4), fisher(300, 5)
+        want = 0.5 * (a / a.sum() - b / b.sum()).abs().sum()
+        assert fisherx.distance(a, b, "l1").item() == pytest.approx(want.item(), rel=1e-12)
+        col = fisherx.distance_column([a, b, 2 * b], b, "l1")
+        torch.testing.assert_close(col, torch.stack([want, torch.tensor(0.0, dtype=torch.float64),
+                                                     torch.tensor(0.0, dtype=torch.float64)]), rtol=1e-12, atol=1e-15)
+        assert torch.func.grad(lambda x: fisherx.distance(x, b, "l1"))(a).shape == a.shape
+    finally:
+        del METRICS["l1"]
+    with pytest.raises(ValueError, match="unknown metric 'l1'"):
+        fisherx.distance(a, b, "l1")
+
+
+def test_check_same_layout_is_public():
+    from fisherx.distance import check_same_layout
+    check_same_layout({"w": torch.ones(2)}, {"w": torch.zeros(2)}, "x", "y")
+    with pytest.raises(ValueError, match="only in y: b"):
+        check_same_layout({"w": torch.ones(2)}, {"w": torch.zeros(2), "b": torch.zeros(1)}, "x", "y")

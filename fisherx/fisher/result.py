@@ -136,8 +136,8 @@ class FisherDiag(Mapping):
             # same weights for different samples: their replicates cannot be combined into a valid bootstrap.
             raise ValueError("cannot merge Fishers with bootstrap replicates (their weights are keyed by sample "
                              "index within each call); compute the bootstrap in one fisher_diag call")
-        from ..distance import _check_same_layout
-        _check_same_layout(self, other, "self", "other")
+        from ..distance import check_same_layout
+        check_same_layout(self, other, "self", "other")
         for key in ("loss", "kind"):
             if self.meta.get(key) != other.meta.get(key):
                 raise ValueError(f"cannot merge Fishers with different {key}: {self.meta.get(key)!r} vs "
