@@ -20,6 +20,7 @@ its layer's output gradient G (row i = ∂ℓ_i/∂y_i, samples being independen
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
@@ -166,8 +167,38 @@ def _holds(module: nn.Module | None, p: torch.Tensor) -> str | None:
     return None
 
 
-def _out_rows(out) -> list[int]:
-    return [t.shape[0] if t.dim() else -1 for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+def _batch_dims(mod: nn.Module, tensors: list) -> list[int]:
+    """The batch dim of each tensor output of ``mod``: 0, unless its rule says otherwise with a ``batch_dims``
+    attribute (an LSTM's h_n is (layers, B, H); a sequence-first layer's output is (T, B, ...))."""
+    fn = getattr(find_rule(mod), "batch_dims", None)
+    return list(fn(mod, tensors)) if fn is not None else [0] * len(tensors)
+
+
+def _out_rows(out, mod: nn.Module) -> list[int]:
+    ts = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    return [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(mod, ts))]
+
+
+def _rule_param(mod: nn.Module, p: torch.Tensor, rel: str) -> str | None:
+    """The name under which ``mod``'s rule reports ``p``: one of its own parameters, or a descendant's that the rule
+    claims through a ``claims(layer) -> names`` attribute (MultiheadAttention uses out_proj.weight itself)."""
+    rule = find_rule(mod)
+    if rule is None:
+        return None
+    own = next((k for k, q in mod._parameters.items() if q is p), None)
+    if own is None and rel in getattr(rule, "claims", lambda m: ())(mod):
+        return rel
+    return own
+
+
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool):
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def _probe(model: nn.Module, x, rec: _UseRecorder | None):
@@ -185,13 +216,15 @@ def _probe(model: nn.Module, x, rec: _UseRecorder | None):
         stack.append((mod, c))
 
     def post(mod, args, out):
-        rows[stack.pop()] = _out_rows(out)
+        rows[stack.pop()] = _out_rows(out, mod)
 
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post))
     try:
-        with torch.no_grad():
+        # No fused inference fast path (TransformerEncoderLayer's bypasses its self_attn module under no_grad, unlike
+        # the forwards with gradients that the probe stands for).
+        with torch.no_grad(), _mha_fastpath(False):
             if rec is not None:
                 with rec:
                     _call(model, x)
@@ -239,8 +272,8 @@ class _Plan:
                 self.external.append(name)
             elif len(sites) == 1 and counts[sites[0][0]] == 1 and sites[0][0] is not None:
                 mod = sites[0][0]
-                own = next((k for k, q in mod._parameters.items() if q is p), None)
-                if own is not None and find_rule(mod) is not None:
+                own = _rule_param(mod, p, rel[0])
+                if own is not None:
                     self.rule.setdefault(mod, {})[own] = name
                 else:
                     self.fallback.setdefault(mod, {})[rel[0]] = name
@@ -324,17 +357,20 @@ class _Engine:
         call = self.calls.get(mod, 0)
         self.calls[mod] = call + 1
         single = isinstance(out, torch.Tensor)
-        outs = (out,) if single else out
-        if not isinstance(outs, (tuple, list)) or not all(o is None or isinstance(o, torch.Tensor) for o in outs):
+        # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
+        outs, spec = tree_flatten(out)
+        if not all(o is None or isinstance(o, torch.Tensor) for o in outs):
             raise TypeError(f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
-                            "tensors or tuples of tensors can be captured")
+                            "tensors or (nested) tuples of tensors can be captured")
         pos = [i for i, o in enumerate(outs) if o is not None and o.requires_grad]
         if not pos:
             return None
-        if any(outs[i].dim() == 0 or outs[i].shape[0] != self.batch for i in pos):
-            raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned leading size "
-                               f"{[tuple(outs[i].shape[:1]) for i in pos]} for a batch of {self.batch}; its outputs "
-                               "must have the batch as dim 0 (it did in the first batch)")
+        tensors = [i for i, o in enumerate(outs) if o is not None]
+        dims = dict(zip(tensors, _batch_dims(mod, [outs[i] for i in tensors])))
+        if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
+            raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned shapes "
+                               f"{[tuple(outs[i].shape) for i in pos]} for a batch of {self.batch}; its outputs "
+                               f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)")
         acts = Activations(_detach(tuple(args)), _detach(kwargs))
         versions = _versions(acts)
         n_out = len(outs)
@@ -347,20 +383,16 @@ class _Engine:
                 if t._version != v:
                     raise RuntimeError(f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
                                        "the layer ran; its per-sample gradients cannot be computed")
-            self._on_backward(mod, call, acts, full[0] if single else tuple(full))
+            self._on_backward(mod, call, acts, tree_unflatten(full, spec))
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
         # returns a view of a 2-D product), so views are cloned.
         inplace = single and find_rule(mod) is not None and out._base is None
         tapped = _Tap.apply(self.anchor, handler, inplace, *[outs[i] for i in pos])
-        if single:
-            return tapped[0]
         new = list(outs)
         for i, t in zip(pos, tapped):
             new[i] = t
-        if hasattr(out, "_fields"):  # a namedtuple
-            return type(out)(*new)
-        return type(out)(new)
+        return tree_unflatten(new, spec)
 
     def _add(self, name: str, value: torch.Tensor):
         self.acc[name].add_(value.to(self.acc[name].dtype), alpha=self.scale)
