@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
 from .rules import Activations, batch_sum, fallback, find_rule, supports_weights
-from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_once
+from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_external, warn_once
 
 LOSSES = ("cross_entropy", "mse")
 KINDS = ("empirical", "mc")
@@ -174,9 +174,23 @@ def _batch_dims(mod: nn.Module, tensors: list) -> list[int]:
     return list(fn(mod, tensors)) if fn is not None else [0] * len(tensors)
 
 
-def _out_rows(out, mod: nn.Module) -> list[int]:
+# Layers that act on each position alone: given sequence-first tensors (T, B, ...) as inside a batch_first=False
+# Transformer, their rules get the batch moved to dim 0 (inputs and output gradients alike).
+POSITIONWISE: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.Embedding, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+
+
+def _out_rows(out, mod: nn.Module) -> tuple[list[int], list[int] | None]:
+    """Sizes of the tensor outputs along their batch dims, and along dim 1 for a position-wise layer (else None)."""
     ts = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-    return [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(mod, ts))]
+    rows = [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(mod, ts))]
+    seq = [t.shape[1] if t.dim() > 2 else -1 for t in ts] if isinstance(mod, POSITIONWISE) else None
+    return rows, seq
+
+
+def _batched_dim(rows: tuple, n: int) -> int | None:
+    if all(r == n for r in rows[0]):
+        return 0
+    return 1 if rows[1] is not None and all(r == n for r in rows[1]) else None
 
 
 def _rule_param(mod: nn.Module, p: torch.Tensor, rel: str) -> str | None:
@@ -246,11 +260,15 @@ class _Plan:
         counts, rows = _probe(model, _slice(x, slice(0, n1)), rec)
         # A module call is batched when the leading size of its outputs follows the batch size: with a second probe
         # on one more sample, a coincidence (a position embedding of length 2, say) cannot pass for a batch dim.
-        batched = {site: all(r == n1 for r in rs) for site, rs in rows.items()}
+        # The batch dim of each call: 0 (or the dims its rule declares), 1 for a position-wise layer on
+        # sequence-first tensors, None when not batched.
+        batched = {site: _batched_dim(rs, n1) for site, rs in rows.items()}
         if batch > n1:
             _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), None)
             for site, rs in rows2.items():
-                batched[site] = batched.get(site, False) and all(r == n1 + 1 for r in rs)
+                d = batched.get(site)
+                batched[site] = d if d is not None and _batched_dim(rs, n1 + 1) == d else None
+        self.seq_first: set[nn.Module] = set()  # rule-routed position-wise layers called on (T, B, ...)
         self.calls = counts
         self.rule: dict[nn.Module, dict[str, str]] = {}  # module → {local name: full name}
         self.fallback: dict[nn.Module, dict[str, str]] = {}  # module → {relative name: full name}
@@ -265,22 +283,30 @@ class _Plan:
             if not sites:
                 self.unused.append(name)
                 continue
-            rel = [_holds(m, p) for m, _ in sites]
-            # Outside any module holding it, or in a call whose output is shared by the samples (not batched): the
-            # per-sample gradient cannot be read off that call's output gradient.
-            if any(r is None for r in rel) or not all(batched.get(site, False) for site in sites):
-                self.external.append(name)
-            elif len(sites) == 1 and counts[sites[0][0]] == 1 and sites[0][0] is not None:
-                mod = sites[0][0]
-                own = _rule_param(mod, p, rel[0])
-                if own is not None:
-                    self.rule.setdefault(mod, {})[own] = name
-                else:
-                    self.fallback.setdefault(mod, {})[rel[0]] = name
-            else:
-                self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
+            self._route(name, p, sites, [batched.get(site) for site in sites])
         for mod in self.fallback:
             warn_once(mod)
+        if self.external:
+            warn_external(model, self.external)
+
+    def _route(self, name: str, p: torch.Tensor, sites: list, dims: list):
+        rel = [_holds(m, p) for m, _ in sites]
+        mod = sites[0][0]
+        single = len(sites) == 1 and mod is not None and self.calls[mod] == 1
+        own = _rule_param(mod, p, rel[0]) if single and rel[0] is not None else None
+        # Outside any module holding it, or in a call whose output is shared by the samples (not batched): the
+        # per-sample gradient cannot be read off that call's output gradient. Sequence-first calls (dim 1) are
+        # read off by position-wise rules only.
+        if any(r is None for r in rel) or None in dims or (1 in dims and own is None):
+            self.external.append(name)
+        elif own is not None:
+            self.rule.setdefault(mod, {})[own] = name
+            if dims[0] == 1:
+                self.seq_first.add(mod)
+        elif single:
+            self.fallback.setdefault(mod, {})[rel[0]] = name
+        else:
+            self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
 
     def hooked(self) -> list[nn.Module]:
         mods = list(self.rule) + [m for m in self.fallback if m not in self.rule]
@@ -327,6 +353,14 @@ def _detach(x):
     return x
 
 
+def _batch_first(x, batch: int):
+    """Sequence-first tensors (T, B, ...) of ``x`` as (B, T, ...) views."""
+    leaves, spec = tree_flatten(x)
+    moved = [t.transpose(0, 1) if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] == batch else t
+             for t in leaves]
+    return tree_unflatten(moved, spec)
+
+
 def _versions(acts) -> list:
     return [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
 
@@ -366,19 +400,22 @@ class _Engine:
         if not pos:
             return None
         tensors = [i for i, o in enumerate(outs) if o is not None]
-        dims = dict(zip(tensors, _batch_dims(mod, [outs[i] for i in tensors])))
+        seq = mod in self.plan.seq_first
+        dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(mod, [outs[i] for i in tensors])))
         if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
             raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned shapes "
                                f"{[tuple(outs[i].shape) for i in pos]} for a batch of {self.batch}; its outputs "
                                f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)")
         acts = Activations(_detach(tuple(args)), _detach(kwargs))
         versions = _versions(acts)
+        if seq:  # the rule sees batch-first views
+            acts = Activations(_batch_first(tuple(acts), self.batch), _batch_first(acts.kwargs, self.batch))
         n_out = len(outs)
 
         def handler(grads):
             full = [None] * n_out
             for i, g in zip(pos, grads):
-                full[i] = g
+                full[i] = g.transpose(0, 1) if seq else g
             for t, v in versions:
                 if t._version != v:
                     raise RuntimeError(f"fisher_diag: an input of {type(mod).__name__} was modified in place after "

@@ -34,6 +34,24 @@ def warn_once(module: nn.Module) -> None:
         )
 
 
+def warn_external(model: nn.Module, names: list[str]) -> None:
+    """Warn once per set of parameters that they need whole-model per-sample gradients (the slowest path)."""
+    key = f"{type(model).__qualname__}:{','.join(names)}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    mods = dict(model.named_modules())
+    owners = sorted({type(mods[p.rpartition(".")[0]]).__qualname__ for p in names})
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    warnings.warn(
+        f"fisherx.fisher_diag: {shown} (of {', '.join(owners)}) are used outside the module holding them, or in a "
+        "module call whose outputs do not carry the batch along dim 0; they use whole-model torch.func per-sample "
+        "gradients (correct, but slow and holding a chunk of per-sample gradients).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def _batch_size(activations, backprops) -> int:
     return next(t for t in tree_flatten(backprops)[0] if t is not None).shape[0]
 
