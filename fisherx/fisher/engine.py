@@ -353,6 +353,9 @@ def _detach(x):
     return x
 
 
+_PLAIN = (int, float, bool, str)  # non-tensor output entries that carry no gradient
+
+
 def _batch_first(x, batch: int):
     """Sequence-first tensors (T, B, ...) of ``x`` as (B, T, ...) views."""
     leaves, spec = tree_flatten(x)
@@ -393,13 +396,13 @@ class _Engine:
         single = isinstance(out, torch.Tensor)
         # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
         outs, spec = tree_flatten(out)
-        if not all(o is None or isinstance(o, torch.Tensor) for o in outs):
+        if not all(o is None or isinstance(o, (torch.Tensor, *_PLAIN)) for o in outs):
             raise TypeError(f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
-                            "tensors or (nested) tuples of tensors can be captured")
-        pos = [i for i, o in enumerate(outs) if o is not None and o.requires_grad]
+                            "tensors or (nested) tuples of tensors, None and Python scalars can be captured")
+        tensors = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
+        pos = [i for i in tensors if outs[i].requires_grad]
         if not pos:
             return None
-        tensors = [i for i, o in enumerate(outs) if o is not None]
         seq = mod in self.plan.seq_first
         dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(mod, [outs[i] for i in tensors])))
         if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
