@@ -176,7 +176,8 @@ def _batch_dims(mod: nn.Module, tensors: list) -> list[int]:
 
 # Layers that act on each position alone: given sequence-first tensors (T, B, ...) as inside a batch_first=False
 # Transformer, their rules get the batch moved to dim 0 (inputs and output gradients alike).
-POSITIONWISE: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.Embedding, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+POSITIONWISE: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.Embedding,
+                                  *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
 
 
 def _out_rows(out, mod: nn.Module) -> tuple[list[int], list[int] | None]:

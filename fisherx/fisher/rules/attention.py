@@ -158,11 +158,19 @@ def multihead_attention(layer: nn.MultiheadAttention, activations, backprops, we
                 out["in_proj_weight"] = torch.cat([seq_sq(dq, a["query"], weights), seq_sq(dk, a["key"], weights),
                                                    seq_sq(dv, a["value"], weights)], -2)
     else:
-        for name, g, x in (("q_proj_weight", dq, "query"), ("k_proj_weight", dk, "key"), ("v_proj_weight", dv, "value")):
+        for name, g, x in (("q_proj_weight", dq, "query"), ("k_proj_weight", dk, "key"),
+                           ("v_proj_weight", dv, "value")):
             if getattr(layer, name).requires_grad:
                 out[name] = seq_sq(g, a[x], weights)
     if layer.in_proj_bias is not None and layer.in_proj_bias.requires_grad:
         out["in_proj_bias"] = batch_sum(torch.cat([dq.sum(1), dk.sum(1), dv.sum(1)], -1).square(), weights)
+    out.update(_extra_and_out_proj(layer, d, g_out, src, weights))
+    return out
+
+
+def _extra_and_out_proj(layer, d: dict, g_out: torch.Tensor, src: int, weights) -> dict:
+    """bias_k / bias_v (their key/value column, one per sample) and out_proj (the context against G)."""
+    out = {}
     if layer.bias_k is not None:
         for name, g in (("bias_k", d["dk"]), ("bias_v", d["dv"])):
             if getattr(layer, name).requires_grad:

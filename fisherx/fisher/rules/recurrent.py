@@ -231,11 +231,10 @@ def _split_grads(layer, backprops, t_len: int, b: int, like: torch.Tensor):
 def _square_sums(p, dgi, dgh, dhs, x, st, weights) -> dict:
     """The summed squares of one layer·direction's parameters from its gate gradients (time-major)."""
     out = {}
-    bt = (lambda z: z.transpose(0, 1))  # (T, B, ·) → (B, T, ·) view for the kernel
     for key, g, u in (("w_ih", dgi, x), ("w_hh", dgh, st["hprev"]), ("w_hr", dhs, st.get("ms"))):
         name, w = p[key]
-        if w is not None and w.requires_grad:
-            out[name] = seq_sq(bt(g), bt(u), weights)
+        if w is not None and w.requires_grad:  # (T, B, ·) → (B, T, ·) views for the kernel
+            out[name] = seq_sq(g.transpose(0, 1), u.transpose(0, 1), weights)
     for key, g in (("b_ih", dgi), ("b_hh", dgh)):
         name, w = p[key]
         if w is not None and w.requires_grad:
