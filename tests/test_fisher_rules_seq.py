@@ -389,3 +389,23 @@ def test_recurrent_layer_applied_twice_is_refused_clearly():
     x, y = torch.randn(4, 5, 3), torch.randint(0, 2, (4,))
     with pytest.raises(NotImplementedError, match="GRU.*several calls"):
         fisherx.fisher_diag(Twice(), (x, y), progress=False)
+
+
+def test_attention_applied_twice_goes_through_the_tied_path():
+    # Per-use gradients from the module's vjp (its (out, None) output included), summed per sample before squaring.
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, E)
+            self.mha = nn.MultiheadAttention(E, 2, batch_first=True)
+            self.head = nn.Linear(E, 3)
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            h = h + self.mha(h, h, h, need_weights=False)[0]
+            return self.head(h + self.mha(h, h, h)[0]).transpose(1, 2)
+
+    torch.manual_seed(5)
+    model = Twice().double().eval()
+    x, y = _tokens()(torch.float64)
+    _assert_close(fisherx.fisher_diag(model, (x, y), progress=False), naive_fisher(model, x, y), torch.float64, "x2")
