@@ -71,14 +71,18 @@ def _steps(t: int, d: int):
     return range(t - 1, -1, -1) if d else range(t)
 
 
+def _input_part(x, p) -> torch.Tensor:
+    """x W_ihᵀ + b_ih + b_hh for all steps at once (LSTM, RNN: both biases add to the same pre-activation)."""
+    b_ih, b_hh = p["b_ih"][1], p["b_hh"][1]
+    return torch.nn.functional.linear(x, p["w_ih"][1], b_ih if b_hh is None else b_ih + b_hh)
+
+
 def _lstm_forward(layer, x, p, h, c, d):
     """Run one LSTM direction; return its outputs (T, B, H_out) and what its backward needs."""
     t_len, b, _ = x.shape
     hs = layer.hidden_size
     w_hr = p["w_hr"][1]
-    pre = torch.nn.functional.linear(x, p["w_ih"][1], p["b_ih"][1])
-    if p["b_hh"][1] is not None:
-        pre = pre + p["b_hh"][1]
+    pre = _input_part(x, p)
     acts = torch.empty_like(pre)  # i, f, g, o after their nonlinearity
     cs = x.new_empty(t_len + 1, b, hs)  # cs[s] is c before step s (in processing order), cs[T] the last c
     hprev = x.new_empty(t_len, b, h.shape[-1])
@@ -90,8 +94,9 @@ def _lstm_forward(layer, x, p, h, c, d):
         cs[s] = c
         gates = torch.addmm(pre[t], h, w_hh_t)
         a = acts[t]
-        torch.sigmoid(gates, out=a)
-        a[:, 2 * hs:3 * hs].copy_(gates[:, 2 * hs:3 * hs].tanh())
+        torch.sigmoid(gates[:, :2 * hs], out=a[:, :2 * hs])
+        torch.tanh(gates[:, 2 * hs:3 * hs], out=a[:, 2 * hs:3 * hs])
+        torch.sigmoid(gates[:, 3 * hs:], out=a[:, 3 * hs:])
         c = a[:, hs:2 * hs] * c + a[:, :hs] * a[:, 2 * hs:3 * hs]
         m = a[:, 3 * hs:] * c.tanh()
         if w_hr is not None:
@@ -180,9 +185,7 @@ def _gru_backward(layer, st, p, dout, dh, dc, d):
 
 def _rnn_forward(layer, x, p, h, c, d):
     t_len = x.shape[0]
-    pre = torch.nn.functional.linear(x, p["w_ih"][1], p["b_ih"][1])
-    if p["b_hh"][1] is not None:
-        pre = pre + p["b_hh"][1]
+    pre = _input_part(x, p)
     out = torch.empty_like(pre)
     hprev = torch.empty_like(pre)
     w_hh_t = p["w_hh"][1].t()
