@@ -20,6 +20,7 @@ its layer's output gradient G (row i = ∂ℓ_i/∂y_i, samples being independen
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -29,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import inputs as _inputs
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
 from .rules import Activations, batch_sum, fallback, find_rule, supports_weights
-from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_once
+from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_external, warn_once
 
 LOSSES = ("cross_entropy", "mse")
 KINDS = ("empirical", "mc")
@@ -167,8 +168,53 @@ def _holds(module: nn.Module | None, p: torch.Tensor) -> str | None:
     return None
 
 
-def _out_rows(out) -> list[int]:
-    return [t.shape[0] if t.dim() else -1 for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+def _batch_dims(mod: nn.Module, tensors: list) -> list[int]:
+    """The batch dim of each tensor output of ``mod``: 0, unless its rule says otherwise with a ``batch_dims``
+    attribute (an LSTM's h_n is (layers, B, H); a sequence-first layer's output is (T, B, ...))."""
+    fn = getattr(find_rule(mod), "batch_dims", None)
+    return list(fn(mod, tensors)) if fn is not None else [0] * len(tensors)
+
+
+# Layers that act on each position alone: given sequence-first tensors (T, B, ...) as inside a batch_first=False
+# Transformer, their rules get the batch moved to dim 0 (inputs and output gradients alike).
+POSITIONWISE: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.Embedding,
+                                  *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+
+
+def _out_rows(out, mod: nn.Module) -> tuple[list[int], list[int] | None]:
+    """Sizes of the tensor outputs along their batch dims, and along dim 1 for a position-wise layer (else None)."""
+    ts = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    rows = [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(mod, ts))]
+    seq = [t.shape[1] if t.dim() > 2 else -1 for t in ts] if isinstance(mod, POSITIONWISE) else None
+    return rows, seq
+
+
+def _batched_dim(rows: tuple, n: int) -> int | None:
+    if all(r == n for r in rows[0]):
+        return 0
+    return 1 if rows[1] is not None and all(r == n for r in rows[1]) else None
+
+
+def _rule_param(mod: nn.Module, p: torch.Tensor, rel: str) -> str | None:
+    """The name under which ``mod``'s rule reports ``p``: one of its own parameters, or a descendant's that the rule
+    claims through a ``claims(layer) -> names`` attribute (MultiheadAttention uses out_proj.weight itself)."""
+    rule = find_rule(mod)
+    if rule is None:
+        return None
+    own = next((k for k, q in mod._parameters.items() if q is p), None)
+    if own is None and rel in getattr(rule, "claims", lambda m: ())(mod):
+        return rel
+    return own
+
+
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool):
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def _probe(model: nn.Module, x, rec: _UseRecorder | None):
@@ -186,13 +232,15 @@ def _probe(model: nn.Module, x, rec: _UseRecorder | None):
         stack.append((mod, c))
 
     def post(mod, args, out):
-        rows[stack.pop()] = _out_rows(out)
+        rows[stack.pop()] = _out_rows(out, mod)
 
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post))
     try:
-        with torch.no_grad():
+        # No fused inference fast path (TransformerEncoderLayer's bypasses its self_attn module under no_grad, unlike
+        # the forwards with gradients that the probe stands for).
+        with torch.no_grad(), _mha_fastpath(False):
             if rec is not None:
                 with rec:
                     _call(model, x)
@@ -214,11 +262,15 @@ class _Plan:
         counts, rows = _probe(model, _slice(x, slice(0, n1)), rec)
         # A module call is batched when the leading size of its outputs follows the batch size: with a second probe
         # on one more sample, a coincidence (a position embedding of length 2, say) cannot pass for a batch dim.
-        batched = {site: all(r == n1 for r in rs) for site, rs in rows.items()}
+        # The batch dim of each call: 0 (or the dims its rule declares), 1 for a position-wise layer on
+        # sequence-first tensors, None when not batched.
+        batched = {site: _batched_dim(rs, n1) for site, rs in rows.items()}
         if batch > n1:
             _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), None)
             for site, rs in rows2.items():
-                batched[site] = batched.get(site, False) and all(r == n1 + 1 for r in rs)
+                d = batched.get(site)
+                batched[site] = d if d is not None and _batched_dim(rs, n1 + 1) == d else None
+        self.seq_first: set[nn.Module] = set()  # rule-routed position-wise layers called on (T, B, ...)
         self.calls = counts
         self.rule: dict[nn.Module, dict[str, str]] = {}  # module → {local name: full name}
         self.fallback: dict[nn.Module, dict[str, str]] = {}  # module → {relative name: full name}
@@ -233,22 +285,30 @@ class _Plan:
             if not sites:
                 self.unused.append(name)
                 continue
-            rel = [_holds(m, p) for m, _ in sites]
-            # Outside any module holding it, or in a call whose output is shared by the samples (not batched): the
-            # per-sample gradient cannot be read off that call's output gradient.
-            if any(r is None for r in rel) or not all(batched.get(site, False) for site in sites):
-                self.external.append(name)
-            elif len(sites) == 1 and counts[sites[0][0]] == 1 and sites[0][0] is not None:
-                mod = sites[0][0]
-                own = next((k for k, q in mod._parameters.items() if q is p), None)
-                if own is not None and find_rule(mod) is not None:
-                    self.rule.setdefault(mod, {})[own] = name
-                else:
-                    self.fallback.setdefault(mod, {})[rel[0]] = name
-            else:
-                self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
+            self._route(name, p, sites, [batched.get(site) for site in sites])
         for mod in self.fallback:
             warn_once(mod)
+        if self.external:
+            warn_external(model, self.external)
+
+    def _route(self, name: str, p: torch.Tensor, sites: list, dims: list):
+        rel = [_holds(m, p) for m, _ in sites]
+        mod = sites[0][0]
+        single = len(sites) == 1 and mod is not None and self.calls[mod] == 1
+        own = _rule_param(mod, p, rel[0]) if single and rel[0] is not None else None
+        # Outside any module holding it, or in a call whose output is shared by the samples (not batched): the
+        # per-sample gradient cannot be read off that call's output gradient. Sequence-first calls (dim 1) are
+        # read off by position-wise rules only.
+        if any(r is None for r in rel) or None in dims or (1 in dims and own is None):
+            self.external.append(name)
+        elif own is not None:
+            self.rule.setdefault(mod, {})[own] = name
+            if dims[0] == 1:
+                self.seq_first.add(mod)
+        elif single:
+            self.fallback.setdefault(mod, {})[rel[0]] = name
+        else:
+            self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
 
     def hooked(self) -> list[nn.Module]:
         mods = list(self.rule) + [m for m in self.fallback if m not in self.rule]
@@ -295,6 +355,17 @@ def _detach(x):
     return x
 
 
+_PLAIN = (int, float, bool, str)  # non-tensor output entries that carry no gradient
+
+
+def _batch_first(x, batch: int):
+    """Sequence-first tensors (T, B, ...) of ``x`` as (B, T, ...) views."""
+    leaves, spec = tree_flatten(x)
+    moved = [t.transpose(0, 1) if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] == batch else t
+             for t in leaves]
+    return tree_unflatten(moved, spec)
+
+
 def _versions(acts) -> list:
     return [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
 
@@ -325,43 +396,45 @@ class _Engine:
         call = self.calls.get(mod, 0)
         self.calls[mod] = call + 1
         single = isinstance(out, torch.Tensor)
-        outs = (out,) if single else out
-        if not isinstance(outs, (tuple, list)) or not all(o is None or isinstance(o, torch.Tensor) for o in outs):
+        # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
+        outs, spec = tree_flatten(out)
+        if not all(o is None or isinstance(o, (torch.Tensor, *_PLAIN)) for o in outs):
             raise TypeError(f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
-                            "tensors or tuples of tensors can be captured")
-        pos = [i for i, o in enumerate(outs) if o is not None and o.requires_grad]
+                            "tensors or (nested) tuples of tensors, None and Python scalars can be captured")
+        tensors = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
+        pos = [i for i in tensors if outs[i].requires_grad]
         if not pos:
             return None
-        if any(outs[i].dim() == 0 or outs[i].shape[0] != self.batch for i in pos):
-            raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned leading size "
-                               f"{[tuple(outs[i].shape[:1]) for i in pos]} for a batch of {self.batch}; its outputs "
-                               "must have the batch as dim 0 (it did in the first batch)")
+        seq = mod in self.plan.seq_first
+        dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(mod, [outs[i] for i in tensors])))
+        if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
+            raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned shapes "
+                               f"{[tuple(outs[i].shape) for i in pos]} for a batch of {self.batch}; its outputs "
+                               f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)")
         acts = Activations(_detach(tuple(args)), _detach(kwargs))
         versions = _versions(acts)
+        if seq:  # the rule sees batch-first views
+            acts = Activations(_batch_first(tuple(acts), self.batch), _batch_first(acts.kwargs, self.batch))
         n_out = len(outs)
 
         def handler(grads):
             full = [None] * n_out
             for i, g in zip(pos, grads):
-                full[i] = g
+                full[i] = g.transpose(0, 1) if seq else g
             for t, v in versions:
                 if t._version != v:
                     raise RuntimeError(f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
                                        "the layer ran; its per-sample gradients cannot be computed")
-            self._on_backward(mod, call, acts, full[0] if single else tuple(full))
+            self._on_backward(mod, call, acts, tree_unflatten(full, spec))
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
         # returns a view of a 2-D product), so views are cloned.
         inplace = single and find_rule(mod) is not None and out._base is None
         tapped = _Tap.apply(self.anchor, handler, inplace, *[outs[i] for i in pos])
-        if single:
-            return tapped[0]
         new = list(outs)
         for i, t in zip(pos, tapped):
             new[i] = t
-        if hasattr(out, "_fields"):  # a namedtuple
-            return type(out)(*new)
-        return type(out)(new)
+        return tree_unflatten(new, spec)
 
     def _add(self, name: str, value: torch.Tensor):
         self.acc[name].add_(value.to(self.acc[name].dtype), alpha=self.scale)

@@ -86,5 +86,5 @@ def find_rule(module: nn.Module) -> Rule | None:
 
 
 # Importing the families registers their rules.
-from . import conv, embedding, linear, norm  # noqa: E402,F401
+from . import attention, conv, embedding, linear, norm, recurrent  # noqa: E402,F401
 from .fallback import per_sample_grads, fallback_rule  # noqa: E402,F401

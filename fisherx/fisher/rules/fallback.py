@@ -12,6 +12,7 @@ import warnings
 import torch
 from torch import nn
 from torch.func import functional_call, vjp, vmap
+from torch.utils._pytree import tree_flatten
 
 # Elements of per-sample gradients held at once (64 MiB in float32).
 CHUNK_BUDGET = 1 << 24
@@ -33,9 +34,26 @@ def warn_once(module: nn.Module) -> None:
         )
 
 
+def warn_external(model: nn.Module, names: list[str]) -> None:
+    """Warn once per set of parameters that they need whole-model per-sample gradients (the slowest path)."""
+    key = f"{type(model).__qualname__}:{','.join(names)}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    mods = dict(model.named_modules())
+    owners = sorted({type(mods[p.rpartition(".")[0]]).__qualname__ for p in names})
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    warnings.warn(
+        f"fisherx.fisher_diag: {shown} (of {', '.join(owners)}) are used outside the module holding them, or in a "
+        "module call whose outputs do not carry the batch along dim 0; they use whole-model torch.func per-sample "
+        "gradients (correct, but slow and holding a chunk of per-sample gradients).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def _batch_size(activations, backprops) -> int:
-    g = backprops if isinstance(backprops, torch.Tensor) else next(t for t in backprops if t is not None)
-    return g.shape[0]
+    return next(t for t in tree_flatten(backprops)[0] if t is not None).shape[0]
 
 
 def chunk_size(params: dict) -> int:
@@ -47,6 +65,17 @@ def chunk_size(params: dict) -> int:
 def per_sample_grads(module: nn.Module, activations, backprops, params: dict, start: int, stop: int) -> dict:
     """{name: (stop − start, *shape)}: ∂ℓ_i/∂θ for samples start..stop of the parameters ``params`` (names relative
     to ``module``; any of its own or its descendants' parameters), from the module's inputs and output gradient."""
+    from . import find_rule
+
+    cots = tree_flatten(backprops)[0]
+    keep = [i for i, c in enumerate(cots) if isinstance(c, torch.Tensor)]
+    dims = getattr(find_rule(module), "batch_dims", lambda m, ts: [0] * len(ts))(module, [cots[i] for i in keep])
+    if any(dims):
+        # Some output is not batched along dim 0 (an RNN's h_n): the rule is exact per call, but per-sample
+        # gradients for a use shared with other calls are not available.
+        raise NotImplementedError(f"fisher_diag: the parameters of {type(module).__name__} are used by several calls "
+                                  "(tied weights or a layer applied twice); per-use gradients of this layer type "
+                                  "are not supported")
     bsz = _batch_size(activations, backprops)
     args = list(activations)
     kwargs = dict(getattr(activations, "kwargs", {}))
@@ -58,26 +87,25 @@ def per_sample_grads(module: nn.Module, activations, backprops, params: dict, st
     kw_names = [k for k, v in kwargs.items() if batched(v)]
     kw_fixed = {k: v for k, v in kwargs.items() if k not in kw_names}
     detached = {k: v.detach() for k, v in params.items()}
+    # Only the outputs that received a gradient enter the vjp (``keep``): None entries (attention weights not asked
+    # for) and non-tensor leaves of a tuple output are left out of it.
 
     def one(arg_vals, kw_vals, cot):
         a1 = [a.unsqueeze(0) if d == 0 else a for a, d in zip(arg_vals, arg_dims)]
         kw1 = dict(kw_fixed, **{k: v.unsqueeze(0) for k, v in zip(kw_names, kw_vals)})
-        _, pull = vjp(lambda p: functional_call(module, p, tuple(a1), kw1, strict=False), detached)
-        if isinstance(cot, torch.Tensor):
-            cot1 = cot.unsqueeze(0)
-        else:
-            cot1 = tuple(c.unsqueeze(0) if c is not None else None for c in cot)
-        return pull(cot1)[0]
+
+        def f(p):
+            leaves = tree_flatten(functional_call(module, p, tuple(a1), kw1, strict=False))[0]
+            return tuple(leaves[i] for i in keep)
+
+        _, pull = vjp(f, detached)
+        return pull(tuple(c.unsqueeze(0) for c in cot))[0]
 
     sl = slice(start, stop)
     arg_vals = tuple(a[sl] if d == 0 else a for a, d in zip(args, arg_dims))
     kw_vals = tuple(kwargs[k][sl] for k in kw_names)
-    if isinstance(backprops, torch.Tensor):
-        cot, cot_dims = backprops[sl], 0
-    else:
-        cot = tuple(c[sl] if c is not None else None for c in backprops)
-        cot_dims = tuple(0 if c is not None else None for c in backprops)
-    return vmap(one, in_dims=(arg_dims, 0, cot_dims))(arg_vals, kw_vals, cot)
+    cot = tuple(cots[i][sl] for i in keep)
+    return vmap(one, in_dims=(arg_dims, 0, 0))(arg_vals, kw_vals, cot)
 
 
 def fallback_rule(layer: nn.Module, activations, backprops, params: dict | None = None, weights=None) -> dict:
