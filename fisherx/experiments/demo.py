@@ -18,8 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..io import atomic_write_text
+from ..nas.space import SearchSpace
+from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+from ..tasks import preset
 from . import metrics as _metrics
+from .distances import task_distances
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,6 @@ OUTPUT_FILES = ("report.md", "summary.json", "result.json", "distances.csv", "ta
 
 def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = True, argv: list | None = None) -> dict:
     """Run the demo into the folder ``out`` and return the summary (also written as ``summary.json``)."""
-    from ..nas.space import SearchSpace
-    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
-    from ..tasks import preset
-    from .distances import task_distances
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -140,9 +141,7 @@ def _closest_share(result, arch: str) -> dict:
 
 
 def _summary(config, result, report, timings, argv) -> dict:
-    import torch
-
-    from .. import __version__
+    from .. import __version__  # fisherx/__init__ imports this module: read it at call time
 
     fuse_res, rnd = report.result, report.comparisons["random"]
     return {

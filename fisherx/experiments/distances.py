@@ -22,6 +22,7 @@ import numpy as np
 from .. import _validate
 from .. import distributed as _fxd
 from ..distance import METRICS, distance_column
+from ..fisher import FisherDiag, fisher_diag
 from ..io.cache import Cache
 from ..models.training import EpsilonWarning, default_device, seeded, train
 from ..tasks import Task, TaskData
@@ -278,8 +279,6 @@ class _Run:
     # -- step 2: the Fisher columns ----------------------------------------------------------------------------
     def fisher(self, model, model_cfg: dict, seed: int, j: int):
         """The diagonal Fisher of ``model`` on task j's test data (or read from the cache)."""
-        from ..fisher import fisher_diag  # the Fisher engine; imported here so the rest of fisherx loads without it
-
         st = self.s
         cfg = {"model": model_cfg, "target_task": self.tasks[j].config(), "target_data": self.fingerprints[j],
                "fisher": self.fisher_cfg}
@@ -421,8 +420,6 @@ def _fisher_entry(fisher) -> dict:
 
 
 def _fisher_from_entry(entry: dict):
-    from ..fisher import FisherDiag
-
     names = entry["names"]
     reps = dict(zip(names, entry["replicates"], strict=True)) if "replicates" in entry else None
     return FisherDiag(dict(zip(names, entry["values"], strict=True)), entry["n_samples"], entry["meta"],

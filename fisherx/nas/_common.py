@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
+from ..models.training import default_device, seeded, train
 
 
 def resolve_data(task: Any, data_dir=None):
@@ -98,7 +99,6 @@ def search_inputs(task: Any, data_dir, device):
 
 
 def pick_device(device) -> torch.device:
-    from ..models.training import default_device
 
     return default_device(device)
 
@@ -119,7 +119,6 @@ def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: f
     :func:`fisherx.models.train` (Adam, best-validation-epoch weights kept), then record its test accuracy once.
     Returns (report, trained network); the report has test and validation accuracy, parameters and time.
     ``checkpoint``: a file for :func:`fisherx.models.train`'s per-epoch checkpoints (resume after a kill)."""
-    from ..models.training import seeded, train
 
     in_channels, num_classes = shape_of(data)
     with seeded(seed, device):

@@ -17,7 +17,7 @@ import contextlib
 import resource
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

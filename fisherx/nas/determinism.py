@@ -25,7 +25,7 @@ import random
 import re
 import sys
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

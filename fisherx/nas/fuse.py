@@ -31,8 +31,9 @@ Choices and why:
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,10 +41,20 @@ from torch.nn import functional as F
 
 from ..io import save_tree
 from ..models.training import seeded
+from ._common import (
+    SearchFiles,
+    accuracy,
+    batches,
+    check_positive_ints,
+    data_fingerprint,
+    device_name,
+    final_training,
+    logits_of,
+    search_inputs,
+    show_progress,
+)
 from .cost import CostMeter
 from .determinism import check_environment, environment, reproducible, rng_state, set_rng_state
-from ._common import (SearchFiles, accuracy, batches, check_positive_ints, data_fingerprint, device_name,
-                      final_training, logits_of, search_inputs, show_progress)
 from .genotype import Genotype
 from .space import SearchSpace
 
@@ -128,7 +139,7 @@ class FuseResult:
                 "history": self.history, "space": self.space.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FuseResult":
+    def from_dict(cls, d: dict) -> FuseResult:
         return cls(Genotype.from_dict(d["genotype"]), d["test_accuracy"], d["val_accuracy"], d["params"],
                    d["cost"], d["history"], SearchSpace.from_dict(d["space"]), d.get("method", "fuse"))
 

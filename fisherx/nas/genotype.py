@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..io import atomic_write_text
 from . import ops as _ops
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -169,8 +170,6 @@ class Genotype:
     def save(self, path, space: SearchSpace | None = None) -> Any:
         """Write the JSON form (with ``space``, see :meth:`to_dict`) atomically (a reader sees the old file or the
         new one)."""
-        from ..io import atomic_write_text
-
         return atomic_write_text(path, self.to_json(indent=1, space=space) + "\n")
 
     @classmethod

@@ -15,12 +15,33 @@ from typing import Any
 import torch
 
 from ..models.training import seeded
-from ._common import (SearchFiles, accuracy, check_positive_ints, data_fingerprint, logits_of, search_inputs,
-                      show_progress)
+from ._common import (
+    SearchFiles,
+    accuracy,
+    check_positive_ints,
+    data_fingerprint,
+    logits_of,
+    search_inputs,
+    show_progress,
+)
 from .cost import CostMeter
 from .determinism import reproducible
-from .fuse import (Checkpointer, FuseResult, FuseRound, _distinct_candidates, _final, _new_seed, _save_winner,
-                   load_round_state, new_position, resume_run, round_state, run_state, search_cost, train_epochs)
+from .fuse import (
+    Checkpointer,
+    FuseResult,
+    FuseRound,
+    _distinct_candidates,
+    _final,
+    _new_seed,
+    _save_winner,
+    load_round_state,
+    new_position,
+    resume_run,
+    round_state,
+    run_state,
+    search_cost,
+    train_epochs,
+)
 from .genotype import Genotype
 from .space import SearchSpace
 

@@ -48,11 +48,10 @@ def retrain(genotype: Genotype | str | Path, task: Any, *, epochs: int, space: S
     device = pick_device(device)
     out = Path(out_dir) if out_dir is not None else None
     meter = CostMeter(device)
-    with reproducible(seed, device, deterministic=deterministic) as nondet:
-        with meter.stage("final_training"):
-            report, net = final_training(space, genotype, data, epochs=epochs, batch_size=batch_size, lr=lr,
-                                         seed=seed, device=device,
-                                         checkpoint=out / "retrain_checkpoint.fx" if out is not None else None)
+    with reproducible(seed, device, deterministic=deterministic) as nondet, meter.stage("final_training"):
+        report, net = final_training(space, genotype, data, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     seed=seed, device=device,
+                                     checkpoint=out / "retrain_checkpoint.fx" if out is not None else None)
     t = getattr(data, "task", None) or task
     stages = meter.to_dict()["stages"]
     result = {"format": RESULT_FORMAT, "version": RESULT_VERSION, "source": source,
