@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_map
 
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
@@ -104,24 +105,20 @@ def _batch_size(x) -> int:
     return leaves[0].shape[0]
 
 
+def _map(fn, x):
+    """``fn`` applied to every tensor of a batch (tensor, tuple, list, dict, namedtuple, nested); a Mapping type that
+    pytree does not know (a tokenizer's batch, say) is taken as a dict, so its tensors are reached too."""
+    if isinstance(x, Mapping) and type(x) not in SUPPORTED_NODES:
+        x = dict(x)
+    return tree_map(lambda t: fn(t) if isinstance(t, torch.Tensor) else t, x)
+
+
 def _move(x, device: torch.device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, Mapping):
-        return {k: _move(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_move(v, device) for v in x)
-    return x
+    return _map(lambda t: t.to(device, non_blocking=True), x)
 
 
 def _slice(x, s: slice):
-    if isinstance(x, torch.Tensor):
-        return x[s]
-    if isinstance(x, Mapping):
-        return {k: _slice(v, s) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_slice(v, s) for v in x)
-    return x
+    return _map(lambda t: t[s], x)
 
 
 def _call(model: nn.Module, x):
@@ -224,6 +221,7 @@ class _Plan:
         self.tied: dict[str, list[tuple[nn.Module, int, str]]] = {}  # full name → [(module, call, relative name)]
         self.external: list[str] = []
         self.unused: list[str] = []
+        rule_of = {}  # find_rule once per module
         for name, p in selected.items():
             sites = rec.uses.get(name, [])
             # A use inside a call that itself uses the parameter is already part of that call's vjp: keep the
@@ -240,7 +238,9 @@ class _Plan:
             elif len(sites) == 1 and counts[sites[0][0]] == 1 and sites[0][0] is not None:
                 mod = sites[0][0]
                 own = next((k for k, q in mod._parameters.items() if q is p), None)
-                if own is not None and find_rule(mod) is not None:
+                if mod not in rule_of:
+                    rule_of[mod] = find_rule(mod)
+                if own is not None and rule_of[mod] is not None:
                     self.rule.setdefault(mod, {})[own] = name
                 else:
                     self.fallback.setdefault(mod, {})[rel[0]] = name
@@ -248,6 +248,21 @@ class _Plan:
                 self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
         for mod in self.fallback:
             warn_once(mod)
+        # The rule of every hooked module, looked up once here (the capture asks for it at every call).
+        self.rules: dict[nn.Module, Callable | None] = {
+            m: rule_of[m] if m in rule_of else find_rule(m) for m in self.hooked()}
+
+    def relabel(self, f: Callable) -> _Plan:
+        """A copy with every module ``m`` replaced by ``f(m)``: module names for the plan cache (which must not keep
+        the model alive), and the modules again on a cache hit."""
+        new = object.__new__(_Plan)
+        new.calls = {f(m): c for m, c in self.calls.items()}
+        new.rule = {f(m): d for m, d in self.rule.items()}
+        new.fallback = {f(m): d for m, d in self.fallback.items()}
+        new.tied = {n: [(f(m), c, r) for m, c, r in sites] for n, sites in self.tied.items()}
+        new.rules = {f(m): r for m, r in self.rules.items()}
+        new.external, new.unused = self.external, self.unused
+        return new
 
     def hooked(self) -> list[nn.Module]:
         mods = list(self.rule) + [m for m in self.fallback if m not in self.rule]
@@ -256,6 +271,40 @@ class _Plan:
                 if m not in mods:
                     mods.append(m)
         return mods
+
+
+# The plan of the last call per model, keyed on everything it was derived from (see _plan_key), with module names in
+# place of modules so that the cache holds no reference to the model.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _CallsChanged(RuntimeError):
+    """A layer ran a different number of times than in the batch the plan was made from."""
+
+
+def _plan_key(model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int, flags: tuple) -> tuple:
+    """What a plan depends on: the module tree and parameter objects, the selected names, the input's structure,
+    per-sample shapes, dtypes and devices (plain Python values in it by value), and the training flags."""
+    leaves, spec = tree_flatten(x)
+    sig = tuple((tuple(t.shape[1:]) if t.dim() and t.shape[0] == batch else ("whole", tuple(t.shape)), t.dtype,
+                 t.device) if isinstance(t, torch.Tensor)
+                else t if isinstance(t, (int, float, str, bool, type(None))) else type(t) for t in leaves)
+    mods = tuple((n, id(m), type(m)) for n, m in model.named_modules(remove_duplicate=False))
+    params = tuple((n, id(p)) for n, p in model.named_parameters(remove_duplicate=False))
+    return mods, params, tuple(selected), str(spec), sig, min(batch, _PROBE + 1), flags
+
+
+def _plan_for(model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int, flags: tuple,
+              fresh: bool = False) -> tuple[_Plan, bool]:
+    """(plan, whether it came from the cache): the cached plan when nothing it depends on changed, else a new probe."""
+    key = _plan_key(model, selected, x, batch, flags)
+    hit = None if fresh else _PLANS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1].relabel(dict(model.named_modules()).__getitem__), True
+    plan = _Plan(model, selected, x, batch)
+    names = {m: n for n, m in model.named_modules()}
+    _PLANS[model] = (key, plan.relabel(names.__getitem__))
+    return plan, False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,13 +334,7 @@ class _Tap(torch.autograd.Function):
 
 
 def _detach(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_detach(v) for v in x)
-    if isinstance(x, Mapping):
-        return {k: _detach(v) for k, v in x.items()}
-    return x
+    return _map(torch.Tensor.detach, x)
 
 
 def _versions(acts) -> list:
@@ -351,7 +394,7 @@ class _Engine:
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
         # returns a view of a 2-D product), so views are cloned.
-        inplace = single and find_rule(mod) is not None and out._base is None
+        inplace = single and self.plan.rules.get(mod) is not None and out._base is None
         tapped = _Tap.apply(self.anchor, handler, inplace, *[outs[i] for i in pos])
         if single:
             return tapped[0]
@@ -368,7 +411,7 @@ class _Engine:
     def _on_backward(self, mod, call, acts, g):
         names = self.plan.rule.get(mod)
         if names:
-            rule = find_rule(mod)
+            rule = self.plan.rules[mod]
             if self.weights is None:
                 res = rule(mod, acts, g)
             elif supports_weights(rule):
@@ -425,13 +468,7 @@ def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine
 
 
 def _unsq(x):
-    if isinstance(x, torch.Tensor):
-        return x.unsqueeze(0)
-    if isinstance(x, Mapping):
-        return {k: _unsq(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_unsq(v) for v in x)
-    return x
+    return _map(lambda t: t.unsqueeze(0), x)
 
 
 def _call_functional(model, params, x, functional_call):
@@ -565,6 +602,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
 
     combine = fxd.is_distributed() if distributed is None else bool(distributed) and fxd.is_distributed()
     flags = {m: m.training for m in model.modules()}
+    training = tuple(flags.values())
     model.eval()
     lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
     acc = {n: torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for n, p in selected.items()}
@@ -587,15 +625,28 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             if b == 0:
                 continue
             x, y = _move(x, dev), _move(y, dev)
-            if engine is None:
-                plan = _Plan(model, selected, x, b)
+            first = engine is None
+            if first:
+                plan, cached = _plan_for(model, selected, x, b, training)
                 engine = _Engine(model, plan, acc, selected)
             if bootstrap:
                 w = poisson_weights(seed, n_seen, b, bootstrap)
-                wsum += w.sum(1)
                 dt = next(iter(selected.values())).dtype
                 engine.weights = torch.cat([torch.ones(1, b, dtype=torch.float64), w]).to(device=dev, dtype=dt)
-            _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
+            try:
+                _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
+            except _CallsChanged:
+                if not (first and cached):
+                    raise
+                # The cached plan no longer describes the forward (it depends on state the key cannot see): probe
+                # again. Nothing was accumulated: the check runs before the backward.
+                engine.close()
+                plan, _ = _plan_for(model, selected, x, b, training, fresh=True)
+                weights, engine = engine.weights, _Engine(model, plan, acc, selected)
+                engine.weights = weights
+                _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
+            if bootstrap:
+                wsum += w.sum(1)
             n_seen += b
             bar.update(b)
             if max_samples is not None and n_seen >= max_samples:
@@ -657,7 +708,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
             raise ValueError(f"the model's output has {out.shape[0]} rows for a batch of {b} samples")
         for mod, n in engine.calls.items():
             if plan.calls.get(mod, 0) != n:
-                raise RuntimeError(f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
+                raise _CallsChanged(f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
                                    "times in the first batch; fisher_diag needs the same layer calls for every batch")
         engine.scale = 1.0 / draws
         for d in range(draws):
