@@ -344,3 +344,33 @@ def _bn_eval(m: nn.Module) -> nn.Module:
                 mod.weight.copy_(1 + 0.1 * torch.randn(mod.weight.shape, generator=g))
                 mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
     return m.eval()
+
+
+class SharedLayers(nn.Module):
+    """Tied uses of every kind the closed form takes: a Linear applied ``k`` times (2-D or sequence input), a Conv2d
+    applied twice, an Embedding looked up twice (padding_idx, scale_grad_by_freq) and tied to the output layer."""
+
+    def __init__(self, kind: str, k: int = 2):
+        super().__init__()
+        self.kind, self.k = kind, k
+        if kind == "conv":
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.head = nn.Linear(3, 7)
+            return
+        self.lin = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 7)
+        if kind.startswith("emb"):
+            self.emb = nn.Embedding(7, 6, padding_idx=1, scale_grad_by_freq=kind == "emb-freq")
+            self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        if self.kind == "conv":
+            h = self.conv(torch.tanh(self.conv(x)))
+            return self.head(h.mean((2, 3)))
+        if self.kind.startswith("emb"):
+            h = self.emb(x) + 0.5 * self.emb(x.flip(1))  # two lookups, plus the output projection: three uses
+            return self.out(torch.tanh(self.lin(h))).mean(1)
+        h = x
+        for _ in range(self.k):
+            h = torch.tanh(self.lin(h))
+        return self.out(h if h.dim() == 2 else h.mean(1))

@@ -13,8 +13,8 @@ from torch import nn
 
 import fisherx
 from fisherx.fisher.rules import fallback as fallback_mod
-from fisher_models import (Attention, Bilinear2, FunctionalUse, Residual, TiedLM, TransformerBlock, TwiceApplied, WithUnknown,
-                           naive_fisher)
+from fisher_models import (Attention, Bilinear2, FunctionalUse, Residual, SharedLayers, TiedLM, TransformerBlock,
+                           TwiceApplied, WithUnknown, naive_fisher)
 
 B = 7  # odd on purpose
 
@@ -91,6 +91,16 @@ CASES = [
      lambda dt: (torch.randint(0, 5, (B, 4)), torch.randint(0, 4, (B,))), "cross_entropy"),
     ("tied-weights", TiedLM, _tokens(7, 6, 7), "cross_entropy"),
     ("module-called-twice", TwiceApplied, _vec(6, 3), "cross_entropy"),
+    ("linear-applied-4x", lambda: SharedLayers("lin", 4), _vec(6, 7), "cross_entropy"),
+    ("linear-seq-applied-3x", lambda: SharedLayers("lin", 3),
+     lambda dt: (torch.randn(B, 4, 6, dtype=dt), torch.randint(0, 7, (B,))), "cross_entropy"),
+    ("conv-applied-twice", lambda: SharedLayers("conv"), _img(3, 5, 4), "cross_entropy"),
+    ("embedding-twice-tied-padding", lambda: SharedLayers("emb"), lambda dt: (torch.randint(0, 7, (B, 5)),
+                                                                               torch.randint(0, 7, (B,))),
+     "cross_entropy"),
+    ("embedding-twice-tied-freq", lambda: SharedLayers("emb-freq"), lambda dt: (torch.randint(0, 7, (B, 5)),
+                                                                                 torch.randint(0, 7, (B,))),
+     "cross_entropy"),
     ("functional-use", FunctionalUse, _tokens(6, 4, 6), "cross_entropy"),
     ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
     ("multihead-attention-fallback", Attention,
@@ -222,3 +232,25 @@ def test_conv_rule_without_compiled_kernels(case, monkeypatch):
     f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
     for pname, r in naive_fisher(model, x, y, loss).items():
         assert (f[pname] - r).norm() <= 1e-10 * r.norm(), pname
+
+
+TIED = ["tied-weights", "module-called-twice", "linear-applied-4x", "linear-seq-applied-3x", "conv-applied-twice",
+        "embedding-twice-tied-padding", "embedding-twice-tied-freq"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in TIED], ids=lambda c: c[0])
+def test_tied_uses_take_the_closed_form(case, monkeypatch):
+    # Tied weights of Linear, Conv and Embedding layers never materialise per-sample gradients.
+    from fisherx.fisher import engine
+
+    def forbidden(*a, **k):
+        raise AssertionError("per-sample gradients materialised for a tied weight")
+
+    monkeypatch.setattr(engine, "per_sample_grads", forbidden)
+    name, build, inputs, loss = case
+    torch.manual_seed(3)
+    x, y = inputs(torch.float64)
+    model = build().double().eval()
+    f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
+    assert f.n_samples == B
+    assert engine._PLANS[model][1].tied, "the case has a tied parameter"

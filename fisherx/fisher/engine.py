@@ -32,6 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_map
 
+from .. import _ops
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
 from .rules import Activations, batch_sum, fallback, find_rule, supports_weights
@@ -431,20 +432,118 @@ class _Engine:
             self.tied_uses[(mod, call)] = (acts, g)
 
     def finish_tied(self, batch: int):
-        """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter, a chunk of samples at a time."""
+        """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter: in closed form where every use's layer gives its
+        per-sample gradient as factors (:func:`_tied_closed_form`), else from per-sample gradients, a chunk of
+        samples at a time."""
         for full, sites in self.plan.tied.items():
+            uses = [(m, rel, *self.tied_uses[(m, c)]) for m, c, rel in sites if (m, c) in self.tied_uses]
+            if not uses:  # no use reached the loss: no gradient
+                continue
+            if self._tied_closed_form(full, uses, batch):
+                continue
             p = self.acc_param[full]
             step = chunk_size({full: p})
             for s in range(0, batch, step):
                 e = min(batch, s + step)
                 tot = torch.zeros((e - s, *p.shape), dtype=p.dtype, device=p.device)
-                for m, c, rel in sites:
-                    if (m, c) not in self.tied_uses:  # that use did not reach the loss: no gradient from it
-                        continue
-                    acts, g = self.tied_uses[(m, c)]
+                for m, rel, acts, g in uses:
                     tot += per_sample_grads(m, acts, g, {rel: p}, s, e)[rel]
                 self._add(full, batch_sum(tot.square(), None if self.weights is None else self.weights[:, s:e]))
         self.tied_uses.clear()
+
+    def _tied_closed_form(self, full: str, uses: list, batch: int) -> bool:
+        """Accumulate Σ_i (Σ_u ∂ℓ_i/∂θ|_u)² with no per-sample gradient in memory, when every use's rule gives
+        ``factors`` (the rules of Linear, Conv and Embedding do); False (nothing added) otherwise.
+
+        Dense uses ∂ℓ_i/∂θ|_u = Σ_t G_uit A_uitᵀ concatenate along t: Σ_i (Σ_u Σ_t G A)² is one squared-GEMM sum
+        (:func:`fisherx._ops.sqgrad_gemm`), or for 2-D inputs Σ_{u,v} (G_u∘G_v)ᵀ(A_u∘A_v) as plain GEMMs. Sparse
+        uses (Embedding rows S_i at the tokens of sample i) add Σ_i Σ_{v ∈ sample i} (2 D_iv∘S_iv + S_iv²) with
+        D_iv the dense per-sample gradient's row v, read off at those rows only. Biases: Σ_i (Σ_u s_ui)²."""
+        rule_of = self.plan.rules
+        if any(getattr(rule_of.get(m), "factors", None) is None for m, *_ in uses):
+            return False
+        p = self.acc_param[full]
+        per_sample = sum((g.numel() + acts[0].numel() * math.prod(getattr(m, "kernel_size", (1,)))) // batch
+                         for m, _, acts, g in uses)
+        step = max(1, chunk_size({full: p}) * p.numel() // max(1, per_sample))
+        for s in range(0, batch, step):
+            sl = slice(s, min(batch, s + step))
+            fs = [rule_of[m].factors(m, acts[0][sl], g[sl], rel) for m, rel, acts, g in uses]
+            w = None if self.weights is None else self.weights[:, sl]
+            value = _combine_factors(fs, w)
+            if value is None:
+                if s:  # pragma: no cover - the factors' kinds depend on the layers only, not on the chunk
+                    raise RuntimeError(f"fisher_diag: tied closed form of {full} failed after the first chunk")
+                return False
+            self._add(full, value.reshape(*w.shape[:1] if w is not None else (), *p.shape))
+        return True
+
+
+def _combine_factors(fs: list, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Σ_i w_i·(Σ_u ∂ℓ_i/∂θ|_u)² from the uses' factors (see _Engine._tied_closed_form); None when they do not
+    combine (unknown layer, mixed kinds or shapes)."""
+    if any(f is None for f in fs):
+        return None
+    kinds = {f[0] for f in fs}
+    if kinds == {"sum"}:
+        tot = fs[0][1]
+        for f in fs[1:]:
+            tot = tot + f[1]
+        return batch_sum(tot.square(), weights)
+    if "sum" in kinds:
+        return None
+    dense = [f for f in fs if f[0] == "outer"]
+    sparse = [f for f in fs if f[0] == "rows"]
+    if len({(f[1].shape[1], f[1].shape[3], f[2].shape[3]) for f in dense}) > 1:
+        return None
+    out = None
+    if dense:
+        if weights is None and len(dense) <= 3 and all(f[1].shape[1:3] == (1, 1) for f in dense):
+            gs, as_ = [f[1][:, 0, 0] for f in dense], [f[2][:, 0, 0] for f in dense]
+            for u in range(len(dense)):
+                for v in range(u, len(dense)):
+                    t = (gs[u] * gs[v]).t() @ (as_[u] * as_[v])
+                    out = t if out is None else out.add_(t, alpha=1.0 if u == v else 2.0)
+            out = out[None]
+        else:
+            cat_g = torch.cat([f[1] for f in dense], dim=2) if len(dense) > 1 else dense[0][1]
+            cat_a = torch.cat([f[2] for f in dense], dim=2) if len(dense) > 1 else dense[0][2]
+            out = _ops.sqgrad_gemm(cat_g, cat_a, weights)
+    if not sparse:
+        return out
+    v = sparse[0][3]
+    if any(f[3] != v or f[2].shape[1] != sparse[0][2].shape[1] for f in sparse) or (
+            dense and (dense[0][1].shape[1] != 1 or dense[0][1].shape[3] != v
+                       or dense[0][2].shape[3] != sparse[0][2].shape[1])):
+        return None
+    key, inv = torch.unique(torch.cat([f[1] for f in sparse]), return_inverse=True)
+    rows = torch.zeros(key.numel(), sparse[0][2].shape[1], dtype=sparse[0][2].dtype, device=key.device)
+    rows.index_add_(0, inv, torch.cat([f[2] for f in sparse]))
+    contrib = rows.square()
+    if dense:
+        contrib.add_(_dense_rows(dense, key, v).mul_(rows), alpha=2.0)
+    from .rules.embedding import scatter_rows
+
+    sq = scatter_rows(contrib, key, v, weights)
+    return sq if out is None else out.reshape(sq.shape).add_(sq)
+
+
+def _dense_rows(dense: list, key: torch.Tensor, v: int) -> torch.Tensor:
+    """Row (key mod v) of sample (key div v)'s dense per-sample gradient Σ_u Σ_t G_uit[v]·A_uit, per key (sorted):
+    the keys of one sample are gathered into a padded (B, keys per sample, T) matrix, one bmm per use."""
+    n = dense[0][1].shape[0]
+    smp, tok = key // v, key % v
+    counts = torch.bincount(smp, minlength=n)
+    rank = torch.arange(key.numel(), device=key.device) - (torch.cumsum(counts, 0) - counts)[smp]
+    width = int(counts.max()) if key.numel() else 0
+    d = None
+    for _, g, a in dense:
+        g3, a3 = g[:, 0], a[:, 0]  # (n, T, V), (n, T, K)
+        sel = torch.zeros(n, width, g3.shape[1], dtype=g3.dtype, device=g3.device)
+        sel[smp, rank] = g3.transpose(1, 2)[smp, tok]
+        part = torch.bmm(sel, a3)[smp, rank]
+        d = part if d is None else d.add_(part)
+    return d
 
 
 def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine: _Engine):

@@ -94,3 +94,19 @@ def _unfolded(layer, x, g, weights=None) -> torch.Tensor:
         w = None if weights is None else weights[:, s:s + chunk]
         acc.add_(_ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer), w))
     return acc
+
+
+def factors(layer: nn.modules.conv._ConvNd, x: torch.Tensor, g: torch.Tensor, name: str):
+    """The per-sample gradient of ``name`` in factored form for the engine's tied closed form: ``("outer", G, U)``
+    with G (B, groups, L, O/groups) the output gradients, U (B, groups, L, C/groups·k) the im2col of ``x``, so
+    ∂ℓ_i/∂W = Σ_l G_il U_ilᵀ per group; ``("sum", S)`` with S (B, O) for the bias."""
+    b, groups = x.shape[0], layer.groups
+    if name == "weight":
+        go = g.reshape(b, groups, g.shape[1] // groups, math.prod(g.shape[2:])).transpose(2, 3)
+        return "outer", go, unfold(x, layer)
+    if name == "bias":
+        return "sum", g.reshape(b, g.shape[1], -1).sum(2)
+    return None
+
+
+conv.factors = factors
