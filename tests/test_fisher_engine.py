@@ -219,11 +219,21 @@ def test_batchnorm_in_training_mode_is_switched_to_eval_with_a_warning():
         fisherx.fisher_diag(m2, (x, y), progress=False)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith("conv")], ids=lambda c: c[0])
-def test_conv_rule_without_compiled_kernels(case, monkeypatch):
-    # Devices with no compiled kernel (the ops' "reference" backend) take the unfold path of the conv rule.
-    from fisherx import _ops
-    monkeypatch.setattr(_ops, "_backend", lambda t: "reference")
+CONV_PATHS = {  # (THIN_M, THIN_K, compiled kernels): which of the conv rule's three paths every layer takes
+    "fused-kernel": (0, 0, True),
+    "folded-groups": (1 << 30, 0, True),  # torch's weight-gradient convolution with the batch in the groups
+    "unfold": (0, 0, False),  # devices without compiled kernels
+}
+
+
+@pytest.mark.parametrize("path", list(CONV_PATHS))
+@pytest.mark.parametrize("case", [c for c in CASES if "conv" in c[0] or c[0].startswith("cnn")], ids=lambda c: c[0])
+def test_conv_rule_paths(case, path, monkeypatch):
+    from fisherx.fisher.rules import conv
+    thin_m, thin_k, compiled = CONV_PATHS[path]
+    monkeypatch.setattr(conv, "THIN_M", thin_m)
+    monkeypatch.setattr(conv, "THIN_K", thin_k)
+    monkeypatch.setattr(conv, "compiled_kernels", lambda t: compiled)
     name, build, inputs, loss = case
     torch.manual_seed(5)
     x, y = inputs(torch.float64)
