@@ -2,7 +2,9 @@
 
 With x̂ the normalised input, the per-sample gradients are ∂ℓ_i/∂γ_c = Σ_positions g·x̂ and ∂ℓ_i/∂β_c = Σ_positions g;
 :func:`fisherx._ops.sqgrad_norm` forms x̂ = (x − mean)·rstd on the fly and squares and sums both in one pass.
-Each rule only lays its tensors out as (B, positions, channels) views and supplies mean and rstd (broadcast).
+Each rule only lays its tensors out as (B, positions, channels) views and supplies mean and rstd (broadcast),
+taken from torch's own native_layer_norm / native_group_norm (the statistics the layer used, in one fast pass; a
+var_mean over the same data is 5-15× slower on the CPU).
 """
 from __future__ import annotations
 
@@ -60,8 +62,7 @@ def layer_norm(layer: nn.LayerNorm, activations, backprops, weights=None) -> dic
     """x̂ = (x − mean)/√(var + ε) over the trailing ``normalized_shape`` dims; γ, β of that shape."""
     x, g = activations[0], backprops
     xb = _over_normalized_shape(x, layer.normalized_shape)
-    var, mean = torch.var_mean(xb, dim=2, keepdim=True, unbiased=False)
-    rstd = torch.rsqrt(var + layer.eps)
+    _, mean, rstd = torch.native_layer_norm(xb, xb.shape[2:], None, None, layer.eps)  # (B, positions, 1)
     sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, mean.expand_as(xb), rstd.expand_as(xb), _w(weights, x))
     return _result(layer, sq, layer.normalized_shape)
 
@@ -71,9 +72,9 @@ def group_norm(layer: nn.GroupNorm, activations, backprops, weights=None) -> dic
     """x̂ = (x − mean)/√(var + ε) per sample and group of C/groups channels; γ, β per channel."""
     x, g = activations[0], backprops
     b, c = x.shape[:2]
-    var, mean = torch.var_mean(x.reshape(b, layer.num_groups, -1), dim=2, unbiased=False)
+    _, mean, rstd = torch.native_group_norm(x, None, None, b, c, x[0, 0].numel(), layer.num_groups, layer.eps)
     per = c // layer.num_groups
-    rstd = torch.rsqrt(var + layer.eps).repeat_interleave(per, dim=1)  # (B, C): small
+    rstd = rstd.repeat_interleave(per, dim=1)  # (B, C): small
     mean = mean.repeat_interleave(per, dim=1)
     xb, gb = _to_bpc(x), _to_bpc(g)
     sq = _ops.sqgrad_norm(gb, xb, mean[:, None, :].expand_as(xb), rstd[:, None, :].expand_as(xb), _w(weights, x))
@@ -88,7 +89,7 @@ if hasattr(nn, "RMSNorm"):
         x, g = activations[0], backprops
         xb = _over_normalized_shape(x, layer.normalized_shape)
         eps = layer.eps if layer.eps is not None else torch.finfo(x.dtype).eps
-        rstd = torch.rsqrt(xb.square().mean(dim=2, keepdim=True) + eps)
+        rstd = torch.rsqrt(torch.linalg.vector_norm(xb, dim=2, keepdim=True).square_().div_(xb.shape[2]) + eps)
         sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, torch.zeros((), dtype=x.dtype, device=x.device).expand_as(xb),
                               rstd.expand_as(xb), _w(weights, x))
         return _result(layer, sq, layer.normalized_shape)
