@@ -224,22 +224,25 @@ class Encoder(nn.Module):
 
 
 class ViT(nn.Module):
-    """Patch embedding (a strided Conv2d), learned positions, pre-LN blocks of Linear attention + MLP, LN, head."""
+    """Patch embedding (a strided Conv2d), a class token and learned positions as bare parameters of the model
+    (expanded / added in its forward, as timm does), pre-LN blocks of Linear attention + MLP, LN, head on the
+    class token."""
 
     def __init__(self, d: int, patch: int, image: int, depth: int = 2):
         super().__init__()
         self.patch = nn.Conv2d(3, d, patch, stride=patch)
-        self.pos = nn.Embedding((image // patch) ** 2, d)
+        self.cls = nn.Parameter(0.5 * torch.randn(1, 1, d))
+        self.pos = nn.Parameter(0.5 * torch.randn(1, (image // patch) ** 2 + 1, d))
         self.blocks = nn.ModuleList(_ViTBlock(d) for _ in range(depth))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, 10)
 
     def forward(self, x):
         h = self.patch(x).flatten(2).transpose(1, 2)
-        h = h + self.pos.weight[None]
+        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.pos
         for blk in self.blocks:
             h = blk(h)
-        return self.head(self.ln(h).mean(1))
+        return self.head(self.ln(h)[:, 0])
 
 
 class _ViTBlock(nn.Module):
@@ -374,3 +377,27 @@ class SharedLayers(nn.Module):
         for _ in range(self.k):
             h = torch.tanh(self.lin(h))
         return self.out(h if h.dim() == 2 else h.mean(1))
+
+
+class BroadcastParams(nn.Module):
+    """Bare parameters broadcast over the batch in a forward: a class token (expand + cat), a position table
+    added as (1, T, d) and as (T, d) (no batch dim), a layer scale multiplied in place; and ``mixed``, broadcast
+    once and also used in a matmul (so it must not take the broadcast route)."""
+
+    def __init__(self, d=4, t=3):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, t + 1, d))
+        self.pos2 = nn.Parameter(torch.randn(t + 1, d))
+        self.scale = nn.Parameter(torch.randn(d))
+        self.mixed = nn.Parameter(torch.randn(d, d) / d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.lin(x)], dim=1)
+        h = torch.tanh(h + self.pos) - self.pos2
+        h = self.lin(h)
+        h *= self.scale
+        h = torch.tanh(h * self.mixed[0] + h @ self.mixed)
+        return self.head(h.mean(1))

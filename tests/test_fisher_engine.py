@@ -13,7 +13,7 @@ from torch import nn
 
 import fisherx
 from fisherx.fisher.rules import fallback as fallback_mod
-from fisher_models import (Attention, Bilinear2, FunctionalUse, Residual, SharedLayers, TiedLM, TransformerBlock,
+from fisher_models import (Attention, Bilinear2, BroadcastParams, FunctionalUse, Residual, SharedLayers, TiedLM, TransformerBlock,
                            TwiceApplied, WithUnknown, naive_fisher)
 
 B = 7  # odd on purpose
@@ -102,6 +102,8 @@ CASES = [
                                                                                  torch.randint(0, 7, (B,))),
      "cross_entropy"),
     ("functional-use", FunctionalUse, _tokens(6, 4, 6), "cross_entropy"),
+    ("broadcast-params", BroadcastParams, lambda dt: (torch.randn(B, 3, 4, dtype=dt), torch.randint(0, 3, (B,))),
+     "cross_entropy"),
     ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
     ("multihead-attention-fallback", Attention,
      lambda dt: (torch.randint(0, 9, (B, 4)), torch.randint(0, 3, (B,))), "cross_entropy"),
@@ -264,3 +266,50 @@ def test_tied_uses_take_the_closed_form(case, monkeypatch):
     f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
     assert f.n_samples == B
     assert engine._PLANS[model][1].tied, "the case has a tied parameter"
+
+
+def test_broadcast_parameters_take_the_tap_route():
+    # Class tokens, position tables and layer scales used elementwise in a forward get per-sample gradients from a
+    # tap on their expansion; a parameter also used in a matmul stays on the whole-model route.
+    from fisherx.fisher import engine
+    model = BroadcastParams().double().eval()
+    x, y = torch.randn(B, 3, 4, dtype=torch.float64), torch.randint(0, 3, (B,))
+    fisherx.fisher_diag(model, (x, y), progress=False)
+    plan = engine._PLANS[model][1]
+    assert plan.broadcast == ["cls", "pos", "pos2", "scale"]
+    assert "mixed" in plan.external + list(plan.fallback.get("", {}).values())
+
+
+def test_plan_is_cached_and_invalidated(monkeypatch):
+    # A loop of small calls probes once; a change of input shape, parameter set, parameter object or training
+    # flags probes again, and the results stay exact.
+    from fisherx.fisher import engine
+    probes = []
+    real = engine._Plan.__init__
+
+    def counting(self, *a, **k):
+        probes.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(engine._Plan, "__init__", counting)
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    for _ in range(3):
+        fisherx.fisher_diag(m, (x, y), progress=False)
+    assert len(probes) == 1
+    fisherx.fisher_diag(m, (x[:4], y[:4]), progress=False)  # another batch size: same plan
+    assert len(probes) == 1
+    fisherx.fisher_diag(m, (x[:, None].expand(6, 2, 4), y), loss=lambda o, t: F.cross_entropy(o.mean(1), t,
+                        reduction="none"), progress=False)
+    assert len(probes) == 2, "a new input shape"
+    fisherx.fisher_diag(m, (x, y), params=["2.weight"], progress=False)
+    assert len(probes) == 3, "another parameter set"
+    m[2].weight = nn.Parameter(m[2].weight.detach().clone())
+    f = fisherx.fisher_diag(m, (x, y), progress=False)
+    assert len(probes) == 4, "a new parameter object"
+    m.eval()  # built in training mode
+    fisherx.fisher_diag(m, (x, y), progress=False)
+    assert len(probes) == 5, "other training flags"
+    for k, r in naive_fisher(m, x, y).items():
+        assert (f[k] - r).norm() <= 1e-10 * r.norm()

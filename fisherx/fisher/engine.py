@@ -134,16 +134,42 @@ def _call(model: nn.Module, x):
 # Probe: which module call uses which parameter
 
 
+# Elementwise ops through which a parameter broadcast over the batch (h + pos_embed, x * scale) gets per-sample
+# gradients from a tap on its expansion; in-place ones only with the parameter as the second operand.
+_ELEMENTWISE = {torch.add, torch.sub, torch.mul, torch.Tensor.add, torch.Tensor.sub, torch.Tensor.mul,
+                torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__,
+                torch.Tensor.__mul__, torch.Tensor.__rmul__}
+_INPLACE = {torch.Tensor.__iadd__, torch.Tensor.__isub__, torch.Tensor.__imul__, torch.Tensor.add_,
+            torch.Tensor.sub_, torch.Tensor.mul_}
+
+
+def _broadcast_use(func, args, p: torch.Tensor, out, n: int) -> bool:
+    """Whether this use of ``p`` broadcasts it over a batch of ``n`` (dim 0 of ``out``): ``p.expand(n, ...)``, or an
+    elementwise op of ``p`` (size 1 or absent in dim 0) with a batched tensor."""
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n or p.dim() > out.dim():
+        return False
+    if p.dim() == out.dim() and p.shape[0] != 1:
+        return False
+    if func is torch.Tensor.expand:
+        return args[0] is p
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if len(args) < 2 or len(tensors) != 2 or not any(a is p for a in args[:2]):
+        return False
+    return func in _ELEMENTWISE or (func in _INPLACE and args[1] is p)
+
+
 class _UseRecorder(TorchFunctionMode):
-    def __init__(self, ids: dict[int, str]):
+    def __init__(self, ids: dict[int, str], n: int):
         super().__init__()
-        self.ids = ids
+        self.ids, self.n = ids, n
         self.stack: list[tuple[nn.Module, int]] = []
         self.parents: dict[tuple[nn.Module, int], set] = {}  # module call → the calls it runs inside
         self.uses: dict[str, list[tuple[nn.Module, int]]] = {}
+        self.broadcast: dict[str, bool] = {}  # name → every use so far broadcasts it over the batch
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         for a in tree_flatten((args, kwargs))[0]:
             name = self.ids.get(id(a)) if isinstance(a, torch.Tensor) else None
             if name is not None:
@@ -151,7 +177,8 @@ class _UseRecorder(TorchFunctionMode):
                 lst = self.uses.setdefault(name, [])
                 if site not in lst:
                     lst.append(site)
-        return func(*args, **kwargs)
+                self.broadcast[name] = self.broadcast.get(name, True) and _broadcast_use(func, args, a, out, self.n)
+        return out
 
 
 def _holds(module: nn.Module | None, p: torch.Tensor) -> str | None:
@@ -206,14 +233,17 @@ class _Plan:
 
     def __init__(self, model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int):
         ids = {id(p): n for n, p in selected.items()}
-        rec = _UseRecorder(ids)
         n1 = min(batch, _PROBE)
+        rec = _UseRecorder(ids, n1)
         counts, rows = _probe(model, _slice(x, slice(0, n1)), rec)
+        bcast = dict(rec.broadcast)
         # A module call is batched when the leading size of its outputs follows the batch size: with a second probe
         # on one more sample, a coincidence (a position embedding of length 2, say) cannot pass for a batch dim.
         batched = {site: all(r == n1 for r in rs) for site, rs in rows.items()}
         if batch > n1:
-            _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), None)
+            rec2 = _UseRecorder(ids, n1 + 1)
+            _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), rec2)
+            bcast = {k: v and rec2.broadcast.get(k, False) for k, v in bcast.items()}
             for site, rs in rows2.items():
                 batched[site] = batched.get(site, False) and all(r == n1 + 1 for r in rs)
         self.calls = counts
@@ -222,9 +252,18 @@ class _Plan:
         self.tied: dict[str, list[tuple[nn.Module, int, str]]] = {}  # full name → [(module, call, relative name)]
         self.external: list[str] = []
         self.unused: list[str] = []
+        self.broadcast: list[str] = []
         rule_of = {}  # find_rule once per module
         for name, p in selected.items():
             sites = rec.uses.get(name, [])
+            own_rule = len(sites) == 1 and sites[0][0] is not None and any(
+                q is p for q in sites[0][0]._parameters.values()) and find_rule(sites[0][0]) is not None
+            if bcast.get(name, False) and not own_rule:
+                # Used only broadcast over the batch (a position embedding added in a forward, a class token
+                # expanded), not by a layer with a rule: per-sample gradients from taps on the expanded parameter
+                # (_BroadcastTaps), wherever the use is.
+                self.broadcast.append(name)
+                continue
             # A use inside a call that itself uses the parameter is already part of that call's vjp: keep the
             # outermost using calls only.
             sites = [st for st in sites if not any(o in rec.parents.get(st, ()) for o in sites if o != st)]
@@ -262,7 +301,7 @@ class _Plan:
         new.fallback = {f(m): d for m, d in self.fallback.items()}
         new.tied = {n: [(f(m), c, r) for m, c, r in sites] for n, sites in self.tied.items()}
         new.rules = {f(m): r for m, r in self.rules.items()}
-        new.external, new.unused = self.external, self.unused
+        new.external, new.unused, new.broadcast = self.external, self.unused, self.broadcast
         return new
 
     def hooked(self) -> list[nn.Module]:
@@ -338,6 +377,43 @@ def _detach(x):
     return _map(torch.Tensor.detach, x)
 
 
+class _BroadcastTaps(TorchFunctionMode):
+    """During the capture forward: each broadcast use of a parameter p (see _broadcast_use) gets p expanded to the
+    batch, pe = p.expand(shape), passed through a tap; the tap's gradient row i is ∂ℓ_i/∂pe_i, which summed over the
+    broadcast dims is sample i's gradient of p from that use (B × p's size, like the activation it is added to)."""
+
+    def __init__(self, engine: _Engine, names: list[str]):
+        super().__init__()
+        self.engine = engine
+        self.ids = {id(engine.acc_param[n]): n for n in names}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        hit = [i for i, a in enumerate(args[:2]) if isinstance(a, torch.Tensor) and id(a) in self.ids]
+        if not hit:
+            return func(*args, **kwargs)
+        i = hit[0]
+        p = args[i]
+        if func is torch.Tensor.expand:
+            return self._tap(p, func(*args, **kwargs))
+        shape = torch.broadcast_shapes(*(a.shape for a in args if isinstance(a, torch.Tensor)))
+        new = list(args)
+        new[i] = self._tap(p, p.expand(shape))
+        return func(*new, **kwargs)
+
+    def _tap(self, p: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        name, engine = self.ids[id(p)], self.engine
+
+        def handler(grads):
+            g = grads[0]
+            lead = (1,) * (g.dim() - p.dim()) + tuple(p.shape)  # p aligned right; dim 0 is the batch
+            dims = [d for d in range(1, g.dim()) if lead[d] == 1 and g.shape[d] != 1]
+            per = g.sum(dims, keepdim=True) if dims else g
+            engine.broadcast_grads.setdefault(name, []).append(per.reshape(g.shape[0], *p.shape))
+
+        return _Tap.apply(engine.anchor, handler, False, pe)[0]
+
+
 def _versions(acts) -> list:
     return [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
 
@@ -353,6 +429,8 @@ class _Engine:
         self.capturing = False
         self.calls: dict[nn.Module, int] = {}
         self.tied_uses: dict[tuple[nn.Module, int], tuple] = {}
+        self.broadcast_grads: dict[str, list[torch.Tensor]] = {}  # name → per-sample gradients of each use
+        self.taps = _BroadcastTaps(self, plan.broadcast) if plan.broadcast else None
         self.handles = []
         for m in plan.hooked():
             self.handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
@@ -430,6 +508,13 @@ class _Engine:
                 self._add(full, res[rel])
         if any((mod, call) == (m, c) for sites in self.plan.tied.values() for m, c, _ in sites):
             self.tied_uses[(mod, call)] = (acts, g)
+
+    def finish_broadcast(self):
+        """Σ_i (Σ_uses ∂ℓ_i/∂p|_use)² for the parameters broadcast over the batch, from the taps' per-sample rows."""
+        for name, per in self.broadcast_grads.items():
+            tot = per[0] if len(per) == 1 else torch.stack(per).sum(0)
+            self._add(name, batch_sum(tot.square(), self.weights))
+        self.broadcast_grads.clear()
 
     def finish_tied(self, batch: int):
         """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter: in closed form where every use's layer gives its
@@ -797,7 +882,11 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         engine.capturing = True
         try:
             with torch.enable_grad():
-                out = _call(model, x)
+                if engine.taps is not None:
+                    with engine.taps:
+                        out = _call(model, x)
+                else:
+                    out = _call(model, x)
         finally:
             engine.capturing = False
         if not isinstance(out, torch.Tensor):
@@ -818,14 +907,16 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
                 i = int(bad.nonzero()[0, 0])
                 raise ValueError(f"the loss of batch {k} (samples {start}..{start + b - 1}) is not finite: sample "
                                  f"{start + i} has loss {losses[i].item()}")
-            if engine.handles and losses.requires_grad:
+            if (engine.handles or engine.taps is not None) and losses.requires_grad:
                 torch.autograd.grad(losses.sum(), [engine.anchor], allow_unused=True, retain_graph=d < draws - 1)
             engine.finish_tied(b)
+            engine.finish_broadcast()
             if plan.external:
                 _external(model, plan.external, engine.acc_param, x, yd, loss, b, engine)
     finally:
         engine.anchor = None
         engine.tied_uses.clear()
+        engine.broadcast_grads.clear()
 
 
 def _progress(total, enabled: bool):
