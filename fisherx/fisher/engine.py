@@ -414,8 +414,14 @@ class _BroadcastTaps(TorchFunctionMode):
         return _Tap.apply(engine.anchor, handler, False, pe)[0]
 
 
-def _versions(acts) -> list:
-    return [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
+def _inputs(args: tuple, kwargs: dict) -> tuple[Activations, list]:
+    """The layer's detached inputs and their (tensor, version) pairs, to detect in-place changes before the
+    backward. Plain tensor arguments (every built-in layer) skip the pytree walk: this runs at every layer call."""
+    if not kwargs and all(type(a) is torch.Tensor for a in args):
+        det = tuple(a.detach() for a in args)
+        return Activations(det), [(t, t._version) for t in det]
+    acts = Activations(_detach(tuple(args)), _detach(kwargs))
+    return acts, [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
 
 
 class _Engine:
@@ -457,8 +463,7 @@ class _Engine:
             raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned leading size "
                                f"{[tuple(outs[i].shape[:1]) for i in pos]} for a batch of {self.batch}; its outputs "
                                "must have the batch as dim 0 (it did in the first batch)")
-        acts = Activations(_detach(tuple(args)), _detach(kwargs))
-        versions = _versions(acts)
+        acts, versions = _inputs(args, kwargs)
         n_out = len(outs)
 
         def handler(grads):
@@ -919,6 +924,14 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         engine.broadcast_grads.clear()
 
 
+class _NullBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress(total, enabled: bool):
     try:
         from tqdm.auto import tqdm
@@ -926,11 +939,5 @@ def _progress(total, enabled: bool):
         tqdm = None
     show = enabled and tqdm is not None and sys.stderr.isatty()
     if not show:
-        class _Null:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-        return _Null()
+        return _NullBar()
     return tqdm(total=total, unit="sample", desc="fisher_diag", leave=False)
