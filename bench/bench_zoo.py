@@ -128,7 +128,7 @@ def interleaved(model, x, y, methods, rounds: int) -> dict[str, list[float]]:
 
 def ratios(times: dict[str, list[float]], method: str) -> tuple[float, float]:
     """(median, worst) of the per-round ratios method/plain."""
-    r = [a / b for a, b in zip(times[method], times["plain"])]
+    r = [a / b for a, b in zip(times[method], times["plain"], strict=True)]
     return statistics.median(r), max(r)
 
 
@@ -199,7 +199,8 @@ def measure(name: str, batch: int, rounds: int = ROUNDS, memory: bool = False, p
 def table(rows: list[dict]) -> str:
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} thread, median (worst) of per-round ratios to a "
              "plain forward+backward, interleaved", "",
-             "| model | batch | plain | fisherx | time vs plain (worst) | target | memory growth vs plain | best peer |",
+             "| model | batch | plain | fisherx | time vs plain (worst) | target | memory growth vs plain "
+             "| best peer |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:

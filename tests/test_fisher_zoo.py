@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+from fisher_models import ZOO, naive_fisher
 
 import fisherx
-from fisher_models import ZOO, naive_fisher
 
 N = 5  # samples; odd on purpose
 # Models the engine cannot take yet (their layers' rules are being written on another branch): the failure is
