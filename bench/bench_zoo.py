@@ -187,7 +187,8 @@ def measure(name: str, batch: int, rounds: int = ROUNDS, memory: bool = False, p
                     best = (p, r)
             except Exception as e:
                 row[p] = f"fails ({type(e).__name__})"
-        row["best_peer"] = f"{best[0]} {best[1]:.1f}x" if best else "none runs"
+        fits = any(row[p] != "too big" for p in PEERS)
+        row["best_peer"] = f"{best[0]} {best[1]:.1f}x" if best else "none runs" if fits else "none fits in 1 GiB"
     if memory:
         plain = memory_growth_mb(name, batch, "plain")
         fx = memory_growth_mb(name, batch, "fisherx")

@@ -425,8 +425,9 @@ def _inputs(args: tuple, kwargs: dict) -> tuple[Activations, list]:
 
 
 class _Engine:
-    def __init__(self, model, plan: _Plan, acc: dict[str, torch.Tensor], params: dict[str, torch.Tensor]):
+    def __init__(self, model, plan: _Plan, acc: dict, params: dict[str, torch.Tensor], lead: tuple = ()):
         self.model, self.plan, self.acc, self.acc_param = model, plan, acc, params
+        self.lead = lead  # (1 + R,) with bootstrap replicates
         self.scale = 1.0
         # Bootstrap: (1 + R, B) weights of the current batch, row 0 all ones (the Fisher itself), rows 1..R the
         # Poisson counts; every accumulator then has a leading dim 1 + R. None without bootstrap.
@@ -489,8 +490,18 @@ class _Engine:
             return type(out)(*new)
         return type(out)(new)
 
-    def _add(self, name: str, value: torch.Tensor):
-        self.acc[name].add_(value.to(self.acc[name].dtype), alpha=self.scale)
+    def _add(self, name: str, value: torch.Tensor, own: bool = True):
+        """acc[name] += scale·value. An accumulator starts as None and, when ``own`` (``value`` is a fresh tensor
+        nobody else holds: every built-in rule's result), simply takes the first value: no zero-filled buffer and no
+        pass over it, which is most of the engine's own cost on small batches."""
+        cur = self.acc[name]
+        if cur is None:
+            p = self.acc_param[name]
+            if own and value.dtype == p.dtype and value.shape == (*self.lead, *p.shape) and value.is_contiguous():
+                self.acc[name] = value if self.scale == 1.0 else value.mul_(self.scale)
+                return
+            cur = self.acc[name] = torch.zeros(*self.lead, *p.shape, dtype=p.dtype, device=p.device)
+        cur.add_(value.to(cur.dtype), alpha=self.scale)
 
     def _on_backward(self, mod, call, acts, g):
         names = self.plan.rule.get(mod)
@@ -503,8 +514,9 @@ class _Engine:
             else:  # a user rule without bootstrap support: its parameters' replicates come from the fallback
                 res = fallback_rule(mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()},
                                     weights=self.weights)
+            own = getattr(rule, "__module__", "").startswith(__package__ + ".rules")  # a user rule may keep its result
             for local, full in names.items():
-                self._add(full, res[local])
+                self._add(full, res[local], own)
         names = self.plan.fallback.get(mod)
         if names:
             res = fallback_rule(mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()},
@@ -794,7 +806,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     training = tuple(flags.values())
     model.eval()
     lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
-    acc = {n: torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for n, p in selected.items()}
+    acc: dict = dict.fromkeys(selected)  # filled by the engine (_Engine._add); None: nothing added yet
     wsum = torch.zeros(bootstrap, dtype=torch.float64)  # Σ_i w_ri per replicate
     seed = bootstrap_seed
     if bootstrap and combine:
@@ -817,7 +829,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             first = engine is None
             if first:
                 plan, cached = _plan_for(model, selected, x, b, training)
-                engine = _Engine(model, plan, acc, selected)
+                engine = _Engine(model, plan, acc, selected, lead)
             if bootstrap:
                 w = poisson_weights(seed, n_seen, b, bootstrap)
                 dt = next(iter(selected.values())).dtype
@@ -831,7 +843,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
                 # again. Nothing was accumulated: the check runs before the backward.
                 engine.close()
                 plan, _ = _plan_for(model, selected, x, b, training, fresh=True)
-                weights, engine = engine.weights, _Engine(model, plan, acc, selected)
+                weights, engine = engine.weights, _Engine(model, plan, acc, selected, lead)
                 engine.weights = weights
                 _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
             if bootstrap:
@@ -846,6 +858,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             engine.close()
         for m, t in flags.items():
             m.training = t
+    for n, a in acc.items():  # parameters that got no gradient (unused, or no batch)
+        if a is None:
+            p = selected[n]
+            acc[n] = torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)
     if combine:
         # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
         # (The replicates' weighted sums and weight totals simply add up over the shards.)
@@ -882,7 +898,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
     plan = engine.plan
     engine.calls = {}
     engine.batch = b
-    engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc.values())).device)
+    engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc_param.values())).device)
     try:
         engine.capturing = True
         try:
