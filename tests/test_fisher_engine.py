@@ -313,3 +313,17 @@ def test_plan_is_cached_and_invalidated(monkeypatch):
     assert len(probes) == 5, "other training flags"
     for k, r in naive_fisher(m, x, y).items():
         assert (f[k] - r).norm() <= 1e-10 * r.norm()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (33, 1000), (3, 70000)])
+def test_group_norm_row_stats_match_var_mean(shape, dtype, monkeypatch):
+    from fisherx.fisher.rules import norm
+    monkeypatch.setattr(norm, "STATS_CHUNK", 1000)  # several chunks, a ragged last one
+    torch.manual_seed(6)
+    x = (3 + torch.randn(shape[1], shape[0], dtype=dtype)).t()  # non-contiguous rows, a mean well off zero
+    mean, rstd = norm._row_stats(x, 1e-5)
+    var, ref_mean = torch.var_mean(x.double(), dim=1, unbiased=False)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=tol, atol=tol)
+    torch.testing.assert_close(rstd.double(), torch.rsqrt(var + 1e-5), rtol=tol, atol=tol)
