@@ -327,3 +327,27 @@ def test_group_norm_row_stats_match_var_mean(shape, dtype, monkeypatch):
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(mean.double(), ref_mean, rtol=tol, atol=tol)
     torch.testing.assert_close(rstd.double(), torch.rsqrt(var + 1e-5), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layout", ["bn", "gn", "bn-sliced", "gn-boot"])
+def test_sqgrad_norm_nchw_per_channel_path(layout, dtype):
+    # The CPU kernel's path for NCHW with statistics constant over positions (BatchNorm, GroupNorm): blocks of 64
+    # positions plus a ragged tail, against the float64 reference; also a channel-sliced (non-contiguous) input.
+    from fisherx import _ops
+    from fisherx import _reference as ref
+    from fisherx.fisher.rules.norm import _to_bpc
+    torch.manual_seed(7)
+    b, c, h, w = 3, 5, 11, 13  # 143 positions: two blocks and a tail of 15
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    x, g = r(b, c + 2, h, w)[:, 1:c + 1] if layout == "bn-sliced" else r(b, c, h, w), r(b, c, h, w)
+    xb, gb = _to_bpc(x), _to_bpc(g)
+    if layout.startswith("bn"):
+        mean, rstd = r(c).expand_as(xb), r(c).abs().add(0.1).expand_as(xb)
+    else:
+        mean, rstd = (3 + r(b, 1, c)).expand_as(xb), r(b, 1, c).abs().add(0.1).expand_as(xb)
+    wts = torch.poisson(torch.ones(4, b, dtype=dtype)) if layout.endswith("boot") else None
+    got = _ops.sqgrad_norm(gb, xb, mean, rstd, wts)
+    want = ref.sqgrad_norm(gb, xb, mean, rstd, wts)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
