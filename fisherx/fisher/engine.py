@@ -761,6 +761,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     They are in ``result.replicates`` (R × the parameters' memory; see docs/fisher.md for each layer's bound).
     Under torch.distributed the rank is mixed into the seed (the shards' sample indices restart at 0).
 
+    The probe's routes are cached per model and reused while the module tree, the parameter objects, the selection,
+    the input's structure and per-sample shapes/dtypes/devices and the training flags stay the same, so a loop of
+    small calls probes once; a forward that then runs its layers a different number of times is probed again.
+
     ``distributed``: ``None`` (default) combines the ranks' shards when a process group of several ranks is
     initialised (every rank must call with its shard); ``False`` keeps this rank's Fisher of its own data, for
     callers that hand different models or tasks to different ranks (as :func:`fisherx.task_distances` does).
