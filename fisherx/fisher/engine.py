@@ -6,8 +6,13 @@ call uses each parameter. Every parameter then gets a route:
 - ``rule``: used once, inside the module that owns it, and that module type has a rule (:mod:`.rules`);
 - ``fallback``: used once, inside one call of a module holding it (itself or an ancestor) with no rule: the
   chunked ``torch.func`` fallback on that module;
-- ``tied``: used in several module calls that all hold it (tied weights, a module applied twice): per-use
-  per-sample gradients are summed per sample before squaring, a chunk of the batch at a time;
+- ``tied``: used in several module calls that all hold it (tied weights, a module applied twice): the uses'
+  per-sample gradients are summed per sample before squaring. Where every use is a Linear, Conv or Embedding
+  (whose rules give their per-sample gradients as factors) this is a closed form with no per-sample gradient in
+  memory (:meth:`_Engine._tied_closed_form`); otherwise per-use per-sample gradients, a chunk of the batch at a time;
+- ``broadcast``: used only broadcast over the batch in elementwise ops or ``expand`` (a class token, a position
+  table added in a forward, a layer scale): the capture expands it to the batch behind a tap, whose gradient row i
+  is sample i's (:class:`_BroadcastTaps`);
 - ``external``: used by code outside any module holding it (e.g. ``h @ self.embed.weight.T`` in a parent's
   forward): per-sample gradients of the whole model by ``torch.func``, chunked (correct, slower).
 
