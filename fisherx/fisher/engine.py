@@ -813,7 +813,8 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     combine = fxd.is_distributed() if distributed is None else bool(distributed) and fxd.is_distributed()
     flags = {m: m.training for m in model.modules()}
     training = tuple(flags.values())
-    model.eval()
+    if any(training):
+        model.eval()
     lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
     acc: dict = dict.fromkeys(selected)  # filled by the engine (_Engine._add); None: nothing added yet
     wsum = torch.zeros(bootstrap, dtype=torch.float64)  # Σ_i w_ri per replicate
@@ -866,7 +867,8 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         if engine is not None:
             engine.close()
         for m, t in flags.items():
-            m.training = t
+            if m.training != t:  # nn.Module.__setattr__ is slow: touch only what eval() changed
+                m.training = t
     for n, a in acc.items():  # parameters that got no gradient (unused, or no batch)
         if a is None:
             p = selected[n]
