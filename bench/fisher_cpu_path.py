@@ -42,3 +42,24 @@ for (c, hw, stride) in [(32, 32, 1), (32, 32, 2), (64, 16, 2), (128, 8, 1)]:
     err = ((k.reshape(-1) - f.reshape(-1)).norm() / f.norm()).item()
     print(f"depthwise {c:>3} {hw:>2}x{hw:<2} stride {stride}  kernel {tk*1e3:7.1f} ms   folded {tf*1e3:7.1f} ms   "
           f"plain weight grad {tp*1e3:7.1f} ms  (rel diff {err:.1e})", flush=True)
+
+# Stems with few input channels (K = C·k² of 9 or 27): the fused kernel vs plain's weight gradient of the batch.
+for (cin, cout, hw) in [(1, 32, 28), (3, 32, 32), (3, 64, 32)]:
+    x = torch.randn(B, cin, hw, hw); g = torch.randn(B, cout, hw, hw)
+    t = time.perf_counter(); _ops.sqgrad_conv(g, x, [3, 3], [1, 1], [1, 1], [1, 1], 1); tk = time.perf_counter() - t
+    t = time.perf_counter(); torch.nn.grad.conv2d_weight(x, (cout, cin, 3, 3), g, 1, 1, 1, 1); tp = time.perf_counter() - t
+    print(f"stem conv {cin}->{cout:<3} {hw:>2}x{hw:<2}  kernel {tk*1e3:7.1f} ms   plain weight grad {tp*1e3:7.1f} ms", flush=True)
+
+# Norm statistics: torch.var_mean against what the norm rules use (fisherx.fisher.rules.norm).
+from fisherx.fisher.rules.norm import _row_stats
+for name, x, rows in [("GroupNorm 32ch/4 groups 32x32", torch.randn(B, 32, 32, 32), B * 4),
+                      ("LayerNorm (B, 65, 128)", torch.randn(B, 65, 128), B * 65)]:
+    xv = x.reshape(rows, -1)
+    t = time.perf_counter(); torch.var_mean(xv, dim=1, unbiased=False); tv = time.perf_counter() - t
+    t = time.perf_counter()
+    if name.startswith("Group"):
+        _row_stats(xv, 1e-5)
+    else:
+        torch.native_layer_norm(x, [128], None, None, 1e-5)
+    tr = time.perf_counter() - t
+    print(f"{name:<30} var_mean {tv*1e3:7.1f} ms   the rule's {tr*1e3:7.1f} ms", flush=True)
