@@ -351,3 +351,26 @@ def test_sqgrad_norm_nchw_per_channel_path(layout, dtype):
     want = ref.sqgrad_norm(gb, xb, mean, rstd, wts)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-5)
     torch.testing.assert_close(got, want, **tol)
+
+
+class _Switch(nn.Module):
+    """A forward that depends on a plain attribute, which the plan cache's key cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head, self.twice = nn.Linear(4, 4), nn.Linear(4, 3), False
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.head(torch.tanh(self.lin(h)) if self.twice else h)
+
+
+def test_stale_cached_plan_is_probed_again():
+    torch.manual_seed(8)
+    m = _Switch().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    fisherx.fisher_diag(m, (x, y), progress=False)
+    m.twice = True  # lin now runs twice: the cached plan is stale
+    f = fisherx.fisher_diag(m, (x, y), progress=False)
+    for k, r in naive_fisher(m, x, y).items():
+        assert (f[k] - r).norm() <= 1e-10 * r.norm(), k

@@ -433,6 +433,7 @@ class _Engine:
     def __init__(self, model, plan: _Plan, acc: dict, params: dict[str, torch.Tensor], lead: tuple = ()):
         self.model, self.plan, self.acc, self.acc_param = model, plan, acc, params
         self.lead = lead  # (1 + R,) with bootstrap replicates
+        self.cached_plan = False  # the plan came from the cache and has not run a batch yet
         self.scale = 1.0
         # Bootstrap: (1 + R, B) weights of the current batch, row 0 all ones (the Fisher itself), rows 1..R the
         # Poisson counts; every accumulator then has a leading dim 1 + R. None without bootstrap.
@@ -618,21 +619,28 @@ def _combine_factors(fs: list, weights: torch.Tensor | None) -> torch.Tensor | N
             out = _ops.sqgrad_gemm(cat_g, cat_a, weights)
     if not sparse:
         return out
-    v = sparse[0][3]
-    if any(f[3] != v or f[2].shape[1] != sparse[0][2].shape[1] for f in sparse) or (
-            dense and (dense[0][1].shape[1] != 1 or dense[0][1].shape[3] != v
-                       or dense[0][2].shape[3] != sparse[0][2].shape[1])):
+    sq = _sparse_part(dense, sparse, weights)
+    if sq is None:
+        return None
+    return sq if out is None else out.reshape(sq.shape).add_(sq)
+
+
+def _sparse_part(dense: list, sparse: list, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Σ_i w_i Σ_{v ∈ sample i} (2 D_iv∘S_iv + S_iv²) for the Embedding uses' rows S (summed over those uses) and the
+    dense uses' per-sample gradient D at the same rows; None when the shapes do not match."""
+    v, d = sparse[0][3], sparse[0][2].shape[1]
+    if any(f[3] != v or f[2].shape[1] != d for f in sparse) or (
+            dense and (dense[0][1].shape[1] != 1 or dense[0][1].shape[3] != v or dense[0][2].shape[3] != d)):
         return None
     key, inv = torch.unique(torch.cat([f[1] for f in sparse]), return_inverse=True)
-    rows = torch.zeros(key.numel(), sparse[0][2].shape[1], dtype=sparse[0][2].dtype, device=key.device)
+    rows = torch.zeros(key.numel(), d, dtype=sparse[0][2].dtype, device=key.device)
     rows.index_add_(0, inv, torch.cat([f[2] for f in sparse]))
     contrib = rows.square()
     if dense:
         contrib.add_(_dense_rows(dense, key, v).mul_(rows), alpha=2.0)
     from .rules.embedding import scatter_rows
 
-    sq = scatter_rows(contrib, key, v, weights)
-    return sq if out is None else out.reshape(sq.shape).add_(sq)
+    return scatter_rows(contrib, key, v, weights)
 
 
 def _dense_rows(dense: list, key: torch.Tensor, v: int) -> torch.Tensor:
@@ -811,10 +819,8 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     from .. import distributed as fxd
 
     combine = fxd.is_distributed() if distributed is None else bool(distributed) and fxd.is_distributed()
-    flags = {m: m.training for m in model.modules()}
+    flags = _to_eval(model)
     training = tuple(flags.values())
-    if any(training):
-        model.eval()
     lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
     acc: dict = dict.fromkeys(selected)  # filled by the engine (_Engine._add); None: nothing added yet
     wsum = torch.zeros(bootstrap, dtype=torch.float64)  # Σ_i w_ri per replicate
@@ -836,26 +842,14 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             if b == 0:
                 continue
             x, y = _move(x, dev), _move(y, dev)
-            first = engine is None
-            if first:
-                plan, cached = _plan_for(model, selected, x, b, training)
-                engine = _Engine(model, plan, acc, selected, lead)
+            if engine is None:
+                engine = _new_engine(model, selected, acc, lead, training, x, b)
             if bootstrap:
                 w = poisson_weights(seed, n_seen, b, bootstrap)
                 dt = next(iter(selected.values())).dtype
                 engine.weights = torch.cat([torch.ones(1, b, dtype=torch.float64), w]).to(device=dev, dtype=dt)
-            try:
-                _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
-            except _CallsChanged:
-                if not (first and cached):
-                    raise
-                # The cached plan no longer describes the forward (it depends on state the key cannot see): probe
-                # again. Nothing was accumulated: the check runs before the backward.
-                engine.close()
-                plan, _ = _plan_for(model, selected, x, b, training, fresh=True)
-                weights, engine = engine.weights, _Engine(model, plan, acc, selected, lead)
-                engine.weights = weights
-                _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
+            engine = _run_checked(engine, model, selected, acc, lead, training, x, y, b, k, n_seen, loss, kind,
+                                  draws)
             if bootstrap:
                 wsum += w.sum(1)
             n_seen += b
@@ -866,13 +860,8 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         bar.close()
         if engine is not None:
             engine.close()
-        for m, t in flags.items():
-            if m.training != t:  # nn.Module.__setattr__ is slow: touch only what eval() changed
-                m.training = t
-    for n, a in acc.items():  # parameters that got no gradient (unused, or no batch)
-        if a is None:
-            p = selected[n]
-            acc[n] = torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)
+        _restore_flags(flags)
+    _fill_unused(acc, selected, lead)
     if combine:
         # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
         # (The replicates' weighted sums and weight totals simply add up over the shards.)
@@ -903,6 +892,54 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     reps = {n: a[1:] * scale.reshape(-1, *[1] * (a.dim() - 1)).to(a.dtype) for n, a in acc.items()}
     return FisherDiag({n: a[0].div_(n_seen) for n, a in acc.items()}, n_seen, meta, replicates=reps,
                       replicate_weights=wsum)
+
+
+def _to_eval(model: nn.Module) -> dict:
+    """Switch ``model`` to eval mode; return every module's training flag as it was."""
+    flags = {m: m.training for m in model.modules()}
+    if any(flags.values()):
+        model.eval()
+    return flags
+
+
+def _restore_flags(flags: dict) -> None:
+    for m, t in flags.items():
+        if m.training != t:  # nn.Module.__setattr__ is slow: touch only what eval() changed
+            m.training = t
+
+
+def _new_engine(model, selected: dict, acc: dict, lead: tuple, training: tuple, x, b: int) -> _Engine:
+    plan, cached = _plan_for(model, selected, x, b, training)
+    engine = _Engine(model, plan, acc, selected, lead)
+    engine.cached_plan = cached
+    return engine
+
+
+def _run_checked(engine: _Engine, model, selected, acc, lead, training, x, y, b, k, start, loss, kind,
+                 draws) -> _Engine:
+    """_run_batch; if a plan from the cache turns out stale on its first batch (a layer ran a different number of
+    times: the forward depends on state the cache key cannot see), probe again and rerun the batch. Nothing was
+    accumulated by then: the call-count check runs before the backward. Returns the engine in use."""
+    try:
+        _run_batch(engine, model, x, y, b, k, start, loss, kind, draws)
+    except _CallsChanged:
+        if not engine.cached_plan:
+            raise
+        engine.close()
+        plan, _ = _plan_for(model, selected, x, b, training, fresh=True)
+        weights, engine = engine.weights, _Engine(model, plan, acc, selected, lead)
+        engine.weights = weights
+        _run_batch(engine, model, x, y, b, k, start, loss, kind, draws)
+    engine.cached_plan = False
+    return engine
+
+
+def _fill_unused(acc: dict, selected: dict, lead: tuple) -> None:
+    """Zeros for the parameters that got no gradient (unused, or no batch)."""
+    for n, a in acc.items():
+        if a is None:
+            p = selected[n]
+            acc[n] = torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)
 
 
 def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, kind: str, draws: int):
