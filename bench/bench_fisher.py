@@ -1,29 +1,21 @@
-"""The Fisher engine vs plain forward+backward and the peers (pytest-benchmark; not part of the test run).
+"""The Fisher engine on the GPU vs a plain forward+backward (pytest-benchmark; not part of the test run), and the
+models and methods that bench/bench_bootstrap.py shares.
 
-    pytest bench/bench_fisher.py --benchmark-only -p no:cacheprovider        # CPU: the three models below
     pytest bench/bench_fisher.py --benchmark-only -m cuda                    # GPU: VGG-16, ResNet-18 (bench/gpu.sh)
     python bench/bench_fisher.py --model vgg11 --method fisherx              # one measurement, with peak memory
 
-CPU, batch 256, cross-entropy, empirical Fisher (Σ_i of squared per-sample gradients of the batch):
-- ``plain``: one ordinary forward+backward of the batch (the floor: the same arithmetic as a fused pass);
-- ``fisherx``: :func:`fisherx.fisher_diag` on the batch (the whole call: probe, hooks, rules);
-- ``naive``: one backward per sample; ``torch.func``: vmap(grad) in chunks of 64;
-- ``backpack`` (SumGradSquared) and ``opacus`` (grad_sample): only when importable, skipped otherwise.
+The CPU comparison is bench/bench_zoo.py (a model zoo, the methods interleaved A B A B in one process, median and
+worst of the per-round ratios); this file's former CPU table timed each method in its own block of rounds, where
+one noisy block could move a ratio 2x.
 
-``plain`` and ``fisherx`` (every method with FISHERX_BENCH_ALL=1) also run once in a fresh subprocess that reports
-the peak-RSS growth over the warmed-up model (ru_maxrss before and after one call). The markdown table written to
-``$FISHERX_BENCH_TABLE`` (default build/fisher-bench.md) lists samples/s, and time and memory growth as ratios
-to ``plain`` from the same run (the machine is shared, so only ratios within one run mean anything).
-FISHERX_BENCH_THREADS=1 pins torch to one thread (steadier on an oversubscribed machine).
 GPU (VGG-16 and ResNet-18 on 32×32 inputs, batch 128): time ratio vs plain and peak CUDA memory growth.
+FISHERX_BENCH_THREADS=1 pins torch to one thread.
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import pytest
@@ -35,7 +27,6 @@ BATCH = 256
 GPU_BATCH = 128
 if os.environ.get("FISHERX_BENCH_THREADS"):  # e.g. 1 on a shared, oversubscribed machine
     torch.set_num_threads(int(os.environ["FISHERX_BENCH_THREADS"]))
-TABLE = os.environ.get("FISHERX_BENCH_TABLE", "build/fisher-bench.md")  # the ratio table, rewritten after each test
 
 
 # ---- the benchmark models: an MLP, a small CNN and VGG-11 (the peers' comparison models) ------------------------
@@ -220,69 +211,7 @@ def _peak_kb() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _memory_in_subprocess(name: str, method: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--model", name, "--method", method], capture_output=True,
-                         text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
-    return json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_mb"]
-
-
-# ---- pytest-benchmark ----------------------------------------------------------------------------------------------
-RESULTS: dict[tuple[str, str], dict] = {}
-
-
-def _available(method):
-    mod = NEEDS.get(method)
-    if mod is None:
-        return True
-    try:
-        __import__(mod)
-        return True
-    except Exception:
-        return False
-
-
-CPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[] if _available(m) else [pytest.mark.skip(
-    reason=f"{NEEDS[m]} is not installed (pip install --no-deps backpack-for-pytorch opacus)")])
-    for n in ("mlp", "cnn", "vgg11") for m in METHODS]
-
-
-@pytest.mark.parametrize("name,method", CPU_CASES)
-def test_cpu(benchmark, summary, name, method):
-    if method in SLOW and name == "vgg11" and not os.environ.get("FISHERX_BENCH_ALL"):
-        pytest.skip("minutes and up to 11 GB on VGG: set FISHERX_BENCH_ALL=1 (docs/benchmarks.md has the figures)")
-    model, x, y = _setup(name)
-    fn = METHODS[method]
-    fn(model, x[:8], y[:8])
-    _warm_up_custom_ops()
-    rounds = 1 if method in SLOW else 5
-    benchmark.group = f"fisher-cpu-{name}"
-    benchmark.pedantic(fn, args=(model, x, y), rounds=rounds, iterations=1, warmup_rounds=0 if method in SLOW else 1)
-    sec = benchmark.stats.stats.median
-    mem = _memory_in_subprocess(name, method) if method in ("plain", "fisherx") or os.environ.get(
-        "FISHERX_BENCH_ALL") else None
-    RESULTS[(name, method)] = {"seconds": sec, "samples_per_s": BATCH / sec, "rss_growth_mb": mem}
-    benchmark.extra_info.update(RESULTS[(name, method)])
-    summary.add(f"fisher {name} (cpu, batch {BATCH})", "reference" if method == "plain" else method, sec)
-    _write_table()
-
-
-def _write_table():
-    """The ratio table (time and peak-memory growth vs plain fwd+bwd of this run), as markdown, to TABLE."""
-    lines = [f"threads: {torch.get_num_threads()}, batch {BATCH}, torch {torch.__version__}", "",
-             "| model | method | samples/s | time vs plain | peak RSS growth (MB) | growth vs plain |",
-             "|---|---|---|---|---|---|"]
-    for (name, method), r in RESULTS.items():
-        p = RESULTS.get((name, "plain"))
-        ratio = f"{r['seconds'] / p['seconds']:.2f}x" if p else ""
-        mem = f"{r['rss_growth_mb']:.0f}" if r["rss_growth_mb"] is not None else ""
-        mratio = (f"{r['rss_growth_mb'] / max(p['rss_growth_mb'], 1.0):.2f}x"
-                  if p and r["rss_growth_mb"] is not None and p["rss_growth_mb"] is not None else "")
-        lines.append(f"| {name} | {method} | {r['samples_per_s']:.1f} | {ratio} | {mem} | {mratio} |")
-    os.makedirs(os.path.dirname(TABLE) or ".", exist_ok=True)
-    with open(TABLE, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
+# ---- pytest-benchmark (GPU) ------------------------------------------------------------------------------------
 GPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")])
     for n in ("vgg16", "resnet18") for m in ("plain", "fisherx")]

@@ -162,3 +162,242 @@ class Attention(nn.Module):
         h = self.emb(idx)
         a, _ = self.mha(h, h, value=h, need_weights=True)
         return self.head(a.mean(1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model zoo of bench/bench_zoo.py. Each entry builds (model, input of n samples, labels) at a size: "bench"
+# (the benchmark's) or "test" (small, for the float64 exactness test). One definition serves both.
+
+
+def _vgg11(width: float):
+    cfg = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+    layers, c = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            w = max(2, int(v * width))
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True)]
+            c = w
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c, 10))
+
+
+def _depthwise_separable(c: int):
+    def block(cin, cout, stride):
+        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    return nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                         *block(c, 2 * c, 2), *block(2 * c, 4 * c, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4 * c, 10))
+
+
+def _audio(c: int):
+    return nn.Sequential(nn.Conv1d(1, c, 16, stride=4), nn.ReLU(), nn.MaxPool1d(4),
+                         nn.Conv1d(c, 2 * c, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4),
+                         nn.Conv1d(2 * c, 2 * c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(2 * c, 10))
+
+
+def _groupnorm_cnn(c: int):
+    return nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GroupNorm(4, c), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, 10))
+
+
+class Encoder(nn.Module):
+    """Token embedding + learned positions (an Embedding of arange) + nn.TransformerEncoderLayer ×2 + mean-pool head."""
+
+    def __init__(self, vocab: int, d: int, heads: int, t: int, layers: int = 2):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(t, d)
+        self.enc = nn.ModuleList(nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True)
+                                 for _ in range(layers))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, idx):
+        h = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for layer in self.enc:
+            h = layer(h)
+        return self.head(h.mean(1))
+
+
+class ViT(nn.Module):
+    """Patch embedding (a strided Conv2d), a class token and learned positions as bare parameters of the model
+    (expanded / added in its forward, as timm does), pre-LN blocks of Linear attention + MLP, LN, head on the
+    class token."""
+
+    def __init__(self, d: int, patch: int, image: int, depth: int = 2):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls = nn.Parameter(0.5 * torch.randn(1, 1, d))
+        self.pos = nn.Parameter(0.5 * torch.randn(1, (image // patch) ** 2 + 1, d))
+        self.blocks = nn.ModuleList(_ViTBlock(d) for _ in range(depth))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.pos
+        for blk in self.blocks:
+            h = blk(h)
+        return self.head(self.ln(h)[:, 0])
+
+
+class _ViTBlock(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, h):
+        q, k, v = self.qkv(self.ln1(h)).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)
+        h = h + self.proj(att @ v)
+        return h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
+
+
+class Recurrent(nn.Module):
+    """Embedding, an nn.LSTM or nn.GRU (batch_first), a Linear head on the last hidden state."""
+
+    def __init__(self, cell: str, vocab: int, d: int):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(d, d, batch_first=True)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, idx):
+        out, _ = self.rnn(self.emb(idx))
+        return self.head(out[:, -1])
+
+
+class TiedEmbeddingLM(nn.Module):
+    """A language model whose output projection is the token embedding's matrix (logits (B, V, T))."""
+
+    def __init__(self, vocab: int, d: int):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.ln = nn.LayerNorm(d)
+        self.mix = nn.Linear(d, d)
+        self.out = nn.Linear(d, vocab)
+        self.out.weight = self.emb.weight
+
+    def forward(self, idx):
+        return self.out(torch.tanh(self.mix(self.ln(self.emb(idx))))).transpose(1, 2)
+
+
+def _images(c, *s):
+    return lambda n: (torch.randn(n, c, *s), torch.randint(0, 10, (n,)))
+
+
+def _seq(vocab, t, per_token=False):
+    return lambda n: (torch.randint(0, vocab, (n, t)), torch.randint(0, vocab if per_token else 10,
+                                                                    (n, t) if per_token else (n,)))
+
+
+# name -> {size: (builder, input maker n -> (x, y))}
+ZOO = {
+    "mlp": {"bench": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256),
+                                            nn.ReLU(), nn.Linear(256, 10)), _images(1, 28, 28)),
+            "test": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(20, 9), nn.ReLU(), nn.Linear(9, 10)),
+                     _images(1, 4, 5))},
+    "cnn": {"bench": (lambda: nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                            nn.Flatten(), nn.Linear(128, 10)), _images(1, 28, 28)),
+            "test": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                           nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                           nn.Flatten(), nn.Linear(5, 10)), _images(1, 6, 6))},
+    "vgg11": {"bench": (lambda: _vgg11(1.0), _images(3, 32, 32)), "test": (lambda: _vgg11(1 / 32), _images(3, 32, 32))},
+    "resnet18": {"bench": (lambda: _bn_eval(_resnet18(3, 32)), _images(3, 32, 32)),
+                 "test": (lambda: _bn_eval(_resnet18(3, 4)), _images(3, 4, 4))},
+    "depthwise": {"bench": (lambda: _bn_eval(_depthwise_separable(32)), _images(3, 32, 32)),
+                  "test": (lambda: _bn_eval(_depthwise_separable(3)), _images(3, 7, 7))},
+    "audio1d": {"bench": (lambda: _audio(32), lambda n: (torch.randn(n, 1, 4000), torch.randint(0, 10, (n,)))),
+                "test": (lambda: _audio(3), lambda n: (torch.randn(n, 1, 203), torch.randint(0, 10, (n,))))},
+    "groupnorm": {"bench": (lambda: _bn_eval(_groupnorm_cnn(32)), _images(3, 32, 32)),
+                  "test": (lambda: _bn_eval(_groupnorm_cnn(8)), _images(3, 6, 6))},
+    "transformer": {"bench": (lambda: Encoder(1000, 128, 4, 32), _seq(1000, 32)),
+                    "test": (lambda: Encoder(13, 8, 2, 5), _seq(13, 5))},
+    "vit": {"bench": (lambda: ViT(128, 4, 32), _images(3, 32, 32)), "test": (lambda: ViT(8, 2, 6), _images(3, 6, 6))},
+    "lstm": {"bench": (lambda: Recurrent("lstm", 1000, 128), _seq(1000, 32)),
+             "test": (lambda: Recurrent("lstm", 13, 6), _seq(13, 5))},
+    "gru": {"bench": (lambda: Recurrent("gru", 1000, 128), _seq(1000, 32)),
+            "test": (lambda: Recurrent("gru", 13, 6), _seq(13, 5))},
+    "tied_lm": {"bench": (lambda: TiedEmbeddingLM(2000, 128), _seq(2000, 32, per_token=True)),
+                "test": (lambda: TiedEmbeddingLM(11, 6), _seq(11, 5, per_token=True))},
+}
+
+
+def _resnet18(c, image):
+    from fisherx.models import resnet18
+    return resnet18(c, 10, image)
+
+
+def _bn_eval(m: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters (BatchNorm/GroupNorm/LayerNorm), then eval mode."""
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
+            mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+        if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and mod.weight is not None:
+            with torch.no_grad():
+                mod.weight.copy_(1 + 0.1 * torch.randn(mod.weight.shape, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+    return m.eval()
+
+
+class SharedLayers(nn.Module):
+    """Tied uses of every kind the closed form takes: a Linear applied ``k`` times (2-D or sequence input), a Conv2d
+    applied twice, an Embedding looked up twice (padding_idx, scale_grad_by_freq) and tied to the output layer."""
+
+    def __init__(self, kind: str, k: int = 2):
+        super().__init__()
+        self.kind, self.k = kind, k
+        if kind == "conv":
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.head = nn.Linear(3, 7)
+            return
+        self.lin = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 7)
+        if kind.startswith("emb"):
+            self.emb = nn.Embedding(7, 6, padding_idx=1, scale_grad_by_freq=kind == "emb-freq")
+            self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        if self.kind == "conv":
+            h = self.conv(torch.tanh(self.conv(x)))
+            return self.head(h.mean((2, 3)))
+        if self.kind.startswith("emb"):
+            h = self.emb(x) + 0.5 * self.emb(x.flip(1))  # two lookups, plus the output projection: three uses
+            return self.out(torch.tanh(self.lin(h))).mean(1)
+        h = x
+        for _ in range(self.k):
+            h = torch.tanh(self.lin(h))
+        return self.out(h if h.dim() == 2 else h.mean(1))
+
+
+class BroadcastParams(nn.Module):
+    """Bare parameters broadcast over the batch in a forward: a class token (expand + cat), a position table
+    added as (1, T, d) and as (T, d) (no batch dim), a layer scale multiplied in place; and ``mixed``, broadcast
+    once and also used in a matmul (so it must not take the broadcast route)."""
+
+    def __init__(self, d=4, t=3):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, t + 1, d))
+        self.pos2 = nn.Parameter(torch.randn(t + 1, d))
+        self.scale = nn.Parameter(torch.randn(d))
+        self.mixed = nn.Parameter(torch.randn(d, d) / d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.lin(x)], dim=1)
+        h = torch.tanh(h + self.pos) - self.pos2
+        h = self.lin(h)
+        h *= self.scale
+        h = torch.tanh(h * self.mixed[0] + h @ self.mixed)
+        return self.head(h.mean(1))

@@ -13,8 +13,8 @@ from torch import nn
 
 import fisherx
 from fisherx.fisher.rules import fallback as fallback_mod
-from fisher_models import (Attention, Bilinear2, FunctionalUse, Residual, TiedLM, TransformerBlock, TwiceApplied, WithUnknown,
-                           naive_fisher)
+from fisher_models import (Attention, Bilinear2, BroadcastParams, FunctionalUse, Residual, SharedLayers, TiedLM, TransformerBlock,
+                           TwiceApplied, WithUnknown, naive_fisher)
 
 B = 7  # odd on purpose
 
@@ -91,7 +91,19 @@ CASES = [
      lambda dt: (torch.randint(0, 5, (B, 4)), torch.randint(0, 4, (B,))), "cross_entropy"),
     ("tied-weights", TiedLM, _tokens(7, 6, 7), "cross_entropy"),
     ("module-called-twice", TwiceApplied, _vec(6, 3), "cross_entropy"),
+    ("linear-applied-4x", lambda: SharedLayers("lin", 4), _vec(6, 7), "cross_entropy"),
+    ("linear-seq-applied-3x", lambda: SharedLayers("lin", 3),
+     lambda dt: (torch.randn(B, 4, 6, dtype=dt), torch.randint(0, 7, (B,))), "cross_entropy"),
+    ("conv-applied-twice", lambda: SharedLayers("conv"), _img(3, 5, 4), "cross_entropy"),
+    ("embedding-twice-tied-padding", lambda: SharedLayers("emb"), lambda dt: (torch.randint(0, 7, (B, 5)),
+                                                                               torch.randint(0, 7, (B,))),
+     "cross_entropy"),
+    ("embedding-twice-tied-freq", lambda: SharedLayers("emb-freq"), lambda dt: (torch.randint(0, 7, (B, 5)),
+                                                                                 torch.randint(0, 7, (B,))),
+     "cross_entropy"),
     ("functional-use", FunctionalUse, _tokens(6, 4, 6), "cross_entropy"),
+    ("broadcast-params", BroadcastParams, lambda dt: (torch.randn(B, 3, 4, dtype=dt), torch.randint(0, 3, (B,))),
+     "cross_entropy"),
     ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
     ("multihead-attention-fallback", Attention,
      lambda dt: (torch.randint(0, 9, (B, 4)), torch.randint(0, 3, (B,))), "cross_entropy"),
@@ -209,11 +221,21 @@ def test_batchnorm_in_training_mode_is_switched_to_eval_with_a_warning():
         fisherx.fisher_diag(m2, (x, y), progress=False)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith("conv")], ids=lambda c: c[0])
-def test_conv_rule_without_compiled_kernels(case, monkeypatch):
-    # Devices with no compiled kernel (the ops' "reference" backend) take the unfold path of the conv rule.
-    from fisherx import _ops
-    monkeypatch.setattr(_ops, "_backend", lambda t: "reference")
+CONV_PATHS = {  # (THIN_M, THIN_K, compiled kernels): which of the conv rule's three paths every layer takes
+    "fused-kernel": (0, 0, True),
+    "folded-groups": (1 << 30, 0, True),  # torch's weight-gradient convolution with the batch in the groups
+    "unfold": (0, 0, False),  # devices without compiled kernels
+}
+
+
+@pytest.mark.parametrize("path", list(CONV_PATHS))
+@pytest.mark.parametrize("case", [c for c in CASES if "conv" in c[0] or c[0].startswith("cnn")], ids=lambda c: c[0])
+def test_conv_rule_paths(case, path, monkeypatch):
+    from fisherx.fisher.rules import conv
+    thin_m, thin_k, compiled = CONV_PATHS[path]
+    monkeypatch.setattr(conv, "THIN_M", thin_m)
+    monkeypatch.setattr(conv, "THIN_K", thin_k)
+    monkeypatch.setattr(conv, "compiled_kernels", lambda t: compiled)
     name, build, inputs, loss = case
     torch.manual_seed(5)
     x, y = inputs(torch.float64)
@@ -222,3 +244,133 @@ def test_conv_rule_without_compiled_kernels(case, monkeypatch):
     f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
     for pname, r in naive_fisher(model, x, y, loss).items():
         assert (f[pname] - r).norm() <= 1e-10 * r.norm(), pname
+
+
+TIED = ["tied-weights", "module-called-twice", "linear-applied-4x", "linear-seq-applied-3x", "conv-applied-twice",
+        "embedding-twice-tied-padding", "embedding-twice-tied-freq"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in TIED], ids=lambda c: c[0])
+def test_tied_uses_take_the_closed_form(case, monkeypatch):
+    # Tied weights of Linear, Conv and Embedding layers never materialise per-sample gradients.
+    from fisherx.fisher import engine
+
+    def forbidden(*a, **k):
+        raise AssertionError("per-sample gradients materialised for a tied weight")
+
+    monkeypatch.setattr(engine, "per_sample_grads", forbidden)
+    name, build, inputs, loss = case
+    torch.manual_seed(3)
+    x, y = inputs(torch.float64)
+    model = build().double().eval()
+    f = fisherx.fisher_diag(model, (x, y), loss=loss, progress=False)
+    assert f.n_samples == B
+    assert engine._PLANS[model][1].tied, "the case has a tied parameter"
+
+
+def test_broadcast_parameters_take_the_tap_route():
+    # Class tokens, position tables and layer scales used elementwise in a forward get per-sample gradients from a
+    # tap on their expansion; a parameter also used in a matmul stays on the whole-model route.
+    from fisherx.fisher import engine
+    model = BroadcastParams().double().eval()
+    x, y = torch.randn(B, 3, 4, dtype=torch.float64), torch.randint(0, 3, (B,))
+    fisherx.fisher_diag(model, (x, y), progress=False)
+    plan = engine._PLANS[model][1]
+    assert plan.broadcast == ["cls", "pos", "pos2", "scale"]
+    assert "mixed" in plan.external + list(plan.fallback.get("", {}).values())
+
+
+def test_plan_is_cached_and_invalidated(monkeypatch):
+    # A loop of small calls probes once; a change of input shape, parameter set, parameter object or training
+    # flags probes again, and the results stay exact.
+    from fisherx.fisher import engine
+    probes = []
+    real = engine._Plan.__init__
+
+    def counting(self, *a, **k):
+        probes.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(engine._Plan, "__init__", counting)
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    for _ in range(3):
+        fisherx.fisher_diag(m, (x, y), progress=False)
+    assert len(probes) == 1
+    fisherx.fisher_diag(m, (x[:4], y[:4]), progress=False)  # another batch size: same plan
+    assert len(probes) == 1
+    fisherx.fisher_diag(m, (x[:, None].expand(6, 2, 4), y), loss=lambda o, t: F.cross_entropy(o.mean(1), t,
+                        reduction="none"), progress=False)
+    assert len(probes) == 2, "a new input shape"
+    fisherx.fisher_diag(m, (x, y), params=["2.weight"], progress=False)
+    assert len(probes) == 3, "another parameter set"
+    m[2].weight = nn.Parameter(m[2].weight.detach().clone())
+    f = fisherx.fisher_diag(m, (x, y), progress=False)
+    assert len(probes) == 4, "a new parameter object"
+    m.eval()  # built in training mode
+    fisherx.fisher_diag(m, (x, y), progress=False)
+    assert len(probes) == 5, "other training flags"
+    for k, r in naive_fisher(m, x, y).items():
+        assert (f[k] - r).norm() <= 1e-10 * r.norm()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (33, 1000), (3, 70000)])
+def test_group_norm_row_stats_match_var_mean(shape, dtype, monkeypatch):
+    from fisherx.fisher.rules import norm
+    monkeypatch.setattr(norm, "STATS_CHUNK", 1000)  # several chunks, a ragged last one
+    torch.manual_seed(6)
+    x = (3 + torch.randn(shape[1], shape[0], dtype=dtype)).t()  # non-contiguous rows, a mean well off zero
+    mean, rstd = norm._row_stats(x, 1e-5)
+    var, ref_mean = torch.var_mean(x.double(), dim=1, unbiased=False)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=tol, atol=tol)
+    torch.testing.assert_close(rstd.double(), torch.rsqrt(var + 1e-5), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layout", ["bn", "gn", "bn-sliced", "gn-boot"])
+def test_sqgrad_norm_nchw_per_channel_path(layout, dtype):
+    # The CPU kernel's path for NCHW with statistics constant over positions (BatchNorm, GroupNorm): blocks of 64
+    # positions plus a ragged tail, against the float64 reference; also a channel-sliced (non-contiguous) input.
+    from fisherx import _ops
+    from fisherx import _reference as ref
+    from fisherx.fisher.rules.norm import _to_bpc
+    torch.manual_seed(7)
+    b, c, h, w = 3, 5, 11, 13  # 143 positions: two blocks and a tail of 15
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    x, g = r(b, c + 2, h, w)[:, 1:c + 1] if layout == "bn-sliced" else r(b, c, h, w), r(b, c, h, w)
+    xb, gb = _to_bpc(x), _to_bpc(g)
+    if layout.startswith("bn"):
+        mean, rstd = r(c).expand_as(xb), r(c).abs().add(0.1).expand_as(xb)
+    else:
+        mean, rstd = (3 + r(b, 1, c)).expand_as(xb), r(b, 1, c).abs().add(0.1).expand_as(xb)
+    wts = torch.poisson(torch.ones(4, b, dtype=dtype)) if layout.endswith("boot") else None
+    got = _ops.sqgrad_norm(gb, xb, mean, rstd, wts)
+    want = ref.sqgrad_norm(gb, xb, mean, rstd, wts)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+
+
+class _Switch(nn.Module):
+    """A forward that depends on a plain attribute, which the plan cache's key cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head, self.twice = nn.Linear(4, 4), nn.Linear(4, 3), False
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.head(torch.tanh(self.lin(h)) if self.twice else h)
+
+
+def test_stale_cached_plan_is_probed_again():
+    torch.manual_seed(8)
+    m = _Switch().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    fisherx.fisher_diag(m, (x, y), progress=False)
+    m.twice = True  # lin now runs twice: the cached plan is stale
+    f = fisherx.fisher_diag(m, (x, y), progress=False)
+    for k, r in naive_fisher(m, x, y).items():
+        assert (f[k] - r).norm() <= 1e-10 * r.norm(), k

@@ -265,6 +265,44 @@ void pack_g(const Strided4<T>& g, int64_t c, int64_t b0, int64_t nb, int64_t m0,
     }
 }
 
+// *sw = rstd·(Σ_p g[p]·x[p] − mean·Σ_p g[p]), *sb = Σ_p g[p]. Blocks of 64 positions are summed in T with 16
+// independent partial sums (so the loop vectorises), each block's total added in double: the rounding of T sums
+// covers 4 terms at most, the long sum over positions is double as everywhere in this kernel.
+template <typename T>
+__attribute__((always_inline)) inline void dot_and_sum_impl(const T* __restrict g, const T* __restrict x, int64_t P,
+                                                            double mean, double rstd, double* sw, double* sb) {
+  constexpr int W = 16, BLK = 64;
+  double gx = 0.0, gs = 0.0;
+  int64_t p = 0;
+  for (; p + BLK <= P; p += BLK) {
+    T s[W] = {}, t[W] = {};
+    for (int q = 0; q < BLK; q += W)
+      for (int j = 0; j < W; ++j) {
+        s[j] += g[p + q + j] * x[p + q + j];
+        t[j] += g[p + q + j];
+      }
+    for (int j = 0; j < W; ++j) {
+      gx += s[j];
+      gs += t[j];
+    }
+  }
+  for (; p < P; ++p) {
+    gx += static_cast<double>(g[p]) * x[p];
+    gs += g[p];
+  }
+  *sw = rstd * (gx - mean * gs);
+  *sb = gs;
+}
+
+FISHERX_MULTIVERSION void dot_and_sum(const float* g, const float* x, int64_t P, double mean, double rstd, double* sw,
+                                      double* sb) {
+  dot_and_sum_impl(g, x, P, mean, rstd, sw, sb);
+}
+FISHERX_MULTIVERSION void dot_and_sum(const double* g, const double* x, int64_t P, double mean, double rstd,
+                                      double* sw, double* sb) {
+  dot_and_sum_impl(g, x, P, mean, rstd, sw, sb);
+}
+
 }  // namespace
 
 template <typename T, typename PackU>
@@ -363,6 +401,7 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
   std::fill(ws, ws + B * 2 * C, 0.0);
   // The loop with the smaller stride goes inside, so NCHW (channel-strided) and (B, T, D) layouts both stream.
   const bool c_inner = g.stride[2] <= g.stride[1];
+  const bool per_channel_stats = mean.stride[1] == 0 && rstd.stride[1] == 0;
 #pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads)) if (B > 1)
   for (int64_t b = 0; b < B; ++b) {
     double* sw = ws + b * 2 * C;
@@ -374,6 +413,11 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
           sw[c] += gv * (static_cast<double>(x.at(b, p, c)) - mean.at(b, p, c)) * rstd.at(b, p, c);
           sb[c] += gv;
         }
+    } else if (per_channel_stats && g.stride[1] == 1 && x.stride[1] == 1) {
+      // BatchNorm / GroupNorm on NCHW: mean and rstd constant over the positions of a (sample, channel), the
+      // positions contiguous. Σ_p g·(x − mean)·rstd = rstd·(Σ_p g·x − mean·Σ_p g): two streams, no index arithmetic.
+      for (int64_t c = 0; c < C; ++c)
+        dot_and_sum(&g.at(b, 0, c), &x.at(b, 0, c), P, mean.at(b, 0, c), rstd.at(b, 0, c), sw + c, sb + c);
     } else {
       for (int64_t c = 0; c < C; ++c) {
         double s = 0.0, t = 0.0;

@@ -6,8 +6,13 @@ call uses each parameter. Every parameter then gets a route:
 - ``rule``: used once, inside the module that owns it, and that module type has a rule (:mod:`.rules`);
 - ``fallback``: used once, inside one call of a module holding it (itself or an ancestor) with no rule: the
   chunked ``torch.func`` fallback on that module;
-- ``tied``: used in several module calls that all hold it (tied weights, a module applied twice): per-use
-  per-sample gradients are summed per sample before squaring, a chunk of the batch at a time;
+- ``tied``: used in several module calls that all hold it (tied weights, a module applied twice): the uses'
+  per-sample gradients are summed per sample before squaring. Where every use is a Linear, Conv or Embedding
+  (whose rules give their per-sample gradients as factors) this is a closed form with no per-sample gradient in
+  memory (:meth:`_Engine._tied_closed_form`); otherwise per-use per-sample gradients, a chunk of the batch at a time;
+- ``broadcast``: used only broadcast over the batch in elementwise ops or ``expand`` (a class token, a position
+  table added in a forward, a layer scale): the capture expands it to the batch behind a tap, whose gradient row i
+  is sample i's (:class:`_BroadcastTaps`);
 - ``external``: used by code outside any module holding it (e.g. ``h @ self.embed.weight.T`` in a parent's
   forward): per-sample gradients of the whole model by ``torch.func``, chunked (correct, slower).
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -30,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_map, tree_unflatten
 
+from .. import _ops
 from . import inputs as _inputs
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
-from .rules import Activations, batch_sum, fallback, find_rule, supports_weights
+from .rules import RULES, Activations, batch_sum, fallback, find_rule, supports_weights
 from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_external, warn_once
 
 LOSSES = ("cross_entropy", "mse")
@@ -106,24 +113,20 @@ def _batch_size(x) -> int:
     return leaves[0].shape[0]
 
 
+def _map(fn, x):
+    """``fn`` applied to every tensor of a batch (tensor, tuple, list, dict, namedtuple, nested); a Mapping type that
+    pytree does not know (a tokenizer's batch, say) is taken as a dict, so its tensors are reached too."""
+    if isinstance(x, Mapping) and type(x) not in SUPPORTED_NODES:
+        x = dict(x)
+    return tree_map(lambda t: fn(t) if isinstance(t, torch.Tensor) else t, x)
+
+
 def _move(x, device: torch.device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, Mapping):
-        return {k: _move(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_move(v, device) for v in x)
-    return x
+    return _map(lambda t: t.to(device, non_blocking=True), x)
 
 
 def _slice(x, s: slice):
-    if isinstance(x, torch.Tensor):
-        return x[s]
-    if isinstance(x, Mapping):
-        return {k: _slice(v, s) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_slice(v, s) for v in x)
-    return x
+    return _map(lambda t: t[s], x)
 
 
 def _call(model: nn.Module, x):
@@ -138,16 +141,42 @@ def _call(model: nn.Module, x):
 # Probe: which module call uses which parameter
 
 
+# Elementwise ops through which a parameter broadcast over the batch (h + pos_embed, x * scale) gets per-sample
+# gradients from a tap on its expansion; in-place ones only with the parameter as the second operand.
+_ELEMENTWISE = {torch.add, torch.sub, torch.mul, torch.Tensor.add, torch.Tensor.sub, torch.Tensor.mul,
+                torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__,
+                torch.Tensor.__mul__, torch.Tensor.__rmul__}
+_INPLACE = {torch.Tensor.__iadd__, torch.Tensor.__isub__, torch.Tensor.__imul__, torch.Tensor.add_,
+            torch.Tensor.sub_, torch.Tensor.mul_}
+
+
+def _broadcast_use(func, args, p: torch.Tensor, out, n: int) -> bool:
+    """Whether this use of ``p`` broadcasts it over a batch of ``n`` (dim 0 of ``out``): ``p.expand(n, ...)``, or an
+    elementwise op of ``p`` (size 1 or absent in dim 0) with a batched tensor."""
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n or p.dim() > out.dim():
+        return False
+    if p.dim() == out.dim() and p.shape[0] != 1:
+        return False
+    if func is torch.Tensor.expand:
+        return args[0] is p
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if len(args) < 2 or len(tensors) != 2 or not any(a is p for a in args[:2]):
+        return False
+    return func in _ELEMENTWISE or (func in _INPLACE and args[1] is p)
+
+
 class _UseRecorder(TorchFunctionMode):
-    def __init__(self, ids: dict[int, str]):
+    def __init__(self, ids: dict[int, str], n: int):
         super().__init__()
-        self.ids = ids
+        self.ids, self.n = ids, n
         self.stack: list[tuple[nn.Module, int]] = []
         self.parents: dict[tuple[nn.Module, int], set] = {}  # module call → the calls it runs inside
         self.uses: dict[str, list[tuple[nn.Module, int]]] = {}
+        self.broadcast: dict[str, bool] = {}  # name → every use so far broadcasts it over the batch
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         for a in tree_flatten((args, kwargs))[0]:
             name = self.ids.get(id(a)) if isinstance(a, torch.Tensor) else None
             if name is not None:
@@ -155,7 +184,8 @@ class _UseRecorder(TorchFunctionMode):
                 lst = self.uses.setdefault(name, [])
                 if site not in lst:
                     lst.append(site)
-        return func(*args, **kwargs)
+                self.broadcast[name] = self.broadcast.get(name, True) and _broadcast_use(func, args, a, out, self.n)
+        return out
 
 
 def _holds(module: nn.Module | None, p: torch.Tensor) -> str | None:
@@ -168,10 +198,17 @@ def _holds(module: nn.Module | None, p: torch.Tensor) -> str | None:
     return None
 
 
-def _batch_dims(mod: nn.Module, tensors: list) -> list[int]:
-    """The batch dim of each tensor output of ``mod``: 0, unless its rule says otherwise with a ``batch_dims``
+def _rule_of(found: dict, mod: nn.Module):
+    """find_rule(mod), looked up once per module in ``found``."""
+    if mod not in found:
+        found[mod] = find_rule(mod)
+    return found[mod]
+
+
+def _batch_dims(rule, mod: nn.Module, tensors: list) -> list[int]:
+    """The batch dim of each tensor output of ``mod``: 0, unless its ``rule`` says otherwise with a ``batch_dims``
     attribute (an LSTM's h_n is (layers, B, H); a sequence-first layer's output is (T, B, ...))."""
-    fn = getattr(find_rule(mod), "batch_dims", None)
+    fn = getattr(rule, "batch_dims", None)
     return list(fn(mod, tensors)) if fn is not None else [0] * len(tensors)
 
 
@@ -181,10 +218,10 @@ POSITIONWISE: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.Embedding,
                                   *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
 
 
-def _out_rows(out, mod: nn.Module) -> tuple[list[int], list[int] | None]:
+def _out_rows(out, mod: nn.Module, rule) -> tuple[list[int], list[int] | None]:
     """Sizes of the tensor outputs along their batch dims, and along dim 1 for a position-wise layer (else None)."""
     ts = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-    rows = [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(mod, ts))]
+    rows = [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(rule, mod, ts))]
     seq = [t.shape[1] if t.dim() > 2 else -1 for t in ts] if isinstance(mod, POSITIONWISE) else None
     return rows, seq
 
@@ -195,10 +232,9 @@ def _batched_dim(rows: tuple, n: int) -> int | None:
     return 1 if rows[1] is not None and all(r == n for r in rows[1]) else None
 
 
-def _rule_param(mod: nn.Module, p: torch.Tensor, rel: str) -> str | None:
-    """The name under which ``mod``'s rule reports ``p``: one of its own parameters, or a descendant's that the rule
-    claims through a ``claims(layer) -> names`` attribute (MultiheadAttention uses out_proj.weight itself)."""
-    rule = find_rule(mod)
+def _rule_param(mod: nn.Module, rule, p: torch.Tensor, rel: str | None) -> str | None:
+    """The name under which ``mod``'s ``rule`` reports ``p``: one of its own parameters, or a descendant's that the
+    rule claims through a ``claims(layer) -> names`` attribute (MultiheadAttention uses out_proj.weight itself)."""
     if rule is None:
         return None
     own = next((k for k, q in mod._parameters.items() if q is p), None)
@@ -217,8 +253,9 @@ def _mha_fastpath(enabled: bool):
         torch.backends.mha.set_fastpath_enabled(was)
 
 
-def _probe(model: nn.Module, x, rec: _UseRecorder | None):
-    """Run ``model`` on ``x``; return (calls per module, leading sizes of each call's tensor outputs)."""
+def _probe(model: nn.Module, x, rec: _UseRecorder | None, found: dict):
+    """Run ``model`` on ``x``; return (calls per module, leading sizes of each call's tensor outputs). ``found``:
+    the modules' rules, looked up once (see _rule_of)."""
     counts: dict[nn.Module, int] = {}
     rows: dict[tuple[nn.Module, int], list[int]] = {}
     handles = []
@@ -232,7 +269,7 @@ def _probe(model: nn.Module, x, rec: _UseRecorder | None):
         stack.append((mod, c))
 
     def post(mod, args, out):
-        rows[stack.pop()] = _out_rows(out, mod)
+        rows[stack.pop()] = _out_rows(out, mod, _rule_of(found, mod))
 
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre))
@@ -257,16 +294,20 @@ class _Plan:
 
     def __init__(self, model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int):
         ids = {id(p): n for n, p in selected.items()}
-        rec = _UseRecorder(ids)
         n1 = min(batch, _PROBE)
-        counts, rows = _probe(model, _slice(x, slice(0, n1)), rec)
+        rec = _UseRecorder(ids, n1)
+        rule_of: dict = {}  # find_rule once per module
+        counts, rows = _probe(model, _slice(x, slice(0, n1)), rec, rule_of)
+        bcast = dict(rec.broadcast)
         # A module call is batched when the leading size of its outputs follows the batch size: with a second probe
         # on one more sample, a coincidence (a position embedding of length 2, say) cannot pass for a batch dim.
         # The batch dim of each call: 0 (or the dims its rule declares), 1 for a position-wise layer on
         # sequence-first tensors, None when not batched.
         batched = {site: _batched_dim(rs, n1) for site, rs in rows.items()}
         if batch > n1:
-            _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), None)
+            rec2 = _UseRecorder(ids, n1 + 1)
+            _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), rec2, rule_of)
+            bcast = {k: v and rec2.broadcast.get(k, False) for k, v in bcast.items()}
             for site, rs in rows2.items():
                 d = batched.get(site)
                 batched[site] = d if d is not None and _batched_dim(rs, n1 + 1) == d else None
@@ -277,25 +318,37 @@ class _Plan:
         self.tied: dict[str, list[tuple[nn.Module, int, str]]] = {}  # full name → [(module, call, relative name)]
         self.external: list[str] = []
         self.unused: list[str] = []
+        self.broadcast: list[str] = []
         for name, p in selected.items():
             sites = rec.uses.get(name, [])
+            first = sites[0][0] if len(sites) == 1 else None
+            own_rule = first is not None and _rule_param(first, _rule_of(rule_of, first), p, _holds(first, p)) \
+                is not None
+            if bcast.get(name, False) and not own_rule:
+                # Used only broadcast over the batch (a position embedding added in a forward, a class token
+                # expanded), not by a layer with a rule: per-sample gradients from taps on the expanded parameter
+                # (_BroadcastTaps), wherever the use is.
+                self.broadcast.append(name)
+                continue
             # A use inside a call that itself uses the parameter is already part of that call's vjp: keep the
             # outermost using calls only.
             sites = [st for st in sites if not any(o in rec.parents.get(st, ()) for o in sites if o != st)]
             if not sites:
                 self.unused.append(name)
                 continue
-            self._route(name, p, sites, [batched.get(site) for site in sites])
+            self._route(name, p, sites, [batched.get(site) for site in sites], rule_of)
         for mod in self.fallback:
             warn_once(mod)
         if self.external:
             warn_external(model, self.external)
+        # The rule of every hooked module, looked up once here (the capture asks for it at every call).
+        self.rules: dict[nn.Module, Callable | None] = {m: _rule_of(rule_of, m) for m in self.hooked()}
 
-    def _route(self, name: str, p: torch.Tensor, sites: list, dims: list):
+    def _route(self, name: str, p: torch.Tensor, sites: list, dims: list, rule_of: dict):
         rel = [_holds(m, p) for m, _ in sites]
         mod = sites[0][0]
         single = len(sites) == 1 and mod is not None and self.calls[mod] == 1
-        own = _rule_param(mod, p, rel[0]) if single and rel[0] is not None else None
+        own = _rule_param(mod, _rule_of(rule_of, mod), p, rel[0]) if single and rel[0] is not None else None
         # Outside any module holding it, or in a call whose output is shared by the samples (not batched): the
         # per-sample gradient cannot be read off that call's output gradient. Sequence-first calls (dim 1) are
         # read off by position-wise rules only.
@@ -310,6 +363,19 @@ class _Plan:
         else:
             self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
 
+    def relabel(self, f: Callable) -> _Plan:
+        """A copy with every module ``m`` replaced by ``f(m)``: module names for the plan cache (which must not keep
+        the model alive), and the modules again on a cache hit."""
+        new = object.__new__(_Plan)
+        new.calls = {f(m): c for m, c in self.calls.items()}
+        new.rule = {f(m): d for m, d in self.rule.items()}
+        new.fallback = {f(m): d for m, d in self.fallback.items()}
+        new.tied = {n: [(f(m), c, r) for m, c, r in sites] for n, sites in self.tied.items()}
+        new.rules = {f(m): r for m, r in self.rules.items()}
+        new.seq_first = {f(m) for m in self.seq_first}
+        new.external, new.unused, new.broadcast = self.external, self.unused, self.broadcast
+        return new
+
     def hooked(self) -> list[nn.Module]:
         mods = list(self.rule) + [m for m in self.fallback if m not in self.rule]
         for sites in self.tied.values():
@@ -317,6 +383,44 @@ class _Plan:
                 if m not in mods:
                     mods.append(m)
         return mods
+
+
+# The plan of the last call per model, keyed on everything it was derived from (see _plan_key), with module names in
+# place of modules so that the cache holds no reference to the model.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _CallsChanged(RuntimeError):
+    """A layer ran a different number of times than in the batch the plan was made from."""
+
+
+def _plan_key(model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int, flags: tuple) -> tuple:
+    """What a plan depends on: the module tree (with the modules' ``batch_first`` flags) and parameter objects, the
+    registered rules, the selected names, the input's structure, per-sample shapes, dtypes and devices (plain Python
+    values in it by value), and the training flags."""
+    leaves, spec = tree_flatten(x)
+    sig = tuple((tuple(t.shape[1:]) if t.dim() and t.shape[0] == batch else ("whole", tuple(t.shape)), t.dtype,
+                 t.device) if isinstance(t, torch.Tensor)
+                else t if isinstance(t, (int, float, str, bool, type(None))) else type(t) for t in leaves)
+    # batch_first: the batch dims the attention/recurrent rules declare (and so the routes) follow it.
+    mods = tuple((n, id(m), type(m), m.__dict__.get("batch_first")) for n, m in model.named_modules(
+        remove_duplicate=False))
+    rules = tuple((t, id(r)) for t, r in RULES.items())  # a rule registered later changes the routes
+    params = tuple((n, id(p)) for n, p in model.named_parameters(remove_duplicate=False))
+    return mods, params, rules, tuple(selected), str(spec), sig, min(batch, _PROBE + 1), flags
+
+
+def _plan_for(model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int, flags: tuple,
+              fresh: bool = False) -> tuple[_Plan, bool]:
+    """(plan, whether it came from the cache): the cached plan when nothing it depends on changed, else a new probe."""
+    key = _plan_key(model, selected, x, batch, flags)
+    hit = None if fresh else _PLANS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1].relabel(dict(model.named_modules()).__getitem__), True
+    plan = _Plan(model, selected, x, batch)
+    names = {m: n for n, m in model.named_modules()}
+    _PLANS[model] = (key, plan.relabel(names.__getitem__))
+    return plan, False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,13 +450,7 @@ class _Tap(torch.autograd.Function):
 
 
 def _detach(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_detach(v) for v in x)
-    if isinstance(x, Mapping):
-        return {k: _detach(v) for k, v in x.items()}
-    return x
+    return _map(torch.Tensor.detach, x)
 
 
 _PLAIN = (int, float, bool, str)  # non-tensor output entries that carry no gradient
@@ -360,19 +458,63 @@ _PLAIN = (int, float, bool, str)  # non-tensor output entries that carry no grad
 
 def _batch_first(x, batch: int):
     """Sequence-first tensors (T, B, ...) of ``x`` as (B, T, ...) views."""
-    leaves, spec = tree_flatten(x)
-    moved = [t.transpose(0, 1) if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] == batch else t
-             for t in leaves]
-    return tree_unflatten(moved, spec)
+    return _map(lambda t: t.transpose(0, 1) if t.dim() >= 2 and t.shape[1] == batch else t, x)
 
 
-def _versions(acts) -> list:
-    return [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
+class _BroadcastTaps(TorchFunctionMode):
+    """During the capture forward: each broadcast use of a parameter p (see _broadcast_use) gets p expanded to the
+    batch, pe = p.expand(shape), passed through a tap; the tap's gradient row i is ∂ℓ_i/∂pe_i, which summed over the
+    broadcast dims is sample i's gradient of p from that use (B × p's size, like the activation it is added to)."""
+
+    def __init__(self, engine: _Engine, names: list[str]):
+        super().__init__()
+        self.engine = engine
+        self.ids = {id(engine.acc_param[n]): n for n in names}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        hit = [i for i, a in enumerate(args[:2]) if isinstance(a, torch.Tensor) and id(a) in self.ids]
+        if not hit:
+            return func(*args, **kwargs)
+        i = hit[0]
+        p = args[i]
+        if func is torch.Tensor.expand:
+            return self._tap(p, func(*args, **kwargs))
+        shape = torch.broadcast_shapes(*(a.shape for a in args if isinstance(a, torch.Tensor)))
+        new = list(args)
+        new[i] = self._tap(p, p.expand(shape))
+        return func(*new, **kwargs)
+
+    def _tap(self, p: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        name, engine = self.ids[id(p)], self.engine
+
+        def handler(grads):
+            g = grads[0]
+            lead = (1,) * (g.dim() - p.dim()) + tuple(p.shape)  # p aligned right; dim 0 is the batch
+            dims = [d for d in range(1, g.dim()) if lead[d] == 1 and g.shape[d] != 1]
+            per = g.sum(dims, keepdim=True) if dims else g
+            engine.broadcast_grads.setdefault(name, []).append(per.reshape(g.shape[0], *p.shape))
+
+        return _Tap.apply(engine.anchor, handler, False, pe)[0]
+
+
+def _layer_inputs(args: tuple, kwargs: dict) -> tuple[Activations, list]:
+    """The layer's detached inputs and their (tensor, version) pairs, to detect in-place changes before the
+    backward. Plain tensor arguments (every built-in layer) skip the pytree walk: this runs at every layer call."""
+    if not kwargs and all(type(a) is torch.Tensor for a in args):
+        det = tuple(a.detach() for a in args)
+        return Activations(det), [(t, t._version) for t in det]
+    acts = Activations(_detach(tuple(args)), _detach(kwargs))
+    return acts, [(t, t._version) for t in tree_flatten((tuple(acts), acts.kwargs))[0] if isinstance(t, torch.Tensor)]
 
 
 class _Engine:
-    def __init__(self, model, plan: _Plan, acc: dict[str, torch.Tensor], params: dict[str, torch.Tensor]):
+    def __init__(self, model, plan: _Plan, acc: dict, params: dict[str, torch.Tensor], lead: tuple = (),
+                 output_fn=None):
         self.model, self.plan, self.acc, self.acc_param = model, plan, acc, params
+        self.output_fn = output_fn  # selects the logits from the model's output (fisherx.fisher.inputs)
+        self.lead = lead  # (1 + R,) with bootstrap replicates
+        self.cached_plan = False  # the plan came from the cache and has not run a batch yet
         self.scale = 1.0
         # Bootstrap: (1 + R, B) weights of the current batch, row 0 all ones (the Fisher itself), rows 1..R the
         # Poisson counts; every accumulator then has a leading dim 1 + R. None without bootstrap.
@@ -381,6 +523,8 @@ class _Engine:
         self.capturing = False
         self.calls: dict[nn.Module, int] = {}
         self.tied_uses: dict[tuple[nn.Module, int], tuple] = {}
+        self.broadcast_grads: dict[str, list[torch.Tensor]] = {}  # name → per-sample gradients of each use
+        self.taps = _BroadcastTaps(self, plan.broadcast) if plan.broadcast else None
         self.handles = []
         for m in plan.hooked():
             self.handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
@@ -397,22 +541,22 @@ class _Engine:
         self.calls[mod] = call + 1
         single = isinstance(out, torch.Tensor)
         # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
-        outs, spec = tree_flatten(out)
-        if not all(o is None or isinstance(o, (torch.Tensor, *_PLAIN)) for o in outs):
+        outs, spec = ([out], None) if single else tree_flatten(out)
+        if not single and not all(o is None or isinstance(o, (torch.Tensor, *_PLAIN)) for o in outs):
             raise TypeError(f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
                             "tensors or (nested) tuples of tensors, None and Python scalars can be captured")
         tensors = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
         pos = [i for i in tensors if outs[i].requires_grad]
         if not pos:
             return None
+        rule = self.plan.rules.get(mod)
         seq = mod in self.plan.seq_first
-        dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(mod, [outs[i] for i in tensors])))
+        dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(rule, mod, [outs[i] for i in tensors])))
         if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
             raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned shapes "
                                f"{[tuple(outs[i].shape) for i in pos]} for a batch of {self.batch}; its outputs "
                                f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)")
-        acts = Activations(_detach(tuple(args)), _detach(kwargs))
-        versions = _versions(acts)
+        acts, versions = _layer_inputs(args, kwargs)
         if seq:  # the rule sees batch-first views
             acts = Activations(_batch_first(tuple(acts), self.batch), _batch_first(acts.kwargs, self.batch))
         n_out = len(outs)
@@ -425,24 +569,36 @@ class _Engine:
                 if t._version != v:
                     raise RuntimeError(f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
                                        "the layer ran; its per-sample gradients cannot be computed")
-            self._on_backward(mod, call, acts, tree_unflatten(full, spec))
+            self._on_backward(mod, call, acts, full[0] if single else tree_unflatten(full, spec))
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
         # returns a view of a 2-D product), so views are cloned.
-        inplace = single and find_rule(mod) is not None and out._base is None
+        inplace = single and rule is not None and out._base is None
         tapped = _Tap.apply(self.anchor, handler, inplace, *[outs[i] for i in pos])
+        if single:
+            return tapped[0]
         new = list(outs)
         for i, t in zip(pos, tapped):
             new[i] = t
         return tree_unflatten(new, spec)
 
-    def _add(self, name: str, value: torch.Tensor):
-        self.acc[name].add_(value.to(self.acc[name].dtype), alpha=self.scale)
+    def _add(self, name: str, value: torch.Tensor, own: bool = True):
+        """acc[name] += scale·value. An accumulator starts as None and, when ``own`` (``value`` is a fresh tensor
+        nobody else holds: every built-in rule's result), simply takes the first value: no zero-filled buffer and no
+        pass over it, which is most of the engine's own cost on small batches."""
+        cur = self.acc[name]
+        if cur is None:
+            p = self.acc_param[name]
+            if own and value.dtype == p.dtype and value.shape == (*self.lead, *p.shape) and value.is_contiguous():
+                self.acc[name] = value if self.scale == 1.0 else value.mul_(self.scale)
+                return
+            cur = self.acc[name] = torch.zeros(*self.lead, *p.shape, dtype=p.dtype, device=p.device)
+        cur.add_(value.to(cur.dtype), alpha=self.scale)
 
     def _on_backward(self, mod, call, acts, g):
         names = self.plan.rule.get(mod)
         if names:
-            rule = find_rule(mod)
+            rule = self.plan.rules[mod]
             if self.weights is None:
                 res = rule(mod, acts, g)
             elif supports_weights(rule):
@@ -450,8 +606,9 @@ class _Engine:
             else:  # a user rule without bootstrap support: its parameters' replicates come from the fallback
                 res = fallback_rule(mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()},
                                     weights=self.weights)
+            own = getattr(rule, "__module__", "").startswith(__package__ + ".rules")  # a user rule may keep its result
             for local, full in names.items():
-                self._add(full, res[local])
+                self._add(full, res[local], own)
         names = self.plan.fallback.get(mod)
         if names:
             res = fallback_rule(mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()},
@@ -461,21 +618,133 @@ class _Engine:
         if any((mod, call) == (m, c) for sites in self.plan.tied.values() for m, c, _ in sites):
             self.tied_uses[(mod, call)] = (acts, g)
 
+    def finish_broadcast(self):
+        """Σ_i (Σ_uses ∂ℓ_i/∂p|_use)² for the parameters broadcast over the batch, from the taps' per-sample rows."""
+        for name, per in self.broadcast_grads.items():
+            tot = per[0] if len(per) == 1 else torch.stack(per).sum(0)
+            self._add(name, batch_sum(tot.square(), self.weights))
+        self.broadcast_grads.clear()
+
     def finish_tied(self, batch: int):
-        """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter, a chunk of samples at a time."""
+        """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter: in closed form where every use's layer gives its
+        per-sample gradient as factors (:func:`_tied_closed_form`), else from per-sample gradients, a chunk of
+        samples at a time."""
         for full, sites in self.plan.tied.items():
+            uses = [(m, rel, *self.tied_uses[(m, c)]) for m, c, rel in sites if (m, c) in self.tied_uses]
+            if not uses:  # no use reached the loss: no gradient
+                continue
+            if self._tied_closed_form(full, uses, batch):
+                continue
             p = self.acc_param[full]
             step = chunk_size({full: p})
             for s in range(0, batch, step):
                 e = min(batch, s + step)
                 tot = torch.zeros((e - s, *p.shape), dtype=p.dtype, device=p.device)
-                for m, c, rel in sites:
-                    if (m, c) not in self.tied_uses:  # that use did not reach the loss: no gradient from it
-                        continue
-                    acts, g = self.tied_uses[(m, c)]
+                for m, rel, acts, g in uses:
                     tot += per_sample_grads(m, acts, g, {rel: p}, s, e)[rel]
                 self._add(full, batch_sum(tot.square(), None if self.weights is None else self.weights[:, s:e]))
         self.tied_uses.clear()
+
+    def _tied_closed_form(self, full: str, uses: list, batch: int) -> bool:
+        """Accumulate Σ_i (Σ_u ∂ℓ_i/∂θ|_u)² with no per-sample gradient in memory, when every use's rule gives
+        ``factors`` (the rules of Linear, Conv and Embedding do); False (nothing added) otherwise.
+
+        Dense uses ∂ℓ_i/∂θ|_u = Σ_t G_uit A_uitᵀ concatenate along t: Σ_i (Σ_u Σ_t G A)² is one squared-GEMM sum
+        (:func:`fisherx._ops.sqgrad_gemm`), or for 2-D inputs Σ_{u,v} (G_u∘G_v)ᵀ(A_u∘A_v) as plain GEMMs. Sparse
+        uses (Embedding rows S_i at the tokens of sample i) add Σ_i Σ_{v ∈ sample i} (2 D_iv∘S_iv + S_iv²) with
+        D_iv the dense per-sample gradient's row v, read off at those rows only. Biases: Σ_i (Σ_u s_ui)²."""
+        rule_of = self.plan.rules
+        if any(getattr(rule_of.get(m), "factors", None) is None for m, *_ in uses):
+            return False
+        p = self.acc_param[full]
+        per_sample = sum((g.numel() + acts[0].numel() * math.prod(getattr(m, "kernel_size", (1,)))) // batch
+                         for m, _, acts, g in uses)
+        step = max(1, chunk_size({full: p}) * p.numel() // max(1, per_sample))
+        for s in range(0, batch, step):
+            sl = slice(s, min(batch, s + step))
+            fs = [rule_of[m].factors(m, acts[0][sl], g[sl], rel) for m, rel, acts, g in uses]
+            w = None if self.weights is None else self.weights[:, sl]
+            value = _combine_factors(fs, w)
+            if value is None:
+                if s:  # pragma: no cover - the factors' kinds depend on the layers only, not on the chunk
+                    raise RuntimeError(f"fisher_diag: tied closed form of {full} failed after the first chunk")
+                return False
+            self._add(full, value.reshape(*w.shape[:1] if w is not None else (), *p.shape))
+        return True
+
+
+def _combine_factors(fs: list, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Σ_i w_i·(Σ_u ∂ℓ_i/∂θ|_u)² from the uses' factors (see _Engine._tied_closed_form); None when they do not
+    combine (unknown layer, mixed kinds or shapes)."""
+    if any(f is None for f in fs):
+        return None
+    kinds = {f[0] for f in fs}
+    if kinds == {"sum"}:
+        tot = fs[0][1]
+        for f in fs[1:]:
+            tot = tot + f[1]
+        return batch_sum(tot.square(), weights)
+    if "sum" in kinds:
+        return None
+    dense = [f for f in fs if f[0] == "outer"]
+    sparse = [f for f in fs if f[0] == "rows"]
+    if len({(f[1].shape[1], f[1].shape[3], f[2].shape[3]) for f in dense}) > 1:
+        return None
+    out = None
+    if dense:
+        if weights is None and len(dense) <= 3 and all(f[1].shape[1:3] == (1, 1) for f in dense):
+            gs, as_ = [f[1][:, 0, 0] for f in dense], [f[2][:, 0, 0] for f in dense]
+            for u in range(len(dense)):
+                for v in range(u, len(dense)):
+                    t = (gs[u] * gs[v]).t() @ (as_[u] * as_[v])
+                    out = t if out is None else out.add_(t, alpha=1.0 if u == v else 2.0)
+            out = out[None]
+        else:
+            cat_g = torch.cat([f[1] for f in dense], dim=2) if len(dense) > 1 else dense[0][1]
+            cat_a = torch.cat([f[2] for f in dense], dim=2) if len(dense) > 1 else dense[0][2]
+            out = _ops.sqgrad_gemm(cat_g, cat_a, weights)
+    if not sparse:
+        return out
+    sq = _sparse_part(dense, sparse, weights)
+    if sq is None:
+        return None
+    return sq if out is None else out.reshape(sq.shape).add_(sq)
+
+
+def _sparse_part(dense: list, sparse: list, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Σ_i w_i Σ_{v ∈ sample i} (2 D_iv∘S_iv + S_iv²) for the Embedding uses' rows S (summed over those uses) and the
+    dense uses' per-sample gradient D at the same rows; None when the shapes do not match."""
+    v, d = sparse[0][3], sparse[0][2].shape[1]
+    if any(f[3] != v or f[2].shape[1] != d for f in sparse) or (
+            dense and (dense[0][1].shape[1] != 1 or dense[0][1].shape[3] != v or dense[0][2].shape[3] != d)):
+        return None
+    key, inv = torch.unique(torch.cat([f[1] for f in sparse]), return_inverse=True)
+    rows = torch.zeros(key.numel(), d, dtype=sparse[0][2].dtype, device=key.device)
+    rows.index_add_(0, inv, torch.cat([f[2] for f in sparse]))
+    contrib = rows.square()
+    if dense:
+        contrib.add_(_dense_rows(dense, key, v).mul_(rows), alpha=2.0)
+    from .rules.embedding import scatter_rows
+
+    return scatter_rows(contrib, key, v, weights)
+
+
+def _dense_rows(dense: list, key: torch.Tensor, v: int) -> torch.Tensor:
+    """Row (key mod v) of sample (key div v)'s dense per-sample gradient Σ_u Σ_t G_uit[v]·A_uit, per key (sorted):
+    the keys of one sample are gathered into a padded (B, keys per sample, T) matrix, one bmm per use."""
+    n = dense[0][1].shape[0]
+    smp, tok = key // v, key % v
+    counts = torch.bincount(smp, minlength=n)
+    rank = torch.arange(key.numel(), device=key.device) - (torch.cumsum(counts, 0) - counts)[smp]
+    width = int(counts.max()) if key.numel() else 0
+    d = None
+    for _, g, a in dense:
+        g3, a3 = g[:, 0], a[:, 0]  # (n, T, V), (n, T, K)
+        sel = torch.zeros(n, width, g3.shape[1], dtype=g3.dtype, device=g3.device)
+        sel[smp, rank] = g3.transpose(1, 2)[smp, tok]
+        part = torch.bmm(sel, a3)[smp, rank]
+        d = part if d is None else d.add_(part)
+    return d
 
 
 def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine: _Engine):
@@ -499,13 +768,7 @@ def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine
 
 
 def _unsq(x):
-    if isinstance(x, torch.Tensor):
-        return x.unsqueeze(0)
-    if isinstance(x, Mapping):
-        return {k: _unsq(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_unsq(v) for v in x)
-    return x
+    return _map(lambda t: t.unsqueeze(0), x)
 
 
 def _call_functional(model, params, x, functional_call):
@@ -600,6 +863,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     They are in ``result.replicates`` (R × the parameters' memory; see docs/fisher.md for each layer's bound).
     Under torch.distributed the rank is mixed into the seed (the shards' sample indices restart at 0).
 
+    The probe's routes are cached per model and reused while the module tree, the parameter objects, the selection,
+    the input's structure and per-sample shapes/dtypes/devices and the training flags stay the same, so a loop of
+    small calls probes once; a forward that then runs its layers a different number of times is probed again.
+
     ``distributed``: ``None`` (default) combines the ranks' shards when a process group of several ranks is
     initialised (every rank must call with its shard); ``False`` keeps this rank's Fisher of its own data, for
     callers that hand different models or tasks to different ranks (as :func:`fisherx.task_distances` does).
@@ -657,10 +924,10 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     from .. import distributed as fxd
 
     combine = fxd.is_distributed() if distributed is None else bool(distributed) and fxd.is_distributed()
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
+    flags = _to_eval(model)
+    training = tuple(flags.values())
     lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
-    acc = {n: torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for n, p in selected.items()}
+    acc: dict = dict.fromkeys(selected)  # filled by the engine (_Engine._add); None: nothing added yet
     wsum = torch.zeros(bootstrap, dtype=torch.float64)  # Σ_i w_ri per replicate
     seed = bootstrap_seed
     if bootstrap and combine:
@@ -683,15 +950,15 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
             x, y = _move(x, dev), _move(y, dev)
             used = _used_samples(loss, kind, y, b, k, n_seen)
             if engine is None:
-                plan = _Plan(model, selected, x, b)
-                engine = _Engine(model, plan, acc, selected)
-                engine.output_fn = output_fn
+                engine = _new_engine(model, selected, acc, lead, training, x, b, output_fn)
             if bootstrap:
                 w = poisson_weights(seed, n_seen, b, bootstrap)
-                wsum += w.sum(1) if used is None else (w * used.cpu()).sum(1)
                 dt = next(iter(selected.values())).dtype
                 engine.weights = torch.cat([torch.ones(1, b, dtype=torch.float64), w]).to(device=dev, dtype=dt)
-            _run_batch(engine, model, x, y, b, k, n_seen, loss, kind, draws)
+            engine = _run_checked(engine, model, selected, acc, lead, training, x, y, b, k, n_seen, loss, kind,
+                                  draws)
+            if bootstrap:
+                wsum += w.sum(1) if used is None else (w * used.cpu()).sum(1)
             n_seen += b
             n_used += b if used is None else int(used.sum())
             bar.update(b)
@@ -701,8 +968,8 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         bar.close()
         if engine is not None:
             engine.close()
-        for m, t in flags.items():
-            m.training = t
+        _restore_flags(flags)
+    _fill_unused(acc, selected, lead)
     if combine:
         # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
         # (The replicates' weighted sums and weight totals simply add up over the shards.)
@@ -758,16 +1025,69 @@ def _check_finite(acc: dict[str, torch.Tensor]) -> None:
                              "gradients overflowed; compute it in float64 (model.double()) or rescale the model")
 
 
+def _to_eval(model: nn.Module) -> dict:
+    """Switch ``model`` to eval mode; return every module's training flag as it was."""
+    flags = {m: m.training for m in model.modules()}
+    if any(flags.values()):
+        model.eval()
+    return flags
+
+
+def _restore_flags(flags: dict) -> None:
+    for m, t in flags.items():
+        if m.training != t:  # nn.Module.__setattr__ is slow: touch only what eval() changed
+            m.training = t
+
+
+def _new_engine(model, selected: dict, acc: dict, lead: tuple, training: tuple, x, b: int, output_fn) -> _Engine:
+    plan, cached = _plan_for(model, selected, x, b, training)
+    engine = _Engine(model, plan, acc, selected, lead, output_fn)
+    engine.cached_plan = cached
+    return engine
+
+
+def _run_checked(engine: _Engine, model, selected, acc, lead, training, x, y, b, k, start, loss, kind,
+                 draws) -> _Engine:
+    """_run_batch; if a plan from the cache turns out stale on its first batch (a layer ran a different number of
+    times: the forward depends on state the cache key cannot see), probe again and rerun the batch. Nothing was
+    accumulated by then: the call-count check runs before the backward. Returns the engine in use."""
+    try:
+        _run_batch(engine, model, x, y, b, k, start, loss, kind, draws)
+    except _CallsChanged:
+        if not engine.cached_plan:
+            raise
+        engine.close()
+        plan, _ = _plan_for(model, selected, x, b, training, fresh=True)
+        weights, engine = engine.weights, _Engine(model, plan, acc, selected, lead, engine.output_fn)
+        engine.weights = weights
+        _run_batch(engine, model, x, y, b, k, start, loss, kind, draws)
+    engine.cached_plan = False
+    return engine
+
+
+def _fill_unused(acc: dict, selected: dict, lead: tuple) -> None:
+    """Zeros for the parameters that got no gradient (unused, or no batch)."""
+    for n, a in acc.items():
+        if a is None:
+            p = selected[n]
+            acc[n] = torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)
+
+
 def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, kind: str, draws: int):
     plan = engine.plan
     engine.calls = {}
     engine.batch = b
-    engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc.values())).device)
+    engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc_param.values())).device)
     try:
         engine.capturing = True
         try:
             with torch.enable_grad():
-                out = _inputs.select_output(_call(model, x), engine.output_fn)
+                if engine.taps is not None:
+                    with engine.taps:
+                        out = _call(model, x)
+                else:
+                    out = _call(model, x)
+                out = _inputs.select_output(out, engine.output_fn)
         finally:
             engine.capturing = False
         if not isinstance(out, torch.Tensor):
@@ -777,7 +1097,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
             raise ValueError(f"the model's output has {out.shape[0]} rows for a batch of {b} samples")
         for mod, n in engine.calls.items():
             if plan.calls.get(mod, 0) != n:
-                raise RuntimeError(f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
+                raise _CallsChanged(f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
                                    "times in the first batch; fisher_diag needs the same layer calls for every batch")
         engine.scale = 1.0 / draws
         for d in range(draws):
@@ -788,14 +1108,24 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
                 i = int(bad.nonzero()[0, 0])
                 raise ValueError(f"the loss of batch {k} (samples {start}..{start + b - 1}) is not finite: sample "
                                  f"{start + i} has loss {losses[i].item()}")
-            if engine.handles and losses.requires_grad:
+            if (engine.handles or engine.taps is not None) and losses.requires_grad:
                 torch.autograd.grad(losses.sum(), [engine.anchor], allow_unused=True, retain_graph=d < draws - 1)
             engine.finish_tied(b)
+            engine.finish_broadcast()
             if plan.external:
                 _external(model, plan.external, engine.acc_param, x, yd, loss, b, engine)
     finally:
         engine.anchor = None
         engine.tied_uses.clear()
+        engine.broadcast_grads.clear()
+
+
+class _NullBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
 
 
 def _progress(total, enabled: bool):
@@ -805,11 +1135,5 @@ def _progress(total, enabled: bool):
         tqdm = None
     show = enabled and tqdm is not None and sys.stderr.isatty()
     if not show:
-        class _Null:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-        return _Null()
+        return _NullBar()
     return tqdm(total=total, unit="sample", desc="fisher_diag", leave=False)

@@ -4,6 +4,9 @@ Input (B, in): Σ_i (g_i a_iᵀ)∘(g_i a_iᵀ) = (G∘G)ᵀ(A∘A), one matrix 
 Input (B, T..., in): the weight is shared across positions, W_i = G_iᵀA_i, so the squares do not factor:
 :func:`fisherx._ops.sqgrad_gemm` squares and sums the per-sample products tile by tile; bias Σ_i (Σ_t g_it)².
 
+Tied uses (:func:`factors`): the per-sample gradient of one use is Σ_t g_it a_itᵀ, handed to the engine as the
+factors (G, A), so that several uses of one weight are summed before squaring without materialising it.
+
 Bootstrap (weights w (R, B)): on (B, in) replicate r is ((G∘G)·diag(w_r))ᵀ(A∘A), all R as one GEMM of the stacked
 (R·out, B) weighted squared gradients against (B, in); the stack is built a bounded number of replicates at a time
 (:data:`STACK_BUDGET` elements). On sequences the kernel weights each per-sample tile R times.
@@ -56,3 +59,18 @@ def linear(layer: nn.Linear, activations, backprops, weights=None) -> dict:
     if layer.bias is not None and layer.bias.requires_grad:
         out["bias"] = batch_sum(g3.sum(1).square(), weights)
     return out
+
+
+def factors(layer: nn.Linear, x: torch.Tensor, g: torch.Tensor, name: str):
+    """The per-sample gradient of ``name`` in factored form (for tied weights, see the engine's tied closed form):
+    ``("outer", G, A)`` with G (B, 1, T, out), A (B, 1, T, in) and ∂ℓ_i/∂W = Σ_t G_it A_itᵀ; ``("sum", S)`` with
+    S (B, out) = ∂ℓ_i/∂b = Σ_t g_it; None for a parameter it does not own."""
+    b = x.shape[0]
+    if name == "weight":
+        return "outer", g.reshape(b, 1, -1, g.shape[-1]), x.reshape(b, 1, -1, x.shape[-1])
+    if name == "bias":
+        return "sum", g.reshape(b, -1, g.shape[-1]).sum(1)
+    return None
+
+
+linear.factors = factors
