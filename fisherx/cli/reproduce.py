@@ -12,40 +12,33 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from . import options
+
 NAME = "reproduce"
 HELP = "the papers' experiments with their claims checked (claims.json, table)"
 NAMES = ("mnist", "digits", "cifar10", "cifar100", "imagenet", "nas")
 
 
-def _ints(text: str, what: str) -> tuple:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise SystemExit(f"fisherx reproduce: {what} must be comma-separated integers, got {text!r}") from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=NAMES, help="the experiment: a data set's T0-T3 claims, or nas (TA-NAS vs random)")
-    p.add_argument("--out", required=True, help="output folder (claims.json, claims.md, tables.txt; cache/)")
-    p.add_argument("--seeds", default=None, help="comma-separated ε-network seeds (default: the size's)")
+    options.add(p, "out")  # claims.json, claims.md, tables.txt; cache/
+    options.add(p, "seeds", default=None)  # default: the size's
     p.add_argument("--size", default="default", choices=["smallest", "default", "paper"],
                    help="smallest (tests), default (mlp+cnn, 5 seeds, 4 epochs: ~20-40 min on 2 CPU cores), paper "
                         "(VGG-16, ResNet-18, DenseNet-121, 10 seeds, 30 epochs: a GPU)")
-    p.add_argument("--archs", default=None, help="comma-separated architectures (overrides the size's)")
+    options.add(p, "archs", default=None)  # default: the size's
     p.add_argument("--estimators", default=None,
                    help="comma-separated Fisher estimators: empirical, mc, minibatch_authors (default: all three)")
-    p.add_argument("--epochs", type=int, default=None, help="ε-network training epochs (the papers: 100)")
+    options.add(p, "epochs", default=None)  # default: the size's (the papers: 100)
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates per Fisher")
     p.add_argument("--protocol", default=None, choices=["papers", "full"],
                    help="papers (default: balanced train and test sets) or full (the full test split)")
     p.add_argument("--cache-dir", default=None, help="cache of networks and Fishers (default OUT/cache; share one "
                                                      "between runs of other architectures or estimators)")
-    p.add_argument("--data-dir", default=None, help="the data set's files (cifar10, cifar100, imagenet; MNIST IDX)")
-    p.add_argument("--max-train-per-label", type=int, default=None, help="cap the training samples per label")
-    p.add_argument("--search-seeds", default="0,1,2", help="nas: comma-separated search seeds")
+    options.add(p, "data-dir", "max-train-per-label")
+    p.add_argument("--search-seeds", type=options.int_list, default=(0, 1, 2), help="nas: comma-separated search seeds")
     p.add_argument("--target", default="T2", help="nas: the target task (digits preset)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    options.add(p, "device", "quiet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
 
     out = Path(args.out)
-    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
+    seeds = tuple(args.seeds) if args.seeds else None
     if args.name == "nas":
         cfg = replace(rp.NAS_SIZES[args.size], target=args.target, eps_seeds=seeds or (0, 1, 2),
-                      search_seeds=_ints(args.search_seeds, "--search-seeds"),
+                      search_seeds=tuple(args.search_seeds),
                       max_train_per_label=args.max_train_per_label or rp.NAS_SIZES[args.size].max_train_per_label)
         res = rp.nas_comparison(out, cfg, device=args.device, progress=not args.quiet)
         text = rp.nas_comparison_text(res)
@@ -65,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = rp.config_for(args.size, seeds=seeds, max_train_per_label=args.max_train_per_label, epochs=args.epochs,
                         bootstrap=args.bootstrap, protocol=args.protocol,
-                        archs=tuple(args.archs.split(",")) if args.archs else None,
+                        archs=tuple(args.archs) if args.archs else None,
                         estimators=tuple(args.estimators.split(",")) if args.estimators else None)
     try:
         claims = rp.reproduce(args.name, out, cfg, data_dir=args.data_dir, device=args.device,
