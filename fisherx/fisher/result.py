@@ -203,8 +203,8 @@ class FisherDiag(Mapping):
     # self's n_samples and meta, and carries no bootstrap replicates (a sum of replicates is not a replicate).
     def _binary(self, other, op, reflected: bool = False) -> "FisherDiag":
         if isinstance(other, FisherDiag):
-            from ..distance import _check_same_layout
-            _check_same_layout(self, other, "self", "other")
+            from ..distance import check_same_layout
+            check_same_layout(self, other, "self", "other")
             return FisherDiag({k: op(other._t[k], v) if reflected else op(v, other._t[k])
                                for k, v in self._t.items()}, self.n_samples, dict(self.meta))
         if isinstance(other, torch.Tensor) and other.dim() == 0:
