@@ -11,18 +11,9 @@ from fisher_models import ZOO, naive_fisher
 import fisherx
 
 N = 5  # samples; odd on purpose
-# Models the engine cannot take yet (their layers' rules are being written on another branch): the failure is
-# expected, and the test turns into an unexpected pass once they work.
-PENDING = {
-    "transformer": "nn.MultiheadAttention inside nn.TransformerEncoderLayer returns (out, None): the torch.func "
-                   "fallback's vjp refuses a None output",
-    "gru": "nn.GRU under the torch.func fallback: an in-place op on a broadcast hidden state fails under vmap",
-    "lstm": "nn.LSTM under the torch.func fallback: as nn.GRU (it passes at some batch sizes, e.g. 32)",
-}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=PENDING[n], strict=False))
-                                  if n in PENDING else n for n in ZOO])
+@pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_model_matches_naive_per_sample_loop(name):
     build, inputs = ZOO[name]["test"]
     torch.manual_seed(0)
