@@ -8,7 +8,7 @@ FISHERX_CUDA ?= OFF
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fisherx-installed
 
-.PHONY: test lint demo bench cuda-build clean
+.PHONY: test lint docs demo bench cuda-build clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check fisherx tests bench
 	$(VENV)/bin/ruff format --check fisherx tests bench
 	$(VENV)/bin/mypy
+
+# The docs site with the API reference from the docstrings; warnings fail the build (build/site).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 demo: $(STAMP)
 	$(VENV)/bin/fisherx demo $(DEMO_ARGS)
