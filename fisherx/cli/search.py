@@ -25,8 +25,9 @@ HELP = "TA-NAS for a preset's task against a dictionary of baseline tasks"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "preset")
     p.add_argument("--target", required=True, help="the target task's name in the preset, e.g. T2")
-    p.add_argument("--tasks", default=None, help="FILE.py:NAME / module:NAME naming a list of your own Tasks; "
-                                                  "--target and --baselines then name tasks of that list")
+    # The shared --tasks (parsed as a list, as in distances); search takes the FILE.py:NAME form only.
+    options.add(p, "tasks", help="FILE.py:NAME / module:NAME naming a list of your own Tasks; --target and "
+                                 "--baselines then name tasks of that list")
     p.add_argument("--dictionary", required=True, help="folder of the baseline dictionary (created if missing)")
     options.add(p, "out", help="output folder: report.json, summary.txt, checkpoints")
     p.add_argument("--baselines", type=options.comma_list, default=None,
@@ -69,11 +70,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.tasks:
         from ..tasks.runfile import load_tasks
 
+        if len(args.tasks) != 1 or ":" not in args.tasks[0]:
+            raise SystemExit(f"fisherx search: --tasks takes one FILE.py:NAME (or module:NAME) reference, got "
+                             f"{','.join(args.tasks)!r}; name the preset's tasks with --target and --baselines")
         try:
-            tasks = {t.name: t for t in load_tasks(args.tasks)}
+            tasks = {t.name: t for t in load_tasks(args.tasks[0])}
         except (AttributeError, ImportError, TypeError) as exc:
             raise SystemExit(f"fisherx search: {exc}") from exc
-        where = args.tasks
+        where = args.tasks[0]
     else:
         tasks = {t.name: t for t in preset(args.preset, seed=args.task_seed,
                                            max_train_per_label=args.max_train_per_label)}
