@@ -27,13 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "tasks", help="comma-separated subset of the preset's tasks (e.g. autoencode,blur,edges)")
     options.add(p, "seeds", default=(0, 1), help="comma-separated seeds, e.g. 0,1,2 (intervals over them)")
     options.add(p, "epochs", help="training epochs of every source network")
-    p.add_argument("--budget", type=int, default=2, help="fine-tuning (and from-scratch) epochs per target")
+    p.add_argument("--budget", type=options.count, default=2, help="fine-tuning (and from-scratch) epochs per target")
     options.add(p, "batch-size", default=64)
     options.add(p, "lr", "fisher-samples", "data-dir", "device", "quiet")
     options.add(p, "max-train-per-label", help="at most this many training images per source class")
     p.add_argument("--affinity", default="ahp", choices=["ahp", "gain"],
                    help="the affinity in table.txt and the figure (affinity.json holds both)")
-    p.add_argument("--image-size", type=int, default=None, help="resize the images to this side")
+    p.add_argument("--image-size", type=options.count, default=None, help="resize the images to this side")
     p.add_argument("--cache-dir", default=None, help="cache of networks, Fishers and fine-tunes (default OUT/cache)")
 
 

@@ -40,13 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "with class subsets), the networks, seeds and settings "
                                                    "(docs/your-tasks.md); its settings win over these options")
     options.add(p, "batch-size", "lr")
-    p.add_argument("--epsilon", type=float, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")
-    p.add_argument("--bootstrap", type=int, default=0,
+    p.add_argument("--epsilon", type=options.epsilon, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")
+    p.add_argument("--bootstrap", type=options.nonnegative, default=0,
                    help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)")
     p.add_argument("--gates", default="warn", choices=list(GATE_ACTIONS),
                    help="sanity gates (accuracy vs epsilon, collapsed Fisher, d[a,a] = 0): warn, refuse or off")
     options.add(p, "fisher-samples", "max-train-per-label")
-    p.add_argument("--image-size", type=int, default=None, help="resize images (image folders default to 32)")
+    p.add_argument("--image-size", type=options.count, default=None, help="resize images (image folders default to 32)")
     options.add(p, "task-seed", "device", "quiet")
 
 

@@ -7,8 +7,11 @@ share are declared once, in :mod:`fisherx.cli.options`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -43,8 +46,38 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the argument (exit 2), not the usage block: ``--help`` has that."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Commands whose results include figures: matplotlib is checked before any work, not found after the whole run.
+PLOTTING = {"distances", "demo", "affinity"}
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """What a command needs from its environment, checked before any work: the output folders can be created and
+    written, and matplotlib is there for the commands that draw figures. Raises OSError / ImportError (one line)."""
+    for attr in ("out", "cache_dir"):
+        folder = getattr(args, attr, None)
+        if folder is None:
+            continue
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            flag = "--" + attr.replace("_", "-")
+            raise OSError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
+    if args.command in PLOTTING and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(f"fisherx {args.command} draws figures and needs matplotlib: pip install 'fisherx[plot]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fisherx", description="Diagonal Fisher, task distances and TA-NAS.")
+    parser = _Parser(prog="fisherx", description="Diagonal Fisher, task distances and TA-NAS.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print how fisherx was built and what it can use here")
     p.set_defaults(func=_cmd_info)
@@ -60,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    return args.func(args)
+    # Mistakes found once the command runs (an unknown preset or architecture, a missing or damaged file, a full
+    # disk) end in one line naming what is wrong, exit 1; a bug still shows its traceback.
+    try:
+        _preflight(args)
+        return args.func(args)
+    except (ValueError, KeyError, OSError, ImportError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fisherx {args.command}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

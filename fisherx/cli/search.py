@@ -34,25 +34,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated preset tasks to solve and add to the dictionary first if missing")
     options.add(p, "data-dir")
     p.add_argument("--arch", default="cnn", help="ε-network architecture of a new dictionary")
-    p.add_argument("--eps-epochs", type=int, default=10, help="training epochs of a new dictionary's ε-networks")
+    p.add_argument("--eps-epochs", type=options.count, default=10, help="training epochs of a new dictionary's ε-networks")
     p.add_argument("--eps-seed", type=int, default=0, help="initialisation seed of a new dictionary's ε-networks")
     options.add(p, "fisher-samples")
-    p.add_argument("--width", type=int, default=8, help="channels of the first cells (even)")
-    p.add_argument("--depth", type=int, default=3, help="number of cells")
-    p.add_argument("--candidates", type=int, default=3, help="new candidates per FUSE round (memory ∝ C+1)")
+    p.add_argument("--width", type=options.count, default=8, help="channels of the first cells (even)")
+    p.add_argument("--depth", type=options.count, default=3, help="number of cells")
+    p.add_argument("--candidates", type=options.count, default=3, help="new candidates per FUSE round (memory ∝ C+1)")
     options.add(p, "rounds")
-    p.add_argument("--alternations", type=int, default=10, help="max weight/α alternations per round")
-    p.add_argument("--weight-epochs", type=int, default=1, help="passes over the training data per alternation")
-    p.add_argument("--alpha-epochs", type=int, default=10,
+    p.add_argument("--alternations", type=options.count, default=10, help="max weight/α alternations per round")
+    p.add_argument("--weight-epochs", type=options.count, default=1, help="passes over the training data per alternation")
+    p.add_argument("--alpha-epochs", type=options.count, default=10,
                    help="passes over the validation data per alternation (cheap: cached logits)")
     options.add(p, "batch-size", default=64)
     options.add(p, "lr", default=3e-3)
-    p.add_argument("--alpha-lr", type=float, default=0.05, help="Adam learning rate of α")
-    p.add_argument("--final-epochs", type=int, default=20, help="epochs of the winner's final training")
+    p.add_argument("--alpha-lr", type=options.rate, default=0.05, help="Adam learning rate of α")
+    p.add_argument("--final-epochs", type=options.count, default=20, help="epochs of the winner's final training")
     p.add_argument("--compare", default="random",
                    help="comma-separated comparisons: random (same space, same budget), general (FUSE, all ops); "
                         "'none' for none")
-    p.add_argument("--checkpoint-every", type=int, default=50,
+    p.add_argument("--checkpoint-every", type=options.nonnegative, default=50,
                    help="also checkpoint every N weight steps inside a round (0: only at round ends)")
     p.add_argument("--grow", action="store_true", help="add the solved target to the dictionary")
     options.add(p, "seed", "max-train-per-label", "task-seed", "device", "quiet")
