@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a fisherx wheel on this machine.
 #   scripts/build_wheel.sh cpu  [OUT_DIR]   CPU kernels only
-#   scripts/build_wheel.sh cuda [OUT_DIR]   CPU + CUDA kernels for FISHERX_CUDA_ARCHS (default: DESIGN.md §3 list)
+#   scripts/build_wheel.sh cuda [OUT_DIR]   CPU + CUDA kernels for FISHERX_CUDA_ARCHS (default: pyproject.toml's list, sm 75-120 + PTX)
 # Neither variant needs torch to build or links libtorch; the CUDA one links cudart statically, so one wheel serves
 # every torch version and needs only the NVIDIA driver at run time. Offline (a GPU box with no network), set
 # PIP_WHEEL_ARGS=--no-build-isolation with scikit-build-core and pybind11 installed.
