@@ -1,5 +1,6 @@
 """`fisherx demo` at its smallest size: every promised file, a report that names no missing figure, a resume that
 recomputes nothing."""
+import contextlib
 import json
 import re
 import time
@@ -14,10 +15,21 @@ from fisherx.experiments import demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    with warnings.catch_warnings():
+    # Progress on, output sent to a file (as in a log or CI): what it writes there is checked below.
+    with warnings.catch_warnings(), open(out.parent / "demo.log", "w") as log:
         warnings.simplefilter("ignore")  # 3-epoch networks miss their ε by design at this size
-        assert cli.main(["demo", "--size", "smallest", "--out", str(out), "--quiet"]) == 0
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            assert cli.main(["demo", "--size", "smallest", "--out", str(out)]) == 0
     return out
+
+
+def test_a_redirected_log_has_plain_lines_only(demo_run):
+    text = (demo_run.parent / "demo.log").read_text()
+    assert "\r" not in text and "\x1b" not in text, text[:2000]
+    lines = text.splitlines()
+    # One line per stage, the search included (TA-NAS is most of the demo's time).
+    for head in ("task distances [", "task distances: ", "FUSE [", "FUSE: ", "TA-NAS: the closest baseline to T2"):
+        assert any(line.startswith(head) for line in lines), (head, text[:3000])
 
 
 def test_every_promised_file_is_written(demo_run):

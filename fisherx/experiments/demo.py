@@ -105,14 +105,14 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
     search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
                   final_epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed)
     general = SearchSpace.general(width=config.width, depth=config.depth)
-    nas_progress = None if progress else False
+
     for t in tasks:
         if t.name != config.target and t.name not in dictionary:
             add_baseline(dictionary, datas[t.name], space=general, device=config.device,
-                         out_dir=out / "nas" / "baselines", progress=nas_progress, **search)
+                         out_dir=out / "nas" / "baselines", progress=progress, **search)
     report = ta_nas(datas[config.target], dictionary, compare=("random",),
                     fisher_samples=config.fisher_samples, device=config.device,
-                    out_dir=out / "nas" / config.target, progress=nas_progress, **search)
+                    out_dir=out / "nas" / config.target, progress=progress, **search)
     timings["ta_nas_s"] = time.perf_counter() - t0
     report.save(out / "ta_nas.json")
     atomic_write_text(out / "ta_nas.txt", report.summary() + "\n")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validate
+from .._progress import Progress
 from .. import distributed as _fxd
 from ..distance import METRICS, distance_column
 from ..fisher import FisherDiag, fisher_diag
@@ -184,7 +185,8 @@ class _Run:
         steps = len(archs) * S * (K + K * K + (K * (K - 1) if st.head == "refit" else 0))
         # Under torch.distributed the units are spread first, then assembled from the cache: no fixed step count.
         self.progress = progress
-        self.bar = _bar(None if distributed else steps, progress and (not distributed or _fxd.is_main_process()))
+        self.bar = Progress(total=None if distributed else steps, desc="task distances", unit="step",
+                            enabled=progress and (not distributed or _fxd.is_main_process()))
         self.missed: list[str] = []  # networks below 1 − ε, warned about once at the end (cached or not)
 
     # -- step 1: the networks ----------------------------------------------------------------------------------
@@ -277,14 +279,15 @@ class _Run:
         return probe.to(self.device).eval(), cfg
 
     # -- step 2: the Fisher columns ----------------------------------------------------------------------------
-    def fisher(self, model, model_cfg: dict, seed: int, j: int):
-        """The diagonal Fisher of ``model`` on task j's test data (or read from the cache)."""
+    def fisher(self, model, model_cfg: dict, arch: str, seed: int, i: int, j: int):
+        """The diagonal Fisher of ``model`` (source task i's network) on task j's test data (or read from the
+        cache)."""
         st = self.s
         cfg = {"model": model_cfg, "target_task": self.tasks[j].config(), "target_data": self.fingerprints[j],
                "fisher": self.fisher_cfg}
         entry = self.cache.load("fisher", cfg, check=_fisher_from_entry)
         if entry is None:
-            self.bar.set_description(f"fisher → {self.tasks[j].name}")
+            self.bar.set_description(f"fisher {arch} seed {seed} {self.tasks[i].name}→{self.tasks[j].name}")
             with seeded(seed, self.device):  # the labels drawn by kind="mc" come from the seed too
                 # One unit is one whole Fisher on one rank, never a shard combined across ranks.
                 f = fisher_diag(model.eval(), self.datas[j].test, loss=self.user.loss, kind=st.fisher_kind,
@@ -302,7 +305,7 @@ class _Run:
         for i, (model, _, cfg) in enumerate(nets):
             if self.s.head == "refit" and i != j:
                 model, cfg = self.refit_head(model, arch, seed, i, j, cfg)
-            columns.append(self.fisher(model, cfg, seed, j))
+            columns.append(self.fisher(model, cfg, arch, seed, i, j))
         return columns
 
     # -- step 3: assembly --------------------------------------------------------------------------------------
@@ -357,7 +360,7 @@ class _Run:
             model, _, cfg = nets[(arch, seed, i)]
             if self.s.head == "refit" and i != j:
                 model, cfg = self.refit_head(model, arch, seed, i, j, cfg)
-            self.fisher(model, cfg, seed, j)
+            self.fisher(model, cfg, arch, seed, i, j)
         _fxd.barrier()
         self.missed.clear()  # the assembly visits every network once more
 
@@ -424,22 +427,3 @@ def _fisher_from_entry(entry: dict):
     reps = dict(zip(names, entry["replicates"], strict=True)) if "replicates" in entry else None
     return FisherDiag(dict(zip(names, entry["values"], strict=True)), entry["n_samples"], entry["meta"],
                       replicates=reps, replicate_weights=entry.get("replicate_weights"))
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_description(self, s):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int | None, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="task distances", unit="step")

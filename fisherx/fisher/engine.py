@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -39,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_map, tree_unflatten
 
 from .. import _ops
+from .._progress import Progress
 from . import inputs as _inputs
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
@@ -1120,20 +1120,6 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         engine.broadcast_grads.clear()
 
 
-class _NullBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total, enabled: bool):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
-    show = enabled and tqdm is not None and sys.stderr.isatty()
-    if not show:
-        return _NullBar()
-    return tqdm(total=total, unit="sample", desc="fisher_diag", leave=False)
+def _progress(total, enabled: bool) -> Progress:
+    # A bar on a terminal only: fisher_diag is a library call, often made in a loop, so it writes no log lines.
+    return Progress(total=total, desc="fisher_diag", unit="sample", leave=False, enabled=enabled, plain=False)

@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
+from .._progress import Progress
+
 
 class EpsilonWarning(UserWarning):
     """A network's test accuracy is below 1 − ε: it is not an ε-approximation of its task."""
@@ -230,8 +232,7 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                 if checkpoint:
                     _save_checkpoint(checkpoint, identity, epoch, model, opt, gen, device, best_acc, best_epoch,
                                      best_state, history)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
+                bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -319,9 +320,5 @@ def _save_checkpoint(path, identity, epoch, model, opt, gen, device, best_acc, b
                      "history": history})
 
 
-def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, leave=False)
+def _progress(it, enabled: bool | None, desc: str) -> Progress:
+    return Progress(it, desc=desc, unit="epoch", leave=False, enabled=enabled)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,8 @@ def device_name(device: torch.device) -> str:
 
 
 def show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else bool(progress)
+    # None (the default) reports like True: a bar on a terminal, plain lines in a log (fisherx._progress).
+    return progress is not False
 
 
 def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: float, seed: int,

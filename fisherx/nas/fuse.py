@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import save_tree
+from .._progress import Progress
 from ..models.training import seeded
 from ._common import (
     SearchFiles,
@@ -301,72 +302,71 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
     best, history, start, inflight, nondet = init, [], 0, None, []
     state = files.load_checkpoint()
     meter = CostMeter(device, state["cost"] if state is not None else None)
-    from tqdm.auto import tqdm
 
     with reproducible(seed, device, deterministic=deterministic, found=nondet):
         if state is not None:
             history, start, inflight = resume_run(state, device, gen, nondet, f"FUSE in {files.dir}")
             best = Genotype.from_dict(state["best"]) if state["best"] is not None else None
-        bar = tqdm(total=rounds, initial=start, desc="FUSE", unit="round", disable=not show_progress(progress))
-        x_tr, y_tr = x_tr.to(device), y_tr.to(device)
-        with meter.stage("search"):
-            for r in range(start, rounds):
-                if inflight is not None:  # resume inside round r: the candidates were drawn before the checkpoint
-                    cands = [Genotype.from_dict(g) for g in inflight["candidates"]]
-                    round_seed, incumbent = inflight["round_seed"], inflight["incumbent"]
-                else:
-                    exclude = {best.key()} if best is not None else set()
-                    new = _distinct_candidates(space, gen, candidates, exclude)
-                    incumbent = best is not None
-                    cands = ([best] if incumbent else []) + new
-                    round_seed = _new_seed(gen)
-                with seeded(round_seed, device):
-                    nets = [space.build(g, in_channels, num_classes).to(device) for g in cands]
-                rnd = FuseRound(nets, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay)
-                data_gen = torch.Generator().manual_seed(round_seed)
-                if inflight is not None:
-                    load_round_state(rnd, data_gen, inflight)
-                    # Checkpoints hold CPU tensors: α's reference point goes back to α's device.
-                    a0, pos, before = inflight["alternation"], inflight["position"], inflight["before"].to(device)
-                    alts, steps = list(inflight["alternations"]), dict(inflight["steps"])
-                else:
-                    a0, pos, before, alts = 0, new_position(), rnd.alpha.detach().clone(), []
-                    steps = {"weight_steps": 0, "alpha_steps": 0}
-                inflight = None
-                ckpt.base = lambda: {"round": r - 1, "generator": gen.get_state(),
-                                     "best": best.to_dict() if best is not None else None, "history": history,
-                                     **run_state(device, meter, nondet)}
-                for a in range(a0, alternations):
-                    here = lambda: round_state(rnd, data_gen, {  # noqa: E731 (read at checkpoint time)
-                        "candidates": [g.to_dict() for g in cands], "round_seed": round_seed,
-                        "incumbent": incumbent, "alternation": a, "position": pos, "before": before,
-                        "alternations": alts, "steps": steps})
-                    losses = train_epochs(rnd, x_tr, y_tr, epochs=weight_epochs, batch_size=batch_size,
-                                          gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
-                    steps["weight_steps"] += len(losses)
-                    info = rnd.alpha_phase(x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen,
-                                           device=device)
-                    steps["alpha_steps"] += info.pop("alpha_steps")
-                    change = float((rnd.alpha.detach() - before).abs().max())
-                    alts.append({"train_loss": sum(losses) / len(losses), **info, "alpha": rnd.alpha.tolist(),
-                                 "alpha_change": change})
-                    pos, before = new_position(), rnd.alpha.detach().clone()
-                    if change < alpha_tol:
-                        break
-                alpha = rnd.alpha.detach().cpu()
-                winner = int(torch.argmax(alpha))  # ties go to the lower index: the incumbent, listed first
-                best = cands[winner]
-                history.append({
-                    "round": r, "candidates": [g.to_dict() for g in cands], "incumbent": 0 if incumbent else None,
-                    "alpha": alpha.tolist(), "weights": torch.softmax(alpha, 0).tolist(), "winner": winner,
-                    "alternations": alts, "candidate_epochs": len(cands) * weight_epochs * len(alts), **steps,
-                    "elapsed_s": meter.snapshot()["search"]["wall_s"],
-                })
-                files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(),
-                                  "history": history, **run_state(device, meter, nondet)}, history)
-                bar.update(1)
-                bar.set_postfix(val_acc=f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}", C=len(cands))
-        bar.close()
+        with Progress(total=rounds, initial=start, desc="FUSE", unit="round", enabled=show_progress(progress)) as bar:
+            x_tr, y_tr = x_tr.to(device), y_tr.to(device)
+            with meter.stage("search"):
+                for r in range(start, rounds):
+                    if inflight is not None:  # resume inside round r: the candidates were drawn before the checkpoint
+                        cands = [Genotype.from_dict(g) for g in inflight["candidates"]]
+                        round_seed, incumbent = inflight["round_seed"], inflight["incumbent"]
+                    else:
+                        exclude = {best.key()} if best is not None else set()
+                        new = _distinct_candidates(space, gen, candidates, exclude)
+                        incumbent = best is not None
+                        cands = ([best] if incumbent else []) + new
+                        round_seed = _new_seed(gen)
+                    with seeded(round_seed, device):
+                        nets = [space.build(g, in_channels, num_classes).to(device) for g in cands]
+                    rnd = FuseRound(nets, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay)
+                    data_gen = torch.Generator().manual_seed(round_seed)
+                    if inflight is not None:
+                        load_round_state(rnd, data_gen, inflight)
+                        # Checkpoints hold CPU tensors: α's reference point goes back to α's device.
+                        a0, pos, before = inflight["alternation"], inflight["position"], inflight["before"].to(device)
+                        alts, steps = list(inflight["alternations"]), dict(inflight["steps"])
+                    else:
+                        a0, pos, before, alts = 0, new_position(), rnd.alpha.detach().clone(), []
+                        steps = {"weight_steps": 0, "alpha_steps": 0}
+                    inflight = None
+                    ckpt.base = lambda: {"round": r - 1, "generator": gen.get_state(),
+                                         "best": best.to_dict() if best is not None else None, "history": history,
+                                         **run_state(device, meter, nondet)}
+                    for a in range(a0, alternations):
+                        here = lambda: round_state(rnd, data_gen, {  # noqa: E731 (read at checkpoint time)
+                            "candidates": [g.to_dict() for g in cands], "round_seed": round_seed,
+                            "incumbent": incumbent, "alternation": a, "position": pos, "before": before,
+                            "alternations": alts, "steps": steps})
+                        losses = train_epochs(rnd, x_tr, y_tr, epochs=weight_epochs, batch_size=batch_size,
+                                              gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
+                        steps["weight_steps"] += len(losses)
+                        info = rnd.alpha_phase(x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen,
+                                               device=device)
+                        steps["alpha_steps"] += info.pop("alpha_steps")
+                        change = float((rnd.alpha.detach() - before).abs().max())
+                        alts.append({"train_loss": sum(losses) / len(losses), **info, "alpha": rnd.alpha.tolist(),
+                                     "alpha_change": change})
+                        pos, before = new_position(), rnd.alpha.detach().clone()
+                        if change < alpha_tol:
+                            break
+                    alpha = rnd.alpha.detach().cpu()
+                    winner = int(torch.argmax(alpha))  # ties go to the lower index: the incumbent, listed first
+                    best = cands[winner]
+                    history.append({
+                        "round": r, "candidates": [g.to_dict() for g in cands], "incumbent": 0 if incumbent else None,
+                        "alpha": alpha.tolist(), "weights": torch.softmax(alpha, 0).tolist(), "winner": winner,
+                        "alternations": alts, "candidate_epochs": len(cands) * weight_epochs * len(alts), **steps,
+                        "elapsed_s": meter.snapshot()["search"]["wall_s"],
+                    })
+                    files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(),
+                                      "history": history, **run_state(device, meter, nondet)}, history)
+                    bar.update(1)
+                    bar.set_description(f"round {r + 1}: {len(cands)} candidates, winner's validation accuracy "
+                                        f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}")
         if best is None:  # rounds ≥ 1 is enforced, so this cannot happen unless the space yields nothing
             raise RuntimeError("FUSE found no candidate; the search space produced no architectures")
         with meter.stage("final_training"):

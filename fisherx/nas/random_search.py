@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._progress import Progress
 from ..models.training import seeded
 from ._common import (
     SearchFiles,
@@ -77,52 +78,51 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
     history, start, inflight, nondet = [], 0, None, []
     state = files.load_checkpoint()
     meter = CostMeter(device, state["cost"] if state is not None else None)
-    from tqdm.auto import tqdm
 
     with reproducible(seed, device, deterministic=deterministic, found=nondet):
         if state is not None:
             history, start, inflight = resume_run(state, device, gen, nondet, f"random search in {files.dir}")
         seen = {Genotype.from_dict(h["genotype"]).key() for h in history}
-        bar = tqdm(total=n, initial=start, desc="random search", unit="arch", disable=not show_progress(progress))
-        x_tr, y_tr = x_tr.to(device), y_tr.to(device)
-        with meter.stage("search"):
-            for i in range(start, n):
-                if inflight is not None:  # resume inside candidate i
-                    g, cand_seed = Genotype.from_dict(inflight["genotype"]), inflight["seed"]
-                else:
-                    found = _distinct_candidates(space, gen, 1, seen)
-                    if not found:
-                        break  # the space is exhausted: every architecture has been tried
-                    g = found[0]
-                    cand_seed = _new_seed(gen)
-                seen.add(g.key())
-                with seeded(cand_seed, device):
-                    net = space.build(g, in_channels, num_classes).to(device)
-                # A one-candidate FuseRound is plain training: softmax of a single α is 1, so c̄ = c.
-                solo = FuseRound([net], lr=lr, alpha_lr=0.0, weight_decay=weight_decay)
-                data_gen = torch.Generator().manual_seed(cand_seed)
-                pos = new_position()
-                if inflight is not None:
-                    load_round_state(solo, data_gen, inflight)
-                    pos = inflight["position"]
-                inflight = None
-                ckpt.base = lambda: {"round": i - 1, "generator": gen.get_state(), "history": history,
-                                     **run_state(device, meter, nondet)}
-                here = lambda: round_state(solo, data_gen, {  # noqa: E731 (read at checkpoint time)
-                    "genotype": g.to_dict(), "seed": cand_seed, "position": pos})
-                losses = train_epochs(solo, x_tr, y_tr, epochs=epochs_per_candidate, batch_size=batch_size,
-                                      gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
-                per_epoch = len(losses) // epochs_per_candidate
-                last = losses[-per_epoch:]  # the last epoch's losses
-                val_acc = accuracy(logits_of(net, x_val, 512, device), y_val)
-                history.append({"round": i, "genotype": g.to_dict(), "val_accuracy": val_acc,
-                                "train_loss": sum(last) / len(last), "candidate_epochs": epochs_per_candidate,
-                                "weight_steps": len(losses), "elapsed_s": meter.snapshot()["search"]["wall_s"]})
-                files.save_round({"round": i, "generator": gen.get_state(), "history": history,
-                                  **run_state(device, meter, nondet)}, history)
-                bar.update(1)
-                bar.set_postfix(best_val=f"{max(h['val_accuracy'] for h in history):.3f}")
-        bar.close()
+        with Progress(total=n, initial=start, desc="random search", unit="arch", enabled=show_progress(progress)) as bar:
+            x_tr, y_tr = x_tr.to(device), y_tr.to(device)
+            with meter.stage("search"):
+                for i in range(start, n):
+                    if inflight is not None:  # resume inside candidate i
+                        g, cand_seed = Genotype.from_dict(inflight["genotype"]), inflight["seed"]
+                    else:
+                        found = _distinct_candidates(space, gen, 1, seen)
+                        if not found:
+                            break  # the space is exhausted: every architecture has been tried
+                        g = found[0]
+                        cand_seed = _new_seed(gen)
+                    seen.add(g.key())
+                    with seeded(cand_seed, device):
+                        net = space.build(g, in_channels, num_classes).to(device)
+                    # A one-candidate FuseRound is plain training: softmax of a single α is 1, so c̄ = c.
+                    solo = FuseRound([net], lr=lr, alpha_lr=0.0, weight_decay=weight_decay)
+                    data_gen = torch.Generator().manual_seed(cand_seed)
+                    pos = new_position()
+                    if inflight is not None:
+                        load_round_state(solo, data_gen, inflight)
+                        pos = inflight["position"]
+                    inflight = None
+                    ckpt.base = lambda: {"round": i - 1, "generator": gen.get_state(), "history": history,
+                                         **run_state(device, meter, nondet)}
+                    here = lambda: round_state(solo, data_gen, {  # noqa: E731 (read at checkpoint time)
+                        "genotype": g.to_dict(), "seed": cand_seed, "position": pos})
+                    losses = train_epochs(solo, x_tr, y_tr, epochs=epochs_per_candidate, batch_size=batch_size,
+                                          gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
+                    per_epoch = len(losses) // epochs_per_candidate
+                    last = losses[-per_epoch:]  # the last epoch's losses
+                    val_acc = accuracy(logits_of(net, x_val, 512, device), y_val)
+                    history.append({"round": i, "genotype": g.to_dict(), "val_accuracy": val_acc,
+                                    "train_loss": sum(last) / len(last), "candidate_epochs": epochs_per_candidate,
+                                    "weight_steps": len(losses), "elapsed_s": meter.snapshot()["search"]["wall_s"]})
+                    files.save_round({"round": i, "generator": gen.get_state(), "history": history,
+                                      **run_state(device, meter, nondet)}, history)
+                    bar.update(1)
+                    bar.set_description(f"candidate {i + 1}: best validation accuracy so far "
+                                        f"{max(h['val_accuracy'] for h in history):.3f}")
 
         # Best validation accuracy; ties go to the earlier candidate.
         best_i = max(range(len(history)), key=lambda k: (history[k]["val_accuracy"], -k))

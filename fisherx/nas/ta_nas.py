@@ -37,6 +37,7 @@ from torch import nn
 
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
 from ..io.files import parse_json
+from .._progress import note
 from ._common import device_name, pick_device, resolve_data, show_progress
 from .cost import CostMeter
 from .determinism import reproducible
@@ -447,6 +448,8 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
             distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
     closest = min(names, key=lambda n: (distances[n], names.index(n)))
     space = dictionary[closest].space
+    note(f"TA-NAS: the closest baseline to {name} is {closest} (FTD {distances[closest]:.3f}); searching its space",
+         enabled=show_progress(progress))
 
     sub = (lambda s: out / s) if out is not None else (lambda s: None)
     result = fuse(space, data, device=device, out_dir=sub("fuse"), progress=progress, **search)
