@@ -36,6 +36,7 @@ class Metric:
     - ``reference``: the pure-PyTorch ``reference(sources, target, sigma2, normalize)`` the kernel is tested
       against.
     - ``uses_sigma2``: whether ``sigma2`` changes the value (recorded in results only then).
+    - ``label``: how tables and figures name it ("FTD"); the name when empty.
     """
 
     name: str
@@ -45,6 +46,7 @@ class Metric:
     range: tuple[float, float]
     reference: Callable[..., torch.Tensor]
     uses_sigma2: bool = False
+    label: str = ""
 
     def __post_init__(self):
         if self.kind not in ("distance", "similarity"):
@@ -88,10 +90,11 @@ def _logdet(rows, target, sigma2, normalize, source_name, target_name):
 
 
 register_metric(Metric("ftd", _two_arg("ftd_column"), "distance", 0.0, (0.0, 1.0),
-                       lambda s, t, sigma2, normalize: ref.ftd_column(s, t)))
-register_metric(Metric("logdet", _logdet, "distance", 0.0, (0.0, float("inf")), ref.logdet_column, uses_sigma2=True))
+                       lambda s, t, sigma2, normalize: ref.ftd_column(s, t), label="FTD"))
+register_metric(Metric("logdet", _logdet, "distance", 0.0, (0.0, float("inf")), ref.logdet_column, uses_sigma2=True,
+                       label="log-det distance"))
 register_metric(Metric("cosine", _two_arg("cosine_column"), "similarity", 1.0, (0.0, 1.0),
-                       lambda s, t, sigma2, normalize: ref.cosine_column(s, t)))
+                       lambda s, t, sigma2, normalize: ref.cosine_column(s, t), label="cosine similarity"))
 
 
 def _layout(f: Mapping) -> list[tuple[str, tuple[int, ...]]]:

@@ -54,11 +54,14 @@ def test_outputs(run, tmp_path):
     np.testing.assert_array_equal(back.distances["mlp"], result.distances["mlp"])
     assert json.loads((tmp_path / "r.json").read_text())["closest"]["mlp"] == result.closest("mlp")
     csv = result.to_csv(tmp_path / "d.csv").splitlines()
-    assert csv[0] == "arch,source,target,mean,std,seed_0,seed_1" and len(csv) == 17
+    # Long form: fixed columns, one row per (arch, seed, source, target).
+    assert csv[0] == "arch,seed,source,target,metric,value" and len(csv) == 1 + 2 * 4 * 4
+    assert csv[2].split(",")[:5] == ["mlp", str(result.seeds[0]), "T0", "T1", "ftd"]
     assert float(csv[2].split(",")[5]) == result.distances["mlp"][0, 0, 1]
     for plot in (result.plot_heatmaps, result.plot_atlas):
-        p = plot(tmp_path / f"{plot.__name__}.png")
-        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
+        p = tmp_path / f"{plot.__name__}.png"
+        fig = plot(p)
+        assert fig.axes and p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
 
 
 def test_same_run_again_recomputes_nothing_and_other_metrics_reuse_fishers(run):

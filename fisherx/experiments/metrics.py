@@ -1,25 +1,21 @@
-"""What the experiment layer needs to know about a metric, looked up by name instead of ``metric == "cosine"``.
+"""What the experiment layer needs to know about a metric, looked up by name in the metric table of
+:mod:`fisherx.distance` instead of ``metric == "cosine"`` branches.
 
 :func:`kind` is ``"distance"`` (smaller = closer, the closest task is the argmin) or ``"similarity"`` (larger =
-closer, argmax); :func:`self_value` is the value of a Fisher against itself (0 for a distance, 1 for cosine).
-Both come from the metric table of :mod:`fisherx.distance` (``get_metric(name).kind`` / ``.self_value``) where it
-has one; the fallback below describes the three built-in metrics of a ``distance`` module without the table.
+closer, argmax); :func:`self_value` is the value of a Fisher against itself (0 for a distance, 1 for cosine);
+:func:`value_range` the metric's (low, high); :func:`label` its name in tables and figures.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from .. import distance as _distance
-
-_BUILT_IN_SIMILARITIES = ("cosine",)  # only used when fisherx.distance has no metric table
+from ..distance import get_metric
 
 
 def kind(metric: str) -> str:
     """``"distance"`` or ``"similarity"`` for the metric named ``metric``."""
-    table = getattr(_distance, "get_metric", None)
-    if table is not None:
-        return table(metric).kind
-    return "similarity" if metric in _BUILT_IN_SIMILARITIES else "distance"
+    return get_metric(metric).kind
 
 
 def is_similarity(metric: str) -> bool:
@@ -28,10 +24,19 @@ def is_similarity(metric: str) -> bool:
 
 def self_value(metric: str) -> float:
     """d[b, b]: the metric's value for a Fisher compared with itself."""
-    table = getattr(_distance, "get_metric", None)
-    if table is not None:
-        return float(table(metric).self_value)
-    return 1.0 if is_similarity(metric) else 0.0
+    return float(get_metric(metric).self_value)
+
+
+def value_range(metric: str) -> tuple[float, float]:
+    """(low, high) of the metric's values (``inf`` where unbounded): intervals are clipped to it."""
+    lo, hi = get_metric(metric).range
+    return float(lo), float(hi)
+
+
+def label(metric: str) -> str:
+    """The metric's name in tables and figures ("FTD", "cosine similarity")."""
+    m = get_metric(metric)
+    return m.label or m.name
 
 
 def pick_closest(metric: str, nan: bool = False):

@@ -18,6 +18,12 @@ from . import metrics as _metrics
 from . import plots as _plots
 from . import trust as _trust
 
+# result.json: what it is and which layout (docs/formats.md). Bump SCHEMA_VERSION when a key changes meaning or
+# goes away; adding a key keeps the version (readers ignore keys they do not know).
+FORMAT = "fisherx.task_distances"
+SCHEMA_VERSION = 1
+CSV_COLUMNS = ("arch", "seed", "source", "target", "metric", "value")
+
 
 @dataclass
 class TaskDistanceResult:
@@ -74,15 +80,23 @@ class TaskDistanceResult:
         return self.distances[a] if reps is None else reps.reshape(-1, *reps.shape[2:])
 
     def interval_seeds(self, arch: str | None = None) -> np.ndarray | None:
-        """(K, K, 2): Student's t interval of the mean over seeds at ``level``; None with a single seed."""
+        """(K, K, 2): Student's t interval of the mean over seeds at ``level``, clipped to the metric's range
+        (FTD: [0, 1]; a t interval over few seeds can reach past it); None with a single seed."""
         d = self.distances[self._arch(arch)]
-        return _trust.seed_interval(d, self.level) if d.shape[0] > 1 else None
+        return self._clip(_trust.seed_interval(d, self.level)) if d.shape[0] > 1 else None
 
     def interval_bootstrap(self, arch: str | None = None) -> np.ndarray | None:
-        """(S, K, K, 2): each seed's basic bootstrap interval over its test samples; None without bootstrap."""
+        """(S, K, K, 2): each seed's basic bootstrap interval over its test samples, clipped to the metric's
+        range; None without bootstrap."""
         a = self._arch(arch)
         reps = self.replicates.get(a)
-        return None if reps is None else _trust.bootstrap_interval(self.distances[a], reps, self.level, axis=1)
+        if reps is None:
+            return None
+        return self._clip(_trust.bootstrap_interval(self.distances[a], reps, self.level, axis=1))
+
+    def _clip(self, iv: np.ndarray) -> np.ndarray:
+        lo, hi = _metrics.value_range(self.metric)
+        return np.clip(iv, lo, hi)
 
     def closest_probability(self, arch: str | None = None) -> np.ndarray:
         """P[a, b]: the share of :meth:`draws` in which source a is the closest to target b."""
@@ -152,6 +166,7 @@ class TaskDistanceResult:
     def to_dict(self) -> dict:
         """Everything as plain JSON-able data (per-seed matrices, means, stds, accuracies, configuration)."""
         return {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION,
             "task_names": list(self.task_names), "archs": list(self.archs), "seeds": list(self.seeds),
             "metric": self.metric, "head_mode": self.head_mode, "head_width": self.head_width,
             "distances": {a: self.distances[a].tolist() for a in self.archs},
@@ -182,6 +197,7 @@ class TaskDistanceResult:
         s = str(text_or_path)
         text = s if s.lstrip().startswith("{") else Path(s).read_text(encoding="utf-8")
         d = json.loads(text)
+        _check_schema(d, s if not s.lstrip().startswith("{") else "the JSON text")
         return cls(d["task_names"], d["archs"], d["seeds"], d["metric"],
                    {a: np.asarray(v, dtype=np.float64) for a, v in d["distances"].items()},
                    {a: np.asarray(v, dtype=np.float64) for a, v in d["accuracies"].items()},
@@ -191,37 +207,61 @@ class TaskDistanceResult:
                    d.get("level", _trust.LEVEL))
 
     def to_csv(self, path=None) -> str:
-        """One row per (arch, source, target): mean, std and the value of every seed."""
-        rows = ["arch,source,target,mean,std," + ",".join(f"seed_{s}" for s in self.seeds)]
+        """Long form, one row per (arch, seed, source, target): ``arch,seed,source,target,metric,value``. The
+        columns never change with the number of seeds or tasks (statistics are a group-by away, e.g.
+        ``pandas.read_csv(f).groupby(["arch", "source", "target"]).value.agg(["mean", "std"])``)."""
+        rows = [",".join(CSV_COLUMNS)]
         for a in self.archs:
-            mean, std, d = self.mean(a), self.std(a), self.distances[a]
-            for i, src in enumerate(self.task_names):
-                for j, tgt in enumerate(self.task_names):
-                    vals = ",".join(repr(float(v)) for v in d[:, i, j])
-                    rows.append(f"{a},{_csv(src)},{_csv(tgt)},{float(mean[i, j])!r},{float(std[i, j])!r},{vals}")
+            d = self.distances[a]
+            for s, seed in enumerate(self.seeds):
+                for i, src in enumerate(self.task_names):
+                    for j, tgt in enumerate(self.task_names):
+                        rows.append(f"{_csv(a)},{seed},{_csv(src)},{_csv(tgt)},{self.metric},{float(d[s, i, j])!r}")
         text = "\n".join(rows) + "\n"
         if path is not None:
             atomic_write_text(path, text)
         return text
 
-
-    # -- plots (fisherx.experiments.plots) ---------------------------------------------------------------------
-    def plot_heatmaps(self, path, digits: int = 2) -> Path:
-        """Heatmaps laid out like the papers' figures: one column per architecture, mean on top, std below."""
-        return _plots.heatmaps(self, path, digits)
+    # -- plots (fisherx.experiments.plots: each returns a matplotlib Figure, written to ``path`` when given) ---
+    def plot_heatmaps(self, path=None, *, arch: str | None = None, stat: str = "mean", ax=None, digits: int = 2):
+        """Heatmaps laid out like the papers' figures: one column per architecture, mean on top, std below, on
+        scales fixed by the metric. Given ``ax``, the one panel of ``arch`` and ``stat`` ("mean" or "std")."""
+        if ax is not None:
+            return _plots.heatmap(self, arch, stat=stat, ax=ax, path=path, digits=digits)
+        return _plots.heatmaps(self, path, digits=digits)
 
     def embedding(self, arch: str | None = None) -> np.ndarray:
         """2-D coordinates of the tasks: classical MDS of the symmetrised mean matrix (see :func:`plots.embedding`)."""
         return _plots.embedding(self, arch)
 
-    def plot_atlas(self, path) -> Path:
-        """A task atlas per architecture: tasks placed by :meth:`embedding`, arrows from each target's closest
-        source."""
-        return _plots.atlas(self, path)
+    def embedding_fidelity(self, arch: str | None = None) -> dict:
+        """Stress, explained variance and worst-kept pair of :meth:`embedding` (see
+        :func:`plots.embedding_fidelity`)."""
+        return _plots.embedding_fidelity(self, arch)
 
-    def plot_intervals(self, path, digits: int = 2) -> Path:
-        """Per architecture and target: every source's mean with its interval and P(closest) above it."""
-        return _plots.intervals(self, path, digits)
+    def plot_atlas(self, path=None, *, arch: str | None = None, ax=None, fallback: bool = True):
+        """A task atlas per architecture (given ``ax``, of ``arch``): tasks placed by :meth:`embedding`, arrows
+        from each target's closest source, the embedding's fidelity in the title; a clustered heatmap where two
+        dimensions are unfaithful."""
+        return _plots.atlas(self, path, arch=arch, ax=ax, fallback=fallback)
+
+    def plot_intervals(self, path=None, *, arch: str | None = None, target: str | None = None, ax=None,
+                       digits: int = 2):
+        """Per architecture and target: every source's mean with its interval and P(closest) above it (given
+        ``ax``, the panel of ``arch`` and ``target``)."""
+        return _plots.intervals(self, path, arch=arch, target=target, ax=ax, digits=digits)
+
+
+def _check_schema(d: dict, where: str) -> None:
+    """Refuse a file of another kind or of a newer schema, by name; files from before the version accepted."""
+    if not isinstance(d, dict) or "task_names" not in d:
+        raise ValueError(f"{where}: not a fisherx task-distance result (no 'task_names')")
+    fmt, version = d.get("format", FORMAT), d.get("schema_version", 0)
+    if fmt != FORMAT:
+        raise ValueError(f"{where}: format {fmt!r} is not a task-distance result ({FORMAT!r})")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"{where}: schema_version {version!r} is newer than this fisherx reads "
+                         f"({SCHEMA_VERSION}); upgrade fisherx")
 
 
 def _nan_none(a: np.ndarray) -> list:
