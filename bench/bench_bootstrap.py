@@ -7,15 +7,16 @@ One batch of 256 (GPU: 128), cross-entropy, empirical Fisher, the models of benc
 the whole public call; the summary prints R = 10 and R = 100 against R = 0 ("reference") of the same run, and
 the ratios go to ``$FISHERX_BENCH_BOOT_TABLE`` (default build/bootstrap-bench.md) as a markdown table.
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from bench_fisher import BATCH, GPU_BATCH, _setup, _warm_up_custom_ops
 
 import fisherx
-from bench_fisher import BATCH, GPU_BATCH, _setup, _warm_up_custom_ops
 
 REPLICATES = (0, 10, 100)
 TABLE = os.environ.get("FISHERX_BENCH_BOOT_TABLE", "build/bootstrap-bench.md")
@@ -50,8 +51,13 @@ def test_cpu(benchmark, summary, name, r):
     _fisher(model, x[:8], y[:8], min(r, 2))  # warm-up: probe, custom-op set-up
     _warm_up_custom_ops()
     benchmark.group = f"bootstrap-cpu-{name}"
-    benchmark.pedantic(_fisher, args=(model, x, y, r), rounds=3 if r < 100 or name != "vgg11" else 1,
-                       iterations=1, warmup_rounds=1 if r < 100 else 0)
+    benchmark.pedantic(
+        _fisher,
+        args=(model, x, y, r),
+        rounds=3 if r < 100 or name != "vgg11" else 1,
+        iterations=1,
+        warmup_rounds=1 if r < 100 else 0,
+    )
     _record(benchmark, summary, "cpu", name, r, BATCH)
 
 

@@ -15,6 +15,7 @@ Implementations per group:
   runs REPS back-to-back calls and one synchronize per timed round (so launch latency overlaps execution as in a
   real pipeline); the summary divides by REPS, the pytest-benchmark table does not.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,11 @@ SIGMA2 = 1e-8
 # op -> (number of source rows K, kernel(src, tgt), reference(src, tgt)). src is (K, n), tgt is (n,).
 OPS = {
     "ftd": (1, lambda s, t: fisherx.ftd(s[0], t), lambda s, t: ref.ftd_column(s, t)),
-    "logdet": (1, lambda s, t: fisherx.distance(s[0], t, "logdet", sigma2=SIGMA2),
-               lambda s, t: ref.logdet_column(s, t, SIGMA2, True)),
+    "logdet": (
+        1,
+        lambda s, t: fisherx.distance(s[0], t, "logdet", sigma2=SIGMA2),
+        lambda s, t: ref.logdet_column(s, t, SIGMA2, True),
+    ),
     "cosine": (1, lambda s, t: fisherx.distance(s[0], t, "cosine"), lambda s, t: ref.cosine_column(s, t)),
     "trace": (0, lambda s, t: _ops.trace(t), lambda s, t: t.sum(dtype=torch.float64)),
     "ftd_column_K8": (8, lambda s, t: fisherx.distance_column(s, t, "ftd"), lambda s, t: ref.ftd_column(s, t)),
@@ -41,8 +45,11 @@ OPS = {
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    ),
 ]
 IMPLS = ("kernel", "reference", "kernel_raw", "d2d_copy")
 
@@ -67,16 +74,30 @@ def _raw_cuda(op: str, src: torch.Tensor, tgt: torch.Tensor):
     stream = _ops._stream(dev)
     a, rs, s = src.data_ptr(), src.stride(0), src.stride(1)
     if op == "trace":
-        return lambda: C.row_stats(dt, tgt.data_ptr(), 1, n, n, tgt.stride(0), stats.data_ptr(), ws.data_ptr(),
-                                   stream)
+        return lambda: C.row_stats(dt, tgt.data_ptr(), 1, n, n, tgt.stride(0), stats.data_ptr(), ws.data_ptr(), stream)
     if op.startswith("ftd"):
-        return lambda: C.ftd_column(dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(),
-                                    stats.data_ptr(), ws.data_ptr(), stream)
+        return lambda: C.ftd_column(
+            dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(), stats.data_ptr(), ws.data_ptr(), stream
+        )
     if op == "logdet":
-        return lambda: C.logdet_column(dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), scale.data_ptr(), SIGMA2,
-                                       out.data_ptr(), ws.data_ptr(), stream)
-    return lambda: C.cosine_column(dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(),
-                                   stats.data_ptr(), ws.data_ptr(), stream)
+        return lambda: C.logdet_column(
+            dt,
+            a,
+            k,
+            n,
+            rs,
+            s,
+            tgt.data_ptr(),
+            tgt.stride(0),
+            scale.data_ptr(),
+            SIGMA2,
+            out.data_ptr(),
+            ws.data_ptr(),
+            stream,
+        )
+    return lambda: C.cosine_column(
+        dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(), stats.data_ptr(), ws.data_ptr(), stream
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -102,8 +123,9 @@ def test_distance(benchmark, summary, op, n, device, impl):
         dst = torch.empty_like(flat)
         call = lambda: dst.copy_(flat)  # noqa: E731
     if impl in ("kernel", "reference"):  # the two must agree, or the comparison means nothing
-        torch.testing.assert_close(kernel(src, tgt), reference(src, tgt).reshape(kernel(src, tgt).shape),
-                                   rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            kernel(src, tgt), reference(src, tgt).reshape(kernel(src, tgt).shape), rtol=1e-9, atol=1e-12
+        )
 
     reps = REPS[device]
 
@@ -162,7 +184,6 @@ def test_distance_vs_memory_floor(benchmark, summary, op, floor):
     floor_call = (lambda: both.sum()) if floor == "sum" else (lambda: dst.copy_(both))  # noqa: E731
     kernel = lambda: FLOOR_OPS[op](src, tgt)  # noqa: E731
     kernel(), floor_call()  # warm-up
-    median, worst = benchmark.pedantic(lambda: _floor_ratios(kernel, floor_call, FLOOR_ROUNDS), rounds=1,
-                                       iterations=1)
+    median, worst = benchmark.pedantic(lambda: _floor_ratios(kernel, floor_call, FLOOR_ROUNDS), rounds=1, iterations=1)
     benchmark.extra_info.update(median_ratio=median, worst_ratio=worst)
     print(f"\n{op} / {floor} at 10^7 float32: median {median:.2f}x, worst {worst:.2f}x over {FLOOR_ROUNDS} rounds")

@@ -11,6 +11,7 @@ one noisy block could move a ratio 2x.
 GPU (VGG-16 and ResNet-18 on 32×32 inputs, batch 128): time ratio vs plain and peak CUDA memory growth.
 FISHERX_BENCH_THREADS=1 pins torch to one thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,25 @@ if os.environ.get("FISHERX_BENCH_THREADS"):  # e.g. 1 on a shared, oversubscribe
 
 # ---- the benchmark models: an MLP, a small CNN and VGG-11 (the peers' comparison models) ------------------------
 def mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
-                         nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
 
 
 def cnn():
-    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(128, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
 
 
 def _vgg(cfg, bn=False):
@@ -85,8 +96,13 @@ def resnet18():  # CIFAR ResNet-18 (3x3 stem, no max-pool)
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
 
 
-MODELS = {"mlp": (mlp, (1, 28, 28)), "cnn": (cnn, (1, 28, 28)), "vgg11": (vgg11, (3, 32, 32)),
-          "vgg16": (vgg16, (3, 32, 32)), "resnet18": (resnet18, (3, 32, 32))}
+MODELS = {
+    "mlp": (mlp, (1, 28, 28)),
+    "cnn": (cnn, (1, 28, 28)),
+    "vgg11": (vgg11, (3, 32, 32)),
+    "vgg16": (vgg16, (3, 32, 32)),
+    "resnet18": (resnet18, (3, 32, 32)),
+}
 
 
 # ---- methods -----------------------------------------------------------------------------------------------------
@@ -97,6 +113,7 @@ def m_plain(model, x, y):
 
 def m_fisherx(model, x, y):
     import fisherx
+
     return fisherx.fisher_diag(model, (x, y), progress=False)
 
 
@@ -104,14 +121,15 @@ def m_naive(model, x, y):
     out = [torch.zeros_like(p) for p in model.parameters()]
     for i in range(x.shape[0]):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
         for o, p in zip(out, model.parameters()):
-            o += p.grad ** 2
+            o += p.grad**2
     return out
 
 
 def m_func(model, x, y, chunk=64):
     from torch.func import functional_call, grad, vmap
+
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def loss(p, xi, yi):
@@ -120,7 +138,7 @@ def m_func(model, x, y, chunk=64):
     g = vmap(grad(loss), in_dims=(None, 0, 0))
     out = {k: torch.zeros_like(v) for k, v in params.items()}
     for s in range(0, x.shape[0], chunk):
-        gs = g(params, x[s:s + chunk], y[s:s + chunk])
+        gs = g(params, x[s : s + chunk], y[s : s + chunk])
         for k in out:
             out[k] += (gs[k] ** 2).sum(0)
     return out
@@ -129,6 +147,7 @@ def m_func(model, x, y, chunk=64):
 def m_backpack(model, x, y):
     from backpack import backpack, extend
     from backpack.extensions import SumGradSquared
+
     m = extend(model)
     lf = extend(nn.CrossEntropyLoss(reduction="sum"))
     m.zero_grad()
@@ -139,17 +158,24 @@ def m_backpack(model, x, y):
 
 def m_opacus(model, x, y):
     from opacus import GradSampleModule
+
     m = GradSampleModule(model.train(), loss_reduction="sum")
     m.zero_grad()
     F.cross_entropy(m(x), y, reduction="sum").backward()
-    out = [(p.grad_sample ** 2).sum(0) for p in m.parameters()]
+    out = [(p.grad_sample**2).sum(0) for p in m.parameters()]
     m._close()
     model.eval()
     return out
 
 
-METHODS = {"plain": m_plain, "fisherx": m_fisherx, "naive": m_naive, "torch.func": m_func,
-           "backpack": m_backpack, "opacus": m_opacus}
+METHODS = {
+    "plain": m_plain,
+    "fisherx": m_fisherx,
+    "naive": m_naive,
+    "torch.func": m_func,
+    "backpack": m_backpack,
+    "opacus": m_opacus,
+}
 NEEDS = {"backpack": "backpack", "opacus": "opacus"}
 SLOW = {"naive", "torch.func", "backpack", "opacus"}  # one timed round (they take seconds to minutes)
 
@@ -166,6 +192,7 @@ def _setup(name, device="cpu", batch=BATCH):
 def _warm_up_custom_ops():
     # The first torch.library custom-op call of a process pays a one-time set-up (about a second here).
     from fisherx import _ops
+
     _ops.sqgrad_gemm(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 5))
 
 
@@ -180,8 +207,13 @@ def measure(name: str, method: str) -> dict:
     fn(model, x, y)
     dt = time.perf_counter() - t
     rss1 = _peak_kb()
-    return {"model": name, "method": method, "seconds": dt, "samples_per_s": BATCH / dt,
-            "rss_growth_mb": (rss1 - rss0) / 1024}
+    return {
+        "model": name,
+        "method": method,
+        "seconds": dt,
+        "samples_per_s": BATCH / dt,
+        "rss_growth_mb": (rss1 - rss0) / 1024,
+    }
 
 
 def _status_kb(field: str) -> int | None:
@@ -212,9 +244,16 @@ def _peak_kb() -> int:
 
 
 # ---- pytest-benchmark (GPU) ------------------------------------------------------------------------------------
-GPU_CASES = [pytest.param(n, m, id=f"{n}-{m}", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device")])
-    for n in ("vgg16", "resnet18") for m in ("plain", "fisherx")]
+GPU_CASES = [
+    pytest.param(
+        n,
+        m,
+        id=f"{n}-{m}",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    )
+    for n in ("vgg16", "resnet18")
+    for m in ("plain", "fisherx")
+]
 GPU_RESULTS: dict[tuple[str, str], float] = {}
 
 
@@ -243,6 +282,7 @@ def test_gpu(benchmark, summary, name, method):
 
 if __name__ == "__main__":
     import argparse
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="cnn", choices=sorted(MODELS))
     ap.add_argument("--method", default="fisherx", choices=sorted(METHODS))

@@ -8,6 +8,7 @@ write in a thread), fsync of the file and its folder, and an atomic rename. Its 
 buffer, hashes it and views the tensors in place; safetensors' ``load_file`` maps the file and copies each tensor
 out without verifying anything, so its load is timed with every tensor read (a sum), as a caller would use it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,12 @@ def main(argv=None) -> None:
     n = args.mb * 1_000_000 // 4 // 10
     tensors = {f"layer{i}.weight": torch.randn(n) for i in range(10)}
     d = Path(tempfile.mkdtemp())
-    impls = {"fisherx save": lambda: io.save_tensors(d / "a.safetensors", tensors),
-             "safetensors save": lambda: save_file(tensors, d / "b.safetensors"),
-             "fisherx load": lambda: io.load_tensors(d / "a.safetensors"),
-             "safetensors load": lambda: sum(float(t.sum()) for t in load_file(d / "b.safetensors").values())}
+    impls = {
+        "fisherx save": lambda: io.save_tensors(d / "a.safetensors", tensors),
+        "safetensors save": lambda: save_file(tensors, d / "b.safetensors"),
+        "fisherx load": lambda: io.load_tensors(d / "a.safetensors"),
+        "safetensors load": lambda: sum(float(t.sum()) for t in load_file(d / "b.safetensors").values()),
+    }
     if args.format1:
         old = _format1(args.format1)
         impls["format-1 save"] = lambda: old.save_tensors(d / "c.fx", tensors)

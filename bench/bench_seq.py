@@ -11,6 +11,7 @@ Each round times A = one plain forward+backward (loss.backward(), parameter grad
 same batch (the whole call: probe, hooks, rules), interleaved A B A B ...; the ratio B/A is taken per round and
 the median and the worst round are reported (the machine is shared: only ratios within one round mean much).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,13 +94,20 @@ def measure(case: str, rounds: int = ROUNDS) -> dict:
         plain.append(_timed(_plain, model, x, y))
         fish.append(_timed(_fisher, model, x, y))
     ratios = [f / p for f, p in zip(fish, plain, strict=True)]
-    return {"case": case, "plain_ms": 1e3 * statistics.median(plain), "fisher_ms": 1e3 * statistics.median(fish),
-            "ratio_median": statistics.median(ratios), "ratio_worst": max(ratios)}
+    return {
+        "case": case,
+        "plain_ms": 1e3 * statistics.median(plain),
+        "fisher_ms": 1e3 * statistics.median(fish),
+        "ratio_median": statistics.median(ratios),
+        "ratio_worst": max(ratios),
+    }
 
 
 def _line(r: dict) -> str:
-    return (f"{r['case']:<16} plain {r['plain_ms']:8.2f} ms  fisher {r['fisher_ms']:8.2f} ms  "
-            f"ratio median {r['ratio_median']:.2f}x  worst {r['ratio_worst']:.2f}x")
+    return (
+        f"{r['case']:<16} plain {r['plain_ms']:8.2f} ms  fisher {r['fisher_ms']:8.2f} ms  "
+        f"ratio median {r['ratio_median']:.2f}x  worst {r['ratio_worst']:.2f}x"
+    )
 
 
 @pytest.mark.parametrize("case", CASES)

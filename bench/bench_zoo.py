@@ -18,6 +18,7 @@ machine hits both alike; the table quotes the median and the worst of the per-ro
 The markdown table goes to ``$FISHERX_ZOO_TABLE`` (default build/zoo-bench.md). The zoo's models are those of
 tests/fisher_models.py (``ZOO``, "bench" size); tests/test_fisher_zoo.py checks each against the naive per-sample loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ def m_plain(model, x, y):
 
 def m_fisherx(model, x, y):
     import fisherx
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fallback's one-time warning
         return fisherx.fisher_diag(model, (x, y), progress=False)
@@ -69,11 +71,12 @@ def m_fisherx(model, x, y):
 
 def m_opacus(model, x, y):
     from opacus import GradSampleModule
+
     m = GradSampleModule(model, loss_reduction="sum")
     try:
         m.zero_grad(set_to_none=True)
         _ce(m(x), y).backward()
-        return [(p.grad_sample ** 2).sum(0) for p in model.parameters()]
+        return [(p.grad_sample**2).sum(0) for p in model.parameters()]
     finally:
         m._close()
 
@@ -81,6 +84,7 @@ def m_opacus(model, x, y):
 def m_backpack(model, x, y):
     from backpack import backpack, extend
     from backpack.extensions import SumGradSquared
+
     m = extend(model)
     m.zero_grad(set_to_none=True)
     with backpack(SumGradSquared()):
@@ -90,6 +94,7 @@ def m_backpack(model, x, y):
 
 def m_func(model, x, y, chunk=32):
     from torch.func import functional_call, grad, vmap
+
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def loss(p, xi, yi):
@@ -98,7 +103,7 @@ def m_func(model, x, y, chunk=32):
     g = vmap(grad(loss), in_dims=(None, 0, 0))
     out = {k: torch.zeros_like(v) for k, v in params.items()}
     for s in range(0, x.shape[0], chunk):
-        for k, v in g(params, x[s:s + chunk], y[s:s + chunk]).items():
+        for k, v in g(params, x[s : s + chunk], y[s : s + chunk]).items():
             out[k] += v.square().sum(0)
     return out
 
@@ -143,8 +148,13 @@ def _status_kb(field: str) -> int:
 
 def memory_growth_mb(name: str, batch: int, method: str) -> float:
     """Peak-RSS growth (MB) of one warmed-up call of ``method``, measured in a fresh subprocess."""
-    out = subprocess.run([sys.executable, __file__, "--child", name, str(batch), method], capture_output=True,
-                         text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, str(batch), method],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
 
 
@@ -198,20 +208,27 @@ def measure(name: str, batch: int, rounds: int = ROUNDS, memory: bool = False, p
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} thread, median (worst) of per-round ratios to a "
-             "plain forward+backward, interleaved", "",
-             "| model | batch | plain | fisherx | time vs plain (worst) | target | memory growth vs plain "
-             "| best peer |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread, median (worst) of per-round ratios to a "
+        "plain forward+backward, interleaved",
+        "",
+        "| model | batch | plain | fisherx | time vs plain (worst) | target | memory growth vs plain | best peer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['batch']} | | | fails: {r['error']} | | | |")
             continue
         ok = "met" if r["ratio"] <= TARGET[min(TARGET, key=lambda b: abs(b - r["batch"]))] else "missed"
-        mem = (f"{r['mem_ratio']:.2f}x ({r['mem_fisherx_mb']:.0f} / {r['mem_plain_mb']:.0f} MB)"
-               if "mem_ratio" in r else "")
-        lines.append(f"| {r['model']} | {r['batch']} | {r['plain_s'] * 1e3:.1f} ms | {r['fisherx_s'] * 1e3:.1f} ms | "
-                     f"{r['ratio']:.2f}x ({r['worst']:.2f}x) | {ok} | {mem} | {r.get('best_peer', '')} |")
+        mem = (
+            f"{r['mem_ratio']:.2f}x ({r['mem_fisherx_mb']:.0f} / {r['mem_plain_mb']:.0f} MB)"
+            if "mem_ratio" in r
+            else ""
+        )
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['plain_s'] * 1e3:.1f} ms | {r['fisherx_s'] * 1e3:.1f} ms | "
+            f"{r['ratio']:.2f}x ({r['worst']:.2f}x) | {ok} | {mem} | {r.get('best_peer', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -230,8 +247,9 @@ ROWS: list[dict] = []
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo(benchmark, summary, name, batch):
-    row = measure(name, batch, memory=bool(os.environ.get("FISHERX_ZOO_MEMORY")),
-                  peers=bool(os.environ.get("FISHERX_ZOO_PEERS")))
+    row = measure(
+        name, batch, memory=bool(os.environ.get("FISHERX_ZOO_MEMORY")), peers=bool(os.environ.get("FISHERX_ZOO_PEERS"))
+    )
     ROWS.append(row)
     _write(ROWS)
     if "error" in row:
@@ -246,6 +264,7 @@ def test_zoo(benchmark, summary, name, batch):
 
 if __name__ == "__main__":
     import argparse
+
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         sys.exit(0)

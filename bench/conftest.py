@@ -5,6 +5,7 @@ this prints, per group, every implementation's time, its speed-up over the group
 bytes were given) the bandwidth in GB/s and its fraction of the group's ``d2d_copy`` row. So a ratio such as
 "kernel vs reference" or "kernel vs copy bandwidth" reads off one line per group.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict

@@ -8,6 +8,7 @@ works under ``torch.compile(fullgraph=True)``.
 Kernels report per-row statistics (sum, negative count) from the same pass that computes the result, so bad
 input is rejected with a message naming the tensor at no extra cost.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,7 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_kernels_usable(device_index: int = 0) -> bool:
     """True when the compiled CUDA kernels can run on this device (compiled in, and the device accepts them)."""
     if not hasattr(_C, "cuda") or not torch.cuda.is_available():
@@ -144,8 +145,17 @@ def _row_stats_kernel(x: torch.Tensor, backend: str) -> torch.Tensor:
         _C.cpu.row_stats(_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr(), torch.get_num_threads())
     elif backend == "cuda":
         with torch.cuda.device(x.device):
-            _C.cuda.row_stats(_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr(),
-                              _workspace(k, x.shape[1], x.device).data_ptr(), _stream(x.device))
+            _C.cuda.row_stats(
+                _dtype_name(x),
+                addr,
+                k,
+                x.shape[1],
+                rs,
+                s,
+                stats.data_ptr(),
+                _workspace(k, x.shape[1], x.device).data_ptr(),
+                _stream(x.device),
+            )
     else:
         stats.copy_(ref.row_stats(x))
     return stats
@@ -175,8 +185,9 @@ def trace(x: torch.Tensor) -> torch.Tensor:
 # Distances of K source rows against one target, in one launch
 
 
-def _checked_column(kernel: str, reference, sources: torch.Tensor, target: torch.Tensor, source_name: str,
-                    target_name: str) -> torch.Tensor:
+def _checked_column(
+    kernel: str, reference, sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str
+) -> torch.Tensor:
     """Run the column kernel ``kernel`` (ftd_column, cosine_column), whose pass also yields every row's statistics,
     and reject bad input by name; the PyTorch ``reference`` where no compiled kernel can run."""
     _check_column(sources, target, source_name, target_name)
@@ -189,8 +200,18 @@ def _checked_column(kernel: str, reference, sources: torch.Tensor, target: torch
     out = torch.empty(k, dtype=torch.float64, device=sources.device)
     stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
     addr, _, rs, s = _rows(sources)
-    args = (_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0), out.data_ptr(),
-            stats.data_ptr())
+    args = (
+        _dtype_name(sources),
+        addr,
+        k,
+        n,
+        rs,
+        s,
+        target.data_ptr(),
+        target.stride(0),
+        out.data_ptr(),
+        stats.data_ptr(),
+    )
     if backend == "cpu":
         getattr(_C.cpu, kernel)(*args, torch.get_num_threads())
     else:
@@ -215,8 +236,9 @@ def _(sources, target, source_name, target_name):
 
 
 @torch.library.custom_op("fisherx::logdet_column", mutates_args=())
-def logdet_column(sources: torch.Tensor, target: torch.Tensor, sigma2: float, normalize: bool,
-                  source_name: str, target_name: str) -> torch.Tensor:
+def logdet_column(
+    sources: torch.Tensor, target: torch.Tensor, sigma2: float, normalize: bool, source_name: str, target_name: str
+) -> torch.Tensor:
     """Log-determinant distance of every source row against the target: (K,) float64.
 
     d_k = (1/n)·|Σ_j log((a_kj + σ²)/(b_j + σ²))|, on unit-trace vectors when ``normalize``.
@@ -234,13 +256,38 @@ def logdet_column(sources: torch.Tensor, target: torch.Tensor, sigma2: float, no
     out = torch.empty(k, dtype=torch.float64, device=sources.device)
     addr, _, rs, s = _rows(sources)
     if backend == "cpu":
-        _C.cpu.logdet_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
-                             scale.data_ptr(), float(scale[k]), sigma2, out.data_ptr(), torch.get_num_threads())
+        _C.cpu.logdet_column(
+            _dtype_name(sources),
+            addr,
+            k,
+            n,
+            rs,
+            s,
+            target.data_ptr(),
+            target.stride(0),
+            scale.data_ptr(),
+            float(scale[k]),
+            sigma2,
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
     else:
         with torch.cuda.device(sources.device):
-            _C.cuda.logdet_column(_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0),
-                                  scale.data_ptr(), sigma2, out.data_ptr(),
-                                  _workspace(k, n, sources.device).data_ptr(), _stream(sources.device))
+            _C.cuda.logdet_column(
+                _dtype_name(sources),
+                addr,
+                k,
+                n,
+                rs,
+                s,
+                target.data_ptr(),
+                target.stride(0),
+                scale.data_ptr(),
+                sigma2,
+                out.data_ptr(),
+                _workspace(k, n, sources.device).data_ptr(),
+                _stream(sources.device),
+            )
     return out
 
 
@@ -368,11 +415,15 @@ def _differentiable(op, backward, setup_context):
     the same formula: torch's custom-op autograd does not support torch.func transforms (grad, jacrev), an
     autograd.Function with a setup_context does. The public distances call the wrapper."""
     torch.library.register_autograd(op, backward, setup_context=setup_context)
-    fn = type(f"{op._name}_fn", (torch.autograd.Function,), {
-        "forward": staticmethod(lambda *args: op(*args)),
-        "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward),
-    })
+    fn = type(
+        f"{op._name}_fn",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(lambda *args: op(*args)),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+        },
+    )
 
     def call(*args):
         # Under torch.compile the op itself, whose registered formula AOTAutograd traces (dynamo cannot trace the
@@ -422,8 +473,9 @@ def _check_weights(weights, g: torch.Tensor, op: str) -> tuple:
         return (0, -1, 0, 0)
     _check_same({"g": g, "weights": weights}, op)
     if weights.dim() != 2 or weights.shape[1] != g.shape[0]:
-        raise ValueError(f"{op}: weights must have shape (R, B) with B = {g.shape[0]} samples, got "
-                         f"{tuple(weights.shape)}")
+        raise ValueError(
+            f"{op}: weights must have shape (R, B) with B = {g.shape[0]} samples, got {tuple(weights.shape)}"
+        )
     return (weights.data_ptr(), weights.shape[0], weights.stride(0), weights.stride(1))
 
 
@@ -452,14 +504,36 @@ def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor, weights: torch.Tensor | None =
         return ref.sqgrad_gemm(g, u, weights)
     out = torch.empty(_rep_shape(weights, (c, m, k)), dtype=g.dtype, device=g.device)
     if backend == "cpu":
-        _C.cpu.sqgrad_gemm(_dtype_name(g), g.data_ptr(), list(g.shape), list(g.stride()), u.data_ptr(),
-                           list(u.shape), list(u.stride()), out.data_ptr(), False, torch.get_num_threads(), *wargs)
+        _C.cpu.sqgrad_gemm(
+            _dtype_name(g),
+            g.data_ptr(),
+            list(g.shape),
+            list(g.stride()),
+            u.data_ptr(),
+            list(u.shape),
+            list(u.stride()),
+            out.data_ptr(),
+            False,
+            torch.get_num_threads(),
+            *wargs,
+        )
     else:
         ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, c, m, k), dtype=g.dtype, device=g.device)
         with torch.cuda.device(g.device):
-            _C.cuda.sqgrad_gemm(_dtype_name(g), g.data_ptr(), list(g.shape), list(g.stride()), u.data_ptr(),
-                                list(u.shape), list(u.stride()), out.data_ptr(), False, ws.data_ptr(),
-                                _stream(g.device), *wargs)
+            _C.cuda.sqgrad_gemm(
+                _dtype_name(g),
+                g.data_ptr(),
+                list(g.shape),
+                list(g.stride()),
+                u.data_ptr(),
+                list(u.shape),
+                list(u.stride()),
+                out.data_ptr(),
+                False,
+                ws.data_ptr(),
+                _stream(g.device),
+                *wargs,
+            )
     return out
 
 
@@ -469,8 +543,9 @@ def _(g, u, weights=None):
 
 
 @torch.library.custom_op("fisherx::sqgrad_norm", mutates_args=())
-def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+def sqgrad_norm(
+    g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """(2, C): row 0 Σ_b (Σ_p g·(x − mean)·rstd)², row 1 Σ_b (Σ_p g)²; inputs (B, P, C), mean/rstd may be broadcast.
 
     The summed squared per-sample gradients of a normalisation layer's weight (row 0) and bias (row 1) in one
@@ -490,8 +565,20 @@ def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torc
         return ref.sqgrad_norm(g, x, mean, rstd, weights)
     out = torch.empty(_rep_shape(weights, (2, c)), dtype=g.dtype, device=g.device)
     ws = torch.empty(max(1, b * 2 * c), dtype=torch.float64, device=g.device)
-    args = (_dtype_name(g), list(g.shape), g.data_ptr(), list(g.stride()), x.data_ptr(), list(x.stride()),
-            mean.data_ptr(), list(mean.stride()), rstd.data_ptr(), list(rstd.stride()), out.data_ptr(), ws.data_ptr())
+    args = (
+        _dtype_name(g),
+        list(g.shape),
+        g.data_ptr(),
+        list(g.stride()),
+        x.data_ptr(),
+        list(x.stride()),
+        mean.data_ptr(),
+        list(mean.stride()),
+        rstd.data_ptr(),
+        list(rstd.stride()),
+        out.data_ptr(),
+        ws.data_ptr(),
+    )
     if backend == "cpu":
         _C.cpu.sqgrad_norm(*args, torch.get_num_threads(), *wargs)
     else:
@@ -516,8 +603,16 @@ def _conv_geometry(x: torch.Tensor, kernel_size, stride, padding, dilation, out_
 
 
 @torch.library.custom_op("fisherx::sqgrad_conv", mutates_args=())
-def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                dilation: list[int], groups: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def sqgrad_conv(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Σ_b (∂ℓ_b/∂W)² for a zero-padded Conv1d/2d/3d: (groups, O/groups, C/groups·prod(kernel_size)).
     With ``weights`` (R, B): (R, groups, O/groups, ...) bootstrap sums Σ_b w[r,b]·(∂ℓ_b/∂W)², in the same pass.
 
@@ -529,8 +624,10 @@ def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride
     _check_same({"g": g, "x": x}, "sqgrad_conv")
     n = len(kernel_size)
     if not 1 <= n <= 3 or x.dim() != n + 2 or g.dim() != n + 2 or g.shape[0] != x.shape[0]:
-        raise ValueError(f"sqgrad_conv expects g (B, O, *out) and x (B, C, *in) with {n} spatial dims and the same "
-                         f"B; got {tuple(g.shape)} and {tuple(x.shape)}")
+        raise ValueError(
+            f"sqgrad_conv expects g (B, O, *out) and x (B, C, *in) with {n} spatial dims and the same "
+            f"B; got {tuple(g.shape)} and {tuple(x.shape)}"
+        )
     if not all(len(v) == n for v in (stride, padding, dilation)):
         raise ValueError("sqgrad_conv: kernel_size, stride, padding and dilation need one entry per spatial dim")
     if groups < 1 or x.shape[1] % groups or g.shape[1] % groups:
@@ -550,8 +647,16 @@ def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride
         p *= v
     gv = g.reshape(b, groups, o // groups, p).transpose(2, 3)  # (B, groups, P, O/groups), a view
     geo = _conv_geometry(x, kernel_size, stride, padding, dilation, g.shape[2:])
-    args = (_dtype_name(g), gv.data_ptr(), list(gv.shape), list(gv.stride()), x.data_ptr(), *geo, groups,
-            out.data_ptr())
+    args = (
+        _dtype_name(g),
+        gv.data_ptr(),
+        list(gv.shape),
+        list(gv.stride()),
+        x.data_ptr(),
+        *geo,
+        groups,
+        out.data_ptr(),
+    )
     if backend == "cpu":
         _C.cpu.sqgrad_conv(*args, torch.get_num_threads(), *wargs)
     else:

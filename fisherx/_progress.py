@@ -103,8 +103,11 @@ class Progress:
         elif self._plain:
             _OPEN_PLAIN.discard(self)
             seconds = time.perf_counter() - self._start
-            print(f"{self.name or self.desc}: {self._count()} {self.unit} in {seconds:.1f} s", file=self._stream,
-                  flush=True)
+            print(
+                f"{self.name or self.desc}: {self._count()} {self.unit} in {seconds:.1f} s",
+                file=self._stream,
+                flush=True,
+            )
 
     def __iter__(self) -> Iterator:
         if self._iterable is None:

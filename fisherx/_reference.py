@@ -4,6 +4,7 @@ Each function here computes exactly what the op of the same name in :mod:`fisher
 plainest float64 PyTorch, so tests can compare the two on random inputs and the ops can fall back to them where a
 compiled kernel cannot run. They favour clarity over speed and memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor, weights: torch.Tensor | None =
     return _weighted_batch_sum(w.square(), weights).to(g.dtype)
 
 
-def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+def sqgrad_norm(
+    g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """(2, C): row 0 Σ_b (Σ_p g·(x − mean)·rstd)², row 1 Σ_b (Σ_p g)², all inputs (B, P, C) (broadcast views allowed).
 
     Row 0 is the summed squared per-sample gradient of a normalisation layer's weight, row 1 of its bias.
@@ -81,8 +83,16 @@ def sqgrad_norm(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torc
     return _weighted_batch_sum(per.square(), weights).to(g.dtype)
 
 
-def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                dilation: list[int], groups: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def sqgrad_conv(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Σ_b (∂ℓ_b/∂W)² of a zero-padded convolution, W of shape (O, C/groups, *kernel_size), returned as
     (groups, O/groups, C/groups·prod(kernel_size)); ``padding`` is the leading pad per dim (the trailing side is
     whatever the output size ``g.shape[2:]`` needs). One torch weight-gradient per sample, in float64.
@@ -100,8 +110,19 @@ def sqgrad_conv(g: torch.Tensor, x: torch.Tensor, kernel_size: list[int], stride
     wts = torch.ones(1, b, dtype=torch.float64, device=x.device) if weights is None else weights.to(torch.float64)
     out = torch.zeros(wts.shape[0], *w.shape, dtype=torch.float64, device=x.device)
     for i in range(b):
-        gw = torch.ops.aten.convolution_backward(g64[i:i + 1], xp[i:i + 1], w, None, list(stride), [0] * n,
-                                                 list(dilation), False, [0] * n, groups, [False, True, False])[1]
+        gw = torch.ops.aten.convolution_backward(
+            g64[i : i + 1],
+            xp[i : i + 1],
+            w,
+            None,
+            list(stride),
+            [0] * n,
+            list(dilation),
+            False,
+            [0] * n,
+            groups,
+            [False, True, False],
+        )[1]
         out += wts[:, i].reshape(-1, *[1] * w.dim()) * gw.square()
     out = out.reshape(wts.shape[0], groups, o // groups, -1).to(g.dtype)
     return out[0] if weights is None else out

@@ -3,12 +3,12 @@
 Each check returns the value normalised (an int as int, a float as float) or raises ``ValueError`` naming the
 argument, the value and the range, so a bad setting fails before any work rather than deep inside a run.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Optional
 
 
 def count(name: str, value, minimum: int = 1) -> int:
@@ -29,13 +29,12 @@ def positive(name: str, value) -> float:
     return float(value)
 
 
-def epsilon(value, name: str = "epsilon") -> Optional[float]:
+def epsilon(value, name: str = "epsilon") -> float | None:
     """ε of an ε-approximation network (accuracy ≥ 1 − ε): None (no check) or a number in [0, 1)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be None or in [0, 1) (a network must reach accuracy 1 − {name}), "
-                         f"got {value!r}")
+        raise ValueError(f"{name} must be None or in [0, 1) (a network must reach accuracy 1 − {name}), got {value!r}")
     return float(value)
 
 
@@ -50,6 +49,8 @@ def seeds(values: Iterable, name: str = "seeds") -> list[int]:
         raise ValueError(f"{name} must hold at least one seed")
     dup = sorted({s for s in out if out.count(s) > 1})
     if dup:
-        raise ValueError(f"{name} repeats {', '.join(map(str, dup))}: each seed must appear once (a repeated seed "
-                         "gives the same network twice, not an independent draw)")
+        raise ValueError(
+            f"{name} repeats {', '.join(map(str, dup))}: each seed must appear once (a repeated seed "
+            "gives the same network twice, not an independent draw)"
+        )
     return out

@@ -4,11 +4,11 @@ All three accept flat tensors or Fisher results (anything with ``.flat()`` and a
 :class:`fisherx.FisherDiag`); two Fisher results must cover the same parameters with the same shapes. The
 reductions run in the fused kernels of :mod:`fisherx._ops` with float64 accumulation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -17,7 +17,7 @@ from . import _reference as ref
 
 DEFAULT_SIGMA2 = 1e-8
 
-FisherLike = Union[torch.Tensor, Mapping]
+FisherLike = torch.Tensor | Mapping
 
 
 @dataclass(frozen=True)
@@ -81,20 +81,48 @@ def get_metric(name: str) -> Metric:
 def _two_arg(op_name: str):
     def column(rows, target, sigma2, normalize, source_name, target_name):
         return _ops.differentiable[op_name](rows, target, source_name, target_name)
+
     return column
 
 
 def _logdet(rows, target, sigma2, normalize, source_name, target_name):
-    return _ops.differentiable["logdet_column"](rows, target, float(sigma2), bool(normalize), source_name,
-                                                target_name)
+    return _ops.differentiable["logdet_column"](rows, target, float(sigma2), bool(normalize), source_name, target_name)
 
 
-register_metric(Metric("ftd", _two_arg("ftd_column"), "distance", 0.0, (0.0, 1.0),
-                       lambda s, t, sigma2, normalize: ref.ftd_column(s, t), label="FTD"))
-register_metric(Metric("logdet", _logdet, "distance", 0.0, (0.0, float("inf")), ref.logdet_column, uses_sigma2=True,
-                       label="log-det distance"))
-register_metric(Metric("cosine", _two_arg("cosine_column"), "similarity", 1.0, (0.0, 1.0),
-                       lambda s, t, sigma2, normalize: ref.cosine_column(s, t), label="cosine similarity"))
+register_metric(
+    Metric(
+        "ftd",
+        _two_arg("ftd_column"),
+        "distance",
+        0.0,
+        (0.0, 1.0),
+        lambda s, t, sigma2, normalize: ref.ftd_column(s, t),
+        label="FTD",
+    )
+)
+register_metric(
+    Metric(
+        "logdet",
+        _logdet,
+        "distance",
+        0.0,
+        (0.0, float("inf")),
+        ref.logdet_column,
+        uses_sigma2=True,
+        label="log-det distance",
+    )
+)
+register_metric(
+    Metric(
+        "cosine",
+        _two_arg("cosine_column"),
+        "similarity",
+        1.0,
+        (0.0, 1.0),
+        lambda s, t, sigma2, normalize: ref.cosine_column(s, t),
+        label="cosine similarity",
+    )
+)
 
 
 def _layout(f: Mapping) -> list[tuple[str, tuple[int, ...]]]:
@@ -141,10 +169,16 @@ def _aligned(sources: Sequence[FisherLike], target: FisherLike, names: Sequence[
             check_same_layout(s, target, n, target_name)
         # Parameter-shaped tensors are flattened, so (2, 3) against (3, 2) would silently pair the wrong entries:
         # shapes must agree unless one side is already flat.
-        if (isinstance(s, torch.Tensor) and isinstance(target, torch.Tensor) and s.dim() != 1
-                and target.dim() != 1 and s.shape != target.shape):
-            raise ValueError(f"shape mismatch: {n} has shape {tuple(s.shape)} but {target_name} has shape "
-                             f"{tuple(target.shape)}")
+        if (
+            isinstance(s, torch.Tensor)
+            and isinstance(target, torch.Tensor)
+            and s.dim() != 1
+            and target.dim() != 1
+            and s.shape != target.shape
+        ):
+            raise ValueError(
+                f"shape mismatch: {n} has shape {tuple(s.shape)} but {target_name} has shape {tuple(target.shape)}"
+            )
     return [_flat(s, n) for s, n in zip(sources, names)], _flat(target, target_name)
 
 
@@ -157,8 +191,14 @@ def ftd(f_ab: FisherLike, f_bb: FisherLike) -> torch.Tensor:
     return distance(f_ab, f_bb, metric="ftd", names=("f_ab", "f_bb"))
 
 
-def distance(f_a: FisherLike, f_b: FisherLike, metric: str = "ftd", sigma2: float = DEFAULT_SIGMA2,
-             normalize: bool = True, names: tuple[str, str] = ("f_a", "f_b")) -> torch.Tensor:
+def distance(
+    f_a: FisherLike,
+    f_b: FisherLike,
+    metric: str = "ftd",
+    sigma2: float = DEFAULT_SIGMA2,
+    normalize: bool = True,
+    names: tuple[str, str] = ("f_a", "f_b"),
+) -> torch.Tensor:
     """Distance between two Fisher diagonals as a float64 0-dim tensor.
 
     - ``"ftd"``: (1/√2)·‖√F̂_a − √F̂_b‖₂ with F̂ = F/tr(F), in [0, 1].
@@ -166,13 +206,20 @@ def distance(f_a: FisherLike, f_b: FisherLike, metric: str = "ftd", sigma2: floa
       unless ``normalize=False``.
     - ``"cosine"``: the cosine similarity Σ F_a F_b / (‖F_a‖·‖F_b‖) (a similarity: 1 means identical direction).
     """
-    return distance_column([f_a], f_b, metric=metric, sigma2=sigma2, normalize=normalize,
-                           names=[names[0]], target_name=names[1])[0]
+    return distance_column(
+        [f_a], f_b, metric=metric, sigma2=sigma2, normalize=normalize, names=[names[0]], target_name=names[1]
+    )[0]
 
 
-def distance_column(sources: Sequence[FisherLike], target: FisherLike, metric: str = "ftd",
-                    sigma2: float = DEFAULT_SIGMA2, normalize: bool = True, names: Sequence[str] | None = None,
-                    target_name: str = "target") -> torch.Tensor:
+def distance_column(
+    sources: Sequence[FisherLike],
+    target: FisherLike,
+    metric: str = "ftd",
+    sigma2: float = DEFAULT_SIGMA2,
+    normalize: bool = True,
+    names: Sequence[str] | None = None,
+    target_name: str = "target",
+) -> torch.Tensor:
     """Distances of K sources against one target in one kernel launch: a (K,) float64 tensor.
 
     This is one column of a task-distance matrix (every baseline a against target b). ``metric`` is any name

@@ -13,6 +13,7 @@ gloo serves CPU tensors and NCCL CUDA tensors. A rank that dies makes the others
 timeout (``FISHERX_DIST_TIMEOUT`` seconds, default 300) instead of hanging; under torchrun the agent also stops
 the surviving ranks at once.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -93,7 +94,7 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     out, offset = [], 0
     for t in tensors:
         n = t.numel()
-        out.append(flat[offset:offset + n].reshape(t.shape).to(device=t.device, dtype=t.dtype))
+        out.append(flat[offset : offset + n].reshape(t.shape).to(device=t.device, dtype=t.dtype))
         offset += n
     return out
 

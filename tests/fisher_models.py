@@ -1,4 +1,5 @@
 """Small models and the naive per-sample reference shared by the Fisher engine tests."""
+
 from __future__ import annotations
 
 import copy
@@ -20,9 +21,9 @@ def naive_fisher(model: nn.Module, x, y, loss: str = "cross_entropy") -> dict[st
         xi = _index(x, slice(i, i + 1))
         o = m(*xi) if isinstance(xi, tuple) else m(xi)
         if loss == "cross_entropy":
-            li = F.cross_entropy(o, y[i:i + 1], reduction="sum")
+            li = F.cross_entropy(o, y[i : i + 1], reduction="sum")
         else:
-            li = 0.5 * (o - y[i:i + 1]).square().sum()
+            li = 0.5 * (o - y[i : i + 1]).square().sum()
         grads = torch.autograd.grad(li, list(params.values()), allow_unused=True)
         for (name, _), g in zip(params.items(), grads):
             if g is not None:
@@ -130,7 +131,7 @@ class Bilinear2(nn.Module):
 
     def __init__(self, d=5):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(d, d) / d ** 0.5)
+        self.w = nn.Parameter(torch.randn(d, d) / d**0.5)
         self.s = nn.Parameter(torch.randn(d))
 
     def forward(self, x):
@@ -184,25 +185,60 @@ def _vgg11(width: float):
 
 def _depthwise_separable(c: int):
     def block(cin, cout, stride):
-        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                         *block(c, 2 * c, 2), *block(2 * c, 4 * c, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4 * c, 10))
+        return [
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
+
+    return nn.Sequential(
+        nn.Conv2d(3, c, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        *block(c, 2 * c, 2),
+        *block(2 * c, 4 * c, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * c, 10),
+    )
 
 
 def _audio(c: int):
-    return nn.Sequential(nn.Conv1d(1, c, 16, stride=4), nn.ReLU(), nn.MaxPool1d(4),
-                         nn.Conv1d(c, 2 * c, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4),
-                         nn.Conv1d(2 * c, 2 * c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                         nn.Linear(2 * c, 10))
+    return nn.Sequential(
+        nn.Conv1d(1, c, 16, stride=4),
+        nn.ReLU(),
+        nn.MaxPool1d(4),
+        nn.Conv1d(c, 2 * c, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool1d(4),
+        nn.Conv1d(2 * c, 2 * c, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(2 * c, 10),
+    )
 
 
 def _groupnorm_cnn(c: int):
-    return nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GroupNorm(4, c), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1),
+        nn.GroupNorm(4, c),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c, 2 * c, 3, padding=1),
+        nn.GroupNorm(8, 2 * c),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2 * c, 2 * c, 3, padding=1),
+        nn.GroupNorm(8, 2 * c),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * c, 10),
+    )
 
 
 class Encoder(nn.Module):
@@ -212,8 +248,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(t, d)
-        self.enc = nn.ModuleList(nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True)
-                                 for _ in range(layers))
+        self.enc = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True) for _ in range(layers)
+        )
         self.head = nn.Linear(d, 10)
 
     def forward(self, idx):
@@ -292,46 +329,94 @@ def _images(c, *s):
 
 
 def _seq(vocab, t, per_token=False):
-    return lambda n: (torch.randint(0, vocab, (n, t)), torch.randint(0, vocab if per_token else 10,
-                                                                    (n, t) if per_token else (n,)))
+    return lambda n: (
+        torch.randint(0, vocab, (n, t)),
+        torch.randint(0, vocab if per_token else 10, (n, t) if per_token else (n,)),
+    )
 
 
 # name -> {size: (builder, input maker n -> (x, y))}
 ZOO = {
-    "mlp": {"bench": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256),
-                                            nn.ReLU(), nn.Linear(256, 10)), _images(1, 28, 28)),
-            "test": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(20, 9), nn.ReLU(), nn.Linear(9, 10)),
-                     _images(1, 4, 5))},
-    "cnn": {"bench": (lambda: nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                            nn.Flatten(), nn.Linear(128, 10)), _images(1, 28, 28)),
-            "test": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                           nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                           nn.Flatten(), nn.Linear(5, 10)), _images(1, 6, 6))},
+    "mlp": {
+        "bench": (
+            lambda: nn.Sequential(
+                nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
+            ),
+            _images(1, 28, 28),
+        ),
+        "test": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(20, 9), nn.ReLU(), nn.Linear(9, 10)), _images(1, 4, 5)),
+    },
+    "cnn": {
+        "bench": (
+            lambda: nn.Sequential(
+                nn.Conv2d(1, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(64, 128, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(128, 10),
+            ),
+            _images(1, 28, 28),
+        ),
+        "test": (
+            lambda: nn.Sequential(
+                nn.Conv2d(1, 3, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(3, 5, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(5, 10),
+            ),
+            _images(1, 6, 6),
+        ),
+    },
     "vgg11": {"bench": (lambda: _vgg11(1.0), _images(3, 32, 32)), "test": (lambda: _vgg11(1 / 32), _images(3, 32, 32))},
-    "resnet18": {"bench": (lambda: _bn_eval(_resnet18(3, 32)), _images(3, 32, 32)),
-                 "test": (lambda: _bn_eval(_resnet18(3, 4)), _images(3, 4, 4))},
-    "depthwise": {"bench": (lambda: _bn_eval(_depthwise_separable(32)), _images(3, 32, 32)),
-                  "test": (lambda: _bn_eval(_depthwise_separable(3)), _images(3, 7, 7))},
-    "audio1d": {"bench": (lambda: _audio(32), lambda n: (torch.randn(n, 1, 4000), torch.randint(0, 10, (n,)))),
-                "test": (lambda: _audio(3), lambda n: (torch.randn(n, 1, 203), torch.randint(0, 10, (n,))))},
-    "groupnorm": {"bench": (lambda: _bn_eval(_groupnorm_cnn(32)), _images(3, 32, 32)),
-                  "test": (lambda: _bn_eval(_groupnorm_cnn(8)), _images(3, 6, 6))},
-    "transformer": {"bench": (lambda: Encoder(1000, 128, 4, 32), _seq(1000, 32)),
-                    "test": (lambda: Encoder(13, 8, 2, 5), _seq(13, 5))},
+    "resnet18": {
+        "bench": (lambda: _bn_eval(_resnet18(3, 32)), _images(3, 32, 32)),
+        "test": (lambda: _bn_eval(_resnet18(3, 4)), _images(3, 4, 4)),
+    },
+    "depthwise": {
+        "bench": (lambda: _bn_eval(_depthwise_separable(32)), _images(3, 32, 32)),
+        "test": (lambda: _bn_eval(_depthwise_separable(3)), _images(3, 7, 7)),
+    },
+    "audio1d": {
+        "bench": (lambda: _audio(32), lambda n: (torch.randn(n, 1, 4000), torch.randint(0, 10, (n,)))),
+        "test": (lambda: _audio(3), lambda n: (torch.randn(n, 1, 203), torch.randint(0, 10, (n,)))),
+    },
+    "groupnorm": {
+        "bench": (lambda: _bn_eval(_groupnorm_cnn(32)), _images(3, 32, 32)),
+        "test": (lambda: _bn_eval(_groupnorm_cnn(8)), _images(3, 6, 6)),
+    },
+    "transformer": {
+        "bench": (lambda: Encoder(1000, 128, 4, 32), _seq(1000, 32)),
+        "test": (lambda: Encoder(13, 8, 2, 5), _seq(13, 5)),
+    },
     "vit": {"bench": (lambda: ViT(128, 4, 32), _images(3, 32, 32)), "test": (lambda: ViT(8, 2, 6), _images(3, 6, 6))},
-    "lstm": {"bench": (lambda: Recurrent("lstm", 1000, 128), _seq(1000, 32)),
-             "test": (lambda: Recurrent("lstm", 13, 6), _seq(13, 5))},
-    "gru": {"bench": (lambda: Recurrent("gru", 1000, 128), _seq(1000, 32)),
-            "test": (lambda: Recurrent("gru", 13, 6), _seq(13, 5))},
-    "tied_lm": {"bench": (lambda: TiedEmbeddingLM(2000, 128), _seq(2000, 32, per_token=True)),
-                "test": (lambda: TiedEmbeddingLM(11, 6), _seq(11, 5, per_token=True))},
+    "lstm": {
+        "bench": (lambda: Recurrent("lstm", 1000, 128), _seq(1000, 32)),
+        "test": (lambda: Recurrent("lstm", 13, 6), _seq(13, 5)),
+    },
+    "gru": {
+        "bench": (lambda: Recurrent("gru", 1000, 128), _seq(1000, 32)),
+        "test": (lambda: Recurrent("gru", 13, 6), _seq(13, 5)),
+    },
+    "tied_lm": {
+        "bench": (lambda: TiedEmbeddingLM(2000, 128), _seq(2000, 32, per_token=True)),
+        "test": (lambda: TiedEmbeddingLM(11, 6), _seq(11, 5, per_token=True)),
+    },
 }
 
 
 def _resnet18(c, image):
     from fisherx.models import resnet18
+
     return resnet18(c, 10, image)
 
 

@@ -3,6 +3,7 @@
 Every image carries its source class in pixel (0, 0, 0) as ``class_id * STEP`` (image folders: the whole image is
 one grey level), so a test can read back which source class a task sample came from.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -58,8 +59,11 @@ def write_cifar10(folder: Path, per_class_train: int = 6, per_class_test: int = 
     _dump(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES]}, 2)
     x, y = _images([per_class_train] * 10, (3, 32, 32), 3)
     for i, part in enumerate(np.array_split(np.arange(y.size), 5)):
-        _dump(folder / f"data_batch_{i + 1}", {b"data": x[part].reshape(-1, 3072), b"labels": y[part].tolist()},
-              2 if i % 2 else 4)
+        _dump(
+            folder / f"data_batch_{i + 1}",
+            {b"data": x[part].reshape(-1, 3072), b"labels": y[part].tolist()},
+            2 if i % 2 else 4,
+        )
     xt, yt = _images([per_class_test] * 10, (3, 32, 32), 4)
     _dump(folder / "test_batch", {"data": xt.reshape(-1, 3072), "labels": yt.tolist()}, 5)
     return folder.parent
@@ -90,13 +94,21 @@ def write_cifar100(folder: Path, per_class_train: int = 3, per_class_test: int =
     _dump(folder / "meta", {"fine_label_names": fine, "coarse_label_names": coarse}, 4)
     for name, n, seed in (("train", per_class_train, 5), ("test", per_class_test, 6)):
         x, y = _images([n] * 100, (3, 32, 32), seed)
-        _dump(folder / name, {b"data": x.reshape(-1, 3072), b"fine_labels": y.tolist(),
-                              b"coarse_labels": [to_coarse[int(c)] for c in y]}, 2)
+        _dump(
+            folder / name,
+            {
+                b"data": x.reshape(-1, 3072),
+                b"fine_labels": y.tolist(),
+                b"coarse_labels": [to_coarse[int(c)] for c in y],
+            },
+            2,
+        )
     return folder.parent
 
 
-def write_imagefolder(root: Path, classes: list[str], n_train: int = 4, n_test: int = 2, wnids: bool = True,
-                      size: int = 20) -> Path:
+def write_imagefolder(
+    root: Path, classes: list[str], n_train: int = 4, n_test: int = 2, wnids: bool = True, size: int = 20
+) -> Path:
     """train/ and val/ with one folder per class (WordNet-style ids plus LOC_synset_mapping.txt when ``wnids``)."""
     from PIL import Image
 

@@ -5,6 +5,7 @@ Every ``import``/``from ... import`` counts, at module level or inside a functio
 children is the package's own business, so edges into a package's ``__init__`` from its own children are kept but
 a module importing ``fisherx.x`` is read as importing ``fisherx.x`` (its ``__init__``) only.
 """
+
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,8 @@ def _resolve(name: str) -> str | None:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _from_targets(node: ast.ImportFrom, package: str) -> list[str]:
@@ -104,7 +106,7 @@ def _cycle(graph: dict[str, set]) -> list | None:
         stack.append(u)
         for v in sorted(graph.get(u, ())):
             if color.get(v) == 1:
-                return stack[stack.index(v):] + [v]
+                return stack[stack.index(v) :] + [v]
             if not color.get(v):
                 found = dfs(v)
                 if found:
@@ -150,22 +152,28 @@ def test_no_cycle_between_parts():
 
 
 # (importer part, imported part) pairs that must never occur; docs/architecture.md explains each.
-FORBIDDEN = [
-    ("_ops", p) for p in ("fisher", "distance", "experiments", "nas", "cli", "tasks", "models", "io", "distributed")
-] + [
-    ("fisher", p) for p in ("experiments", "nas", "cli", "tasks")
-] + [
-    ("distance", p) for p in ("experiments", "nas", "cli", "tasks", "models")
-] + [
-    ("nas", "experiments"), ("experiments", "cli"), ("nas", "cli"), ("io", "cli"), ("tasks", "cli"),
-    ("models", "cli"), ("models", "experiments"), ("models", "nas"),
-]
+FORBIDDEN = (
+    [("_ops", p) for p in ("fisher", "distance", "experiments", "nas", "cli", "tasks", "models", "io", "distributed")]
+    + [("fisher", p) for p in ("experiments", "nas", "cli", "tasks")]
+    + [("distance", p) for p in ("experiments", "nas", "cli", "tasks", "models")]
+    + [
+        ("nas", "experiments"),
+        ("experiments", "cli"),
+        ("nas", "cli"),
+        ("io", "cli"),
+        ("tasks", "cli"),
+        ("models", "cli"),
+        ("models", "experiments"),
+        ("models", "nas"),
+    ]
+)
 
 
 @pytest.mark.parametrize("importer,imported", FORBIDDEN, ids=[f"{a}-x-{b}" for a, b in FORBIDDEN])
 def test_layer_rule(importer, imported):
-    bad = sorted(f"{u} imports {v}" for u, vs in GRAPH.items() for v in vs
-                 if _part(u) == importer and _part(v) == imported)
+    bad = sorted(
+        f"{u} imports {v}" for u, vs in GRAPH.items() for v in vs if _part(u) == importer and _part(v) == imported
+    )
     assert not bad, "; ".join(bad)
 
 
@@ -174,8 +182,9 @@ def test_ops_imports_nothing_of_fisherx_but_reference():
 
 
 def test_nothing_imports_cli_but_main():
-    bad = sorted(u for u, vs in GRAPH.items() for v in vs
-                 if _part(v) == "cli" and _part(u) != "cli" and u != "fisherx.__main__")
+    bad = sorted(
+        u for u, vs in GRAPH.items() for v in vs if _part(v) == "cli" and _part(u) != "cli" and u != "fisherx.__main__"
+    )
     assert not bad, f"only fisherx.__main__ may import fisherx.cli; also: {bad}"
 
 

@@ -1,4 +1,5 @@
 """The recipes of docs/architecture.md, each done once by a test (add a metric; add an operation is below)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ def test_the_experiment_layer_reads_a_metric_by_name():
     assert metrics.pick_closest("cosine") is np.argmax and metrics.worst("ftd") == np.inf
 
 
-@pytest.mark.skipif(not hasattr(distance, "register_metric"),
-                    reason="the metric table (fisherx.distance.register_metric) is not in this tree yet")
+@pytest.mark.skipif(
+    not hasattr(distance, "register_metric"),
+    reason="the metric table (fisherx.distance.register_metric) is not in this tree yet",
+)
 def test_add_a_metric(tmp_path):
     """One registry entry: a similarity (negated FTD + 1, so 1 on the diagonal) runs through task_distances."""
     ftd = distance.get_metric("ftd")
@@ -33,8 +36,9 @@ def test_add_a_metric(tmp_path):
     distance.register_metric(distance.Metric("one_minus_ftd", column, "similarity", 1.0, (0.0, 1.0), reference))
     try:
         tasks = preset("digits")[:3]
-        args = dict(archs=["mlp"], seeds=[0], epochs=2, epsilon=None, fisher_samples=100, progress=False,
-                    cache_dir=tmp_path)
+        args = dict(
+            archs=["mlp"], seeds=[0], epochs=2, epsilon=None, fisher_samples=100, progress=False, cache_dir=tmp_path
+        )
         new = fisherx.task_distances(tasks, metric="one_minus_ftd", **args)
         old = fisherx.task_distances(tasks, metric="ftd", **args)  # the same cached networks and Fishers
         assert np.allclose(new.mean(), 1.0 - old.mean(), atol=1e-12)

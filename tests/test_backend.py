@@ -1,4 +1,5 @@
 """Backend choice: a build whose CUDA kernels cannot run on the present GPU warns once and falls back."""
+
 import warnings
 
 import pytest
@@ -27,6 +28,7 @@ def test_no_cuda_means_no_cuda_kernels(fresh_probe, monkeypatch):
 
 def test_unrunnable_kernels_warn_once_and_fall_back(fresh_probe, monkeypatch):
     """Simulates a GPU whose architecture the build lacks: the probe launch fails, fisherx says so once."""
+
     class FakeCudaModule:
         pass
 
@@ -43,4 +45,3 @@ def test_unrunnable_kernels_warn_once_and_fall_back(fresh_probe, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second call is answered from the cache, silently
         assert _ops.cuda_kernels_usable(0) is False
-

@@ -1,4 +1,5 @@
 """The extension reports how it was built, and the `fisherx info` command prints it."""
+
 import subprocess
 import sys
 

@@ -1,5 +1,6 @@
 """Ordinary mistakes on the command line: one line naming the argument or file, exit 2 for usage and 1 at run
 time, no traceback, and nothing started before the check."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """fisherx.cli: one parser per subcommand module, shared options declared once with one meaning."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,16 +1,24 @@
 """Dataset loaders on small files in the real formats, and their errors."""
+
 from __future__ import annotations
 
 import pickle
 
 import numpy as np
 import pytest
+from synthetic_datasets import (
+    CIFAR10_NAMES,
+    STEP,
+    cifar100_names,
+    idx_bytes,
+    write_cifar10,
+    write_cifar100,
+    write_imagefolder,
+    write_mnist,
+)
 
 from fisherx.data import open_source, read_cifar_pickle, read_idx
-from fisherx.data.sources import load_cifar10, load_cifar100, load_mnist, ImageFolderSource
-
-from synthetic_datasets import (CIFAR10_NAMES, STEP, cifar100_names, idx_bytes, write_cifar10, write_cifar100,
-                                write_imagefolder, write_mnist)
+from fisherx.data.sources import ImageFolderSource, load_cifar10, load_cifar100, load_mnist
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -67,6 +75,7 @@ def test_cifar_unpickler_refuses_anything_but_arrays(tmp_path):
     class Evil:
         def __reduce__(self):
             import os
+
             return (os.system, ("echo pwned",))
 
     p = tmp_path / "data_batch_1"
@@ -125,6 +134,7 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/a holds no images"):
         src.splits([0])
     from PIL import Image
+
     Image.new("RGB", (4, 4)).save(tmp_path / "train" / "a" / "0.png")
     with pytest.raises(FileNotFoundError, match=r"class 'a': expected a folder .*val/a"):
         src.splits([0])

@@ -1,5 +1,6 @@
 """`fisherx demo` at its smallest size: every promised file, a report that names no missing figure, a resume that
 recomputes nothing."""
+
 import contextlib
 import json
 import re

@@ -1,4 +1,5 @@
 """The TA-NAS dictionary under concurrent writers: read-merge-write under an inter-process lock loses nothing."""
+
 import multiprocessing as mp
 
 import pytest

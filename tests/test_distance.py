@@ -2,6 +2,7 @@
 identities, range, asymmetry in the task setting, scale invariance, accuracy of tiny distances, bad input, and
 torch.compile / opcheck. Kernel-vs-reference on random inputs lives in tests/test_distance_kernels.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,11 @@ from fisherx import _reference as ref
 DTYPES = (torch.float32, torch.float64)
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    ),
 ]
 
 
@@ -31,6 +35,7 @@ def fisher(n: int, seed: int, dtype=torch.float64, device="cpu") -> torch.Tensor
 
 # ----------------------------------------------------------------------------------------------------------------
 # Identities and range
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -134,6 +139,7 @@ def test_cosine_survives_extreme_scales():
 # ----------------------------------------------------------------------------------------------------------------
 # Accuracy of tiny distances
 
+
 def _ftd_mpmath(a: torch.Tensor, b: torch.Tensor) -> float:
     """FTD of the exact values of a and b at 50 significant digits."""
     mpmath = pytest.importorskip("mpmath")
@@ -169,6 +175,7 @@ def test_tiny_distance_to_1e6_relative_accuracy(dtype, trace_ratio, device):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input: a ValueError or TypeError whose message names the problem (and the tensor)
+
 
 def _t(values, dtype=torch.float32):
     return torch.tensor(values, dtype=dtype)
@@ -271,6 +278,7 @@ def test_ops_reject_wrong_dims(op):
 
 # Fisher results as name -> tensor mappings (what the engine's FisherDiag also is)
 
+
 def _fisher_map(**shapes):
     return {name: torch.rand(shape) + 0.1 for name, shape in shapes.items()}
 
@@ -281,16 +289,23 @@ def test_mappings_are_compared_parameter_by_parameter():
     flat = fisherx.ftd(torch.cat([t.reshape(-1) for t in a.values()]), torch.cat([t.reshape(-1) for t in b.values()]))
     assert fisherx.ftd(a, b).item() == pytest.approx(flat.item(), rel=1e-12)
     assert fisherx.distance(a, b, "cosine").item() == pytest.approx(
-        fisherx.distance(torch.cat([t.reshape(-1) for t in a.values()]),
-                         torch.cat([t.reshape(-1) for t in b.values()]), "cosine").item(), rel=1e-12)
+        fisherx.distance(
+            torch.cat([t.reshape(-1) for t in a.values()]), torch.cat([t.reshape(-1) for t in b.values()]), "cosine"
+        ).item(),
+        rel=1e-12,
+    )
 
 
-@pytest.mark.parametrize("b_shapes,fragments", [
-    ({"fc.weight": (4, 3)}, ["f_ab and f_bb do not cover the same parameters", "only in f_ab: fc.bias"]),
-    ({"fc.weight": (4, 3), "fc.bias": (4,), "head.bias": (2,)}, ["only in f_bb: head.bias"]),
-    ({"fc.weight": (3, 4), "fc.bias": (4,)}, ["shape mismatch fc.weight: (4, 3) vs (3, 4)"]),
-    ({"fc.bias": (4,), "fc.weight": (4, 3)}, ["different order"]),
-], ids=["missing", "extra", "shape", "order"])
+@pytest.mark.parametrize(
+    "b_shapes,fragments",
+    [
+        ({"fc.weight": (4, 3)}, ["f_ab and f_bb do not cover the same parameters", "only in f_ab: fc.bias"]),
+        ({"fc.weight": (4, 3), "fc.bias": (4,), "head.bias": (2,)}, ["only in f_bb: head.bias"]),
+        ({"fc.weight": (3, 4), "fc.bias": (4,)}, ["shape mismatch fc.weight: (4, 3) vs (3, 4)"]),
+        ({"fc.bias": (4,), "fc.weight": (4, 3)}, ["different order"]),
+    ],
+    ids=["missing", "extra", "shape", "order"],
+)
 def test_mismatched_mappings_name_the_parameters(b_shapes, fragments):
     a = _fisher_map(**{"fc.weight": (4, 3), "fc.bias": (4,)})
     b = _fisher_map(**b_shapes)
@@ -312,6 +327,7 @@ def test_mapping_with_bad_values_names_the_argument():
 # ----------------------------------------------------------------------------------------------------------------
 # logdet and cosine against the references
 
+
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("sigma2", [1e-12, 1e-8, 1e-2, 10.0])
 def test_logdet_matches_reference(sigma2, normalize):
@@ -322,7 +338,8 @@ def test_logdet_matches_reference(sigma2, normalize):
     # Normalising matters unless the traces agree.
     if normalize:
         assert got.item() != pytest.approx(
-            fisherx.distance(a, b, "logdet", sigma2=sigma2, normalize=False).item(), rel=1e-3)
+            fisherx.distance(a, b, "logdet", sigma2=sigma2, normalize=False).item(), rel=1e-3
+        )
 
 
 def test_logdet_default_sigma2_and_formula():
@@ -344,6 +361,7 @@ def test_cosine_matches_reference_and_formula():
 # ----------------------------------------------------------------------------------------------------------------
 # torch.compile and opcheck
 
+
 def _op_args(op: str, src: torch.Tensor, tgt: torch.Tensor) -> tuple:
     return {
         "row_stats": (src,),
@@ -363,11 +381,13 @@ def test_torch_compile_fullgraph_over_every_op():
     def all_ops(s, t):
         # Some torch work around the ops, so the graph is a real one and not just opaque calls.
         s2, t2 = s * 2.0, t + 0.0
-        return (torch.ops.fisherx.row_stats(s2)[:, 0].sum(),
-                torch.ops.fisherx.ftd_column(s2, t2, "a", "b"),
-                torch.ops.fisherx.logdet_column(s2, t2, 1e-8, True, "a", "b"),
-                torch.ops.fisherx.cosine_column(s2, t2, "a", "b"),
-                fisherx.distance(s2[0], t2, "ftd"))
+        return (
+            torch.ops.fisherx.row_stats(s2)[:, 0].sum(),
+            torch.ops.fisherx.ftd_column(s2, t2, "a", "b"),
+            torch.ops.fisherx.logdet_column(s2, t2, 1e-8, True, "a", "b"),
+            torch.ops.fisherx.cosine_column(s2, t2, "a", "b"),
+            fisherx.distance(s2[0], t2, "ftd"),
+        )
 
     compiled = torch.compile(all_ops, fullgraph=True)
     for got, want in zip(compiled(src, tgt), all_ops(src, tgt)):
@@ -388,8 +408,10 @@ def test_opcheck(op):
 # ----------------------------------------------------------------------------------------------------------------
 # The metric table
 
+
 def test_metric_table_entries():
     from fisherx.distance import METRICS, get_metric
+
     assert list(METRICS) == ["ftd", "logdet", "cosine"]
     assert [METRICS[m].kind for m in METRICS] == ["distance", "distance", "similarity"]
     a = fisher(500, 1)
@@ -398,8 +420,12 @@ def test_metric_table_entries():
         assert fisherx.distance(a, a, m.name).item() == pytest.approx(m.self_value, abs=1e-12)
         v = fisherx.distance(a, fisher(500, 2), m.name).item()
         assert m.range[0] <= v <= m.range[1]
-        torch.testing.assert_close(m.column(a[None], a.flip(0), 1e-8, True, "a", "b"),
-                                   m.reference(a[None], a.flip(0), 1e-8, True), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            m.column(a[None], a.flip(0), 1e-8, True, "a", "b"),
+            m.reference(a[None], a.flip(0), 1e-8, True),
+            rtol=1e-9,
+            atol=1e-12,
+        )
     assert get_metric("cosine").closest is torch.argmax and get_metric("ftd").closest is torch.argmin
     with pytest.raises(ValueError, match="unknown metric 'kl'"):
         get_metric("kl")
@@ -428,8 +454,12 @@ def test_register_a_toy_metric_and_use_it():
         want = 0.5 * (a / a.sum() - b / b.sum()).abs().sum()
         assert fisherx.distance(a, b, "l1").item() == pytest.approx(want.item(), rel=1e-12)
         col = fisherx.distance_column([a, b, 2 * b], b, "l1")
-        torch.testing.assert_close(col, torch.stack([want, torch.tensor(0.0, dtype=torch.float64),
-                                                     torch.tensor(0.0, dtype=torch.float64)]), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(
+            col,
+            torch.stack([want, torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)]),
+            rtol=1e-12,
+            atol=1e-15,
+        )
         assert torch.func.grad(lambda x: fisherx.distance(x, b, "l1"))(a).shape == a.shape
     finally:
         del METRICS["l1"]
@@ -439,6 +469,7 @@ def test_register_a_toy_metric_and_use_it():
 
 def test_check_same_layout_is_public():
     from fisherx.distance import check_same_layout
+
     check_same_layout({"w": torch.ones(2)}, {"w": torch.zeros(2)}, "x", "y")
     with pytest.raises(ValueError, match="only in y: b"):
         check_same_layout({"w": torch.ones(2)}, {"w": torch.zeros(2), "b": torch.zeros(1)}, "x", "y")

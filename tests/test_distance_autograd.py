@@ -1,6 +1,7 @@
 """Gradients of the distance ops: the analytic backward formulas of fisherx/_ops.py against finite differences
 (gradcheck, gradgradcheck in float64), through torch.func, and the subgradients chosen where d is not
 differentiable (d = 0, zero entries)."""
+
 from __future__ import annotations
 
 import pytest
@@ -110,8 +111,9 @@ def test_ftd_subgradients_at_zero_distance_and_zero_entries():
     fd = (fisherx.ftd(bump, b) - fisherx.ftd(a, b)).item() / h
     assert ga[2].item() == pytest.approx(fd, rel=1e-5)
     # Disjoint supports (d = 1) with every zero entry facing a positive one: all derivatives are at the boundary.
-    ga, _ = torch.func.grad(fisherx.ftd, argnums=(0, 1))(torch.tensor([1.0, 0.0]).double(),
-                                                         torch.tensor([0.0, 1.0]).double())
+    ga, _ = torch.func.grad(fisherx.ftd, argnums=(0, 1))(
+        torch.tensor([1.0, 0.0]).double(), torch.tensor([0.0, 1.0]).double()
+    )
     assert torch.isfinite(ga).all()
 
 

@@ -12,13 +12,14 @@ one-pass formula vs the difference form. A float64 sum of n terms is off by at m
 round in float32 (a float32 sqrt, say), its tolerance row in ``RTOL`` would have to grow to ~1e-6, and the
 accuracy tests of tests/test_distance.py would show whether that is acceptable.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def _transposed(base_src, base_tgt, n):
     s = base_src(0, 0)
     k = s.shape[0]
     m = torch.cat([s[:1], s, s[:1]]).t().contiguous()  # (n, K + 2), row-major
-    return m[:, 1:k + 1].t(), base_tgt(0)
+    return m[:, 1 : k + 1].t(), base_tgt(0)
 
 
 def _step(base_src, base_tgt, n):
@@ -139,6 +140,7 @@ def _logdet_scale(sigma2, normalize):
         if normalize:
             a, b = a / a.sum(dim=1, keepdim=True), b / b.sum()
         return ((a + sigma2).log().abs() + (b + sigma2).log().abs()).mean(dim=1)
+
     return scale
 
 
@@ -166,16 +168,39 @@ def _logdet(sigma2, normalize):
 
 
 OPS = [
-    OpInfo("trace", kernel=lambda s, t: _ops.trace(t), reference=lambda s, t: t.to(torch.float64).sum(),
-           domain="signed", error_scale=lambda s, t: t.to(torch.float64).abs().sum()),
-    OpInfo("trace_2d", kernel=lambda s, t: _ops.trace(s), reference=lambda s, t: s.to(torch.float64).sum(),
-           domain="signed", error_scale=lambda s, t: s.to(torch.float64).abs().sum()),
-    OpInfo("row_stats", kernel=lambda s, t: _ops.row_stats(s), reference=lambda s, t: ref.row_stats(s),
-           domain="signed", error_scale=lambda s, t: _sum_scale(s, t)[:, None]),
-    OpInfo("ftd_column", kernel=lambda s, t: _ops.ftd_column(s, t, "sources", "target"),
-           reference=lambda s, t: ref.ftd_column(s, t), atol=1e-12),
-    OpInfo("cosine_column", kernel=lambda s, t: _ops.cosine_column(s, t, "sources", "target"),
-           reference=lambda s, t: ref.cosine_column(s, t), atol=1e-12),
+    OpInfo(
+        "trace",
+        kernel=lambda s, t: _ops.trace(t),
+        reference=lambda s, t: t.to(torch.float64).sum(),
+        domain="signed",
+        error_scale=lambda s, t: t.to(torch.float64).abs().sum(),
+    ),
+    OpInfo(
+        "trace_2d",
+        kernel=lambda s, t: _ops.trace(s),
+        reference=lambda s, t: s.to(torch.float64).sum(),
+        domain="signed",
+        error_scale=lambda s, t: s.to(torch.float64).abs().sum(),
+    ),
+    OpInfo(
+        "row_stats",
+        kernel=lambda s, t: _ops.row_stats(s),
+        reference=lambda s, t: ref.row_stats(s),
+        domain="signed",
+        error_scale=lambda s, t: _sum_scale(s, t)[:, None],
+    ),
+    OpInfo(
+        "ftd_column",
+        kernel=lambda s, t: _ops.ftd_column(s, t, "sources", "target"),
+        reference=lambda s, t: ref.ftd_column(s, t),
+        atol=1e-12,
+    ),
+    OpInfo(
+        "cosine_column",
+        kernel=lambda s, t: _ops.cosine_column(s, t, "sources", "target"),
+        reference=lambda s, t: ref.cosine_column(s, t),
+        atol=1e-12,
+    ),
     OpInfo("logdet_column-normalized", **_logdet(1e-8, True)),
     OpInfo("logdet_column-raw", **_logdet(1e-8, False)),
     OpInfo("logdet_column-sigma0.5", **_logdet(0.5, True)),
@@ -190,8 +215,9 @@ def _has_cuda() -> bool:
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda",
-                 marks=[pytest.mark.cuda, pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device")]),
+    pytest.param(
+        "cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device")]
+    ),
 ]
 
 
@@ -201,8 +227,14 @@ def _cases():
         for sample in SAMPLES:
             for dtype in DTYPES:
                 for op in OPS:
-                    yield pytest.param(op, sample, dtype, dev.values[0], marks=dev.marks,
-                                       id=f"{op.name}-{sample.id}-{str(dtype)[6:]}-{dev.id}")
+                    yield pytest.param(
+                        op,
+                        sample,
+                        dtype,
+                        dev.values[0],
+                        marks=dev.marks,
+                        id=f"{op.name}-{sample.id}-{str(dtype)[6:]}-{dev.id}",
+                    )
 
 
 @pytest.mark.parametrize("op,sample,dtype,device", list(_cases()))
@@ -223,6 +255,7 @@ def test_kernel_matches_reference(op: OpInfo, sample: Sample, dtype, device):
 # ----------------------------------------------------------------------------------------------------------------
 # The table must really exercise what it claims to.
 
+
 def test_table_covers_every_kernel_op():
     """Every distance op (the fisherx::* custom ops of the distance section of _ops.py) has a row in OPS."""
     names = {op.name.split("-")[0] for op in OPS}
@@ -240,8 +273,9 @@ def test_cuda_tests_run_the_compiled_kernels():
     assert _ops._backend(torch.ones(1, device="cuda")) == "cuda"
 
 
-@pytest.mark.parametrize("op", [o for o in OPS if o.name.endswith("_column") or "logdet" in o.name],
-                         ids=lambda o: o.name)
+@pytest.mark.parametrize(
+    "op", [o for o in OPS if o.name.endswith("_column") or "logdet" in o.name], ids=lambda o: o.name
+)
 def test_cpu_result_does_not_depend_on_thread_count(op):
     """Fixed chunks reduced in order: 1 and 2 threads give bit-identical results. (Big enough that the kernels
     do use a second thread: they stay serial below ~2**18 elements per thread.)"""

@@ -3,6 +3,7 @@
 Blocks of one file run in order in one namespace (later blocks may use earlier names), in a temporary working
 directory. A block fenced as ```python skip-test is shown to readers but not run (only for GPU/torchrun examples).
 """
+
 import re
 from pathlib import Path
 

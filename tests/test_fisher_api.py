@@ -1,4 +1,5 @@
 """FisherDiag and fisher_diag behaviour: kind='mc' against the exact expectation, bad input, files, distances."""
+
 from __future__ import annotations
 
 import os
@@ -6,11 +7,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from fisher_models import naive_fisher
 from torch import nn
 
 import fisherx
 from fisherx import io as fx_io
-from fisher_models import naive_fisher
 
 
 def _tiny():
@@ -30,15 +31,14 @@ def test_mc_fisher_converges_to_the_exact_expectation():
     mean = {k: 0 for k in names}
     var = {k: 0 for k in names}
     for i in range(n):
-        g2 = {c: naive_fisher(model, x[i:i + 1], torch.tensor([c])) for c in range(classes)}  # g_ic² (one sample)
+        g2 = {c: naive_fisher(model, x[i : i + 1], torch.tensor([c])) for c in range(classes)}  # g_ic² (one sample)
         for k in names:
             e = sum(probs[i, c] * g2[c][k] for c in range(classes))
             e2 = sum(probs[i, c] * g2[c][k] ** 2 for c in range(classes))
             mean[k] = mean[k] + e / n
-            var[k] = var[k] + (e2 - e ** 2) / (n * n * draws)
+            var[k] = var[k] + (e2 - e**2) / (n * n * draws)
     torch.manual_seed(123)
-    est = fisherx.fisher_diag(model, (x, torch.zeros(n, dtype=torch.long)), kind="mc", mc_samples=draws,
-                              progress=False)
+    est = fisherx.fisher_diag(model, (x, torch.zeros(n, dtype=torch.long)), kind="mc", mc_samples=draws, progress=False)
     assert est.meta["kind"] == "mc" and est.meta["mc_samples"] == draws and est.n_samples == n
     for k in names:
         sd = var[k].clamp_min(1e-300).sqrt()
@@ -54,8 +54,9 @@ def test_mc_with_mse_draws_gaussian_targets():
     model = nn.Linear(3, 2).double()
     x = torch.randn(5, 3, dtype=torch.float64)
     # For ½‖f − ỹ‖² with ỹ ~ N(f, I): E[(∂ℓ/∂W)²] = E[ε²]·x² = x² per output row; bias: 1.
-    est = fisherx.fisher_diag(model, (x, torch.zeros(5, 2, dtype=torch.float64)), loss="mse", kind="mc",
-                              mc_samples=2000, progress=False)
+    est = fisherx.fisher_diag(
+        model, (x, torch.zeros(5, 2, dtype=torch.float64)), loss="mse", kind="mc", mc_samples=2000, progress=False
+    )
     exact_w = x.square().mean(0).expand(2, 3)
     # Var(ε²) = 2, so the relative sd of each entry is at most √(2/2000) ≈ 0.032 (one sample dominating x²) and
     # ≈ 0.014 when the five contribute evenly: 0.09 is ≥ 2.8 sd in the worst case, ≥ 6 typically; seeded draws.
@@ -81,8 +82,9 @@ def test_fisherdiag_is_a_read_only_mapping_with_reductions():
     assert f.meta["kind"] == "empirical" and f.meta["n_params"] == flat.numel()
     # The distances take FisherDiag directly; d(F, F) = 0, and a different layout is named.
     assert fisherx.ftd(f, f).item() == pytest.approx(0.0, abs=1e-7)
-    other = fisherx.fisher_diag(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double(), (x, y),
-                                progress=False)
+    other = fisherx.fisher_diag(
+        nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double(), (x, y), progress=False
+    )
     with pytest.raises(ValueError, match="0.weight"):
         fisherx.ftd(f, other)
     zero = fisherx.FisherDiag({"w": torch.zeros(3)}, 1)
@@ -166,6 +168,7 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
     fisherx.fisher_diag(model, (x, y), progress=True)  # stderr is captured, not a terminal: no bar
     assert capsys.readouterr().err == ""
     import sys
+
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     fisherx.fisher_diag(model, (x, y), progress=True)
     assert "fisher_diag" in capsys.readouterr().err

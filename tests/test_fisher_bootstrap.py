@@ -1,6 +1,7 @@
 """The in-pass bootstrap of fisher_diag (bootstrap=R): every replicate equals the Fisher of the explicitly resampled
 data set (sample i repeated w_ri times, one backward per sample, float64) on every layer rule of the engine table;
 weights independent of batching; R=0 unchanged; replicates saved and loaded."""
+
 from __future__ import annotations
 
 import warnings
@@ -8,13 +9,13 @@ import zlib
 
 import pytest
 import torch
+from fisher_models import naive_fisher
+from test_fisher_engine import CASES
 from torch import nn
 
 import fisherx
 from fisherx.fisher import register_rule
 from fisherx.fisher.bootstrap import poisson_weights
-from fisher_models import naive_fisher
-from test_fisher_engine import B, CASES
 
 R = 3
 
@@ -42,12 +43,14 @@ def _check_replicates(f, model, x, y, loss, seed, tol=1e-10):
 
 # The conv cases also run on the ops' reference backend (devices with no compiled kernel: the rule's unfold path).
 PARAMS = [pytest.param(c, "compiled", id=c[0]) for c in CASES] + [
-    pytest.param(c, "reference", id=f"{c[0]}-reference") for c in CASES if c[0].startswith(("conv", "mse-conv"))]
+    pytest.param(c, "reference", id=f"{c[0]}-reference") for c in CASES if c[0].startswith(("conv", "mse-conv"))
+]
 
 
 @pytest.mark.parametrize("case,backend", PARAMS)
 def test_replicates_equal_explicit_resampling(case, backend, monkeypatch):
     from fisherx import _ops
+
     if backend == "reference":
         monkeypatch.setattr(_ops, "_backend", lambda t: "reference")
     name, build, inputs, loss = case

@@ -1,5 +1,6 @@
 """fisher_diag against a naive per-sample loop (one backward per sample, float64) on every layer rule and on whole
 models: one table of cases, one test. Relative error ≤ 1e-10 in float64 and ≤ 1e-4 in float32."""
+
 from __future__ import annotations
 
 import copy
@@ -9,12 +10,22 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from fisher_models import (
+    Attention,
+    BroadcastParams,
+    FunctionalUse,
+    Residual,
+    SharedLayers,
+    TiedLM,
+    TransformerBlock,
+    TwiceApplied,
+    WithUnknown,
+    naive_fisher,
+)
 from torch import nn
 
 import fisherx
 from fisherx.fisher.rules import fallback as fallback_mod
-from fisher_models import (Attention, Bilinear2, BroadcastParams, FunctionalUse, Residual, SharedLayers, TiedLM, TransformerBlock,
-                           TwiceApplied, WithUnknown, naive_fisher)
 
 B = 7  # odd on purpose
 
@@ -55,69 +66,186 @@ def _randomize_norms(m):
 CASES = [
     ("mlp", lambda: nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)), _vec(5), "cross_entropy"),
     ("linear-frozen-weight", _frozen_mlp, _vec(5), "cross_entropy"),
-    ("linear-seq", lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(15, 4)),
-     lambda dt: (torch.randn(B, 3, 6, dtype=dt), torch.randint(0, 4, (B,))), "cross_entropy"),
-    ("linear-4d", lambda: nn.Sequential(nn.Linear(3, 5), nn.Flatten(), nn.Linear(40, 4)),
-     lambda dt: (torch.randn(B, 2, 4, 3, dtype=dt), torch.randint(0, 4, (B,))), "cross_entropy"),
-    ("conv1d-stride-pad", lambda: nn.Sequential(nn.Conv1d(3, 4, 3, stride=2, padding=2), nn.ReLU(), nn.Flatten(),
-                                                nn.Linear(4 * 6, 4)), _img(3, 9), "cross_entropy"),
-    ("conv1d-same-dil-groups", lambda: nn.Sequential(nn.Conv1d(4, 6, 3, padding="same", dilation=2, groups=2),
-                                                     nn.Flatten(), nn.Linear(6 * 9, 4)), _img(4, 9), "cross_entropy"),
-    ("conv2d-same-dil-reflect", lambda: nn.Sequential(
-        nn.Conv2d(3, 6, (3, 2), padding="same", dilation=(2, 1), groups=3, padding_mode="reflect"), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 7 * 5, 4)), _img(3, 7, 5), "cross_entropy"),
-    ("conv2d-stride-circular", lambda: nn.Sequential(
-        nn.Conv2d(2, 4, 3, stride=(2, 1), padding=1, padding_mode="circular", bias=False), nn.Tanh(),
-        nn.Conv2d(4, 3, 2, stride=2, dilation=1), nn.Flatten(), nn.LazyLinear(4)), _img(2, 9, 6), "cross_entropy"),
-    ("conv3d-groups", lambda: nn.Sequential(
-        nn.Conv3d(2, 4, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(1, 1, 2), groups=2),
-        nn.Flatten(), nn.LazyLinear(4)), _img(2, 4, 5, 5), "cross_entropy"),
-    ("cnn-batchnorm-eval", lambda: _randomize_norms(nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(6, 4))), _img(1, 8, 8), "cross_entropy"),
-    ("batchnorm1d", lambda: _randomize_norms(nn.Sequential(
-        nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Unflatten(1, (2, 3)), nn.BatchNorm1d(2), nn.Flatten(),
-        nn.Linear(6, 4))), _vec(5), "cross_entropy"),
-    ("batchnorm3d", lambda: _randomize_norms(nn.Sequential(
-        nn.Conv3d(1, 3, 2), nn.BatchNorm3d(3), nn.Flatten(), nn.LazyLinear(4))), _img(1, 3, 3, 3), "cross_entropy"),
-    ("groupnorm-layernorm", lambda: _randomize_norms(nn.Sequential(
-        nn.Conv2d(2, 6, 3), nn.GroupNorm(3, 6), nn.ReLU(), nn.LayerNorm([6, 3, 3]), nn.Flatten(), nn.Linear(54, 4))),
-     _img(2, 5, 5), "cross_entropy"),
+    (
+        "linear-seq",
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(15, 4)),
+        lambda dt: (torch.randn(B, 3, 6, dtype=dt), torch.randint(0, 4, (B,))),
+        "cross_entropy",
+    ),
+    (
+        "linear-4d",
+        lambda: nn.Sequential(nn.Linear(3, 5), nn.Flatten(), nn.Linear(40, 4)),
+        lambda dt: (torch.randn(B, 2, 4, 3, dtype=dt), torch.randint(0, 4, (B,))),
+        "cross_entropy",
+    ),
+    (
+        "conv1d-stride-pad",
+        lambda: nn.Sequential(nn.Conv1d(3, 4, 3, stride=2, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 4)),
+        _img(3, 9),
+        "cross_entropy",
+    ),
+    (
+        "conv1d-same-dil-groups",
+        lambda: nn.Sequential(
+            nn.Conv1d(4, 6, 3, padding="same", dilation=2, groups=2), nn.Flatten(), nn.Linear(6 * 9, 4)
+        ),
+        _img(4, 9),
+        "cross_entropy",
+    ),
+    (
+        "conv2d-same-dil-reflect",
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 6, (3, 2), padding="same", dilation=(2, 1), groups=3, padding_mode="reflect"),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 7 * 5, 4),
+        ),
+        _img(3, 7, 5),
+        "cross_entropy",
+    ),
+    (
+        "conv2d-stride-circular",
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, stride=(2, 1), padding=1, padding_mode="circular", bias=False),
+            nn.Tanh(),
+            nn.Conv2d(4, 3, 2, stride=2, dilation=1),
+            nn.Flatten(),
+            nn.LazyLinear(4),
+        ),
+        _img(2, 9, 6),
+        "cross_entropy",
+    ),
+    (
+        "conv3d-groups",
+        lambda: nn.Sequential(
+            nn.Conv3d(2, 4, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(1, 1, 2), groups=2),
+            nn.Flatten(),
+            nn.LazyLinear(4),
+        ),
+        _img(2, 4, 5, 5),
+        "cross_entropy",
+    ),
+    (
+        "cnn-batchnorm-eval",
+        lambda: _randomize_norms(
+            nn.Sequential(
+                nn.Conv2d(1, 4, 3, padding=1),
+                nn.BatchNorm2d(4),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+                nn.Conv2d(4, 6, 3, padding=1),
+                nn.BatchNorm2d(6),
+                nn.ReLU(inplace=True),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(6, 4),
+            )
+        ),
+        _img(1, 8, 8),
+        "cross_entropy",
+    ),
+    (
+        "batchnorm1d",
+        lambda: _randomize_norms(
+            nn.Sequential(
+                nn.Linear(5, 6),
+                nn.BatchNorm1d(6),
+                nn.ReLU(),
+                nn.Unflatten(1, (2, 3)),
+                nn.BatchNorm1d(2),
+                nn.Flatten(),
+                nn.Linear(6, 4),
+            )
+        ),
+        _vec(5),
+        "cross_entropy",
+    ),
+    (
+        "batchnorm3d",
+        lambda: _randomize_norms(nn.Sequential(nn.Conv3d(1, 3, 2), nn.BatchNorm3d(3), nn.Flatten(), nn.LazyLinear(4))),
+        _img(1, 3, 3, 3),
+        "cross_entropy",
+    ),
+    (
+        "groupnorm-layernorm",
+        lambda: _randomize_norms(
+            nn.Sequential(
+                nn.Conv2d(2, 6, 3),
+                nn.GroupNorm(3, 6),
+                nn.ReLU(),
+                nn.LayerNorm([6, 3, 3]),
+                nn.Flatten(),
+                nn.Linear(54, 4),
+            )
+        ),
+        _img(2, 5, 5),
+        "cross_entropy",
+    ),
     ("residual-block", lambda: _randomize_norms(Residual()), _img(3, 6, 6), "cross_entropy"),
     ("transformer-block", lambda: _randomize_norms(TransformerBlock()), _tokens(11, 5, 3), "cross_entropy"),
-    ("embedding-freq", lambda: nn.Sequential(nn.Embedding(5, 3, scale_grad_by_freq=True), nn.Flatten(),
-                                             nn.Linear(12, 4)),
-     lambda dt: (torch.randint(0, 5, (B, 4)), torch.randint(0, 4, (B,))), "cross_entropy"),
+    (
+        "embedding-freq",
+        lambda: nn.Sequential(nn.Embedding(5, 3, scale_grad_by_freq=True), nn.Flatten(), nn.Linear(12, 4)),
+        lambda dt: (torch.randint(0, 5, (B, 4)), torch.randint(0, 4, (B,))),
+        "cross_entropy",
+    ),
     ("tied-weights", TiedLM, _tokens(7, 6, 7), "cross_entropy"),
     ("module-called-twice", TwiceApplied, _vec(6, 3), "cross_entropy"),
     ("linear-applied-4x", lambda: SharedLayers("lin", 4), _vec(6, 7), "cross_entropy"),
-    ("linear-seq-applied-3x", lambda: SharedLayers("lin", 3),
-     lambda dt: (torch.randn(B, 4, 6, dtype=dt), torch.randint(0, 7, (B,))), "cross_entropy"),
+    (
+        "linear-seq-applied-3x",
+        lambda: SharedLayers("lin", 3),
+        lambda dt: (torch.randn(B, 4, 6, dtype=dt), torch.randint(0, 7, (B,))),
+        "cross_entropy",
+    ),
     ("conv-applied-twice", lambda: SharedLayers("conv"), _img(3, 5, 4), "cross_entropy"),
-    ("embedding-twice-tied-padding", lambda: SharedLayers("emb"), lambda dt: (torch.randint(0, 7, (B, 5)),
-                                                                               torch.randint(0, 7, (B,))),
-     "cross_entropy"),
-    ("embedding-twice-tied-freq", lambda: SharedLayers("emb-freq"), lambda dt: (torch.randint(0, 7, (B, 5)),
-                                                                                 torch.randint(0, 7, (B,))),
-     "cross_entropy"),
+    (
+        "embedding-twice-tied-padding",
+        lambda: SharedLayers("emb"),
+        lambda dt: (torch.randint(0, 7, (B, 5)), torch.randint(0, 7, (B,))),
+        "cross_entropy",
+    ),
+    (
+        "embedding-twice-tied-freq",
+        lambda: SharedLayers("emb-freq"),
+        lambda dt: (torch.randint(0, 7, (B, 5)), torch.randint(0, 7, (B,))),
+        "cross_entropy",
+    ),
     ("functional-use", FunctionalUse, _tokens(6, 4, 6), "cross_entropy"),
-    ("broadcast-params", BroadcastParams, lambda dt: (torch.randn(B, 3, 4, dtype=dt), torch.randint(0, 3, (B,))),
-     "cross_entropy"),
+    (
+        "broadcast-params",
+        BroadcastParams,
+        lambda dt: (torch.randn(B, 3, 4, dtype=dt), torch.randint(0, 3, (B,))),
+        "cross_entropy",
+    ),
     ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
-    ("multihead-attention-fallback", Attention,
-     lambda dt: (torch.randint(0, 9, (B, 4)), torch.randint(0, 3, (B,))), "cross_entropy"),
-    ("mse-conv", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 1)),
-     lambda dt: (torch.randn(B, 2, 5, 5, dtype=dt), torch.randn(B, 2, 5, 5, dtype=dt)), "mse"),
+    (
+        "multihead-attention-fallback",
+        Attention,
+        lambda dt: (torch.randint(0, 9, (B, 4)), torch.randint(0, 3, (B,))),
+        "cross_entropy",
+    ),
+    (
+        "mse-conv",
+        lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 1)),
+        lambda dt: (torch.randn(B, 2, 5, 5, dtype=dt), torch.randn(B, 2, 5, 5, dtype=dt)),
+        "mse",
+    ),
 ]
 if hasattr(nn, "RMSNorm"):
-    CASES.append(("rmsnorm", lambda: nn.Sequential(nn.Linear(5, 6), nn.RMSNorm(6), nn.Linear(6, 4)), _vec(5),
-                  "cross_entropy"))
+    CASES.append(
+        ("rmsnorm", lambda: nn.Sequential(nn.Linear(5, 6), nn.RMSNorm(6), nn.Linear(6, 4)), _vec(5), "cross_entropy")
+    )
 
 
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-               not torch.cuda.is_available(), reason="needs a CUDA device")])]
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -215,8 +343,7 @@ def test_batchnorm_in_training_mode_is_switched_to_eval_with_a_warning():
     ref = naive_fisher(m, x, y)  # naive_fisher uses eval mode
     for k, r in ref.items():
         torch.testing.assert_close(f[k].double(), r, rtol=1e-4, atol=1e-8)
-    m2 = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(),
-                       nn.Linear(27, 4))
+    m2 = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(), nn.Linear(27, 4))
     with pytest.raises(ValueError, match="track_running_stats=False"):
         fisherx.fisher_diag(m2, (x, y), progress=False)
 
@@ -232,6 +359,7 @@ CONV_PATHS = {  # (THIN_M, THIN_K, compiled kernels): which of the conv rule's t
 @pytest.mark.parametrize("case", [c for c in CASES if "conv" in c[0] or c[0].startswith("cnn")], ids=lambda c: c[0])
 def test_conv_rule_paths(case, path, monkeypatch):
     from fisherx.fisher.rules import conv
+
     thin_m, thin_k, compiled = CONV_PATHS[path]
     monkeypatch.setattr(conv, "THIN_M", thin_m)
     monkeypatch.setattr(conv, "THIN_K", thin_k)
@@ -246,8 +374,15 @@ def test_conv_rule_paths(case, path, monkeypatch):
         assert (f[pname] - r).norm() <= 1e-10 * r.norm(), pname
 
 
-TIED = ["tied-weights", "module-called-twice", "linear-applied-4x", "linear-seq-applied-3x", "conv-applied-twice",
-        "embedding-twice-tied-padding", "embedding-twice-tied-freq"]
+TIED = [
+    "tied-weights",
+    "module-called-twice",
+    "linear-applied-4x",
+    "linear-seq-applied-3x",
+    "conv-applied-twice",
+    "embedding-twice-tied-padding",
+    "embedding-twice-tied-freq",
+]
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in TIED], ids=lambda c: c[0])
@@ -272,6 +407,7 @@ def test_broadcast_parameters_take_the_tap_route():
     # Class tokens, position tables and layer scales used elementwise in a forward get per-sample gradients from a
     # tap on their expansion; a parameter also used in a matmul stays on the whole-model route.
     from fisherx.fisher import engine
+
     model = BroadcastParams().double().eval()
     x, y = torch.randn(B, 3, 4, dtype=torch.float64), torch.randint(0, 3, (B,))
     fisherx.fisher_diag(model, (x, y), progress=False)
@@ -284,6 +420,7 @@ def test_plan_is_cached_and_invalidated(monkeypatch):
     # A loop of small calls probes once; a change of input shape, parameter set, parameter object or training
     # flags probes again, and the results stay exact.
     from fisherx.fisher import engine
+
     probes = []
     real = engine._Plan.__init__
 
@@ -300,8 +437,12 @@ def test_plan_is_cached_and_invalidated(monkeypatch):
     assert len(probes) == 1
     fisherx.fisher_diag(m, (x[:4], y[:4]), progress=False)  # another batch size: same plan
     assert len(probes) == 1
-    fisherx.fisher_diag(m, (x[:, None].expand(6, 2, 4), y), loss=lambda o, t: F.cross_entropy(o.mean(1), t,
-                        reduction="none"), progress=False)
+    fisherx.fisher_diag(
+        m,
+        (x[:, None].expand(6, 2, 4), y),
+        loss=lambda o, t: F.cross_entropy(o.mean(1), t, reduction="none"),
+        progress=False,
+    )
     assert len(probes) == 2, "a new input shape"
     fisherx.fisher_diag(m, (x, y), params=["2.weight"], progress=False)
     assert len(probes) == 3, "another parameter set"
@@ -319,6 +460,7 @@ def test_plan_is_cached_and_invalidated(monkeypatch):
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (33, 1000), (3, 70000)])
 def test_group_norm_row_stats_match_var_mean(shape, dtype, monkeypatch):
     from fisherx.fisher.rules import norm
+
     monkeypatch.setattr(norm, "STATS_CHUNK", 1000)  # several chunks, a ragged last one
     torch.manual_seed(6)
     x = (3 + torch.randn(shape[1], shape[0], dtype=dtype)).t()  # non-contiguous rows, a mean well off zero
@@ -337,10 +479,11 @@ def test_sqgrad_norm_nchw_per_channel_path(layout, dtype):
     from fisherx import _ops
     from fisherx import _reference as ref
     from fisherx.fisher.rules.norm import _to_bpc
+
     torch.manual_seed(7)
     b, c, h, w = 3, 5, 11, 13  # 143 positions: two blocks and a tail of 15
     r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
-    x, g = r(b, c + 2, h, w)[:, 1:c + 1] if layout == "bn-sliced" else r(b, c, h, w), r(b, c, h, w)
+    x, g = r(b, c + 2, h, w)[:, 1 : c + 1] if layout == "bn-sliced" else r(b, c, h, w), r(b, c, h, w)
     xb, gb = _to_bpc(x), _to_bpc(g)
     if layout.startswith("bn"):
         mean, rstd = r(c).expand_as(xb), r(c).abs().add(0.1).expand_as(xb)

@@ -1,6 +1,7 @@
 """fisher_diag on what PyTorch users pass: Datasets, numpy arrays, dict batches, keyword models, tuple / dict /
 object outputs, torch.compile'd modules and a Hugging Face model from a tiny config, each against a naive
 per-sample loop in float64."""
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,8 @@ def _naive(model, inputs, y, select=lambda o: o):
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     acc = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(y.shape[0]):
-        out = select(model(**{k: v[i:i + 1] for k, v in inputs.items()}))
-        li = F.cross_entropy(out, y[i:i + 1])
+        out = select(model(**{k: v[i : i + 1] for k, v in inputs.items()}))
+        li = F.cross_entropy(out, y[i : i + 1])
         for n, g in zip(params, torch.autograd.grad(li, list(params.values()), allow_unused=True)):
             if g is not None:
                 acc[n] += g.square()
@@ -65,8 +66,10 @@ class _Kw(nn.Module):
 
 def _kw_data(n=13, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"tokens": torch.randint(0, 11, (n, 5), generator=g),
-            "extra": torch.randn(n, 3, generator=g, dtype=torch.float64)}, torch.randint(0, 4, (n,), generator=g)
+    return {
+        "tokens": torch.randint(0, 11, (n, 5), generator=g),
+        "extra": torch.randn(n, 3, generator=g, dtype=torch.float64),
+    }, torch.randint(0, 4, (n,), generator=g)
 
 
 def _mlp():
@@ -79,25 +82,45 @@ def test_dataset_numpy_and_pair_agree_with_naive():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(37, 7, generator=g, dtype=torch.float64), torch.randint(0, 3, (37,), generator=g)
     ref = naive_fisher(m, x, y)
-    for data, kw in [((x, y), {}), (TensorDataset(x, y), {}), (TensorDataset(x, y), {"batch_size": 5}),
-                     ((x.numpy(), y.numpy()), {}), ((x.numpy(), y.numpy()), {"batch_size": 8}),
-                     (DataLoader(TensorDataset(x, y), batch_size=10), {})]:
+    for data, kw in [
+        ((x, y), {}),
+        (TensorDataset(x, y), {}),
+        (TensorDataset(x, y), {"batch_size": 5}),
+        ((x.numpy(), y.numpy()), {}),
+        ((x.numpy(), y.numpy()), {"batch_size": 8}),
+        (DataLoader(TensorDataset(x, y), batch_size=10), {}),
+    ]:
         f = fisher_diag(m, data, progress=False, **kw)
         assert f.n_samples == 37
         _close(f, ref)
 
 
-@pytest.mark.parametrize("kind,output_fn", [("tensor", None), ("tuple", 0), ("tuple", lambda o: o[0]),
-                                            ("dict", None), ("dict", "logits"), ("object", None),
-                                            ("object", "logits")])
+@pytest.mark.parametrize(
+    "kind,output_fn",
+    [
+        ("tensor", None),
+        ("tuple", 0),
+        ("tuple", lambda o: o[0]),
+        ("dict", None),
+        ("dict", "logits"),
+        ("object", None),
+        ("object", "logits"),
+    ],
+)
 def test_dict_batches_keyword_model_and_outputs(kind, output_fn):
     torch.manual_seed(0)
     m = _Kw(kind).double()
     inputs, y = _kw_data()
-    batches = [{**{k: v[s:s + 4] for k, v in inputs.items()}, "target": y[s:s + 4]} for s in range(0, 13, 4)]
+    batches = [{**{k: v[s : s + 4] for k, v in inputs.items()}, "target": y[s : s + 4]} for s in range(0, 13, 4)]
     f = fisher_diag(m, batches, label_key="target", output_fn=output_fn, progress=False)
-    ref = _naive(m, inputs, y, select=lambda o: o if kind == "tensor" else (o[0] if kind == "tuple" else (
-        o["logits"] if kind == "dict" else o.logits)))
+    ref = _naive(
+        m,
+        inputs,
+        y,
+        select=lambda o: (
+            o if kind == "tensor" else (o[0] if kind == "tuple" else (o["logits"] if kind == "dict" else o.logits))
+        ),
+    )
     _close(f, ref)
 
 
@@ -105,7 +128,7 @@ def test_batch_fn_splits_any_batch():
     torch.manual_seed(0)
     m = _Kw().double()
     inputs, y = _kw_data()
-    batches = [(inputs["tokens"][s:s + 6], inputs["extra"][s:s + 6], y[s:s + 6]) for s in range(0, 13, 6)]
+    batches = [(inputs["tokens"][s : s + 6], inputs["extra"][s : s + 6], y[s : s + 6]) for s in range(0, 13, 6)]
     f = fisher_diag(m, batches, batch_fn=lambda b: ({"tokens": b[0], "extra": b[1]}, b[2]), progress=False)
     _close(f, _naive(m, inputs, y))
 
@@ -146,28 +169,40 @@ def test_bad_inputs_one_line_errors():
     inputs, y = _kw_data()
     batch = {**inputs, "y": y}
     cases = [
-        (dict(data=[batch]), TypeError, r"batch 0 is a dict without the targets key 'labels' \(it has 'tokens', "
-         r"'extra', 'y'\); pass label_key=\.\.\. or batch_fn=\.\.\."),
+        (
+            dict(data=[batch]),
+            TypeError,
+            r"batch 0 is a dict without the targets key 'labels' \(it has 'tokens', "
+            r"'extra', 'y'\); pass label_key=\.\.\. or batch_fn=\.\.\.",
+        ),
         (dict(data=[(inputs, y)], label_key="y"), TypeError, r"label_key='y' but batch 0 is a tuple, not a dict"),
-        (dict(data=[batch], batch_fn=lambda b: b), TypeError, r"batch_fn must return an \(inputs, targets\) pair; "
-         r"for batch 0 it returned dict"),
+        (
+            dict(data=[batch], batch_fn=lambda b: b),
+            TypeError,
+            r"batch_fn must return an \(inputs, targets\) pair; "
+            r"for batch 0 it returned dict",
+        ),
         (dict(data=[(inputs, y, y)]), TypeError, r"batch 0 is not an \(x, y\) pair \(got tuple of 3\)"),
         (dict(data=inputs["extra"]), TypeError, r"data must be a Dataset, a DataLoader, .* got Tensor"),
-        (dict(data=DataLoader(TensorDataset(inputs["extra"], y)), batch_size=3), ValueError,
-         r"batch_size applies to a Dataset or a pair"),
+        (
+            dict(data=DataLoader(TensorDataset(inputs["extra"], y)), batch_size=3),
+            ValueError,
+            r"batch_size applies to a Dataset or a pair",
+        ),
         (dict(data=(inputs["extra"], y), batch_size=0), ValueError, r"batch_size must be a positive int, got 0"),
     ]
     for kw, exc, msg in cases:
         with pytest.raises(exc, match=msg) as info:
             fisher_diag(m, progress=False, **kw)
         assert "\n" not in str(info.value)
-    for kind, fn, msg in [("tuple", None, r"the model returned tuple, not a tensor; pass output_fn="),
-                          ("dict", "hidden2", r"output_fn='hidden2' selected a NoneType from the model's dict"),
-                          ("tuple", "logits", r"output_fn='logits' selected a NoneType from the model's tuple output"),
-                          ("tuple", 2.5, r"output_fn=2.5 cannot select from a tuple output")]:
+    for kind, fn, msg in [
+        ("tuple", None, r"the model returned tuple, not a tensor; pass output_fn="),
+        ("dict", "hidden2", r"output_fn='hidden2' selected a NoneType from the model's dict"),
+        ("tuple", "logits", r"output_fn='logits' selected a NoneType from the model's tuple output"),
+        ("tuple", 2.5, r"output_fn=2.5 cannot select from a tuple output"),
+    ]:
         with pytest.raises(TypeError, match=msg):
-            fisher_diag(_Kw(kind).double(), [({k: v for k, v in inputs.items()}, y)], output_fn=fn,
-                        progress=False)
+            fisher_diag(_Kw(kind).double(), [({k: v for k, v in inputs.items()}, y)], output_fn=fn, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,8 +212,15 @@ def test_bad_inputs_one_line_errors():
 def _bert():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=48, max_position_embeddings=16, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
     return transformers.BertForSequenceClassification(cfg).double().eval()
 
 
@@ -186,13 +228,15 @@ def test_hugging_face_bert_dict_batches():
     m = _bert()
     g = torch.Generator().manual_seed(3)
     n, t = 7, 6
-    inputs = {"input_ids": torch.randint(0, 40, (n, t), generator=g),
-              "token_type_ids": torch.zeros(n, t, dtype=torch.long),
-              "attention_mask": torch.ones(n, t, dtype=torch.long),
-              "position_ids": torch.arange(t).expand(n, t)}
+    inputs = {
+        "input_ids": torch.randint(0, 40, (n, t), generator=g),
+        "token_type_ids": torch.zeros(n, t, dtype=torch.long),
+        "attention_mask": torch.ones(n, t, dtype=torch.long),
+        "position_ids": torch.arange(t).expand(n, t),
+    }
     inputs["attention_mask"][:3, 4:] = 0  # padded samples
     y = torch.randint(0, 3, (n,), generator=g)
-    batches = [{**{k: v[s:s + 4] for k, v in inputs.items()}, "labels": y[s:s + 4]} for s in range(0, n, 4)]
+    batches = [{**{k: v[s : s + 4] for k, v in inputs.items()}, "labels": y[s : s + 4]} for s in range(0, n, 4)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         f = fisher_diag(m, batches, progress=False)  # .logits of the output object, by default

@@ -1,6 +1,7 @@
 """The Fisher engine's ops (fisherx._ops.sqgrad_gemm, sqgrad_conv, sqgrad_norm) against their references in fisherx._reference:
 one table of ops × sample inputs (OpInfo style), float32/float64, non-contiguous and broadcast views, empty batch;
 plus torch.library.opcheck on each op, and the same on CUDA when a GPU is present."""
+
 from __future__ import annotations
 
 import os
@@ -31,23 +32,48 @@ def _gemm_samples(dtype, device):
     # Bootstrap weights (R, B): R weighted batch sums from one pass (Poisson counts, a zero row, a transposed view).
     yield "boot", (r(5, 2, 7, 13), r(5, 2, 7, 37), _poisson(3, 5, dtype, device))
     yield "boot-conv-layout", (r(3, 2, 6, 10).transpose(2, 3), r(3, 2, 10, 12), _poisson(3, 4, dtype, device).t()[:3])
-    yield "boot-big-p-zero-row", (r(2, 1, 300, 5), r(2, 1, 300, 3), torch.cat([_poisson(2, 2, dtype, device),
-                                                                               r(1, 2).mul(0)]))
+    yield (
+        "boot-big-p-zero-row",
+        (r(2, 1, 300, 5), r(2, 1, 300, 3), torch.cat([_poisson(2, 2, dtype, device), r(1, 2).mul(0)])),
+    )
     yield "boot-empty-batch", (r(0, 1, 4, 3), r(0, 1, 4, 6), r(2, 0))
 
 
 def _norm_samples(dtype, device):
     r = lambda *s: torch.randn(*s, dtype=dtype, device=device)  # noqa: E731
     b, p, c = 5, 6, 7
-    yield "bn-nchw", (r(b, c, p).transpose(1, 2), r(b, c, p).transpose(1, 2), r(c).expand(b, p, c),
-                      r(c).abs().add(0.1).expand(b, p, c))
+    yield (
+        "bn-nchw",
+        (
+            r(b, c, p).transpose(1, 2),
+            r(b, c, p).transpose(1, 2),
+            r(c).expand(b, p, c),
+            r(c).abs().add(0.1).expand(b, p, c),
+        ),
+    )
     yield "ln-rows", (r(b, p, c), r(b, p, c), r(b, p, 1).expand(b, p, c), r(b, p, 1).abs().expand(b, p, c))
     yield "gn-per-sample", (r(b, p, c), r(b, p, c), r(b, 1, c).expand(b, p, c), r(b, 1, c).abs().expand(b, p, c))
     yield "empty-batch", (r(0, p, c), r(0, p, c), r(c).expand(0, p, c), r(c).expand(0, p, c))
-    yield "boot-bn-nchw", (r(b, c, p).transpose(1, 2), r(b, c, p).transpose(1, 2), r(c).expand(b, p, c),
-                           r(c).abs().add(0.1).expand(b, p, c), _poisson(4, b, dtype, device))
-    yield "boot-ln-rows", (r(b, p, c), r(b, p, c), r(b, p, 1).expand(b, p, c), r(b, p, 1).abs().expand(b, p, c),
-                           _poisson(b, 3, dtype, device).t())
+    yield (
+        "boot-bn-nchw",
+        (
+            r(b, c, p).transpose(1, 2),
+            r(b, c, p).transpose(1, 2),
+            r(c).expand(b, p, c),
+            r(c).abs().add(0.1).expand(b, p, c),
+            _poisson(4, b, dtype, device),
+        ),
+    )
+    yield (
+        "boot-ln-rows",
+        (
+            r(b, p, c),
+            r(b, p, c),
+            r(b, p, 1).expand(b, p, c),
+            r(b, p, 1).abs().expand(b, p, c),
+            _poisson(b, 3, dtype, device).t(),
+        ),
+    )
 
 
 def _conv_samples(dtype, device):
@@ -59,10 +85,23 @@ def _conv_samples(dtype, device):
     yield "x-channels-last", (r(3, 5, 6, 6), r(3, 6, 6, 4).permute(0, 3, 1, 2), [3, 3], [1, 1], [1, 1], [1, 1], 1)
     yield "same-asymmetric", (r(2, 3, 6, 6), r(2, 2, 6, 6), [2, 2], [1, 1], [0, 0], [1, 1], 1)  # right pad only
     yield "empty-batch", (r(0, 4, 3, 3), r(0, 2, 5, 5), [3, 3], [1, 1], [0, 0], [1, 1], 1)
-    yield "boot-conv2d-groups-dil", (r(3, 6, 4, 4), r(3, 4, 7, 5), [3, 2], [2, 1], [1, 0], [1, 2], 2,
-                                     _poisson(5, 3, dtype, device))
-    yield "boot-conv3d", (r(2, 4, 4, 2, 4), r(2, 2, 4, 5, 5), [2, 3, 2], [1, 2, 1], [1, 0, 1], [1, 1, 2], 2,
-                          _poisson(3, 2, dtype, device))
+    yield (
+        "boot-conv2d-groups-dil",
+        (r(3, 6, 4, 4), r(3, 4, 7, 5), [3, 2], [2, 1], [1, 0], [1, 2], 2, _poisson(5, 3, dtype, device)),
+    )
+    yield (
+        "boot-conv3d",
+        (
+            r(2, 4, 4, 2, 4),
+            r(2, 2, 4, 5, 5),
+            [2, 3, 2],
+            [1, 2, 1],
+            [1, 0, 1],
+            [1, 1, 2],
+            2,
+            _poisson(3, 2, dtype, device),
+        ),
+    )
 
 
 OPS = [
@@ -77,8 +116,18 @@ def _cases(device):
     for name, op, reference, samples in OPS:
         for dtype in (torch.float32, torch.float64):
             for sname, _ in samples(dtype, "cpu"):
-                out.append(pytest.param(name, op, reference, samples, dtype, sname, device,
-                                        id=f"{name}-{sname}-{str(dtype)[6:]}-{device}"))
+                out.append(
+                    pytest.param(
+                        name,
+                        op,
+                        reference,
+                        samples,
+                        dtype,
+                        sname,
+                        device,
+                        id=f"{name}-{sname}-{str(dtype)[6:]}-{device}",
+                    )
+                )
     return out
 
 

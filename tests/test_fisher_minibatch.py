@@ -1,4 +1,5 @@
 """The authors' code's estimator (fisherx.fisher.minibatch) against a naive loop of ordinary backward passes."""
+
 import pytest
 import torch
 from torch import nn
@@ -9,8 +10,9 @@ from fisherx.fisher.minibatch import fisher_minibatch
 
 def _model(dtype):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(3 * 3 * 3, 5)).to(dtype)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 5)).to(
+        dtype
+    )
 
 
 def _data(n, dtype):
@@ -25,11 +27,11 @@ def _naive(model, x, y, batch, first_axis_mean=True, weights=None):
     total = 0.0
     for m, s in enumerate(range(0, x.shape[0], batch)):
         model.zero_grad()
-        nn.functional.cross_entropy(model(x[s:s + batch]), y[s:s + batch]).backward()
+        nn.functional.cross_entropy(model(x[s : s + batch]), y[s : s + batch]).backward()
         w = 1.0 if weights is None else float(weights[m])
         total += w
         for n, p in model.named_parameters():
-            acc[n] += w * p.grad ** 2
+            acc[n] += w * p.grad**2
     return {n: (a / total).mean(0) if first_axis_mean and a.dim() >= 1 else a / total for n, a in acc.items()}
 
 

@@ -3,6 +3,7 @@ with F.scaled_dot_product_attention from nn.Linear, nn.LSTM / nn.GRU / nn.RNN. E
 loop (one backward per sample, float64) to ≤ 1e-10 relative in float64 and ≤ 1e-4 in float32, with the fallback and
 the whole-model path made to fail (so the rules really ran) and no fallback warning; bootstrap replicates equal the
 explicit resampling loop. Also: the fallback on modules returning tuples with None or scalar entries."""
+
 from __future__ import annotations
 
 import warnings
@@ -11,13 +12,13 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from fisher_models import naive_fisher
+from test_fisher_bootstrap import _check_replicates
 from torch import nn
 
 import fisherx
 from fisherx.fisher import engine as engine_mod
 from fisherx.fisher.rules import fallback as fallback_mod
-from fisher_models import naive_fisher
-from test_fisher_bootstrap import _check_replicates
 
 B, T, V, E = 7, 5, 11, 8  # odd batch and sequence sizes on purpose
 
@@ -30,6 +31,7 @@ def _tokens(b=B, t=T, classes=3):
         if b > 1 and t > 1:
             idx[0, -2] = 0
         return idx, torch.randint(0, classes, (b, t), generator=g)
+
     return make
 
 
@@ -107,7 +109,7 @@ class Attention(nn.Module):
         h = self.emb(idx)
         q = k = v = h
         if self.kin is not None:
-            k, v = self.kin(h[:, :T - 2]), self.vin(h[:, :T - 2])
+            k, v = self.kin(h[:, : T - 2]), self.vin(h[:, : T - 2])
         kw = dict(self.call_kw, **self._masks(idx, q.shape[1], k.shape[1], h.dtype))
         if not self.mha.batch_first:
             q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
@@ -175,42 +177,77 @@ RECURRENT = []
 for _mode in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
     RECURRENT += [
         (f"{_mode}-1layer", lambda m=_mode: RecurrentLM(_rnn(m)), _tokens()),
-        (f"{_mode}-2layer-bidir-seqfirst-state", lambda m=_mode: RecurrentLM(
-            _rnn(m, num_layers=2, bidirectional=True, batch_first=False), use_state=True), _tokens()),
-        (f"{_mode}-nobias-hx", lambda m=_mode: RecurrentLM(_rnn(m, bias=False, num_layers=2), use_state=True,
-                                                           init_state=True), _tokens()),
+        (
+            f"{_mode}-2layer-bidir-seqfirst-state",
+            lambda m=_mode: RecurrentLM(_rnn(m, num_layers=2, bidirectional=True, batch_first=False), use_state=True),
+            _tokens(),
+        ),
+        (
+            f"{_mode}-nobias-hx",
+            lambda m=_mode: RecurrentLM(_rnn(m, bias=False, num_layers=2), use_state=True, init_state=True),
+            _tokens(),
+        ),
     ]
 RECURRENT += [
-    ("LSTM-proj-2layer-bidir", lambda: RecurrentLM(nn.LSTM(6, 5, num_layers=2, bidirectional=True, proj_size=3,
-                                                           batch_first=True), use_state=True, init_state=True),
-     _tokens()),
+    (
+        "LSTM-proj-2layer-bidir",
+        lambda: RecurrentLM(
+            nn.LSTM(6, 5, num_layers=2, bidirectional=True, proj_size=3, batch_first=True),
+            use_state=True,
+            init_state=True,
+        ),
+        _tokens(),
+    ),
     ("LSTM-B1", lambda: RecurrentLM(_rnn("LSTM", num_layers=2), use_state=True), _tokens(b=1)),
-    ("GRU-T1-seqfirst-hx", lambda: RecurrentLM(_rnn("GRU", batch_first=False), use_state=True, init_state=True),
-     _tokens(t=1)),
+    (
+        "GRU-T1-seqfirst-hx",
+        lambda: RecurrentLM(_rnn("GRU", batch_first=False), use_state=True, init_state=True),
+        _tokens(t=1),
+    ),
 ]
 ATTENTION = [
     ("mha-weights", lambda: Attention(), _tokens()),
     ("mha-no-weights", lambda: Attention(call_kw={"need_weights": False}), _tokens()),
-    ("mha-per-head-weights-seqfirst", lambda: Attention({"batch_first": False}, {"average_attn_weights": False}),
-     _tokens()),
+    (
+        "mha-per-head-weights-seqfirst",
+        lambda: Attention({"batch_first": False}, {"average_attn_weights": False}),
+        _tokens(),
+    ),
     ("mha-seqfirst-no-weights", lambda: Attention({"batch_first": False}, {"need_weights": False}), _tokens()),
     ("mha-batchfirst", lambda: Attention({"batch_first": True}), _tokens()),
     ("mha-no-bias", lambda: Attention({"batch_first": True, "bias": False}), _tokens()),
-    ("mha-bias-kv-zero-attn", lambda: Attention({"batch_first": True, "add_bias_kv": True, "add_zero_attn": True}),
-     _tokens()),
+    (
+        "mha-bias-kv-zero-attn",
+        lambda: Attention({"batch_first": True, "add_bias_kv": True, "add_zero_attn": True}),
+        _tokens(),
+    ),
     ("mha-kdim-vdim", lambda: Attention({"batch_first": True, "kdim": 5, "vdim": 3}, cross=True), _tokens()),
-    ("mha-kdim-vdim-seqfirst", lambda: Attention({"kdim": 5, "vdim": 3}, {"need_weights": False}, cross=True),
-     _tokens()),
+    (
+        "mha-kdim-vdim-seqfirst",
+        lambda: Attention({"kdim": 5, "vdim": 3}, {"need_weights": False}, cross=True),
+        _tokens(),
+    ),
     ("mha-cross-packed", lambda: Attention({"batch_first": True}, cross=True, masks=("padding",)), _tokens()),
     ("mha-padding", lambda: Attention({"batch_first": True}, masks=("padding",)), _tokens()),
-    ("mha-padding-no-weights", lambda: Attention({"batch_first": True}, {"need_weights": False}, ("padding",)),
-     _tokens()),
+    (
+        "mha-padding-no-weights",
+        lambda: Attention({"batch_first": True}, {"need_weights": False}, ("padding",)),
+        _tokens(),
+    ),
     ("mha-causal", lambda: Attention({"batch_first": True}, {"need_weights": False}, masks=("causal",)), _tokens()),
     ("mha-causal-weights", lambda: Attention({"batch_first": True}, masks=("causal",)), _tokens()),
-    ("mha-causal-padding-bias-kv", lambda: Attention({"batch_first": True, "add_bias_kv": True},
-                                                     {"need_weights": False}, masks=("causal", "padding")), _tokens()),
-    ("mha-per-head-float-mask", lambda: Attention({"batch_first": True}, {"need_weights": False},
-                                                  masks=("per-head", "padding")), _tokens()),
+    (
+        "mha-causal-padding-bias-kv",
+        lambda: Attention(
+            {"batch_first": True, "add_bias_kv": True}, {"need_weights": False}, masks=("causal", "padding")
+        ),
+        _tokens(),
+    ),
+    (
+        "mha-per-head-float-mask",
+        lambda: Attention({"batch_first": True}, {"need_weights": False}, masks=("per-head", "padding")),
+        _tokens(),
+    ),
     ("mha-bool-mask", lambda: Attention({"batch_first": True}, masks=("bool",)), _tokens()),
     ("mha-B1", lambda: Attention({"batch_first": True}), _tokens(b=1)),
     ("encoder", lambda: Encoder(True, False), _tokens()),
@@ -228,6 +265,7 @@ CASES = RECURRENT + ATTENTION
 @pytest.fixture
 def rules_only(monkeypatch):
     """Fail on the fallback or the whole-model path, and on their warnings (reset: each warns once per process)."""
+
     def refuse(*a, **k):
         raise AssertionError("the torch.func fallback ran: a rule should have handled this layer")
 
@@ -262,8 +300,17 @@ def test_matches_naive_per_sample_loop(case, dtype, rules_only):
     _assert_close(f, naive_fisher(model, x, y), dtype, name)
 
 
-BOOT = ["LSTM-2layer-bidir-seqfirst-state", "GRU-nobias-hx", "RNN_TANH-1layer", "LSTM-proj-2layer-bidir",
-        "mha-weights", "mha-bias-kv-zero-attn", "mha-kdim-vdim", "encoder-seqfirst-norm-first", "encoder-padding"]
+BOOT = [
+    "LSTM-2layer-bidir-seqfirst-state",
+    "GRU-nobias-hx",
+    "RNN_TANH-1layer",
+    "LSTM-proj-2layer-bidir",
+    "mha-weights",
+    "mha-bias-kv-zero-attn",
+    "mha-kdim-vdim",
+    "encoder-seqfirst-norm-first",
+    "encoder-padding",
+]
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in BOOT], ids=BOOT)
@@ -292,7 +339,7 @@ class PairOut(nn.Module):
 
     def __init__(self, nested=False):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(5, 5) / 5 ** 0.5)
+        self.w = nn.Parameter(torch.randn(5, 5) / 5**0.5)
         self.nested = nested
 
     def forward(self, x):

@@ -1,5 +1,6 @@
 """Every model of the benchmark zoo (bench/bench_zoo.py, tests/fisher_models.ZOO at its "test" size) against the
 naive per-sample loop in float64 (relative error ≤ 1e-10), so the fast paths the zoo times are the exact ones."""
+
 from __future__ import annotations
 
 import warnings

@@ -6,6 +6,7 @@ silently different result where the format carries a checksum. Plain JSON files 
 a flip there may load a *different valid* object; for those the property is "valid object or FormatError".
 Examples are bounded so the default run stays fast; ``test_every_bit_of_the_first_kb`` (slow) is exhaustive.
 """
+
 import hashlib
 import json
 import os
@@ -30,20 +31,33 @@ from fisherx.nas.space import SearchSpaceError
 from fisherx.nas.ta_nas import INDEX, TaskDictionary
 
 # FISHERX_FUZZ_EXAMPLES=1500 for a long hunt; 60 keeps the default run fast.
-FAST = settings(max_examples=int(os.environ.get("FISHERX_FUZZ_EXAMPLES", "60")), deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=int(os.environ.get("FISHERX_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 def _fisher() -> FisherDiag:
     g = torch.Generator().manual_seed(0)
-    return FisherDiag({"0.weight": torch.rand(4, 3, generator=g), "0.bias": torch.rand(4, generator=g),
-                       "2.weight": torch.rand(2, 4, generator=g, dtype=torch.float64)}, 11,
-                      {"kind": "empirical", "loss": "cross_entropy", "task": "T0"})
+    return FisherDiag(
+        {
+            "0.weight": torch.rand(4, 3, generator=g),
+            "0.bias": torch.rand(4, generator=g),
+            "2.weight": torch.rand(2, 4, generator=g, dtype=torch.float64),
+        },
+        11,
+        {"kind": "empirical", "loss": "cross_entropy", "task": "T0"},
+    )
 
 
 def _same_fisher(a: FisherDiag, b: FisherDiag) -> bool:
-    return (list(a) == list(b) and a.n_samples == b.n_samples and a.meta == b.meta
-            and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a))
+    return (
+        list(a) == list(b)
+        and a.n_samples == b.n_samples
+        and a.meta == b.meta
+        and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    )
 
 
 def _flip(raw: bytes, bit: int) -> bytes:
@@ -78,7 +92,7 @@ def fisher_file(tmp_path_factory):
 def test_fisher_file_truncations_and_flips(fisher_file, data):
     f, raw, d = fisher_file
     if data.draw(st.booleans()):
-        damaged = raw[:data.draw(st.integers(0, len(raw) - 1))]
+        damaged = raw[: data.draw(st.integers(0, len(raw) - 1))]
     else:
         damaged = _flip(raw, data.draw(st.integers(0, 8 * len(raw) - 1)))
     assert _check_fisher_bytes(d / "x.safetensors", damaged, f) == "refused"
@@ -95,7 +109,7 @@ def _seal(body: bytes) -> bytes:
 def _sealed(raw_with_zero_hash: bytes, data: bytes) -> bytes:
     whole = raw_with_zero_hash + data
     digest = hashlib.sha256(whole).hexdigest().encode()
-    return whole[:_HASH_AT] + digest + whole[_HASH_AT + 64:]
+    return whole[:_HASH_AT] + digest + whole[_HASH_AT + 64 :]
 
 
 def test_sealing_makes_a_valid_file(tmp_path):  # so that the crafted-header tests below test the structure checks
@@ -107,19 +121,35 @@ def test_sealing_makes_a_valid_file(tmp_path):  # so that the crafted-header tes
 
 
 SCALARS = st.none() | st.booleans() | st.integers(-2, 40) | st.floats(allow_nan=False) | st.text(max_size=5)
-JSONISH = st.recursive(SCALARS,
-                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
-                       max_leaves=12)
+JSONISH = st.recursive(
+    SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4), max_leaves=12
+)
 
 
 @FAST
-@given(entry=st.dictionaries(st.sampled_from(["dtype", "shape", "data_offsets", "x"]),
-                             JSONISH | st.sampled_from(["F32", "F64", "I64", "BOOL", "X"]), max_size=4),
-       meta=JSONISH, fmt=st.sampled_from(['"2"', '"1"', "2"]), data=st.binary(max_size=24),
-       name=st.text(max_size=3))
+@given(
+    entry=st.dictionaries(
+        st.sampled_from(["dtype", "shape", "data_offsets", "x"]),
+        JSONISH | st.sampled_from(["F32", "F64", "I64", "BOOL", "X"]),
+        max_size=4,
+    ),
+    meta=JSONISH,
+    fmt=st.sampled_from(['"2"', '"1"', "2"]),
+    data=st.binary(max_size=24),
+    name=st.text(max_size=3),
+)
 def test_crafted_headers_with_a_valid_checksum_are_refused_or_consistent(tmp_path, entry, meta, fmt, data, name):
-    body = ('"fisherx.format":' + fmt + ',"fisherx.meta":' + json.dumps(json.dumps(meta)) + '},'
-            + json.dumps(name) + ":" + json.dumps(entry) + "}").encode()
+    body = (
+        '"fisherx.format":'
+        + fmt
+        + ',"fisherx.meta":'
+        + json.dumps(json.dumps(meta))
+        + "},"
+        + json.dumps(name)
+        + ":"
+        + json.dumps(entry)
+        + "}"
+    ).encode()
     p = tmp_path / "c.safetensors"
     p.write_bytes(_sealed(_seal(body), data))
     try:
@@ -153,7 +183,7 @@ def test_legacy_fx_damage_is_only_ever_a_format_error(tmp_path, data):
     original = FisherDiag.load(LEGACY)
     (head_len,) = struct.unpack_from("<Q", raw, 12)
     if data.draw(st.booleans()):
-        damaged, in_data = raw[:data.draw(st.integers(0, len(raw) - 1))], True
+        damaged, in_data = raw[: data.draw(st.integers(0, len(raw) - 1))], True
     else:
         bit = data.draw(st.integers(0, 8 * len(raw) - 1))
         damaged, in_data = _flip(raw, bit), bit // 8 >= 20 + head_len
@@ -181,7 +211,7 @@ def test_damaged_cache_entries_are_recomputed_never_used_never_fatal(tmp_path, d
     p = c.store("network", cfg, value)
     raw = p.read_bytes()
     if data.draw(st.booleans()):
-        p.write_bytes(raw[:data.draw(st.integers(0, len(raw) - 1))])
+        p.write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1))])
     else:
         p.write_bytes(_flip(raw, data.draw(st.integers(0, 8 * len(raw) - 1))))
     with warnings.catch_warnings(record=True) as w:
@@ -195,7 +225,7 @@ def test_damaged_cache_entries_are_recomputed_never_used_never_fatal(tmp_path, d
 
 def _damage(raw: bytes, data) -> bytes:
     if data.draw(st.booleans()):
-        return raw[:data.draw(st.integers(0, len(raw) - 1))]
+        return raw[: data.draw(st.integers(0, len(raw) - 1))]
     return _flip(raw, data.draw(st.integers(0, 8 * len(raw) - 1)))
 
 
@@ -234,8 +264,14 @@ def test_space_json_damage(data):
 def dictionary_index(tmp_path_factory):
     d = tmp_path_factory.mktemp("dict")
     td = TaskDictionary.create(d, arch="mlp", head_width=2, in_channels=1, image_size=4)
-    td.add("T0", task={"name": "T0"}, eps_network=td.new_network(), eps={}, space=SearchSpace.from_genotypes(GENO),
-           genotype=GENO)
+    td.add(
+        "T0",
+        task={"name": "T0"},
+        eps_network=td.new_network(),
+        eps={},
+        space=SearchSpace.from_genotypes(GENO),
+        genotype=GENO,
+    )
     return d, (d / INDEX).read_bytes()
 
 
@@ -262,8 +298,7 @@ def test_dictionary_index_damage(dictionary_index, data):
 @given(data=st.data(), protocol=st.sampled_from([2, 4]))
 def test_cifar_batch_damage(tmp_path, data, protocol):
     rng = np.random.default_rng(0)
-    batch = {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [0, 4, 9],
-             b"batch_label": b"x"}
+    batch = {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [0, 4, 9], b"batch_label": b"x"}
     raw = pickle.dumps(batch, protocol=protocol)
     p = tmp_path / "data_batch_1"
     p.write_bytes(_damage(raw, data))
@@ -284,9 +319,16 @@ def test_cifar_batch_damage(tmp_path, data, protocol):
 def test_every_bit_of_the_first_kb(tmp_path):
     """Every single-bit flip in the first KB of a saved Fisher file: 0 silent loads, 0 other exceptions."""
     g = torch.Generator().manual_seed(1)
-    f = FisherDiag({"conv.weight": torch.rand(8, 3, 3, 3, generator=g), "conv.bias": torch.rand(8, generator=g),
-                    "fc.weight": torch.rand(10, 8, generator=g), "fc.bias": torch.rand(10, generator=g)}, 500,
-                   {"kind": "empirical", "loss": "cross_entropy", "task": "cifar10/T1", "arch": "cnn"})
+    f = FisherDiag(
+        {
+            "conv.weight": torch.rand(8, 3, 3, 3, generator=g),
+            "conv.bias": torch.rand(8, generator=g),
+            "fc.weight": torch.rand(10, 8, generator=g),
+            "fc.bias": torch.rand(10, generator=g),
+        },
+        500,
+        {"kind": "empirical", "loss": "cross_entropy", "task": "cifar10/T1", "arch": "cnn"},
+    )
     f.save(tmp_path / "f.safetensors")
     raw, d = (tmp_path / "f.safetensors").read_bytes(), tmp_path
     assert len(raw) > 1024

@@ -1,4 +1,5 @@
 """The fisherx file format: exact round trips, atomic writes, and refusal of foreign or damaged files."""
+
 import math
 import os
 import random

@@ -1,4 +1,5 @@
 """Fishers refuse inputs that would make them silently wrong: ignored labels, all-ignored batches, overflow."""
+
 import pytest
 import torch
 from torch import nn

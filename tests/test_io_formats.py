@@ -1,4 +1,5 @@
 """Format 2 (checksummed safetensors), format-1 compatibility, permissions, temporaries, FisherDiag as a container."""
+
 import os
 import time
 import warnings
@@ -23,13 +24,19 @@ def _fisher(bootstrap=False, dtype=torch.float32):
     if not bootstrap:
         return FisherDiag(t, 9, {"kind": "empirical", "loss": "cross_entropy"})
     reps = {k: torch.rand(5, *v.shape, generator=g, dtype=dtype) for k, v in t.items()}
-    return FisherDiag(t, 9, {"kind": "empirical"}, replicates=reps,
-                      replicate_weights=torch.rand(5, dtype=torch.float64))
+    return FisherDiag(
+        t, 9, {"kind": "empirical"}, replicates=reps, replicate_weights=torch.rand(5, dtype=torch.float64)
+    )
 
 
 def test_files_are_safetensors_that_other_readers_open(tmp_path):
-    ts = {"w": torch.randn(3, 5, dtype=torch.float64), "i": torch.arange(7, dtype=torch.int16),
-          "h": torch.randn(4).to(torch.bfloat16), "m": torch.rand(5) > 0.5, "e": torch.empty(0, 2)}
+    ts = {
+        "w": torch.randn(3, 5, dtype=torch.float64),
+        "i": torch.arange(7, dtype=torch.int16),
+        "h": torch.randn(4).to(torch.bfloat16),
+        "m": torch.rand(5) > 0.5,
+        "e": torch.empty(0, 2),
+    }
     p = io.save_tensors(tmp_path / "t.safetensors", ts, {"task": "T0", "n": [1, 2]})
     other = load_file(p)
     assert set(other) == set(ts) and all(torch.equal(other[k], ts[k]) for k in ts)
@@ -132,9 +139,18 @@ def test_state_dict_round_trip_through_torch_save_weights_only(tmp_path):
 
 def test_arithmetic_keeps_the_layout_and_refuses_another():
     f, g = _fisher(), _fisher().double().float() * 3
-    for out, ref in (((f + g), f.flat() + g.flat()), ((f - g), f.flat() - g.flat()), ((f * g), f.flat() * g.flat()),
-                     ((f / g), f.flat() / g.flat()), ((2 * f), 2 * f.flat()), ((f / 4), f.flat() / 4),
-                     ((1 - f), 1 - f.flat()), ((1 / g), 1 / g.flat()), ((-f), -f.flat()), ((f + 0.5), f.flat() + 0.5)):
+    for out, ref in (
+        ((f + g), f.flat() + g.flat()),
+        ((f - g), f.flat() - g.flat()),
+        ((f * g), f.flat() * g.flat()),
+        ((f / g), f.flat() / g.flat()),
+        ((2 * f), 2 * f.flat()),
+        ((f / 4), f.flat() / 4),
+        ((1 - f), 1 - f.flat()),
+        ((1 / g), 1 / g.flat()),
+        ((-f), -f.flat()),
+        ((f + 0.5), f.flat() + 0.5),
+    ):
         assert isinstance(out, FisherDiag) and list(out) == list(f)
         assert [v.shape for v in out.values()] == [v.shape for v in f.values()]
         torch.testing.assert_close(out.flat(), ref)

@@ -1,4 +1,5 @@
 """The shared argument checks: one ValueError naming the argument, before any work."""
+
 import math
 
 import pytest
@@ -27,9 +28,16 @@ def test_checks_name_the_argument_and_the_range():
     assert _validate.count("epochs", 3) == 3
 
 
-@pytest.mark.parametrize("kw, msg", [({"seeds": (0, 0)}, "seeds repeats 0"), ({"epochs": 0}, "epochs must be >= 1"),
-                                     ({"lr": -1.0}, "lr must be > 0"), ({"epsilon": 2.0}, "epsilon must be None"),
-                                     ({"lr": math.nan}, "lr must be a finite number")])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"seeds": (0, 0)}, "seeds repeats 0"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"epsilon": 2.0}, "epsilon must be None"),
+        ({"lr": math.nan}, "lr must be a finite number"),
+    ],
+)
 def test_task_distances_refuses_bad_settings_before_any_work(tmp_path, kw, msg):
     with pytest.raises(ValueError, match=msg):
         task_distances(preset("digits"), cache_dir=tmp_path / "c", **kw)

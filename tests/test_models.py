@@ -1,4 +1,5 @@
 """ε-approximation networks: shapes for small inputs and any channel count, heads, seeding, training."""
+
 from __future__ import annotations
 
 import warnings
@@ -7,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fisherx.models import ARCHS, build
+from fisherx.models import ARCHS, EpsilonWarning, build, evaluate, seeded, train
 from fisherx.tasks import preset
-from fisherx.models import EpsilonWarning, evaluate, seeded, train
 
 PARAMS = {"vgg16": 14.72e6, "resnet18": 11.17e6, "densenet121": 6.96e6}  # the standard sizes, give or take a head
 
@@ -17,8 +17,9 @@ PARAMS = {"vgg16": 14.72e6, "resnet18": 11.17e6, "densenet121": 6.96e6}  # the s
 SHAPES = [(1, 8), (3, 32), (2, 5)]  # digits, CIFAR, and an odd size with an odd channel count
 
 
-@pytest.mark.parametrize("arch,channels,size", [(a, c, s) for a in ARCHS for c, s in SHAPES
-                                                if a != "densenet121" or s != 32])  # the slowest: spare CI the time
+@pytest.mark.parametrize(
+    "arch,channels,size", [(a, c, s) for a in ARCHS for c, s in SHAPES if a != "densenet121" or s != 32]
+)  # the slowest: spare CI the time
 def test_shapes_for_small_inputs_and_any_channel_count(arch, channels, size):
     with seeded(0):
         m = build(arch, channels, 7, size)

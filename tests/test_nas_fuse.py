@@ -1,4 +1,5 @@
 """FUSE and random search: selection, the separation of weight and α steps, distinct candidates, exact resume."""
+
 import json
 
 import pytest
@@ -14,8 +15,7 @@ from fisherx.tasks import preset
 
 ZERO = Genotype([[("zero", 0), ("zero", 1)]] * 3, [[("zero", 0), ("zero", 1)]] * 3)
 CONV = Genotype([[("conv_3x3", 0), ("conv_3x3", 1)]] * 3, [[("conv_3x3", 0), ("conv_3x3", 1)]] * 3)
-SMALL = dict(candidates=2, rounds=3, alternations=2, batch_size=128, final_epochs=1, device="cpu",
-             progress=False)
+SMALL = dict(candidates=2, rounds=3, alternations=2, batch_size=128, final_epochs=1, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def test_weight_steps_move_only_weights_and_alpha_steps_only_alpha(digits):
     assert torch.equal(r.alpha.detach(), alpha0), "a weight step changed α"
     assert any(not torch.equal(a, b) for a, b in zip(w0, snapshot())), "a weight step changed no weight"
     w1 = snapshot()
-    r.alpha_phase(*digits.val, epochs=2, batch_size=32, gen=torch.Generator().manual_seed(0),
-                  device=torch.device("cpu"))
+    r.alpha_phase(
+        *digits.val, epochs=2, batch_size=32, gen=torch.Generator().manual_seed(0), device=torch.device("cpu")
+    )
     assert not torch.equal(r.alpha.detach(), alpha0), "the α phase left α unchanged"
     # Weights *and* BatchNorm buffers stay exactly as they were.
     assert all(torch.equal(a, b) for a, b in zip(w1, snapshot())), "an α step changed the candidates"
@@ -153,8 +154,15 @@ def test_same_seed_same_search_different_seed_different_candidates(tiny):
 
 def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny, tmp_path):
     space = SearchSpace(width=4, depth=1)
-    kw = dict(budget=5, epochs_per_candidate=2, batch_size=32, final_epochs=1, device="cpu", progress=False,
-              checkpoint_every=2)
+    kw = dict(
+        budget=5,
+        epochs_per_candidate=2,
+        batch_size=32,
+        final_epochs=1,
+        device="cpu",
+        progress=False,
+        checkpoint_every=2,
+    )
     whole = random_search(space, tiny, seed=0, **kw)
     assert whole.method == "random" and whole.cost["candidate_epochs"] == 4 and len(whole.history) == 2
     assert whole.history[0]["genotype"] != whole.history[1]["genotype"]
@@ -172,16 +180,29 @@ def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny
     resumed = random_search(space, tiny, seed=0, out_dir=tmp_path, **kw)
     strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
     assert strip(resumed.history) == strip(whole.history) and resumed.genotype == whole.genotype
-    assert all(torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(),
-                                                 whole.model.state_dict().values()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(), whole.model.state_dict().values())
+    )
     with pytest.raises(ValueError, match="trains no candidate"):
         random_search(space, tiny, budget=1, epochs_per_candidate=2)
 
 
 # A search small enough to kill and rerun in a few seconds: 2 + 1 candidates of 4 channels and one cell, 20 images
 # per label (3 batches of 32 after the validation split), 2 rounds × 2 alternations × 2 weight epochs = 24 steps.
-KILL_KW = dict(candidates=2, rounds=2, alternations=2, weight_epochs=2, alpha_epochs=2, alpha_tol=0.0, batch_size=32,
-               final_epochs=2, device="cpu", progress=False, checkpoint_every=3, seed=11)
+KILL_KW = dict(
+    candidates=2,
+    rounds=2,
+    alternations=2,
+    weight_epochs=2,
+    alpha_epochs=2,
+    alpha_tol=0.0,
+    batch_size=32,
+    final_epochs=2,
+    device="cpu",
+    progress=False,
+    checkpoint_every=3,
+    seed=11,
+)
 
 
 @pytest.mark.parametrize("kill_seed", [2024, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 9))])
@@ -237,8 +258,9 @@ def test_search_killed_at_a_random_step_resumes_bit_exactly(tmp_path, kill_seed)
         assert [x["alpha"] for x in a["alternations"]] == [x["alpha"] for x in b["alternations"]]
         assert [x["train_loss"] for x in a["alternations"]] == [x["train_loss"] for x in b["alternations"]]
     assert resumed.genotype == whole.genotype
-    assert all(torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(),
-                                                 whole.model.state_dict().values()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(), whole.model.state_dict().values())
+    )
     # The killed run's time up to its last checkpoint is counted too (the steps it lost after it are not).
     assert resumed.cost["stages"]["search"]["runs"] == (2 if steps_done else 1)
 
@@ -275,8 +297,10 @@ def test_a_round_stops_when_alpha_has_converged(tiny):
 
 # PyTorch's own words when an operation without a deterministic implementation runs under
 # use_deterministic_algorithms(True, warn_only=True) (here: the CUDA backward of adaptive average pooling).
-CUDA_ALERT = ("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
-              "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ...")
+CUDA_ALERT = (
+    "adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
+    "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ..."
+)
 
 
 def test_nondeterministic_operation_is_reported_once_simulated_on_cpu(monkeypatch):
@@ -293,10 +317,12 @@ def test_nondeterministic_operation_is_reported_once_simulated_on_cpu(monkeypatc
 
     def step(self, x, y):
         # The flags a search runs under, as seen from inside it.
-        seen.update(det=torch.are_deterministic_algorithms_enabled(),
-                    warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
-                    cudnn=(torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
-                    cublas=__import__("os").environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        seen.update(
+            det=torch.are_deterministic_algorithms_enabled(),
+            warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+            cudnn=(torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+            cublas=__import__("os").environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        )
         warnings.warn(CUDA_ALERT, UserWarning)
         warnings.warn("an unrelated warning", RuntimeWarning)
         return real(self, x, y)
@@ -315,8 +341,9 @@ def test_nondeterministic_operation_is_reported_once_simulated_on_cpu(monkeypatc
     assert "on cpu" in str(ours[0].message)
     assert not any("does not have a deterministic" in str(w.message) for w in caught)  # absorbed, not repeated
     assert sum("an unrelated warning" in str(w.message) for w in caught) == 2 * res.cost["weight_steps"]
-    assert res.cost["nondeterministic_ops"] == again.cost["nondeterministic_ops"] == [
-        "adaptive_avg_pool2d_backward_cuda"]
+    assert (
+        res.cost["nondeterministic_ops"] == again.cost["nondeterministic_ops"] == ["adaptive_avg_pool2d_backward_cuda"]
+    )
     assert seen == {"det": True, "warn_only": True, "cudnn": (True, False), "cublas": ":4096:8"}
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
 

@@ -1,4 +1,5 @@
 """The NAS search space: operations, cells, genotypes (JSON, text, validation), skeleton, search spaces."""
+
 import json
 
 import pytest
@@ -9,10 +10,17 @@ from fisherx.nas.network import build as build_network
 from fisherx.nas.network import num_params, reduction_positions
 
 G = Genotype(
-    normal=[[("conv_3x3", 0), ("identity", 1)], [("max_pool_3x3", 1), ("conv_5x5", 2)],
-            [("zero", 0), ("dil_conv_3x3", 3)]],
-    reduce=[[("avg_pool_3x3", 0), ("conv_3x3", 1)], [("identity", 2), ("conv_7x7", 1)],
-            [("conv_7x1_1x7", 3), ("identity", 0)], [("dil_conv_5x5", 4), ("zero", 1)]],
+    normal=[
+        [("conv_3x3", 0), ("identity", 1)],
+        [("max_pool_3x3", 1), ("conv_5x5", 2)],
+        [("zero", 0), ("dil_conv_3x3", 3)],
+    ],
+    reduce=[
+        [("avg_pool_3x3", 0), ("conv_3x3", 1)],
+        [("identity", 2), ("conv_7x7", 1)],
+        [("conv_7x1_1x7", 3), ("identity", 0)],
+        [("dil_conv_5x5", 4), ("zero", 1)],
+    ],
 )
 
 
@@ -72,16 +80,19 @@ def test_genotype_text_form_is_readable():
     assert "out = concat(n0, n1, n2, n3)" in text.splitlines()[1]
 
 
-@pytest.mark.parametrize("normal, message", [
-    ([[("conv_9x9", 0), ("identity", 1)]], "unknown operation 'conv_9x9'"),
-    ([[("conv_3x3", 0), ("identity", 1)], [("conv_3x3", 4), ("identity", 1)]], "reads node n2, which comes later"),
-    ([[("conv_3x3", 2), ("identity", 1)]], "reads itself"),
-    ([[("conv_3x3", 0)]], "has 1 inputs; every node takes exactly 2"),
-    ([[("conv_3x3", 0), ("identity", 1), ("zero", 0)]], "has 3 inputs"),
-    ([[("conv_3x3", -1), ("identity", 1)]], "negative"),
-    ([[("conv_3x3", "0"), ("identity", 1)]], "must be an integer"),
-    ([], "no nodes"),
-])
+@pytest.mark.parametrize(
+    "normal, message",
+    [
+        ([[("conv_9x9", 0), ("identity", 1)]], "unknown operation 'conv_9x9'"),
+        ([[("conv_3x3", 0), ("identity", 1)], [("conv_3x3", 4), ("identity", 1)]], "reads node n2, which comes later"),
+        ([[("conv_3x3", 2), ("identity", 1)]], "reads itself"),
+        ([[("conv_3x3", 0)]], "has 1 inputs; every node takes exactly 2"),
+        ([[("conv_3x3", 0), ("identity", 1), ("zero", 0)]], "has 3 inputs"),
+        ([[("conv_3x3", -1), ("identity", 1)]], "negative"),
+        ([[("conv_3x3", "0"), ("identity", 1)]], "must be an integer"),
+        ([], "no nodes"),
+    ],
+)
 def test_invalid_genotypes_are_rejected_with_the_reason(normal, message):
     with pytest.raises(GenotypeError, match=message):
         Genotype(normal=normal, reduce=G.reduce)
@@ -141,9 +152,15 @@ def test_search_space_sampling_is_seeded_valid_and_stays_in_the_space():
 
 
 def test_space_derived_from_best_cells_and_its_json():
-    best = Genotype([[("conv_3x3", 0), ("identity", 1)]] * 3,
-                    [[("max_pool_3x3", 0), ("conv_3x3", 1)], [("identity", 0), ("conv_5x5", 2)],
-                     [("conv_3x3", 1), ("zero", 3)], [("identity", 4), ("conv_3x3", 2)]])
+    best = Genotype(
+        [[("conv_3x3", 0), ("identity", 1)]] * 3,
+        [
+            [("max_pool_3x3", 0), ("conv_3x3", 1)],
+            [("identity", 0), ("conv_5x5", 2)],
+            [("conv_3x3", 1), ("zero", 3)],
+            [("identity", 4), ("conv_3x3", 2)],
+        ],
+    )
     space = SearchSpace.from_genotypes([best], width=8, depth=3)
     assert space.ops == ("zero", "identity", "max_pool_3x3", "conv_3x3", "conv_5x5") and space.nodes == (3, 4)
     assert best in space and G not in space
@@ -157,6 +174,6 @@ def test_space_derived_from_best_cells_and_its_json():
     assert SearchSpace.from_json(space.to_json()).fingerprint() == space.fingerprint()
     assert space.fingerprint() != SearchSpace.general(width=8, depth=3).fingerprint()
     small = SearchSpace(ops=("zero",), nodes=(3,))
-    assert small.num_cells() == 1 * 3 * 6 and small.size() == 18 ** 2
+    assert small.num_cells() == 1 * 3 * 6 and small.size() == 18**2
     with pytest.raises(SearchSpaceError, match="unknown operation"):
         SearchSpace(ops=("conv_11x11",))

@@ -1,19 +1,20 @@
 """TA-NAS end to end on the built-in digits tasks, the baseline dictionary on disk, and the search command."""
+
 import json
 import time
 import warnings
 
 import pytest
 import torch
+from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 from fisherx import ftd
 from fisherx.fisher import fisher_diag
 from fisherx.io import FormatError, load_tree
+from fisherx.models import EpsilonWarning
 from fisherx.nas import Genotype, SearchSpace
 from fisherx.nas.ta_nas import TaskDictionary, add_baseline, ta_nas
 from fisherx.tasks import preset
-from fisherx.models import EpsilonWarning
-from test_nas_space import _one_thread  # noqa: F401  (autouse: every test here runs on one thread)
 
 # Small everything: 30 training images per label, 4-channel 2-cell networks, one FUSE round.
 SEARCH = dict(candidates=2, rounds=1, alternations=2, batch_size=64, final_epochs=2, device="cpu", progress=False)
@@ -109,10 +110,38 @@ def test_dictionary_refuses_what_it_cannot_compare_or_read(tasks, tmp_path):
 def test_search_command_builds_the_dictionary_and_writes_the_report(tmp_path, capsys):
     from fisherx.cli import main
 
-    argv = ["search", "--target", "T1", "--baselines", "T0", "--dictionary", str(tmp_path / "dict"),
-            "--out", str(tmp_path / "out"), "--max-train-per-label", "20", "--eps-epochs", "5", "--width", "4",
-            "--depth", "1", "--candidates", "1", "--rounds", "1", "--alternations", "1", "--batch-size", "64",
-            "--final-epochs", "1", "--device", "cpu", "--quiet"]
+    argv = [
+        "search",
+        "--target",
+        "T1",
+        "--baselines",
+        "T0",
+        "--dictionary",
+        str(tmp_path / "dict"),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-train-per-label",
+        "20",
+        "--eps-epochs",
+        "5",
+        "--width",
+        "4",
+        "--depth",
+        "1",
+        "--candidates",
+        "1",
+        "--rounds",
+        "1",
+        "--alternations",
+        "1",
+        "--batch-size",
+        "64",
+        "--final-epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EpsilonWarning)
         assert main(argv) == 0
@@ -158,11 +187,38 @@ def test_retrain_command_rebuilds_the_architecture_from_its_json_file_alone(tmp_
 
     t2 = preset("digits", max_train_per_label=20)[2]
     space = SearchSpace.general(width=4, depth=2)
-    res = fuse(space, t2, candidates=1, rounds=1, alternations=1, final_epochs=1, batch_size=64, device="cpu",
-               progress=False, out_dir=tmp_path / "search")
+    res = fuse(
+        space,
+        t2,
+        candidates=1,
+        rounds=1,
+        alternations=1,
+        final_epochs=1,
+        batch_size=64,
+        device="cpu",
+        progress=False,
+        out_dir=tmp_path / "search",
+    )
     genotype_file = tmp_path / "search" / "fuse_genotype.json"
-    argv = ["retrain", "--genotype", str(genotype_file), "--preset", "digits", "--task", "T2", "--epochs", "2",
-            "--out", str(tmp_path / "re"), "--max-train-per-label", "20", "--device", "cpu", "--seed", "3"]
+    argv = [
+        "retrain",
+        "--genotype",
+        str(genotype_file),
+        "--preset",
+        "digits",
+        "--task",
+        "T2",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "re"),
+        "--max-train-per-label",
+        "20",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     assert "T2: test accuracy" in capsys.readouterr().out
     out = json.loads((tmp_path / "re" / "retrain_result.json").read_text())
@@ -183,8 +239,21 @@ def test_retrain_command_rebuilds_the_architecture_from_its_json_file_alone(tmp_
 
     # A file without a recorded space needs the skeleton; without it the command says so in one line.
     res.genotype.save(tmp_path / "bare.json")
-    bare = ["retrain", "--genotype", str(tmp_path / "bare.json"), "--task", "T2", "--epochs", "1", "--out",
-            str(tmp_path / "bare"), "--max-train-per-label", "20", "--device", "cpu"]
+    bare = [
+        "retrain",
+        "--genotype",
+        str(tmp_path / "bare.json"),
+        "--task",
+        "T2",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "bare"),
+        "--max-train-per-label",
+        "20",
+        "--device",
+        "cpu",
+    ]
     with pytest.raises(SystemExit, match="records no search space.*--width, --depth"):
         main(bare)
     assert main(bare + ["--width", "4", "--depth", "2"]) == 0

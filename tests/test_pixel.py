@@ -1,5 +1,6 @@
 """Pixel-to-pixel tasks: the built-in family is deterministic and its transforms are what they say; the
 Taskonomy loader reads input/target pairs from PNG files; the autoencoder ε-network fits any input size."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,13 @@ def test_autoencoder_output_has_the_target_shape_for_any_size(size):
     out = m(torch.randn(4, 3, size, size))
     assert out.shape == (4, 2, size, size) and torch.isfinite(out).all()
     conv = m.encoder[0]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (3, 16, (5, 5),
-                                                                                                  (4, 4), (2, 2))
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
+        3,
+        16,
+        (5, 5),
+        (4, 4),
+        (2, 2),
+    )
     assert [m.encoder[3].out_features, m.encoder[5].out_features] == [512, 128]
 
 
@@ -70,6 +76,7 @@ def test_bad_pixel_task_errors():
         PixelTask("x", "sharpen")
     with pytest.raises(ValueError, match="unknown pixel preset"):
         from fisherx.tasks.pixel import pixel_preset
+
         pixel_preset("pixel-cifar")
     with pytest.raises(ValueError, match="give data_dir"):
         PixelTask("depth", "pairs").load()

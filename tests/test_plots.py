@@ -1,6 +1,7 @@
 """Figures of a task-distance result: fixed, labelled colour scales; intervals inside the metric's range; an atlas
 that measures its own fidelity and falls back to a clustered heatmap; Figures returned, drawing into a given ax,
 no backend forced. Also the result's file schema (versioned JSON, long-form CSV)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def _result(mean: np.ndarray, seeds=(0, 1), spread=0.0, metric="ftd", seed=0) ->
     for m in d:
         np.fill_diagonal(m, 1.0 if metric == "cosine" else 0.0)
     names = [f"T{i}" for i in range(k)]
-    return TaskDistanceResult(names, ["mlp"], list(seeds), metric, {"mlp": d},
-                              {"mlp": np.full((len(seeds), k), 0.9)}, "shared", k)
+    return TaskDistanceResult(
+        names, ["mlp"], list(seeds), metric, {"mlp": d}, {"mlp": np.full((len(seeds), k), 0.9)}, "shared", k
+    )
 
 
 def _line(k=4) -> np.ndarray:
@@ -135,8 +137,9 @@ def test_result_json_is_versioned_and_the_csv_is_long_form(tmp_path):
     assert rows[-1].startswith("mlp,7,T2,T2,ftd,")
     old = {k: v for k, v in data.items() if k not in ("format", "schema_version")}  # written before the version
     (tmp_path / "old.json").write_text(json.dumps(old))
-    np.testing.assert_array_equal(TaskDistanceResult.from_json(tmp_path / "old.json").distances["mlp"],
-                                  res.distances["mlp"])
+    np.testing.assert_array_equal(
+        TaskDistanceResult.from_json(tmp_path / "old.json").distances["mlp"], res.distances["mlp"]
+    )
     (tmp_path / "new.json").write_text(json.dumps({**data, "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(ValueError, match=r"new\.json: schema_version 2 is newer"):
         TaskDistanceResult.from_json(tmp_path / "new.json")

@@ -1,4 +1,5 @@
 """fisherx._progress: a bar on a terminal, one plain line per stage elsewhere, nothing when disabled."""
+
 from __future__ import annotations
 
 import io

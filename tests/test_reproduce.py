@@ -1,4 +1,5 @@
 """fisherx.experiments.reproduce: the papers' protocol, claims against their matrices, the paired tests."""
+
 import itertools
 import json
 
@@ -15,8 +16,17 @@ NAMES = ["T0", "T1", "T2", "T3"]
 def _result(d, reps=None):
     d = np.asarray(d, dtype=np.float64)
     s = d.shape[0]
-    return TaskDistanceResult(NAMES, ["mlp"], list(range(s)), "ftd", {"mlp": d}, {"mlp": np.ones((s, 4))},
-                              "shared", 10, replicates={} if reps is None else {"mlp": reps})
+    return TaskDistanceResult(
+        NAMES,
+        ["mlp"],
+        list(range(s)),
+        "ftd",
+        {"mlp": d},
+        {"mlp": np.ones((s, 4))},
+        "shared",
+        10,
+        replicates={} if reps is None else {"mlp": reps},
+    )
 
 
 def _matrix(t3_t2=0.60, t0_t2=0.65, t0_t1=0.25, t1_t0=0.26):
@@ -47,8 +57,9 @@ def test_protocol_papers_balances_train_and_test():
 def test_test_balanced_split_is_seed_independent():
     a = fisherx.tasks.preset("digits", protocol="papers", seed=0)[2].load()
     b = fisherx.tasks.preset("digits", protocol="papers", seed=5)[2].load()
-    assert bool((a.test[0] == b.test[0]).all()) and not bool((a.train[1].shape == b.train[1].shape) and
-                                                             (a.train[0] == b.train[0]).all())
+    assert bool((a.test[0] == b.test[0]).all()) and not bool(
+        (a.train[1].shape == b.train[1].shape) and (a.train[0] == b.train[0]).all()
+    )
 
 
 def test_margins_and_verdicts_on_known_matrices():
@@ -84,15 +95,15 @@ def test_one_seed_uses_the_bootstrap_interval():
 def _wilcoxon_brute(d):
     d = np.asarray([x for x in d if x != 0])
     a = np.abs(d)
-    ranks = np.array([np.mean([j + 1 for j in range(len(a)) if a[np.argsort(a, kind="stable")][j] == v])
-                      for v in a])
+    ranks = np.array([np.mean([j + 1 for j in range(len(a)) if a[np.argsort(a, kind="stable")][j] == v]) for v in a])
     w = ranks[d > 0].sum()
     ws = [sum(r for r, s in zip(ranks, signs) if s) for signs in itertools.product([0, 1], repeat=len(d))]
     return min(1.0, 2 * min(np.mean([x <= w + 1e-9 for x in ws]), np.mean([x >= w - 1e-9 for x in ws])))
 
 
-@pytest.mark.parametrize("d", [[1, 2, -3, 4, 5], [1, 1, -2, 3, 3, 3, -0.5, 4], [0.02, -0.01, 0.0, 0.03, 0.02, 0.05],
-                               [-1, -2, -3], [0.1] * 4])
+@pytest.mark.parametrize(
+    "d", [[1, 2, -3, 4, 5], [1, 1, -2, 3, 3, 3, -0.5, 4], [0.02, -0.01, 0.0, 0.03, 0.02, 0.05], [-1, -2, -3], [0.1] * 4]
+)
 def test_paired_tests(d):
     w = rp.wilcoxon_signed_rank(d)
     assert w["p"] == pytest.approx(_wilcoxon_brute(d))
@@ -114,12 +125,34 @@ def test_reproduce_digits_claims_agree_with_their_matrices(tmp_path, capsys):
     from fisherx import cli
 
     cfg = rp.config_for("smallest", max_train_per_label=30)
-    assert cli.main(["reproduce", "digits", "--size", "smallest", "--max-train-per-label", "30", "--seeds", "0,1",
-                     "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "reproduce",
+                "digits",
+                "--size",
+                "smallest",
+                "--max-train-per-label",
+                "30",
+                "--seeds",
+                "0,1",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "the papers' claims" in capsys.readouterr().out
     claims = json.loads((tmp_path / "claims.json").read_text())
-    assert {p.name for p in tmp_path.iterdir()} >= {"claims.json", "claims.md", "tables.txt", "result_empirical.json",
-                                                    "result_mc.json", "result_minibatch_authors.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "claims.json",
+        "claims.md",
+        "tables.txt",
+        "result_empirical.json",
+        "result_mc.json",
+        "result_minibatch_authors.json",
+    }
     results = {e: TaskDistanceResult.from_json(tmp_path / f"result_{e}.json") for e in rp.ESTIMATORS}
     on_disk = json.loads((tmp_path / "claims.json").read_text())
     rp.check_claims(on_disk, results)
@@ -152,7 +185,8 @@ def test_nas_comparison_pairs_every_eps_seed_with_every_search_seed(tmp_path):
     cfg = rp.NAS_SIZES["smallest"]
     res = rp.nas_comparison(tmp_path, cfg)
     assert len(res["runs"]) == 9 and {(r["eps_seed"], r["search_seed"]) for r in res["runs"]} == {
-        (e, s) for e in (0, 1, 2) for s in (0, 1, 2)}
+        (e, s) for e in (0, 1, 2) for s in (0, 1, 2)
+    }
     assert all(r["budget"] == r["random_budget"] for r in res["runs"])  # equal budgets
     # the ε-seeds re-sample the distances: the baselines' ε-networks differ, so do d[a, T2]
     dists = {r["eps_seed"]: tuple(sorted(r["distances"].items())) for r in res["runs"]}

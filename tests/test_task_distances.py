@@ -1,5 +1,6 @@
 """task_distances end to end on the built-in digits: structure of the matrices, outputs, CLI, and resume after
 ``kill -9``."""
+
 from __future__ import annotations
 
 import json
@@ -86,9 +87,28 @@ def test_cli_writes_every_output_from_the_cache(run, tmp_path, capsys):
     from fisherx.cli.distances import OUTPUT_FILES
 
     result, cache = run
-    rc = main(["distances", "--preset", "digits", "--archs", "mlp", "--seeds", "0,1", "--epochs", "6",
-               "--epsilon", "0.25", "--fisher-samples", "150",
-               "--out", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
+    rc = main(
+        [
+            "distances",
+            "--preset",
+            "digits",
+            "--archs",
+            "mlp",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "6",
+            "--epsilon",
+            "0.25",
+            "--fisher-samples",
+            "150",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     for f in OUTPUT_FILES:
         assert (tmp_path / f).is_file(), f
@@ -100,8 +120,17 @@ def test_cli_writes_every_output_from_the_cache(run, tmp_path, capsys):
 
 def test_refit_head_mode(tmp_path):
     t0, _, t2, _ = preset("digits")
-    r = fisherx.task_distances([t0, t2], archs=["mlp"], seeds=[0], epochs=2, head="refit", head_epochs=1,
-                               epsilon=None, cache_dir=tmp_path, progress=False)
+    r = fisherx.task_distances(
+        [t0, t2],
+        archs=["mlp"],
+        seeds=[0],
+        epochs=2,
+        head="refit",
+        head_epochs=1,
+        epsilon=None,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert r.head_mode == "refit" and r.config["head"]["mode"] == "refit"
     d = r.distances["mlp"][0]
     assert d[0, 0] == d[1, 1] == 0.0 and 0 < d[0, 1] <= 1 and 0 < d[1, 0] <= 1
@@ -117,8 +146,12 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="at least 2 tasks"):
         fisherx.task_distances(tasks[:1])
     from dataclasses import replace
-    with pytest.raises(ValueError, match=r"inputs of one shape and dtype; got T0: \(1, 8, 8\) float32, "
-                                         r"T1: \(1, 16, 16\) float32"):
+
+    with pytest.raises(
+        ValueError,
+        match=r"inputs of one shape and dtype; got T0: \(1, 8, 8\) float32, "
+        r"T1: \(1, 16, 16\) float32",
+    ):
         fisherx.task_distances([tasks[0], replace(tasks[1], image_size=16)], progress=False)
 
 
@@ -150,16 +183,21 @@ CHILD = textwrap.dedent("""
 
 def test_resume_after_kill_9_recomputes_nothing_finished(run, tmp_path):
     cache_dir = tmp_path / "cache"
-    child = subprocess.run([sys.executable, "-c", CHILD, str(cache_dir), repr(ARGS)], capture_output=True,
-                           timeout=300)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(cache_dir), repr(ARGS)], capture_output=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
     cache = Cache(cache_dir)
     done = {k: len(cache.entries(k)) for k in ("network", "fisher")}
     assert done == {"network": 4, "fisher": 6}  # seed 0's networks, and 6 of its 16 Fishers
     assert len(list(cache_dir.glob("fisher/*/.*.tmp"))) == 1  # the write cut short left only a temporary file
     resumed = fisherx.task_distances(preset("digits"), cache_dir=cache_dir, **ARGS)
-    assert resumed.stats == {"network.hit": 4, "network.miss": 4, "network.store": 4,
-                             "fisher.hit": 6, "fisher.miss": 26, "fisher.store": 26}
+    assert resumed.stats == {
+        "network.hit": 4,
+        "network.miss": 4,
+        "network.store": 4,
+        "fisher.hit": 6,
+        "fisher.miss": 26,
+        "fisher.store": 26,
+    }
     # The same result as the uninterrupted run of the same configuration (in another cache, in this process).
     np.testing.assert_allclose(resumed.distances["mlp"], run[0].distances["mlp"], rtol=0, atol=1e-6)
 

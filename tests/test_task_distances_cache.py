@@ -1,12 +1,13 @@
 """The content-addressed cache: hit, miss, other configuration or format, corrupted and half-written entries."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from fisherx.io import cache as cache_mod
-from fisherx.io.cache import Cache, CacheWarning, config_key
 from fisherx.io import save_tree
+from fisherx.io.cache import Cache, CacheWarning, config_key
 
 CFG = {"arch": "cnn", "seed": 0, "task": {"name": "T0", "classes": ["0"]}, "lr": 1e-3}
 
@@ -24,8 +25,13 @@ def test_miss_then_hit_returns_what_was_stored(tmp_path):
 
 
 def test_every_part_of_the_configuration_is_in_the_key():
-    keys = {config_key("network", CFG), config_key("fisher", CFG), config_key("network", {**CFG, "seed": 1}),
-            config_key("network", {**CFG, "lr": 1e-4}), config_key("network", {**CFG, "task": {"name": "T0"}})}
+    keys = {
+        config_key("network", CFG),
+        config_key("fisher", CFG),
+        config_key("network", {**CFG, "seed": 1}),
+        config_key("network", {**CFG, "lr": 1e-4}),
+        config_key("network", {**CFG, "task": {"name": "T0"}}),
+    }
     assert len(keys) == 5
 
 

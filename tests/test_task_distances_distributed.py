@@ -1,4 +1,5 @@
 """task_distances under torchrun: 2 CPU ranks on gloo split the units of work and assemble the same matrices."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from distributed_util import torchrun
 
 import fisherx
 from fisherx.tasks import preset
-
-from distributed_util import torchrun
 
 ARGS = dict(archs=["mlp"], seeds=[0, 1], epochs=2, fisher_samples=64, epsilon=None, progress=False)
 
@@ -85,9 +85,19 @@ def test_a_killed_rank_fails_the_job_and_a_rerun_completes_from_the_cache(tmp_pa
     args = dict(ARGS, epochs=4)
     cache = tmp_path / "cache"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "FISHERX_DIST_TIMEOUT": "20"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(cache), repr(args),
-           str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+        str(cache),
+        repr(args),
+        str(tmp_path),
+    ]
     start = time.monotonic()
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

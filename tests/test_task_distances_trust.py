@@ -1,5 +1,6 @@
 """task_distances with intervals (bootstrap=R over the test samples, Student t over seeds), the probability of
 being the closest task, and the sanity gates on by default (ε-accuracy, collapsed Fisher, self-distance)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import pytest
 import fisherx
 from fisherx.experiments import trust
 from fisherx.experiments.distances import TaskDistanceResult
-from fisherx.tasks import preset
 from fisherx.models import EpsilonWarning
+from fisherx.tasks import preset
 
 ARGS = dict(archs=["mlp"], seeds=[0, 1], epochs=6, epsilon=0.25, fisher_samples=150, progress=False)
 R = 20
@@ -47,8 +48,10 @@ def test_replicates_intervals_and_closest_probabilities(run):
     assert result.draws("mlp").shape == (2 * R, 3, 3)
     verdicts = result.verdicts("mlp")
     assert set(verdicts) == {"T0", "T1", "T2"}
-    assert all(("is the closest to" in v and f"of {2 * R} draws" in v) or v.startswith("no clear winner")
-               for v in verdicts.values())
+    assert all(
+        ("is the closest to" in v and f"of {2 * R} draws" in v) or v.startswith("no clear winner")
+        for v in verdicts.values()
+    )
     c = result.concentration["mlp"]
     assert c.shape == (2, 3, 3) and np.all((c > 0) & (c < trust.CONCENTRATION_LIMIT))
     assert result.config["bootstrap"] == {"replicates": R, "seed": 0} and result.config["gates"] == "warn"
@@ -112,9 +115,34 @@ def test_cli_bootstrap_and_gates(run, tmp_path, capsys):
     from fisherx.cli import main
 
     _, cache = run
-    rc = main(["distances", "--preset", "digits", "--tasks", "T0,T1,T2", "--archs", "mlp", "--seeds", "0,1",
-               "--epochs", "6", "--epsilon", "0.25", "--fisher-samples", "150", "--bootstrap", str(R),
-               "--gates", "refuse", "--out", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
+    rc = main(
+        [
+            "distances",
+            "--preset",
+            "digits",
+            "--tasks",
+            "T0,T1,T2",
+            "--archs",
+            "mlp",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "6",
+            "--epsilon",
+            "0.25",
+            "--fisher-samples",
+            "150",
+            "--bootstrap",
+            str(R),
+            "--gates",
+            "refuse",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert f"closest source over {2 * R} draws (seeds × replicates)" in capsys.readouterr().out
     assert (tmp_path / "intervals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,5 @@
 """Tasks: label mapping and balance for every preset (on synthetic files of the right shape), split determinism."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,15 +7,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from synthetic_datasets import source_class, write_cifar10, write_cifar100, write_imagefolder, write_mnist
 
 from fisherx.data import open_source
 from fisherx.tasks import OTHER_LABEL, PRESETS, Task, preset
 from fisherx.tasks.presets import IMAGENET_T0, IMAGENET_T1, IMAGENET_T2, IMAGENET_T3
 
-from synthetic_datasets import source_class, write_cifar10, write_cifar100, write_imagefolder, write_mnist
-
 EXPECTED_LABELS = {  # preset -> number of labels of T0..T3 (docs/tasks.md)
-    "digits": [2, 2, 5, 10], "mnist": [2, 2, 5, 10], "cifar10": [2, 2, 4, 10], "cifar100": [2, 2, 11, 21],
+    "digits": [2, 2, 5, 10],
+    "mnist": [2, 2, 5, 10],
+    "cifar10": [2, 2, 4, 10],
+    "cifar100": [2, 2, 11, 21],
     "imagenet": [10, 10, 10, 10],
 }
 

@@ -1,5 +1,6 @@
 """Transfer learning: MSE training and Fishers, Taskonomy's AHP, rank agreement, the brute-force affinity run
 (resumable, agreeing with the FTD where the truth is known), and choosing the source to fine-tune by FTD."""
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,21 @@ def _pixel_data(n=40, size=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, size, size, generator=g)
     y = torch.flip(x, dims=(3,))
-    split = (x[: n // 2], y[: n // 2]), (x[n // 2: 3 * n // 4], y[n // 2: 3 * n // 4]), (x[3 * n // 4:], y[3 * n // 4:])
-    return SimpleNamespace(task=SimpleNamespace(name="flip"), train=split[0], val=split[1], test=split[2],
-                           in_channels=1, out_channels=1, image_size=size, fingerprint=lambda: "flip")
+    split = (
+        (x[: n // 2], y[: n // 2]),
+        (x[n // 2 : 3 * n // 4], y[n // 2 : 3 * n // 4]),
+        (x[3 * n // 4 :], y[3 * n // 4 :]),
+    )
+    return SimpleNamespace(
+        task=SimpleNamespace(name="flip"),
+        train=split[0],
+        val=split[1],
+        test=split[2],
+        in_channels=1,
+        out_channels=1,
+        image_size=size,
+        fingerprint=lambda: "flip",
+    )
 
 
 def test_train_with_mse_scores_by_test_loss_and_is_deterministic():
@@ -113,8 +126,12 @@ def test_rank_correlations_on_hand_cases_and_against_scipy():
 def _family():
     # The truth is known: "copy" is exactly the target "autoencode" (same images, same transform, same seed).
     opts = dict(max_train_per_label=8, val_fraction=0.2)
-    return [PixelTask("autoencode", "autoencode", **opts), PixelTask("copy", "autoencode", **opts),
-            PixelTask("rotate", "rotate", **opts), PixelTask("edges", "edges", **opts)]
+    return [
+        PixelTask("autoencode", "autoencode", **opts),
+        PixelTask("copy", "autoencode", **opts),
+        PixelTask("rotate", "rotate", **opts),
+        PixelTask("edges", "edges", **opts),
+    ]
 
 
 RUN = dict(seeds=(0, 1), source_epochs=6, budget=1, batch_size=16)
@@ -209,5 +226,4 @@ def test_affinity_argument_errors():
     with pytest.raises(ValueError, match="budget must be a positive int"):
         transfer_affinity(_family(), budget=0)
     with pytest.raises(ValueError, match="same input/target channels and image size"):
-        transfer_affinity([PixelTask("a", max_train_per_label=2), PixelTask("b", max_train_per_label=2,
-                                                                           image_size=12)])
+        transfer_affinity([PixelTask("a", max_train_per_label=2), PixelTask("b", max_train_per_label=2, image_size=12)])

@@ -1,4 +1,5 @@
 """``fisherx affinity`` writes affinity.json (matrices, agreement per target, cost), table.txt and the figures."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,24 @@ from fisherx.cli.main import main
 
 def test_affinity_command_writes_its_files(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["affinity", "--preset", "pixel-digits", "--tasks", "autoencode,blur,rotate", "--max-train-per-label",
-            "3", "--seeds", "0", "--epochs", "1", "--budget", "1", "--out", str(out), "--quiet"]
+    argv = [
+        "affinity",
+        "--preset",
+        "pixel-digits",
+        "--tasks",
+        "autoencode,blur,rotate",
+        "--max-train-per-label",
+        "3",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--budget",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     doc = json.loads((out / "affinity.json").read_text())
     assert doc["tasks"] == ["autoencode", "blur", "rotate"] and doc["seeds"] == [0]
@@ -29,6 +46,9 @@ def test_affinity_command_writes_its_files(tmp_path, capsys):
 def test_undefined_correlations_are_written_as_null():
     from fisherx.transfer.report import _plain
 
-    assert _plain({"rho": [0.5, float("nan")], "x": {"tau": float("nan")}, "n": 3}) == {"rho": [0.5, None],
-                                                                                      "x": {"tau": None}, "n": 3}
+    assert _plain({"rho": [0.5, float("nan")], "x": {"tau": float("nan")}, "n": 3}) == {
+        "rho": [0.5, None],
+        "x": {"tau": None},
+        "n": 3,
+    }
     json.dumps(_plain({"v": float("nan")}), allow_nan=False)  # strict JSON accepts it

@@ -1,5 +1,6 @@
 """task_distances on the user's own tasks and networks: a factory, ready trained networks, a user train function,
 MSE on autoencoding tasks, the cache keyed by the data, and one clear error per bad input."""
+
 from __future__ import annotations
 
 import warnings
@@ -22,9 +23,11 @@ def _family(d=6, n=90, shift=0.0):
     y = (np.arange(n) % 3).astype(np.int64)
     x[np.arange(n), y] += 2.0 + shift  # learnable: feature y is large for class y
     tr, te = (x[:60], y[:60]), (x[60:], y[60:])
-    return [Task.from_tensors("A", train=tr, test=te, classes=("0",), other=True),
-            Task.from_tensors("B", train=tr, test=te, classes=("1",), other=True),
-            Task.from_tensors("C", train=tr, test=te)]
+    return [
+        Task.from_tensors("A", train=tr, test=te, classes=("0",), other=True),
+        Task.from_tensors("B", train=tr, test=te, classes=("1",), other=True),
+        Task.from_tensors("C", train=tr, test=te),
+    ]
 
 
 def mlp(num_outputs):
@@ -66,8 +69,10 @@ def test_given_networks_are_used_as_they_are():
 def test_user_train_function_and_mse_on_autoencoding_tasks():
     g = np.random.default_rng(1)
     x = g.normal(size=(40, 5)).astype(np.float32)
-    tasks = [Task.from_tensors(n, train=(x * s, x * s), test=(x[:10] * s, x[:10] * s)) for n, s in
-             (("ae1", 1.0), ("ae2", 2.0))]
+    tasks = [
+        Task.from_tensors(n, train=(x * s, x * s), test=(x[:10] * s, x[:10] * s))
+        for n, s in (("ae1", 1.0), ("ae2", 2.0))
+    ]
     calls = []
 
     def fit(model, data, seed):
@@ -97,8 +102,12 @@ def test_bad_inputs_one_line_errors():
 
     wide = _family(d=7)
     cases = [
-        (dict(model=narrow), ValueError, r"network 'narrow' returns outputs of shape \(2,\) per sample but the family "
-         r"needs \(3,\): its head has the wrong width for num_outputs=3"),
+        (
+            dict(model=narrow),
+            ValueError,
+            r"network 'narrow' returns outputs of shape \(2,\) per sample but the family "
+            r"needs \(3,\): its head has the wrong width for num_outputs=3",
+        ),
         (dict(model=lambda k: "not a module"), TypeError, r"model factory '<lambda>' returned str, not an nn\.Module"),
         (dict(model="resnet9"), ValueError, r"unknown architecture 'resnet9'"),
         (dict(networks={"A": mlp(3)}), ValueError, r"networks must hold one trained network per task: missing B, C"),
@@ -110,6 +119,9 @@ def test_bad_inputs_one_line_errors():
         with pytest.raises(exc, match=msg) as info:
             task_distances(tasks, seeds=(0,), **kw, **FAST)
         assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match=r"inputs of one shape and dtype; got A: \(6,\) float32, B: \(6,\) float32, "
-                                         r"C: \(7,\) float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"inputs of one shape and dtype; got A: \(6,\) float32, B: \(6,\) float32, "
+        r"C: \(7,\) float32",
+    ):
         task_distances(tasks[:2] + wide[2:], model=mlp, seeds=(0,), **FAST)

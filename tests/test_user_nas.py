@@ -1,5 +1,6 @@
 """TA-NAS on the user's own tasks: baselines from .npz files recorded so the dictionary can rebuild them, a target
 from in-memory tensors, and the clear refusal to record an in-memory task."""
+
 from __future__ import annotations
 
 import warnings
@@ -37,8 +38,7 @@ def _npz(path, seed):
 
 
 def test_ta_nas_on_user_tasks(tmp_path):
-    d = TaskDictionary.create(tmp_path / "dict", arch="cnn", head_width=4, in_channels=1, image_size=8,
-                              eps_epochs=2)
+    d = TaskDictionary.create(tmp_path / "dict", arch="cnn", head_width=4, in_channels=1, image_size=8, eps_epochs=2)
     memory = Task.from_tensors("M", train=_images(0), test=_images(1, 40), classes=("0",), other=True)
     with pytest.raises(ValueError, match=r"task 'M' was built from in-memory data.*Task\.from_npz\('M', path"):
         add_baseline(d, memory, space=SPACE, **SEARCH)
@@ -50,8 +50,14 @@ def test_ta_nas_on_user_tasks(tmp_path):
         for t in (a, b):
             add_baseline(d, t, space=SPACE, **SEARCH)
         # The target is in memory: searched fine; growing the dictionary with it would be refused.
-        target = Task.from_tensors("C", train=_images(2), test=_images(3, 40), class_names=("h0", "h1", "v0", "v1"),
-                                   classes=("h1",), other=True)
+        target = Task.from_tensors(
+            "C",
+            train=_images(2),
+            test=_images(3, 40),
+            class_names=("h0", "h1", "v0", "v1"),
+            classes=("h1",),
+            other=True,
+        )
         r = ta_nas(target, tmp_path / "dict", compare=(), **SEARCH)
         with pytest.raises(ValueError, match="in-memory data"):
             ta_nas(target, tmp_path / "dict", compare=(), grow=True, **SEARCH)

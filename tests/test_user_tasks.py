@@ -1,5 +1,6 @@
 """Tasks on the user's own data: from tensors, numpy arrays, Datasets and .npz files; the papers' class-subset recipe
 on user labels; content fingerprints; one clear error per bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ def test_from_tensors_and_arrays_agree():
     x, y = _data()
     xt, yt = _data(20, seed=1)
     a = Task.from_tensors("A", train=(x, y), test=(xt, yt))
-    b = Task.from_tensors("A", train=(torch.from_numpy(x), torch.from_numpy(y)), test=(torch.from_numpy(xt),
-                                                                                      torch.from_numpy(yt)))
+    b = Task.from_tensors(
+        "A", train=(torch.from_numpy(x), torch.from_numpy(y)), test=(torch.from_numpy(xt), torch.from_numpy(yt))
+    )
     assert isinstance(a, UserTask) and isinstance(a, Task)
     da, db = a.load(), b.load()
     assert da.fingerprint() == db.fingerprint()
@@ -50,8 +52,15 @@ def test_val_given_is_kept_and_seed_moves_the_carved_val():
 def test_class_subset_recipe_on_user_labels():
     x, y = _data(200, classes=5)
     names = ("a", "b", "c", "d", "e")
-    t = Task.from_tensors("ab", train=(x, y), test=(x[:50], y[:50]), class_names=names, classes=("a", ("b", "c")),
-                          other=True, val_fraction=0.0)
+    t = Task.from_tensors(
+        "ab",
+        train=(x, y),
+        test=(x[:50], y[:50]),
+        class_names=names,
+        classes=("a", ("b", "c")),
+        other=True,
+        val_fraction=0.0,
+    )
     d = t.load()
     assert d.class_names == ("a", "b+c", OTHER_LABEL) and d.num_classes == 3
     assert d.label_members == (("a",), ("b", "c"), ("d", "e"))
@@ -111,15 +120,29 @@ def test_bad_inputs_one_line_errors(tmp_path):
     cases = [
         (dict(train=(x, y)), ValueError, r"task 'A': the test split is missing; pass test=\(inputs, targets\)"),
         (dict(test=(x, y)), ValueError, r"the train split is missing"),
-        (dict(train=(x, y), test=(x, y + 1), class_names="abcd"), ValueError,
-         r"test label out of range: labels span 1\.\.4 but must lie in \[0, 4\)"),
-        (dict(train=(x, y), test=(x, y), class_names=("a", "b")), ValueError,
-         r"train label out of range: labels span 0\.\.3 but must lie in \[0, 2\) \(the 2 class_names\)"),
+        (
+            dict(train=(x, y), test=(x, y + 1), class_names="abcd"),
+            ValueError,
+            r"test label out of range: labels span 1\.\.4 but must lie in \[0, 4\)",
+        ),
+        (
+            dict(train=(x, y), test=(x, y), class_names=("a", "b")),
+            ValueError,
+            r"train label out of range: labels span 0\.\.3 but must lie in \[0, 2\) \(the 2 class_names\)",
+        ),
         (dict(train=(x, -y), test=(x, y)), ValueError, r"train label out of range"),
-        (dict(train=(x, y[:10]), test=(x, y)), ValueError, r"the train split has inputs of shape \(60, 5\) and "
-         r"targets of shape \(10,\)"),
-        (dict(train=(x, y), test=(x[:, :3], y)), ValueError, r"the splits' inputs differ in shape: train \(5,\), "
-         r"test \(3,\)"),
+        (
+            dict(train=(x, y[:10]), test=(x, y)),
+            ValueError,
+            r"the train split has inputs of shape \(60, 5\) and "
+            r"targets of shape \(10,\)",
+        ),
+        (
+            dict(train=(x, y), test=(x[:, :3], y)),
+            ValueError,
+            r"the splits' inputs differ in shape: train \(5,\), "
+            r"test \(3,\)",
+        ),
         (dict(train=(x, y), test=(x, y.astype(np.float32))), TypeError, r"labels in some splits and floats"),
         (dict(train=x, test=(x, y)), TypeError, r"train must be an \(inputs, targets\) pair"),
         (dict(train=(x, y), test=(x, y), classes=("9",)), KeyError, r"unknown class '9'"),

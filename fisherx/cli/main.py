@@ -4,6 +4,7 @@ A subcommand is a module of this package with ``NAME``, ``HELP``, ``add_argument
 returning the exit status; adding one is that module plus its line in :data:`COMMANDS`. Options several commands
 share are declared once, in :mod:`fisherx.cli.options`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print how fisherx was built and what it can use here")
     p.set_defaults(func=_cmd_info)
     for command in COMMANDS:
-        p = sub.add_parser(command.NAME, help=command.HELP, description=command.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            command.NAME,
+            help=command.HELP,
+            description=command.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser

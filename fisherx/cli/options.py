@@ -9,6 +9,7 @@ A subcommand takes the ones it needs with :func:`add`, optionally with its own d
 Lists are comma-separated everywhere (``--seeds 0,1,2``, ``--archs mlp,cnn``, ``--tasks T0,T1``) and parsed
 into tuples here, so no command reads a list option differently.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,10 +106,14 @@ OPTIONS: dict[str, dict] = {
     "device": dict(type=device, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     "quiet": dict(action="store_true", help="no progress bars"),
     "out": dict(required=True, help="output folder"),
-    "archs": dict(type=comma_list, default=("cnn",),
-                  help="comma-separated network architectures: vgg16,resnet18,densenet121,cnn,mlp"),
-    "seeds": dict(type=seed_list, default=(0, 1, 2),
-                  help="comma-separated network seeds, e.g. 0,1,2 (mean ± std over them)"),
+    "archs": dict(
+        type=comma_list,
+        default=("cnn",),
+        help="comma-separated network architectures: vgg16,resnet18,densenet121,cnn,mlp",
+    ),
+    "seeds": dict(
+        type=seed_list, default=(0, 1, 2), help="comma-separated network seeds, e.g. 0,1,2 (mean ± std over them)"
+    ),
     "tasks": dict(type=comma_list, default=None, help="comma-separated subset of the preset's tasks (e.g. T0,T1,T2)"),
     "epochs": dict(type=count, default=10, help="training epochs of every network"),
     "batch-size": dict(type=count, default=128, help="minibatch size"),

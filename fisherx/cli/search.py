@@ -7,6 +7,7 @@ solves every baseline named in ``--baselines`` that it lacks (ε-network + FUSE 
 TA-NAS for the target and writes OUT/report.json and OUT/summary.txt. Every stage checkpoints under OUT, so the
 same command, rerun after an interruption, resumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "preset")
     p.add_argument("--target", required=True, help="the target task's name in the preset, e.g. T2")
     # The shared --tasks (parsed as a list, as in distances); search takes the FILE.py:NAME form only.
-    options.add(p, "tasks", help="FILE.py:NAME / module:NAME naming a list of your own Tasks; --target and "
-                                 "--baselines then name tasks of that list")
+    options.add(
+        p,
+        "tasks",
+        help="FILE.py:NAME / module:NAME naming a list of your own Tasks; --target and "
+        "--baselines then name tasks of that list",
+    )
     p.add_argument("--dictionary", required=True, help="folder of the baseline dictionary (created if missing)")
     options.add(p, "out", help="output folder: report.json, summary.txt, checkpoints")
-    p.add_argument("--baselines", type=options.comma_list, default=None,
-                   help="comma-separated preset tasks to solve and add to the dictionary first if missing")
+    p.add_argument(
+        "--baselines",
+        type=options.comma_list,
+        default=None,
+        help="comma-separated preset tasks to solve and add to the dictionary first if missing",
+    )
     options.add(p, "data-dir")
     p.add_argument("--arch", default="cnn", help="ε-network architecture of a new dictionary")
-    p.add_argument("--eps-epochs", type=options.count, default=10, help="training epochs of a new dictionary's ε-networks")
+    p.add_argument(
+        "--eps-epochs", type=options.count, default=10, help="training epochs of a new dictionary's ε-networks"
+    )
     p.add_argument("--eps-seed", type=int, default=0, help="initialisation seed of a new dictionary's ε-networks")
     options.add(p, "fisher-samples")
     p.add_argument("--width", type=options.count, default=8, help="channels of the first cells (even)")
@@ -42,18 +53,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=options.count, default=3, help="new candidates per FUSE round (memory ∝ C+1)")
     options.add(p, "rounds")
     p.add_argument("--alternations", type=options.count, default=10, help="max weight/α alternations per round")
-    p.add_argument("--weight-epochs", type=options.count, default=1, help="passes over the training data per alternation")
-    p.add_argument("--alpha-epochs", type=options.count, default=10,
-                   help="passes over the validation data per alternation (cheap: cached logits)")
+    p.add_argument(
+        "--weight-epochs", type=options.count, default=1, help="passes over the training data per alternation"
+    )
+    p.add_argument(
+        "--alpha-epochs",
+        type=options.count,
+        default=10,
+        help="passes over the validation data per alternation (cheap: cached logits)",
+    )
     options.add(p, "batch-size", default=64)
     options.add(p, "lr", default=3e-3)
     p.add_argument("--alpha-lr", type=options.rate, default=0.05, help="Adam learning rate of α")
     p.add_argument("--final-epochs", type=options.count, default=20, help="epochs of the winner's final training")
-    p.add_argument("--compare", default="random",
-                   help="comma-separated comparisons: random (same space, same budget), general (FUSE, all ops); "
-                        "'none' for none")
-    p.add_argument("--checkpoint-every", type=options.nonnegative, default=50,
-                   help="also checkpoint every N weight steps inside a round (0: only at round ends)")
+    p.add_argument(
+        "--compare",
+        default="random",
+        help="comma-separated comparisons: random (same space, same budget), general (FUSE, all ops); 'none' for none",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=options.nonnegative,
+        default=50,
+        help="also checkpoint every N weight steps inside a round (0: only at round ends)",
+    )
     p.add_argument("--grow", action="store_true", help="add the solved target to the dictionary")
     options.add(p, "seed", "max-train-per-label", "task-seed", "device", "quiet")
 
@@ -71,16 +94,19 @@ def _run(args: argparse.Namespace) -> int:
         from ..tasks.runfile import load_tasks
 
         if len(args.tasks) != 1 or ":" not in args.tasks[0]:
-            raise SystemExit(f"fisherx search: --tasks takes one FILE.py:NAME (or module:NAME) reference, got "
-                             f"{','.join(args.tasks)!r}; name the preset's tasks with --target and --baselines")
+            raise SystemExit(
+                f"fisherx search: --tasks takes one FILE.py:NAME (or module:NAME) reference, got "
+                f"{','.join(args.tasks)!r}; name the preset's tasks with --target and --baselines"
+            )
         try:
             tasks = {t.name: t for t in load_tasks(args.tasks[0])}
         except (AttributeError, ImportError, TypeError) as exc:
             raise SystemExit(f"fisherx search: {exc}") from exc
         where = args.tasks[0]
     else:
-        tasks = {t.name: t for t in preset(args.preset, seed=args.task_seed,
-                                           max_train_per_label=args.max_train_per_label)}
+        tasks = {
+            t.name: t for t in preset(args.preset, seed=args.task_seed, max_train_per_label=args.max_train_per_label)
+        }
         where = f"preset {args.preset!r}"
 
     def task(name):
@@ -92,10 +118,19 @@ def _run(args: argparse.Namespace) -> int:
     baselines = [task(n) for n in args.baselines] if args.baselines else []
     compare = () if args.compare in ("", "none") else tuple(args.compare.split(","))
     progress = False if args.quiet else None
-    search = dict(candidates=args.candidates, rounds=args.rounds, alternations=args.alternations,
-                  weight_epochs=args.weight_epochs, alpha_epochs=args.alpha_epochs, batch_size=args.batch_size,
-                  lr=args.lr, alpha_lr=args.alpha_lr, final_epochs=args.final_epochs, seed=args.seed,
-                  checkpoint_every=args.checkpoint_every)
+    search = dict(
+        candidates=args.candidates,
+        rounds=args.rounds,
+        alternations=args.alternations,
+        weight_epochs=args.weight_epochs,
+        alpha_epochs=args.alpha_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        alpha_lr=args.alpha_lr,
+        final_epochs=args.final_epochs,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
     path = Path(args.dictionary)
     if (path / INDEX).exists():
         dictionary = TaskDictionary(path)
@@ -103,18 +138,43 @@ def _run(args: argparse.Namespace) -> int:
         # The family's head width is the largest label count of the preset's tasks, so every task of the preset
         # can later be a target or join the dictionary (and F_ab covers the same parameters as F_bb).
         datas = [t.load(args.data_dir) for t in tasks.values()]
-        dictionary = TaskDictionary.create(path, arch=args.arch, head_width=max(d.num_classes for d in datas),
-                                           in_channels=datas[0].in_channels, image_size=datas[0].image_size,
-                                           eps_epochs=args.eps_epochs, eps_seed=args.eps_seed, exist_ok=True)
+        dictionary = TaskDictionary.create(
+            path,
+            arch=args.arch,
+            head_width=max(d.num_classes for d in datas),
+            in_channels=datas[0].in_channels,
+            image_size=datas[0].image_size,
+            eps_epochs=args.eps_epochs,
+            eps_seed=args.eps_seed,
+            exist_ok=True,
+        )
     general = SearchSpace.general(width=args.width, depth=args.depth)
     out = Path(args.out)
     for b in baselines:
         if b.name not in dictionary and b.name != target.name:
             print(f"solving baseline {b.name} (ε-network + FUSE in the general space)")
-            add_baseline(dictionary, b, space=general, data_dir=args.data_dir, device=args.device,
-                         out_dir=out / "baselines", progress=progress, **search)
-    report = ta_nas(target, dictionary, compare=compare, fisher_samples=args.fisher_samples, grow=args.grow,
-                    data_dir=args.data_dir, device=args.device, out_dir=out, progress=progress, **search)
+            add_baseline(
+                dictionary,
+                b,
+                space=general,
+                data_dir=args.data_dir,
+                device=args.device,
+                out_dir=out / "baselines",
+                progress=progress,
+                **search,
+            )
+    report = ta_nas(
+        target,
+        dictionary,
+        compare=compare,
+        fisher_samples=args.fisher_samples,
+        grow=args.grow,
+        data_dir=args.data_dir,
+        device=args.device,
+        out_dir=out,
+        progress=progress,
+        **search,
+    )
     text = report.summary()
     atomic_write_text(out / "summary.txt", text + "\n")
     print(text)

@@ -4,6 +4,7 @@ Every reader names the file it was reading and what it expected there when it re
 :class:`fisherx.io.FormatError` (a ``ValueError``): a truncated, damaged or hostile file never escapes as another
 exception. (These formats carry no checksum, so a damaged byte inside the pixel data itself cannot be detected.)
 """
+
 from __future__ import annotations
 
 import gzip
@@ -38,15 +39,17 @@ def read_idx(path: Path | str) -> np.ndarray:
     path = Path(path)
     raw = _read_maybe_gzip(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise FormatError(f"{path} is not an IDX file: expected 2 zero bytes, a type code "
-                         f"({', '.join(hex(c) for c in _IDX_TYPES)}) and a dimension count in its first 4 bytes")
+        raise FormatError(
+            f"{path} is not an IDX file: expected 2 zero bytes, a type code "
+            f"({', '.join(hex(c) for c in _IDX_TYPES)}) and a dimension count in its first 4 bytes"
+        )
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
         raise FormatError(f"{path} is truncated: its header declares {ndim} dimensions")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         raise FormatError(f"{path} holds {len(body)} data bytes; its header {tuple(shape)} of {dtype} needs {expected}")
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
@@ -55,6 +58,7 @@ def read_idx(path: Path | str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # CIFAR python batches are pickles by nature. We read them with an unpickler that can build nothing but numpy
 # arrays (plus plain dicts, lists, strings and numbers, which need no lookup), so a hostile file cannot run code.
+
 
 def _numpy_core(module: str):
     # numpy 2 moved numpy.core to numpy._core; pickles written by either name the one they knew.
@@ -67,10 +71,14 @@ def _numpy_core(module: str):
 
 
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
     ("_codecs", "encode"),  # how Python 3 writes bytes objects at pickle protocol 2
 }
 
@@ -82,10 +90,13 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise FormatError(f"{self._path}: refusing to unpickle {module}.{name}; a CIFAR python batch holds only "
-                             "dicts, lists, strings and numpy arrays")
+            raise FormatError(
+                f"{self._path}: refusing to unpickle {module}.{name}; a CIFAR python batch holds only "
+                "dicts, lists, strings and numpy arrays"
+            )
         if module == "_codecs":
             import codecs
+
             return codecs.encode
         if module == "numpy":
             return getattr(np, name)
@@ -115,14 +126,18 @@ def read_cifar_pickle(path: Path | str) -> dict:
 def cifar_images(batch: dict, path: Path, key: str = "data") -> np.ndarray:
     """The batch's images as uint8 (N, 3, 32, 32), checking the CIFAR row layout."""
     if key not in batch:
-        raise FormatError(f"{path}: no {key!r} entry; a CIFAR batch has {key!r} (N × 3072 uint8) and its labels "
-                         f"(found keys: {', '.join(map(str, batch))})")
+        raise FormatError(
+            f"{path}: no {key!r} entry; a CIFAR batch has {key!r} (N × 3072 uint8) and its labels "
+            f"(found keys: {', '.join(map(str, batch))})"
+        )
     data = batch[key]
     if not isinstance(data, np.ndarray):
         raise FormatError(f"{path}: {key!r} is a {type(data).__name__}; expected an (N, 3072) uint8 array")
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
-        raise FormatError(f"{path}: {key!r} has shape {data.shape} and dtype {data.dtype}; expected (N, 3072) uint8 "
-                         "rows of 1024 red, 1024 green and 1024 blue values of a 32×32 image")
+        raise FormatError(
+            f"{path}: {key!r} has shape {data.shape} and dtype {data.dtype}; expected (N, 3072) uint8 "
+            "rows of 1024 red, 1024 green and 1024 blue values of a 32×32 image"
+        )
     return data.reshape(-1, 3, 32, 32)
 
 
@@ -131,8 +146,9 @@ def cifar_labels(batch: dict, path: Path, key: str, n: int, num_classes: int) ->
     if key not in batch:
         raise FormatError(f"{path}: no {key!r} entry (found keys: {', '.join(map(str, batch))})")
     raw = batch[key]
-    if not isinstance(raw, (list, np.ndarray)) or (isinstance(raw, list) and not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in raw)):
+    if not isinstance(raw, (list, np.ndarray)) or (
+        isinstance(raw, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    ):
         raise FormatError(f"{path}: {key!r} must be a list of integer labels, got {type(raw).__name__}")
     try:
         labels = np.asarray(raw, dtype=np.int64).reshape(-1)
@@ -141,8 +157,9 @@ def cifar_labels(batch: dict, path: Path, key: str, n: int, num_classes: int) ->
     if labels.shape[0] != n:
         raise FormatError(f"{path}: {labels.shape[0]} labels in {key!r} for {n} images")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise FormatError(f"{path}: labels in {key!r} must lie in [0, {num_classes}); "
-                         f"found {labels.min()}..{labels.max()}")
+        raise FormatError(
+            f"{path}: labels in {key!r} must lie in [0, {num_classes}); found {labels.min()}..{labels.max()}"
+        )
     return labels
 
 

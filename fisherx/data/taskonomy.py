@@ -9,6 +9,7 @@ An input and its target share a file name (the extension may differ). Images are
 source (RGB, shorter side resized to ``image_size``, default 32, then centre-cropped); a side (all inputs, or all
 targets) whose every image is grey (R = G = B) keeps one channel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,10 @@ def task_folders(root) -> list[str]:
         raise FileNotFoundError(f"taskonomy: {root} is not a folder (expected one sub-folder per task)")
     names = sorted(p.name for p in root.iterdir() if (p / "input").is_dir() or (p / "train" / "input").is_dir())
     if not names:
-        raise FileNotFoundError(f"taskonomy: {root} holds no task folders (expected ROOT/<task>/input/ and "
-                                "ROOT/<task>/target/, or ROOT/<task>/train/input/ ...)")
+        raise FileNotFoundError(
+            f"taskonomy: {root} holds no task folders (expected ROOT/<task>/input/ and "
+            "ROOT/<task>/target/, or ROOT/<task>/train/input/ ...)"
+        )
     return names
 
 
@@ -56,8 +59,10 @@ def _matched(folder: Path) -> tuple[list[Path], list[Path]]:
         raise FileNotFoundError(f"taskonomy: {ins} holds no images (looked for .png, .jpg, ...)")
     lonely = sorted(set(inputs) ^ set(targets))
     if lonely:
-        raise FileNotFoundError(f"taskonomy: in {folder}, {len(lonely)} image(s) have no partner in input/ or "
-                                f"target/ (e.g. {lonely[0]!r}); every input needs a target of the same name")
+        raise FileNotFoundError(
+            f"taskonomy: in {folder}, {len(lonely)} image(s) have no partner in input/ or "
+            f"target/ (e.g. {lonely[0]!r}); every input needs a target of the same name"
+        )
     names = sorted(inputs)
     return [inputs[n] for n in names], [targets[n] for n in names]
 

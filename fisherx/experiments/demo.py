@@ -9,6 +9,7 @@
 
 Every stage caches or checkpoints under the output folder, so running the same command again resumes.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,19 +55,49 @@ class DemoConfig:
 
 SIZES = {
     # CI's size: every stage and every file, in well under two minutes.
-    "smallest": DemoConfig(archs=("mlp", "cnn"), seeds=(0, 1), epochs=3, fisher_samples=150, eps_epochs=3,
-                           width=4, depth=2, candidates=2, rounds=1, alternations=1, final_epochs=1,
-                           batch_size=256),
+    "smallest": DemoConfig(
+        archs=("mlp", "cnn"),
+        seeds=(0, 1),
+        epochs=3,
+        fisher_samples=150,
+        eps_epochs=3,
+        width=4,
+        depth=2,
+        candidates=2,
+        rounds=1,
+        alternations=1,
+        final_epochs=1,
+        batch_size=256,
+    ),
     # The README's main job: about ten minutes on a 2-core CPU.
     "default": DemoConfig(),
     # The papers' settings, for a GPU (and MNIST/CIFAR data): 3 architectures, 10 seeds, 100 epochs.
-    "paper": DemoConfig(archs=("vgg16", "resnet18", "densenet121"), seeds=tuple(range(10)), epochs=100,
-                        eps_epochs=100, width=16, depth=5, candidates=3, rounds=100, alternations=10,
-                        final_epochs=100, batch_size=128),
+    "paper": DemoConfig(
+        archs=("vgg16", "resnet18", "densenet121"),
+        seeds=tuple(range(10)),
+        epochs=100,
+        eps_epochs=100,
+        width=16,
+        depth=5,
+        candidates=3,
+        rounds=100,
+        alternations=10,
+        final_epochs=100,
+        batch_size=128,
+    ),
 }
 
-OUTPUT_FILES = ("report.md", "summary.json", "result.json", "distances.csv", "table.txt", "heatmaps.png",
-                "atlas.png", "ta_nas.json", "ta_nas.txt")
+OUTPUT_FILES = (
+    "report.md",
+    "summary.json",
+    "result.json",
+    "distances.csv",
+    "table.txt",
+    "heatmaps.png",
+    "atlas.png",
+    "ta_nas.json",
+    "ta_nas.txt",
+)
 
 
 def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = True, argv: list | None = None) -> dict:
@@ -81,9 +112,16 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
 
     # 1-2. ε-networks and the FTD matrix -------------------------------------------------------------------------
     t0 = time.perf_counter()
-    result = task_distances(tasks, archs=config.archs, seeds=config.seeds, epochs=config.epochs,
-                            fisher_samples=config.fisher_samples, cache_dir=out / "cache", device=config.device,
-                            progress=progress)
+    result = task_distances(
+        tasks,
+        archs=config.archs,
+        seeds=config.seeds,
+        epochs=config.epochs,
+        fisher_samples=config.fisher_samples,
+        cache_dir=out / "cache",
+        device=config.device,
+        progress=progress,
+    )
     timings["task_distances_s"] = time.perf_counter() - t0
     result.to_json(out / "result.json")
     result.to_csv(out / "distances.csv")
@@ -99,20 +137,47 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
         dictionary = TaskDictionary(dict_path)
     else:
         first = next(iter(datas.values()))
-        dictionary = TaskDictionary.create(dict_path, arch=config.nas_arch, head_width=result.head_width,
-                                           in_channels=first.in_channels, image_size=first.image_size,
-                                           eps_epochs=config.eps_epochs, eps_seed=config.seed, exist_ok=True)
-    search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
-                  final_epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed)
+        dictionary = TaskDictionary.create(
+            dict_path,
+            arch=config.nas_arch,
+            head_width=result.head_width,
+            in_channels=first.in_channels,
+            image_size=first.image_size,
+            eps_epochs=config.eps_epochs,
+            eps_seed=config.seed,
+            exist_ok=True,
+        )
+    search = dict(
+        candidates=config.candidates,
+        rounds=config.rounds,
+        alternations=config.alternations,
+        final_epochs=config.final_epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
     general = SearchSpace.general(width=config.width, depth=config.depth)
 
     for t in tasks:
         if t.name != config.target and t.name not in dictionary:
-            add_baseline(dictionary, datas[t.name], space=general, device=config.device,
-                         out_dir=out / "nas" / "baselines", progress=progress, **search)
-    report = ta_nas(datas[config.target], dictionary, compare=("random",),
-                    fisher_samples=config.fisher_samples, device=config.device,
-                    out_dir=out / "nas" / config.target, progress=progress, **search)
+            add_baseline(
+                dictionary,
+                datas[t.name],
+                space=general,
+                device=config.device,
+                out_dir=out / "nas" / "baselines",
+                progress=progress,
+                **search,
+            )
+    report = ta_nas(
+        datas[config.target],
+        dictionary,
+        compare=("random",),
+        fisher_samples=config.fisher_samples,
+        device=config.device,
+        out_dir=out / "nas" / config.target,
+        progress=progress,
+        **search,
+    )
     timings["ta_nas_s"] = time.perf_counter() - t0
     report.save(out / "ta_nas.json")
     atomic_write_text(out / "ta_nas.txt", report.summary() + "\n")
@@ -145,24 +210,41 @@ def _summary(config, result, report, timings, argv) -> dict:
 
     fuse_res, rnd = report.result, report.comparisons["random"]
     return {
-        "fisherx": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "device": report.cost["device"], "command": "fisherx demo " + " ".join(shlex.quote(a) for a in (argv or [])),
+        "fisherx": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": report.cost["device"],
+        "command": "fisherx demo " + " ".join(shlex.quote(a) for a in (argv or [])),
         "config": {k: v for k, v in config.__dict__.items() if k != "extra"},
-        "tasks": result.task_names, "metric": result.metric, "head": {"mode": result.head_mode,
-                                                                      "width": result.head_width},
-        "accuracy": {a: {"mean": result.accuracies[a].mean(axis=0).tolist(),
-                         "min": result.accuracies[a].min(axis=0).tolist()} for a in result.archs},
+        "tasks": result.task_names,
+        "metric": result.metric,
+        "head": {"mode": result.head_mode, "width": result.head_width},
+        "accuracy": {
+            a: {"mean": result.accuracies[a].mean(axis=0).tolist(), "min": result.accuracies[a].min(axis=0).tolist()}
+            for a in result.archs
+        },
         "ftd_mean": {a: result.mean(a).tolist() for a in result.archs},
         "ftd_std": {a: result.std(a).tolist() for a in result.archs},
         "closest": {a: result.closest(a) for a in result.archs},
         "closest_share": {a: _closest_share(result, a) for a in result.archs},
         "claims": _claims(result),
-        "ta_nas": {"target": report.target, "distances": report.distances, "closest": report.closest,
-                   "fuse": {"test_accuracy": fuse_res.test_accuracy, "params": fuse_res.params,
-                            "search_s": fuse_res.cost["search_s"],
-                            "candidate_epochs": fuse_res.cost["candidate_epochs"]},
-                   "random": {"test_accuracy": rnd.test_accuracy, "params": rnd.params,
-                              "search_s": rnd.cost["search_s"], "candidate_epochs": rnd.cost["candidate_epochs"]}},
+        "ta_nas": {
+            "target": report.target,
+            "distances": report.distances,
+            "closest": report.closest,
+            "fuse": {
+                "test_accuracy": fuse_res.test_accuracy,
+                "params": fuse_res.params,
+                "search_s": fuse_res.cost["search_s"],
+                "candidate_epochs": fuse_res.cost["candidate_epochs"],
+            },
+            "random": {
+                "test_accuracy": rnd.test_accuracy,
+                "params": rnd.params,
+                "search_s": rnd.cost["search_s"],
+                "candidate_epochs": rnd.cost["candidate_epochs"],
+            },
+        },
         "timings_s": timings,
         "cache": dict(result.stats),
     }
@@ -181,15 +263,17 @@ def _claims_section(claims: dict) -> str:
     return claims_section(claims, "## The papers' claims on this run") + (
         "\nThe papers state both claims for MNIST with VGG-16, ResNet-18 and DenseNet-121 trained 100 epochs; this "
         "run's data, networks and epochs are the ones above. `fisherx reproduce mnist` checks them over seeds, "
-        "architectures and Fisher estimators.\n")
+        "architectures and Fisher estimators.\n"
+    )
 
 
 def _matrix_md(result, arch: str) -> str:
     mean, std, k = result.mean(arch), result.std(arch), result.task_names
     lines = ["| source \\ target | " + " | ".join(k) + " |", "|---|" + "---|" * len(k)]
     for i, src in enumerate(k):
-        lines.append(f"| **{src}** | " + " | ".join(f"{mean[i, j]:.3f} ± {std[i, j]:.3f}" for j in range(len(k)))
-                     + " |")
+        lines.append(
+            f"| **{src}** | " + " | ".join(f"{mean[i, j]:.3f} ± {std[i, j]:.3f}" for j in range(len(k))) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -199,8 +283,11 @@ def _report(config, result, report, summary) -> str:
 
     def describe(name):
         t = defs.get(name, {})
-        cls = "all classes" if t.get("classes") is None else ", ".join(
-            "+".join(c) if isinstance(c, list) else str(c) for c in t["classes"])
+        cls = (
+            "all classes"
+            if t.get("classes") is None
+            else ", ".join("+".join(c) if isinstance(c, list) else str(c) for c in t["classes"])
+        )
         return f"{cls}{' + anything else' if t.get('other') else ''}"
 
     parts = [
@@ -220,14 +307,22 @@ def _report(config, result, report, summary) -> str:
     ]
     for a in result.archs:
         acc = result.accuracies[a]
-        parts.append(f"| {a} | " + " | ".join(f"{acc[:, i].mean():.3f} (min {acc[:, i].min():.3f})"
-                                             for i in range(len(k))) + " |")
+        parts.append(
+            f"| {a} | "
+            + " | ".join(f"{acc[:, i].mean():.3f} (min {acc[:, i].min():.3f})" for i in range(len(k)))
+            + " |"
+        )
     parts += ["", "## Fisher Task Distance d[source → target], mean ± std over seeds", ""]
     for a in result.archs:
         parts += [f"### {a}", "", _matrix_md(result, a), ""]
-    parts += ["![FTD heatmaps: one column per architecture, mean on top, std below](heatmaps.png)", "",
-              "## Closest baseline for each target", "",
-              "| target | " + " | ".join(result.archs) + " |", "|---|" + "---|" * len(result.archs)]
+    parts += [
+        "![FTD heatmaps: one column per architecture, mean on top, std below](heatmaps.png)",
+        "",
+        "## Closest baseline for each target",
+        "",
+        "| target | " + " | ".join(result.archs) + " |",
+        "|---|" + "---|" * len(result.archs),
+    ]
     shares = summary["closest_share"]
     for tgt in k:
         cells = []
@@ -235,26 +330,50 @@ def _report(config, result, report, summary) -> str:
             best = result.closest(a)[tgt]
             cells.append(f"{best} (closest in {shares[a][tgt].get(best, 0.0):.0%} of seeds)")
         parts.append(f"| {tgt} | " + " | ".join(cells) + " |")
-    parts += ["", "![Task atlas: a 2-D embedding of the tasks from the FTD matrix](atlas.png)", "",
-              _claims_section(summary["claims"]),
-              f"## TA-NAS for {report.target}", "",
-              f"FTD from every baseline to {report.target} (ε-network family: {report.head['arch']}): " +
-              ", ".join(f"{n} {d:.3f}" for n, d in sorted(report.distances.items(), key=lambda kv: kv[1])) +
-              f". Closest: **{report.closest}**; its search space: `{report.space}`.", "",
-              "| method | test accuracy | parameters | search time (s) | candidate-epochs |", "|---|---|---|---|---|"]
-    for label, r in (("TA-NAS (FUSE in the closest task's space)", report.result),
-                     ("random search, same space, same budget", report.comparisons["random"])):
-        parts.append(f"| {label} | {r.test_accuracy:.3f} | {r.params:,} | {r.cost['search_s']:.1f} | "
-                     f"{r.cost['candidate_epochs']} |")
-    parts += ["", "Winning cell:", "", "```", str(report.result.genotype), "```", "",
-              "## Cost", "",
-              f"Task distances (training {len(result.archs) * len(config.seeds) * len(k)} networks and "
-              f"{len(result.archs) * len(config.seeds) * len(k) ** 2} Fishers): "
-              f"{summary['timings_s']['task_distances_s']:.0f} s; TA-NAS with its baselines and comparison: "
-              f"{summary['timings_s']['ta_nas_s']:.0f} s (a resumed run counts only what it recomputed).", "",
-              "## Files", "",
-              "`result.json` and `distances.csv` (every seed's matrix), `table.txt`, `heatmaps.png`, `atlas.png`, "
-              "`ta_nas.json`/`ta_nas.txt`, `summary.json`; `cache/`, `dictionary/` and `nas/` hold the networks, "
-              "Fishers and search checkpoints a re-run resumes from.", "",
-              f"Reproduce: `{summary['command']}`", ""]
+    parts += [
+        "",
+        "![Task atlas: a 2-D embedding of the tasks from the FTD matrix](atlas.png)",
+        "",
+        _claims_section(summary["claims"]),
+        f"## TA-NAS for {report.target}",
+        "",
+        f"FTD from every baseline to {report.target} (ε-network family: {report.head['arch']}): "
+        + ", ".join(f"{n} {d:.3f}" for n, d in sorted(report.distances.items(), key=lambda kv: kv[1]))
+        + f". Closest: **{report.closest}**; its search space: `{report.space}`.",
+        "",
+        "| method | test accuracy | parameters | search time (s) | candidate-epochs |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in (
+        ("TA-NAS (FUSE in the closest task's space)", report.result),
+        ("random search, same space, same budget", report.comparisons["random"]),
+    ):
+        parts.append(
+            f"| {label} | {r.test_accuracy:.3f} | {r.params:,} | {r.cost['search_s']:.1f} | "
+            f"{r.cost['candidate_epochs']} |"
+        )
+    parts += [
+        "",
+        "Winning cell:",
+        "",
+        "```",
+        str(report.result.genotype),
+        "```",
+        "",
+        "## Cost",
+        "",
+        f"Task distances (training {len(result.archs) * len(config.seeds) * len(k)} networks and "
+        f"{len(result.archs) * len(config.seeds) * len(k) ** 2} Fishers): "
+        f"{summary['timings_s']['task_distances_s']:.0f} s; TA-NAS with its baselines and comparison: "
+        f"{summary['timings_s']['ta_nas_s']:.0f} s (a resumed run counts only what it recomputed).",
+        "",
+        "## Files",
+        "",
+        "`result.json` and `distances.csv` (every seed's matrix), `table.txt`, `heatmaps.png`, `atlas.png`, "
+        "`ta_nas.json`/`ta_nas.txt`, `summary.json`; `cache/`, `dictionary/` and `nas/` hold the networks, "
+        "Fishers and search checkpoints a re-run resumes from.",
+        "",
+        f"Reproduce: `{summary['command']}`",
+        "",
+    ]
     return "\n".join(parts)

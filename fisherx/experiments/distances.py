@@ -10,6 +10,7 @@ columns (:meth:`_Run.fisher_column`: every source's Fisher on one target's test 
 each column into the matrices (:meth:`_Run.assemble_column`, with the sanity gates of
 :mod:`fisherx.experiments.trust`). The result type is :mod:`fisherx.experiments.result`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,15 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _validate
-from .._progress import Progress
 from .. import distributed as _fxd
+from .._progress import Progress
 from ..distance import METRICS, distance_column
 from ..fisher import FisherDiag, fisher_diag
 from ..io.cache import Cache
 from ..models.training import EpsilonWarning, default_device, seeded, train
 from ..tasks import Task, TaskData
-from . import networks as _networks
 from . import metrics as _metrics
+from . import networks as _networks
 from . import trust as _trust
 from .result import TaskDistanceResult
 
@@ -86,13 +87,35 @@ class _Settings:
         return _metrics.self_value(self.metric)
 
 
-def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds: Sequence[int] = (0, 1, 2),
-                   epochs: int = 10, metric: str = "ftd", cache_dir=None, data_dir=None, *,
-                   batch_size: int = 128, lr: float = 1e-3, epsilon: float | None = 0.1, head: str = "shared",
-                   head_epochs: int = 5, fisher_kind: str = "empirical", fisher_samples: int | None = None,
-                   sigma2: float = 1e-8, device=None, progress: bool = True, bootstrap: int = 0,
-                   bootstrap_seed: int = 0, level: float = _trust.LEVEL, gates: str = "warn", model=None,
-                   networks=None, loss="cross_entropy", train_fn=None, optimizer=None) -> TaskDistanceResult:
+def task_distances(
+    tasks: Sequence[Task],
+    archs: Sequence[str] = ("cnn",),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 10,
+    metric: str = "ftd",
+    cache_dir=None,
+    data_dir=None,
+    *,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    epsilon: float | None = 0.1,
+    head: str = "shared",
+    head_epochs: int = 5,
+    fisher_kind: str = "empirical",
+    fisher_samples: int | None = None,
+    sigma2: float = 1e-8,
+    device=None,
+    progress: bool = True,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    level: float = _trust.LEVEL,
+    gates: str = "warn",
+    model=None,
+    networks=None,
+    loss="cross_entropy",
+    train_fn=None,
+    optimizer=None,
+) -> TaskDistanceResult:
     """The papers' task-distance matrices.
 
     For every architecture in ``archs`` and seed in ``seeds``: train an ε-approximation network N_a for every task
@@ -124,8 +147,22 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     replaces its Adam (where ``train`` takes it). Networks from a factory are cached by a hash of their structure
     and initial weights, given networks by a hash of their weights.
     """
-    settings = _Settings(epochs, metric, batch_size, lr, epsilon, head, head_epochs, fisher_kind, fisher_samples,
-                         sigma2, bootstrap, bootstrap_seed, level, gates)
+    settings = _Settings(
+        epochs,
+        metric,
+        batch_size,
+        lr,
+        epsilon,
+        head,
+        head_epochs,
+        fisher_kind,
+        fisher_samples,
+        sigma2,
+        bootstrap,
+        bootstrap_seed,
+        level,
+        gates,
+    )
     settings.check()
     tasks, archs, seeds = list(tasks), list(archs), _validate.seeds(seeds)
     if len(tasks) < 2:
@@ -137,8 +174,10 @@ def task_distances(tasks: Sequence[Task], archs: Sequence[str] = ("cnn",), seeds
     cache = Cache(cache_dir)
     distributed = _fxd.is_distributed()
     if distributed and cache.root is None:
-        raise ValueError("under torch.distributed, task_distances needs cache_dir: a folder every rank sees, where "
-                         "the ranks' units of work meet")
+        raise ValueError(
+            "under torch.distributed, task_distances needs cache_dir: a folder every rank sees, where "
+            "the ranks' units of work meet"
+        )
     run = _Run(tasks, archs, seeds, settings, cache, default_device(device), data_dir, distributed, progress, user)
     try:
         if distributed:
@@ -156,8 +195,19 @@ class _Run:
     """The state of one :func:`task_distances` call: the family's data, the configurations every cache key is
     built from, the cache, the progress bar, and the matrices being filled."""
 
-    def __init__(self, tasks, archs, seeds, settings: _Settings, cache: Cache, device, data_dir, distributed: bool,
-                 progress: bool, user: _networks.UserNetworks):
+    def __init__(
+        self,
+        tasks,
+        archs,
+        seeds,
+        settings: _Settings,
+        cache: Cache,
+        device,
+        data_dir,
+        distributed: bool,
+        progress: bool,
+        user: _networks.UserNetworks,
+    ):
         self.tasks, self.archs, self.seeds, self.s, self.user = tasks, archs, seeds, settings, user
         self.cache, self.device = cache, device
         self.datas = [t.load(data_dir) for t in tasks]
@@ -167,13 +217,28 @@ class _Run:
         self.in_ch, self.size = self.datas[0].in_channels, self.datas[0].image_size
         self.fingerprints = [d.fingerprint() for d in self.datas]
         st = settings
-        self.train_cfg = {"epochs": st.epochs, "batch_size": st.batch_size, "lr": st.lr, "optimizer": "adam",
-                          "loss": user.loss_key, "selection": "best_val_accuracy", "recipe": RECIPE_VERSION}
+        self.train_cfg = {
+            "epochs": st.epochs,
+            "batch_size": st.batch_size,
+            "lr": st.lr,
+            "optimizer": "adam",
+            "loss": user.loss_key,
+            "selection": "best_val_accuracy",
+            "recipe": RECIPE_VERSION,
+        }
         if user.train_fn is not None or user.optimizer is not None:  # only then: default keys stay as they were
-            self.train_cfg["custom"] = {"train_fn": _networks.qualname(user.train_fn),
-                                        "optimizer": _networks.qualname(user.optimizer)}
-        self.fisher_cfg = {"kind": st.fisher_kind, "max_samples": st.fisher_samples, "loss": user.loss_key,
-                           "split": "test", "mode": "eval", "recipe": RECIPE_VERSION}
+            self.train_cfg["custom"] = {
+                "train_fn": _networks.qualname(user.train_fn),
+                "optimizer": _networks.qualname(user.optimizer),
+            }
+        self.fisher_cfg = {
+            "kind": st.fisher_kind,
+            "max_samples": st.fisher_samples,
+            "loss": user.loss_key,
+            "split": "test",
+            "mode": "eval",
+            "recipe": RECIPE_VERSION,
+        }
         self.boot_cfg = {"replicates": st.bootstrap, "seed": st.bootstrap_seed} if st.bootstrap else None
         if self.boot_cfg:  # only then: the keys of Fishers without replicates stay those of earlier runs
             self.fisher_cfg["bootstrap"] = self.boot_cfg
@@ -185,14 +250,26 @@ class _Run:
         steps = len(archs) * S * (K + K * K + (K * (K - 1) if st.head == "refit" else 0))
         # Under torch.distributed the units are spread first, then assembled from the cache: no fixed step count.
         self.progress = progress
-        self.bar = Progress(total=None if distributed else steps, desc="task distances", unit="step",
-                            enabled=progress and (not distributed or _fxd.is_main_process()))
+        self.bar = Progress(
+            total=None if distributed else steps,
+            desc="task distances",
+            unit="step",
+            enabled=progress and (not distributed or _fxd.is_main_process()),
+        )
         self.missed: list[str] = []  # networks below 1 − ε, warned about once at the end (cached or not)
 
     # -- step 1: the networks ----------------------------------------------------------------------------------
     def network_config(self, arch: str, seed: int, i: int, net=None) -> dict:
-        cfg = {"arch": arch, "in_channels": self.in_ch, "image_size": self.size, "head_width": self.width,
-               "seed": seed, "task": self.tasks[i].config(), "data": self.fingerprints[i], "train": self.train_cfg}
+        cfg = {
+            "arch": arch,
+            "in_channels": self.in_ch,
+            "image_size": self.size,
+            "head_width": self.width,
+            "seed": seed,
+            "task": self.tasks[i].config(),
+            "data": self.fingerprints[i],
+            "train": self.train_cfg,
+        }
         if net is not None:  # the user's factory: what it built (structure and initial weights) is the key
             cfg["initial"] = _networks.state_sha256(net)
         return cfg
@@ -208,8 +285,9 @@ class _Run:
         _networks.check_head(model, self.datas[i].train[0][:2], self.width, arch, self.target_shape)
         cfg = self.network_config(arch, seed, i, model if arch in user.factories else None)
         # The check loads into a copy: a refused entry must leave the freshly seeded model untouched for training.
-        entry = self.cache.load("network", cfg, check=lambda e: (copy.deepcopy(model).load_state_dict(e["state_dict"]),
-                                                                  e["summary"]))
+        entry = self.cache.load(
+            "network", cfg, check=lambda e: (copy.deepcopy(model).load_state_dict(e["state_dict"]), e["summary"])
+        )
         if entry is None:
             self.bar.set_description(f"train {arch} seed {seed} {self.tasks[i].name}")
             with warnings.catch_warnings():
@@ -220,11 +298,20 @@ class _Run:
                     _networks.run_train_fn(user.train_fn, model, self.datas[i], seed, self.device)
                     summary = {"test_accuracy": _networks.accuracy(model, self.datas[i], user.loss, self.device)}
                 else:
-                    summary = train(model, self.datas[i], epochs=st.epochs, batch_size=st.batch_size, lr=st.lr,
-                                    seed=seed, device=self.device, progress=self.progress, epsilon=st.epsilon,
-                                    checkpoint=ckpt, **user.extra_train).summary()
-            entry = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                     "summary": summary}
+                    summary = train(
+                        model,
+                        self.datas[i],
+                        epochs=st.epochs,
+                        batch_size=st.batch_size,
+                        lr=st.lr,
+                        seed=seed,
+                        device=self.device,
+                        progress=self.progress,
+                        epsilon=st.epsilon,
+                        checkpoint=ckpt,
+                        **user.extra_train,
+                    ).summary()
+            entry = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "summary": summary}
             self.cache.store("network", cfg, entry)
             if ckpt is not None:
                 ckpt.unlink(missing_ok=True)
@@ -236,11 +323,13 @@ class _Run:
         """networks[task i] as given (no training): (model in eval mode, test accuracy, its cache configuration)."""
         name, user = self.tasks[i].name, self.user
         net = user.given[name].to(self.device).eval()
-        _networks.check_head(net, self.datas[i].train[0][:2].to(self.device), self.width, f"networks[{name!r}]",
-                             self.target_shape)
+        _networks.check_head(
+            net, self.datas[i].train[0][:2].to(self.device), self.width, f"networks[{name!r}]", self.target_shape
+        )
         cfg = {"given": _networks.state_sha256(net), "task": self.tasks[i].config(), "data": self.fingerprints[i]}
-        return self._judged(net, _networks.accuracy(net, self.datas[i], user.loss, self.device), _networks.GIVEN,
-                            i, cfg)
+        return self._judged(
+            net, _networks.accuracy(net, self.datas[i], user.loss, self.device), _networks.GIVEN, i, cfg
+        )
 
     def _judged(self, model, acc, what: str, i: int, cfg: dict):
         acc = float("nan") if acc is None else float(acc)  # nan: no accuracy for a loss other than cross-entropy
@@ -253,15 +342,24 @@ class _Run:
         if eps is None or not acc < 1.0 - eps:  # nan (no accuracy for this loss) passes
             return
         if self.s.gates == "refuse":  # before any Fisher of this network is used
-            raise _trust.GateError(f"{what}: test accuracy {acc:.3f} < 1 − ε = {1 - eps:.3f}, not an "
-                                   "ε-approximation (gates='refuse'); train longer (epochs=...) or pass gates='warn'")
+            raise _trust.GateError(
+                f"{what}: test accuracy {acc:.3f} < 1 − ε = {1 - eps:.3f}, not an "
+                "ε-approximation (gates='refuse'); train longer (epochs=...) or pass gates='warn'"
+            )
         self.missed.append(f"{what}: {acc:.3f}")
 
     def refit_head(self, model, arch: str, seed: int, i: int, j: int, net_cfg: dict):
         """A copy of N_i whose head is refitted on task j's training data, features frozen (``head="refit"``)."""
         st = self.s
-        cfg = {"network": net_cfg, "target_task": self.tasks[j].config(), "target_data": self.fingerprints[j],
-               "head_epochs": st.head_epochs, "batch_size": st.batch_size, "lr": st.lr, "recipe": RECIPE_VERSION}
+        cfg = {
+            "network": net_cfg,
+            "target_task": self.tasks[j].config(),
+            "target_data": self.fingerprints[j],
+            "head_epochs": st.head_epochs,
+            "batch_size": st.batch_size,
+            "lr": st.lr,
+            "recipe": RECIPE_VERSION,
+        }
         probe = copy.deepcopy(model)
         entry = self.cache.load("head", cfg, check=probe.classifier.load_state_dict)
         if entry is None:
@@ -270,8 +368,18 @@ class _Run:
                 probe.classifier.reset_parameters()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EpsilonWarning)
-                train(probe, self.datas[j], epochs=st.head_epochs, batch_size=st.batch_size, lr=st.lr, seed=seed,
-                      device=self.device, progress=False, epsilon=None, trainable=probe.classifier.parameters())
+                train(
+                    probe,
+                    self.datas[j],
+                    epochs=st.head_epochs,
+                    batch_size=st.batch_size,
+                    lr=st.lr,
+                    seed=seed,
+                    device=self.device,
+                    progress=False,
+                    epsilon=None,
+                    trainable=probe.classifier.parameters(),
+                )
             entry = {k: v.detach().cpu() for k, v in probe.classifier.state_dict().items()}
             self.cache.store("head", cfg, entry)
         probe.classifier.load_state_dict(entry)
@@ -283,16 +391,29 @@ class _Run:
         """The diagonal Fisher of ``model`` (source task i's network) on task j's test data (or read from the
         cache)."""
         st = self.s
-        cfg = {"model": model_cfg, "target_task": self.tasks[j].config(), "target_data": self.fingerprints[j],
-               "fisher": self.fisher_cfg}
+        cfg = {
+            "model": model_cfg,
+            "target_task": self.tasks[j].config(),
+            "target_data": self.fingerprints[j],
+            "fisher": self.fisher_cfg,
+        }
         entry = self.cache.load("fisher", cfg, check=_fisher_from_entry)
         if entry is None:
             self.bar.set_description(f"fisher {arch} seed {seed} {self.tasks[i].name}→{self.tasks[j].name}")
             with seeded(seed, self.device):  # the labels drawn by kind="mc" come from the seed too
                 # One unit is one whole Fisher on one rank, never a shard combined across ranks.
-                f = fisher_diag(model.eval(), self.datas[j].test, loss=self.user.loss, kind=st.fisher_kind,
-                                max_samples=st.fisher_samples, device=self.device, progress=False, distributed=False,
-                                bootstrap=st.bootstrap, bootstrap_seed=st.bootstrap_seed)
+                f = fisher_diag(
+                    model.eval(),
+                    self.datas[j].test,
+                    loss=self.user.loss,
+                    kind=st.fisher_kind,
+                    max_samples=st.fisher_samples,
+                    device=self.device,
+                    progress=False,
+                    distributed=False,
+                    bootstrap=st.bootstrap,
+                    bootstrap_seed=st.bootstrap_seed,
+                )
             entry = _fisher_entry(f)
             self.cache.store("fisher", cfg, entry)
         self.bar.update(1)
@@ -325,18 +446,23 @@ class _Run:
         where = f" ({arch}, seed {seed})"
         for i, f in enumerate(columns):
             self.concentration[arch][s, i, j] = _trust.check_concentration(f, names[i] + where, st.gates)
-        col = distance_column(columns, columns[j], metric=st.metric, sigma2=st.sigma2, names=names,
-                              target_name=names[j]).cpu().numpy()
+        col = (
+            distance_column(columns, columns[j], metric=st.metric, sigma2=st.sigma2, names=names, target_name=names[j])
+            .cpu()
+            .numpy()
+        )
         # d[b, b] compares F_bb with itself: exactly 0 (cosine: 1) by definition. The kernel's value differs by
         # rounding only; anything more means a broken Fisher or kernel.
         exact = st.self_value
         if not abs(col[j] - exact) < 1e-6:
-            raise FloatingPointError(f"{st.metric}(F_bb, F_bb) = {col[j]!r} for {arch}, seed {seed}, task "
-                                     f"{tasks[j].name}; expected {exact}")
+            raise FloatingPointError(
+                f"{st.metric}(F_bb, F_bb) = {col[j]!r} for {arch}, seed {seed}, task {tasks[j].name}; expected {exact}"
+            )
         if st.bootstrap:
             reps = _trust.replicate_column(columns, columns[j], st.metric, st.sigma2, names, names[j])
-            _trust.check_self_distance(np.r_[col[j], reps[:, j]], st.metric,
-                                       f"d[{tasks[j].name},{tasks[j].name}]{where}", st.gates)
+            _trust.check_self_distance(
+                np.r_[col[j], reps[:, j]], st.metric, f"d[{tasks[j].name},{tasks[j].name}]{where}", st.gates
+            )
             reps[:, j] = exact
             self.replicates[arch][s, :, :, j] = reps
         col[j] = exact
@@ -368,35 +494,72 @@ class _Run:
     def warn_missed(self) -> None:
         if self.missed and self.s.gates != "off":
             n = len(self.archs) * len(self.seeds) * len(self.tasks)
-            warnings.warn(f"{len(self.missed)} of {n} networks are not ε-approximations (test accuracy < 1 − ε = "
-                          f"{1 - self.s.epsilon:.3f}), so their distances are suspect; train longer (epochs=...): "
-                          + "; ".join(self.missed), EpsilonWarning, stacklevel=3)
+            warnings.warn(
+                f"{len(self.missed)} of {n} networks are not ε-approximations (test accuracy < 1 − ε = "
+                f"{1 - self.s.epsilon:.3f}), so their distances are suspect; train longer (epochs=...): "
+                + "; ".join(self.missed),
+                EpsilonWarning,
+                stacklevel=3,
+            )
 
     def config(self) -> dict:
         st = self.s
-        data = {t.name: {"origin": d.origin, "fingerprint": fp, "num_classes": d.num_classes,
-                         "train": d.train[0].shape[0], "val": d.val[0].shape[0], "test": d.test[0].shape[0]}
-                for t, d, fp in zip(self.tasks, self.datas, self.fingerprints, strict=True)}
+        data = {
+            t.name: {
+                "origin": d.origin,
+                "fingerprint": fp,
+                "num_classes": d.num_classes,
+                "train": d.train[0].shape[0],
+                "val": d.val[0].shape[0],
+                "test": d.test[0].shape[0],
+            }
+            for t, d, fp in zip(self.tasks, self.datas, self.fingerprints, strict=True)
+        }
         user = self.user
         kind = "given" if user.given is not None else ("factory" if user.factories else "built-in")
-        return {"tasks": [t.config() for t in self.tasks], "archs": self.archs, "seeds": self.seeds, "networks": kind,
-                "metric": st.metric, "sigma2": st.sigma2 if st.metric == "logdet" else None,
-                "train": self.train_cfg, "fisher": self.fisher_cfg,
-                "head": {"mode": st.head, "width": self.width,
-                         "refit_epochs": st.head_epochs if st.head == "refit" else None},
-                "epsilon": st.epsilon, "data": data,
-                "cache_dir": str(self.cache.root) if self.cache.root is not None else None,
-                "device": str(self.device), "bootstrap": self.boot_cfg, "gates": st.gates, "level": st.level}
+        return {
+            "tasks": [t.config() for t in self.tasks],
+            "archs": self.archs,
+            "seeds": self.seeds,
+            "networks": kind,
+            "metric": st.metric,
+            "sigma2": st.sigma2 if st.metric == "logdet" else None,
+            "train": self.train_cfg,
+            "fisher": self.fisher_cfg,
+            "head": {
+                "mode": st.head,
+                "width": self.width,
+                "refit_epochs": st.head_epochs if st.head == "refit" else None,
+            },
+            "epsilon": st.epsilon,
+            "data": data,
+            "cache_dir": str(self.cache.root) if self.cache.root is not None else None,
+            "device": str(self.device),
+            "bootstrap": self.boot_cfg,
+            "gates": st.gates,
+            "level": st.level,
+        }
 
     def result(self) -> TaskDistanceResult:
         for a in self.archs:
             if not np.all(np.isfinite(self.distances[a])):
-                raise FloatingPointError(f"non-finite distances for {a}; the Fishers should have been refused "
-                                         "earlier")
+                raise FloatingPointError(f"non-finite distances for {a}; the Fishers should have been refused earlier")
         st = self.s
-        return TaskDistanceResult([t.name for t in self.tasks], self.archs, self.seeds, st.metric, self.distances,
-                                  self.accuracies, st.head, self.width, self.config(), dict(self.cache.stats),
-                                  self.replicates, self.concentration, st.level)
+        return TaskDistanceResult(
+            [t.name for t in self.tasks],
+            self.archs,
+            self.seeds,
+            st.metric,
+            self.distances,
+            self.accuracies,
+            st.head,
+            self.width,
+            self.config(),
+            dict(self.cache.stats),
+            self.replicates,
+            self.concentration,
+            st.level,
+        )
 
 
 def _check_family(tasks: Sequence[Task], datas: Sequence[TaskData]) -> None:
@@ -405,17 +568,25 @@ def _check_family(tasks: Sequence[Task], datas: Sequence[TaskData]) -> None:
         raise ValueError(f"task names must be unique, got {names}")
     shapes = {(tuple(d.train[0].shape[1:]), d.train[0].dtype) for d in datas}
     if len(shapes) != 1:
-        desc = ", ".join(f"{t.name}: {tuple(d.train[0].shape[1:])} {str(d.train[0].dtype).replace('torch.', '')}"
-                         for t, d in zip(tasks, datas, strict=True))
-        raise ValueError("every network is evaluated on every task's data, so all tasks need inputs of one shape "
-                         f"and dtype; got {desc} (images: set Task.image_size to resize)")
+        desc = ", ".join(
+            f"{t.name}: {tuple(d.train[0].shape[1:])} {str(d.train[0].dtype).replace('torch.', '')}"
+            for t, d in zip(tasks, datas, strict=True)
+        )
+        raise ValueError(
+            "every network is evaluated on every task's data, so all tasks need inputs of one shape "
+            f"and dtype; got {desc} (images: set Task.image_size to resize)"
+        )
 
 
 def _fisher_entry(fisher) -> dict:
     # Names and values as parallel lists: the order of parameters is part of a Fisher's layout.
     names = list(fisher.keys())
-    entry = {"names": names, "values": [fisher[n].detach().to("cpu") for n in names],
-             "n_samples": int(fisher.n_samples), "meta": dict(fisher.meta)}
+    entry = {
+        "names": names,
+        "values": [fisher[n].detach().to("cpu") for n in names],
+        "n_samples": int(fisher.n_samples),
+        "meta": dict(fisher.meta),
+    }
     if fisher.replicates is not None:  # bootstrap=R: (R, *shape) per parameter, and the weight totals
         entry["replicates"] = [fisher.replicates[n].to("cpu") for n in names]
         entry["replicate_weights"] = fisher.replicate_weights
@@ -425,5 +596,10 @@ def _fisher_entry(fisher) -> dict:
 def _fisher_from_entry(entry: dict):
     names = entry["names"]
     reps = dict(zip(names, entry["replicates"], strict=True)) if "replicates" in entry else None
-    return FisherDiag(dict(zip(names, entry["values"], strict=True)), entry["n_samples"], entry["meta"],
-                      replicates=reps, replicate_weights=entry.get("replicate_weights"))
+    return FisherDiag(
+        dict(zip(names, entry["values"], strict=True)),
+        entry["n_samples"],
+        entry["meta"],
+        replicates=reps,
+        replicate_weights=entry.get("replicate_weights"),
+    )

@@ -1,6 +1,7 @@
 """The networks of a task-distance run: built-in architectures by name, the user's factories
 (``factory(num_outputs) -> nn.Module``), or ready trained ε-networks per task; and the checks that make a wrong
 one fail with one line before any training."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,18 @@ def builders(archs, model) -> tuple[dict[str, Callable[[int, int, int], nn.Modul
     elif isinstance(model, Mapping) and model:
         chosen = dict(model)
     else:
-        raise TypeError(f"model must be a built-in architecture name, a factory num_outputs -> nn.Module or a dict "
-                        f"of them, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a built-in architecture name, a factory num_outputs -> nn.Module or a dict "
+            f"of them, got {type(model).__name__}"
+        )
     out, factories = {}, set()
     for name, m in chosen.items():
         if isinstance(m, str):
             if m not in _models.ARCHS:
-                raise ValueError(f"unknown architecture {m!r}; choose one of {', '.join(_models.ARCHS)} or pass "
-                                 "model=factory (a function num_outputs -> nn.Module)")
+                raise ValueError(
+                    f"unknown architecture {m!r}; choose one of {', '.join(_models.ARCHS)} or pass "
+                    "model=factory (a function num_outputs -> nn.Module)"
+                )
             out[str(name)] = lambda c, w, s, m=m: _models.build(m, c, w, s)
         elif callable(m):
             out[str(name)] = lambda c, w, s, m=m, name=name: _call_factory(m, w, name)
@@ -62,18 +67,25 @@ def check_head(net: nn.Module, sample_x: torch.Tensor, width: int, name: str, ta
         with torch.no_grad():
             out = net(sample_x)
     except Exception as exc:  # the user's network and the task's inputs do not fit: say which
-        raise ValueError(f"network {name!r} cannot run on the task's inputs of shape {tuple(sample_x.shape[1:])}: "
-                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise ValueError(
+            f"network {name!r} cannot run on the task's inputs of shape {tuple(sample_x.shape[1:])}: "
+            f"{type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
     finally:
         net.train(was)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"network {name!r} returns {type(out).__name__}; task_distances needs a logits tensor")
     want = (width,) if target_shape is None else tuple(target_shape)
     if tuple(out.shape[1:]) != want:
-        what = f"num_outputs={width} (the family's largest label count)" if target_shape is None else \
-            f"targets of shape {want}"
-        raise ValueError(f"network {name!r} returns outputs of shape {tuple(out.shape[1:])} per sample but the "
-                         f"family needs {want}: its head has the wrong width for {what}")
+        what = (
+            f"num_outputs={width} (the family's largest label count)"
+            if target_shape is None
+            else f"targets of shape {want}"
+        )
+        raise ValueError(
+            f"network {name!r} returns outputs of shape {tuple(out.shape[1:])} per sample but the "
+            f"family needs {want}: its head has the wrong width for {what}"
+        )
 
 
 def state_sha256(net: nn.Module) -> str:
@@ -93,9 +105,17 @@ def given_networks(networks: Mapping, task_names: list[str]) -> dict[str, nn.Mod
     missing = [t for t in task_names if t not in networks]
     extra = [t for t in networks if t not in task_names]
     if missing or extra:
-        raise ValueError("networks must hold one trained network per task: "
-                         + "; ".join(p for p in (f"missing {', '.join(missing)}" if missing else "",
-                                                 f"unknown {', '.join(map(str, extra))}" if extra else "") if p))
+        raise ValueError(
+            "networks must hold one trained network per task: "
+            + "; ".join(
+                p
+                for p in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(map(str, extra))}" if extra else "",
+                )
+                if p
+            )
+        )
     for t in task_names:
         if not isinstance(networks[t], nn.Module):
             raise TypeError(f"networks[{t!r}] is a {type(networks[t]).__name__}, not an nn.Module")
@@ -110,8 +130,10 @@ def train_kwargs(train, loss, optimizer) -> dict:
     for key, value, default in (("loss", loss, "cross_entropy"), ("optimizer", optimizer, None)):
         if value is not default and value != default:
             if key not in params:
-                raise ValueError(f"fisherx.models.train takes no {key}=; pass train_fn=... to train the networks "
-                                 f"your way (train_fn(model, task_data, seed=...))")
+                raise ValueError(
+                    f"fisherx.models.train takes no {key}=; pass train_fn=... to train the networks "
+                    f"your way (train_fn(model, task_data, seed=...))"
+                )
             kw[key] = value
     return kw
 
@@ -171,11 +193,13 @@ def plan(tasks, archs, seeds, model, networks, loss, train_fn, optimizer, head: 
         build, factories = builders(archs, model)
         archs = list(build)
     if head == "refit" and (given is not None or model is not None):
-        raise ValueError("head='refit' refits the built-in networks' classifier; use head='shared' with model= or "
-                         "networks=")
+        raise ValueError(
+            "head='refit' refits the built-in networks' classifier; use head='shared' with model= or networks="
+        )
     if not callable(loss) and loss not in ("cross_entropy", "mse"):
-        raise ValueError(f"loss must be 'cross_entropy', 'mse' or a callable (output, target) -> per-sample losses, "
-                         f"got {loss!r}")
+        raise ValueError(
+            f"loss must be 'cross_entropy', 'mse' or a callable (output, target) -> per-sample losses, got {loss!r}"
+        )
     loss_key = loss if isinstance(loss, str) else getattr(loss, "__qualname__", type(loss).__name__)
     extra = {} if train_fn is not None else train_kwargs(train, loss, optimizer)
     return UserNetworks(archs, seeds, build, factories, given, loss, loss_key, train_fn, optimizer, extra)

@@ -59,14 +59,16 @@ def heatmap(result, arch: str | None = None, *, stat: str = "mean", ax=None, pat
         for j in range(k):
             v = mat[i, j]
             lum = im.norm(v) if np.isfinite(v) else 0.0
-            ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=8,
-                    color="black" if lum > 0.6 else "white")
+            ax.text(
+                j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=8, color="black" if lum > 0.6 else "white"
+            )
     ax.set_xticks(range(k), names)
     ax.set_yticks(range(k), names)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     what = _metrics.label(result.metric)
-    bar.set_label(f"{what}, mean of {len(result.seeds)} seeds" if stat == "mean" else f"{what}, std over seeds",
-                  fontsize=8)
+    bar.set_label(
+        f"{what}, mean of {len(result.seeds)} seeds" if stat == "mean" else f"{what}, std over seeds", fontsize=8
+    )
     return _finish(fig, path)
 
 
@@ -79,8 +81,11 @@ def heatmaps(result, path=None, *, digits: int = 2):
     for c, a in enumerate(result.archs):
         for r, stat in enumerate(("mean", "std")):
             heatmap(result, a, stat=stat, ax=axes[r, c], digits=digits)
-    fig.suptitle(f"{_metrics.label(result.metric)} over {len(result.seeds)} seed(s); rows = source, columns = "
-                 f"target; head {result.head_mode}", fontsize=10)
+    fig.suptitle(
+        f"{_metrics.label(result.metric)} over {len(result.seeds)} seed(s); rows = source, columns = "
+        f"target; head {result.head_mode}",
+        fontsize=10,
+    )
     return _finish(fig, path)
 
 
@@ -121,7 +126,7 @@ def embedding_fidelity(result, arch: str | None = None) -> dict:
     e = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
     iu = np.triu_indices(len(d), 1)
     delta, emb = d[iu], e[iu]
-    denom = float((delta ** 2).sum())
+    denom = float((delta**2).sum())
     stress = math.sqrt(float(((delta - emb) ** 2).sum()) / denom) if denom > 0 else 0.0
     pos = np.clip(w, 0.0, None)
     explained = float(pos[:2].sum() / pos.sum()) if pos.sum() > 0 else 1.0
@@ -134,8 +139,12 @@ def embedding_fidelity(result, arch: str | None = None) -> dict:
         worst_ratio = float(ratio[p])
     else:
         worst_ratio = 1.0
-    return {"stress": stress, "explained": explained, "worst_pair": worst,
-            "faithful": stress <= MAX_STRESS and worst_ratio >= MIN_PAIR_RATIO}
+    return {
+        "stress": stress,
+        "explained": explained,
+        "worst_pair": worst,
+        "faithful": stress <= MAX_STRESS and worst_ratio >= MIN_PAIR_RATIO,
+    }
 
 
 def atlas(result, path=None, *, arch: str | None = None, ax=None, fallback: bool = True):
@@ -151,8 +160,9 @@ def atlas(result, path=None, *, arch: str | None = None, ax=None, fallback: bool
     axes = fig.subplots(1, n, squeeze=False)
     for c, a in enumerate(result.archs):
         _atlas_panel(result, a, axes[0, c], fallback)
-    fig.suptitle(f"task atlas ({_metrics.label(result.metric)}): MDS of (D + Dᵀ)/2,\narrow = closest source → "
-                 "target", fontsize=9)
+    fig.suptitle(
+        f"task atlas ({_metrics.label(result.metric)}): MDS of (D + Dᵀ)/2,\narrow = closest source → target", fontsize=9
+    )
     return _finish(fig, path)
 
 
@@ -161,26 +171,41 @@ def _atlas_panel(result, a: str, ax, fallback: bool) -> None:
     if fallback and not fit["faithful"]:
         clustered_heatmap(result, a, ax=ax)
         src, dst, real, drawn = fit["worst_pair"] or ("", "", 0.0, 0.0)
-        ax.set_title(f"{a}: 2-D MDS unfaithful (stress {fit['stress']:.2f}; {src}–{dst} {real:.2f} drawn "
-                     f"{drawn:.2f}),\nso clustered (D + Dᵀ)/2", fontsize=8, pad=_DENDROGRAM_PAD)
+        ax.set_title(
+            f"{a}: 2-D MDS unfaithful (stress {fit['stress']:.2f}; {src}–{dst} {real:.2f} drawn "
+            f"{drawn:.2f}),\nso clustered (D + Dᵀ)/2",
+            fontsize=8,
+            pad=_DENDROGRAM_PAD,
+        )
         return
     xy = embedding(result, a)
     ax.scatter(xy[:, 0], xy[:, 1], s=60, zorder=3)
     for i, name in enumerate(result.task_names):
         # Alternate label sides so that two tasks embedded close together stay readable.
-        ax.annotate(name, xy[i], textcoords="offset points", xytext=(7, 5) if i % 2 == 0 else (-7, -14),
-                    ha="left" if i % 2 == 0 else "right", fontsize=10)
+        ax.annotate(
+            name,
+            xy[i],
+            textcoords="offset points",
+            xytext=(7, 5) if i % 2 == 0 else (-7, -14),
+            ha="left" if i % 2 == 0 else "right",
+            fontsize=10,
+        )
     idx = {t: i for i, t in enumerate(result.task_names)}
     for tgt, src in result.closest(a).items():
-        ax.annotate("", xy=xy[idx[tgt]], xytext=xy[idx[src]],
-                    arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.7, "shrinkA": 6, "shrinkB": 6})
+        ax.annotate(
+            "",
+            xy=xy[idx[tgt]],
+            xytext=xy[idx[src]],
+            arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.7, "shrinkA": 6, "shrinkB": 6},
+        )
     span = float(np.ptp(xy)) if xy.size else 1.0
     pad = 0.2 * (span if span > 0 else 1.0)
     ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
     ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_title(f"{a}: stress {fit['stress']:.2f}, 2-D keeps {100 * fit['explained']:.0f}% of the variance",
-                 fontsize=8)
+    ax.set_title(
+        f"{a}: stress {fit['stress']:.2f}, 2-D keeps {100 * fit['explained']:.0f}% of the variance", fontsize=8
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -263,8 +288,11 @@ def intervals(result, path=None, *, arch: str | None = None, target: str | None 
             _interval_panel(result, a, j, axes[r, j])
             if j == 0:
                 axes[r, j].set_ylabel(_metrics.label(result.metric))
-    fig.suptitle(f"mean {_metrics.label(result.metric)} per source, {100 * result.level:g}% interval; % = "
-                 f"P(closest) over {len(result.draws())} draws", fontsize=9)
+    fig.suptitle(
+        f"mean {_metrics.label(result.metric)} per source, {100 * result.level:g}% interval; % = "
+        f"P(closest) over {len(result.draws())} draws",
+        fontsize=9,
+    )
     return _finish(fig, path)
 
 
@@ -280,8 +308,14 @@ def _interval_panel(result, a: str, j: int, ax) -> None:
     err = np.clip(np.stack([m - iv[src, j, 0], iv[src, j, 1] - m]), 0.0, None)
     ax.bar(range(len(src)), m, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
     for x, i in enumerate(src):
-        ax.annotate(f"{100 * prob[i, j]:.0f}%", (x, iv[i, j, 1]), textcoords="offset points", xytext=(0, 3),
-                    ha="center", fontsize=8)
+        ax.annotate(
+            f"{100 * prob[i, j]:.0f}%",
+            (x, iv[i, j, 1]),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=8,
+        )
     ax.set_xticks(range(len(src)), [result.task_names[i] for i in src])
     ax.set_title(f"{a}: → {result.task_names[j]}", fontsize=9)
     lo, hi = _metrics.value_range(result.metric)
@@ -307,7 +341,7 @@ def _mds(d: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     d = np.asarray(d, dtype=np.float64)
     n = d.shape[0]
     j = np.eye(n) - 1.0 / n
-    b = -0.5 * j @ (d ** 2) @ j
+    b = -0.5 * j @ (d**2) @ j
     w_all, v_all = np.linalg.eigh(b)
     order = np.argsort(w_all)[::-1]
     w_sorted = w_all[order]

@@ -13,6 +13,7 @@ seeds; the bootstrap's percentile interval with one seed), P(closest) of every c
 bootstrap replicates, and a verdict: ``holds`` (interval above 0), ``fails`` (below 0), ``within noise`` (it
 straddles 0). The claim's overall verdict is ``holds`` / ``fails`` when every cell says so, else ``within noise``.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,12 +94,22 @@ def claim_cell(result, arch: str, claim: Claim) -> dict:
         how = "none (one seed, no bootstrap)"
     prob = result.closest_probability(arch)
     p = {f"{src}->{tgt}": float(prob[names.index(src), names.index(tgt)]) for tgt, src in claim.pairs}
-    return {"arch": arch, "seeds": list(result.seeds), "margins": per_seed.tolist(),
-            "held": int((per_seed > 0).sum()), "of": int(per_seed.size), "margin_mean": float(per_seed.mean()),
-            "interval": [float(lo), float(hi)], "interval_kind": how, "level": level,
-            "p_closest": p, "p_joint": float((draw_margins > 0).mean()), "draws": int(draws.shape[0]),
-            "closest": {tgt: result.closest(arch)[tgt] for tgt, _ in claim.pairs},
-            "verdict": _verdict(float(lo), float(hi))}
+    return {
+        "arch": arch,
+        "seeds": list(result.seeds),
+        "margins": per_seed.tolist(),
+        "held": int((per_seed > 0).sum()),
+        "of": int(per_seed.size),
+        "margin_mean": float(per_seed.mean()),
+        "interval": [float(lo), float(hi)],
+        "interval_kind": how,
+        "level": level,
+        "p_closest": p,
+        "p_joint": float((draw_margins > 0).mean()),
+        "draws": int(draws.shape[0]),
+        "closest": {tgt: result.closest(arch)[tgt] for tgt, _ in claim.pairs},
+        "verdict": _verdict(float(lo), float(hi)),
+    }
 
 
 def evaluate_claims(results: dict, claims=PAPER_CLAIMS) -> dict:
@@ -108,38 +119,60 @@ def evaluate_claims(results: dict, claims=PAPER_CLAIMS) -> dict:
         cells = [{"estimator": est, **claim_cell(r, a, claim)} for est, r in results.items() for a in r.archs]
         verdicts = {c["verdict"] for c in cells}
         overall = verdicts.pop() if len(verdicts) == 1 else "within noise"
-        out.append({"name": claim.name, "text": claim.text, "pairs": [list(p) for p in claim.pairs],
-                    "held": sum(c["held"] for c in cells), "of": sum(c["of"] for c in cells),
-                    "cells": cells, "verdict": overall})
-    return {"claims": out, "verdicts": VERDICTS,
-            "rule": "per cell: holds if the interval of the mean margin lies above 0, fails if below, else within "
-                    "noise; overall: holds/fails if every cell says so, else within noise"}
+        out.append(
+            {
+                "name": claim.name,
+                "text": claim.text,
+                "pairs": [list(p) for p in claim.pairs],
+                "held": sum(c["held"] for c in cells),
+                "of": sum(c["of"] for c in cells),
+                "cells": cells,
+                "verdict": overall,
+            }
+        )
+    return {
+        "claims": out,
+        "verdicts": VERDICTS,
+        "rule": "per cell: holds if the interval of the mean margin lies above 0, fails if below, else within "
+        "noise; overall: holds/fails if every cell says so, else within noise",
+    }
 
 
 def claims_table(claims: dict, digits: int = 3) -> str:
     """The claims as a markdown table: one row per claim and (estimator, architecture) cell, then its verdict."""
-    lines = ["| claim | estimator | arch | holds in seeds | margin (mean, 95% interval) | P(claimed closest) | "
-             "P(claim) | closest found | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| claim | estimator | arch | holds in seeds | margin (mean, 95% interval) | P(claimed closest) | "
+        "P(claim) | closest found | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in claims["claims"]:
         for cell in c["cells"]:
             lo, hi = cell["interval"]
             p = ", ".join(f"{k} {100 * v:.0f}%" for k, v in cell["p_closest"].items())
             found = ", ".join(f"{t} ← {s}" for t, s in cell["closest"].items())
-            lines.append(f"| {c['text']} | {cell['estimator']} | {cell['arch']} | {cell['held']}/{cell['of']} | "
-                         f"{cell['margin_mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] | {p} | "
-                         f"{100 * cell['p_joint']:.0f}% of {cell['draws']} | {found} | {cell['verdict']} |")
+            lines.append(
+                f"| {c['text']} | {cell['estimator']} | {cell['arch']} | {cell['held']}/{cell['of']} | "
+                f"{cell['margin_mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] | {p} | "
+                f"{100 * cell['p_joint']:.0f}% of {cell['draws']} | {found} | {cell['verdict']} |"
+            )
         lines.append(f"| **{c['text']}** | all | all | **{c['held']}/{c['of']}** | | | | | **{c['verdict']}** |")
     return "\n".join(lines)
 
 
 def claims_section(claims: dict, title: str = "## The papers' claims") -> str:
     """A report section: each claim stated in words beside its numbers, then the table."""
-    parts = [title, "", "Orientation: d[a, b], source a = row, target b = column; TA-NAS picks a* = argmin_a d[a, b]. "
-             "Margin = the runner-up's distance minus the claimed source's (> 0: the claim holds in that matrix).",
-             ""]
+    parts = [
+        title,
+        "",
+        "Orientation: d[a, b], source a = row, target b = column; TA-NAS picks a* = argmin_a d[a, b]. "
+        "Margin = the runner-up's distance minus the claimed source's (> 0: the claim holds in that matrix).",
+        "",
+    ]
     for c in claims["claims"]:
-        parts.append(f"- **{c['text']}** — {c['verdict']}: it holds in {c['held']} of {c['of']} seed matrices "
-                     f"over {len(c['cells'])} (estimator, architecture) cell(s).")
+        parts.append(
+            f"- **{c['text']}** — {c['verdict']}: it holds in {c['held']} of {c['of']} seed matrices "
+            f"over {len(c['cells'])} (estimator, architecture) cell(s)."
+        )
     parts += ["", claims_table(claims), "", claims["rule"] + ".", ""]
     return "\n".join(parts)
 
@@ -172,13 +205,23 @@ SIZES = {
     # what fits a 2-core CPU in about 20 minutes on the MNIST subset.
     "default": ReproduceConfig(),
     # closer to the papers, for a GPU: their three architectures, 10 seeds; epochs still below their 100.
-    "paper": ReproduceConfig(archs=("vgg16", "resnet18", "densenet121"), seeds=tuple(range(10)), epochs=30,
-                             bootstrap=100),
+    "paper": ReproduceConfig(
+        archs=("vgg16", "resnet18", "densenet121"), seeds=tuple(range(10)), epochs=30, bootstrap=100
+    ),
 }
 
 
-def reproduce(name: str, out, config: ReproduceConfig = SIZES["default"], *, data_dir=None, device=None,
-              progress: bool = True, claims=PAPER_CLAIMS, cache_dir=None) -> dict:
+def reproduce(
+    name: str,
+    out,
+    config: ReproduceConfig = SIZES["default"],
+    *,
+    data_dir=None,
+    device=None,
+    progress: bool = True,
+    claims=PAPER_CLAIMS,
+    cache_dir=None,
+) -> dict:
     """Run experiment ``name`` (one of :data:`EXPERIMENTS`) into ``out``: for every estimator of ``config``, the
     task-distance matrices of T0–T3 (:func:`fisherx.task_distances`, Adam, batch ``config.batch_size``, the
     papers' protocol by default), then the claims. Writes ``result_<estimator>.json``, ``claims.json``,
@@ -197,23 +240,33 @@ def reproduce(name: str, out, config: ReproduceConfig = SIZES["default"], *, dat
         raise ValueError(f"experiment {name!r} needs data_dir: the folder with the data set's files")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = preset(name, protocol=config.protocol, max_train_per_label=config.max_train_per_label,
-                   image_size=config.image_size)
+    tasks = preset(
+        name, protocol=config.protocol, max_train_per_label=config.max_train_per_label, image_size=config.image_size
+    )
     results, timings = {}, {}
     for est in config.estimators:
         t0 = time.perf_counter()
-        r = task_distances(tasks, archs=config.archs, seeds=config.seeds, epochs=config.epochs,
-                           cache_dir=cache_dir or out / "cache", data_dir=data_dir, batch_size=config.batch_size,
-                           lr=config.lr,
-                           fisher_kind=est, fisher_samples=config.fisher_samples, device=device, progress=progress,
-                           bootstrap=config.bootstrap)
+        r = task_distances(
+            tasks,
+            archs=config.archs,
+            seeds=config.seeds,
+            epochs=config.epochs,
+            cache_dir=cache_dir or out / "cache",
+            data_dir=data_dir,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            fisher_kind=est,
+            fisher_samples=config.fisher_samples,
+            device=device,
+            progress=progress,
+            bootstrap=config.bootstrap,
+        )
         timings[est] = time.perf_counter() - t0
         r.to_json(out / f"result_{est}.json")
         results[est] = r
     claims = evaluate_claims(results, claims)
     claims["experiment"] = name
-    claims["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()
-                        if k != "extra"}
+    claims["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items() if k != "extra"}
     claims["estimators"] = {e: ESTIMATOR_TEXT[e] for e in config.estimators}
     claims["timings_s"] = timings
     atomic_write_text(out / "claims.json", json.dumps(claims, indent=1) + "\n")
@@ -237,8 +290,10 @@ def check_claims(claims: dict, results: dict) -> None:
                 np.fill_diagonal(m, np.inf)
                 ok = all(names[int(np.argmin(m[:, names.index(t)]))] == a for t, a in claim.pairs)
                 if ok != (cell["margins"][s] > 0):
-                    raise AssertionError(f"{c['name']} {cell['estimator']} {cell['arch']} seed {s}: argmin says "
-                                         f"{ok}, the margin {cell['margins'][s]}")
+                    raise AssertionError(
+                        f"{c['name']} {cell['estimator']} {cell['arch']} seed {s}: argmin says "
+                        f"{ok}, the margin {cell['margins'][s]}"
+                    )
             if cell["held"] != sum(m > 0 for m in cell["margins"]):
                 raise AssertionError(f"{c['name']}: held count {cell['held']} disagrees with the margins")
             if cell["verdict"] != _verdict(*cell["interval"]):
@@ -279,7 +334,7 @@ def sign_test(diffs) -> dict:
     if n == 0:
         return {"positive": 0, "negative": 0, "p": 1.0}
     k = min(pos, neg)
-    return {"positive": pos, "negative": neg, "p": min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)}
+    return {"positive": pos, "negative": neg, "p": min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)}
 
 
 def wilcoxon_signed_rank(diffs) -> dict:
@@ -299,7 +354,7 @@ def wilcoxon_signed_rank(diffs) -> dict:
         j = i
         while j + 1 < n and a[order[j + 1]] == a[order[i]]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     r2 = np.rint(2 * ranks).astype(int)  # doubled ranks are integers
     counts = np.zeros(int(r2.sum()) + 1)
@@ -308,7 +363,7 @@ def wilcoxon_signed_rank(diffs) -> dict:
         counts[r:] = counts[r:] + counts[:-r].copy() if r else counts
     w2 = int(r2[d > 0].sum())
     total = counts.sum()
-    lower, upper = counts[:w2 + 1].sum() / total, counts[w2:].sum() / total
+    lower, upper = counts[: w2 + 1].sum() / total, counts[w2:].sum() / total
     return {"w_plus": w2 / 2, "n": n, "p": float(min(1.0, 2 * min(lower, upper)))}
 
 
@@ -318,9 +373,17 @@ def paired_comparison(a, b, level: float = _trust.LEVEL, alpha: float = 0.05) ->
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     lo, hi = _trust.seed_interval(d, level)
     t = paired_t(d)
-    return {"diffs": d.tolist(), "mean": float(d.mean()), "interval": [float(lo), float(hi)], "level": level,
-            "t_test": t, "sign_test": sign_test(d), "wilcoxon": wilcoxon_signed_rank(d), "alpha": alpha,
-            "verdict": "significant" if t["p"] < alpha else "not significant"}
+    return {
+        "diffs": d.tolist(),
+        "mean": float(d.mean()),
+        "interval": [float(lo), float(hi)],
+        "level": level,
+        "t_test": t,
+        "sign_test": sign_test(d),
+        "wilcoxon": wilcoxon_signed_rank(d),
+        "alpha": alpha,
+        "verdict": "significant" if t["p"] < alpha else "not significant",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -354,8 +417,17 @@ NAS_SIZES = {
     # the run measured in docs/reproduce.md (digits, 100 training samples per label).
     "default": NasCompareConfig(eps_epochs=5, alternations=2, final_epochs=3, batch_size=64, max_train_per_label=100),
     # closer to the papers (a GPU): the demo's paper-size search, 100-epoch ε-networks and final training.
-    "paper": NasCompareConfig(eps_epochs=100, width=16, depth=5, candidates=3, rounds=100, alternations=10,
-                              final_epochs=100, batch_size=128, fisher_samples=None),
+    "paper": NasCompareConfig(
+        eps_epochs=100,
+        width=16,
+        depth=5,
+        candidates=3,
+        rounds=100,
+        alternations=10,
+        final_epochs=100,
+        batch_size=128,
+        fisher_samples=None,
+    ),
 }
 
 
@@ -365,10 +437,21 @@ def _dictionary_for(path, base, family: dict, eps_seed: int, datas: dict, device
 
     path = Path(path)
     fam = family["eps"]
-    d = TaskDictionary(path) if (path / INDEX).exists() else TaskDictionary.create(
-        path, arch=family["arch"], head_width=family["head_width"], in_channels=family["in_channels"],
-        image_size=family["image_size"], eps_epochs=fam["epochs"], eps_seed=eps_seed,
-        eps_batch_size=fam["batch_size"], eps_lr=fam["lr"])
+    d = (
+        TaskDictionary(path)
+        if (path / INDEX).exists()
+        else TaskDictionary.create(
+            path,
+            arch=family["arch"],
+            head_width=family["head_width"],
+            in_channels=family["in_channels"],
+            image_size=family["image_size"],
+            eps_epochs=fam["epochs"],
+            eps_seed=eps_seed,
+            eps_batch_size=fam["batch_size"],
+            eps_lr=fam["lr"],
+        )
+    )
     for name in base.names():
         if name not in d:
             e = base[name]
@@ -399,34 +482,81 @@ def nas_comparison(out, config: NasCompareConfig = NasCompareConfig(), *, device
     datas = {n: t.load() for n, t in tasks.items()}
     first = datas[config.target]
     width = max(d.num_classes for d in datas.values())
-    search = dict(candidates=config.candidates, rounds=config.rounds, alternations=config.alternations,
-                  final_epochs=config.final_epochs, batch_size=config.batch_size)
+    search = dict(
+        candidates=config.candidates,
+        rounds=config.rounds,
+        alternations=config.alternations,
+        final_epochs=config.final_epochs,
+        batch_size=config.batch_size,
+    )
     base_path = out / f"dictionary_e{config.eps_seeds[0]}"
-    base = TaskDictionary(base_path) if (base_path / INDEX).exists() else TaskDictionary.create(
-        base_path, arch=config.arch, head_width=width, in_channels=first.in_channels, image_size=first.image_size,
-        eps_epochs=config.eps_epochs, eps_seed=config.eps_seeds[0])
+    base = (
+        TaskDictionary(base_path)
+        if (base_path / INDEX).exists()
+        else TaskDictionary.create(
+            base_path,
+            arch=config.arch,
+            head_width=width,
+            in_channels=first.in_channels,
+            image_size=first.image_size,
+            eps_epochs=config.eps_epochs,
+            eps_seed=config.eps_seeds[0],
+        )
+    )
     general = SearchSpace.general(width=config.width, depth=config.depth)
     for n in tasks:
         if n != config.target and n not in base:
-            add_baseline(base, datas[n], space=general, device=device, out_dir=out / "baselines",
-                         progress=progress, seed=0, **search)
+            add_baseline(
+                base,
+                datas[n],
+                space=general,
+                device=device,
+                out_dir=out / "baselines",
+                progress=progress,
+                seed=0,
+                **search,
+            )
     runs = []
     t0 = time.perf_counter()
     for e in config.eps_seeds:
-        d = base if e == config.eps_seeds[0] else _dictionary_for(out / f"dictionary_e{e}", base, base.family, e,
-                                                                    datas, device)
+        d = (
+            base
+            if e == config.eps_seeds[0]
+            else _dictionary_for(out / f"dictionary_e{e}", base, base.family, e, datas, device)
+        )
         for s in config.search_seeds:
-            rep = ta_nas(datas[config.target], d, compare=("random",), fisher_samples=config.fisher_samples,
-                         device=device, out_dir=out / "nas" / f"e{e}_s{s}", progress=progress, seed=s, **search)
+            rep = ta_nas(
+                datas[config.target],
+                d,
+                compare=("random",),
+                fisher_samples=config.fisher_samples,
+                device=device,
+                out_dir=out / "nas" / f"e{e}_s{s}",
+                progress=progress,
+                seed=s,
+                **search,
+            )
             rnd = rep.comparisons["random"]
-            runs.append({"eps_seed": e, "search_seed": s, "distances": rep.distances, "closest": rep.closest,
-                         "space": str(rep.space),
-                         "ta_nas": rep.result.test_accuracy, "random": rnd.test_accuracy,
-                         "budget": rep.result.cost["candidate_epochs"], "random_budget": rnd.cost["candidate_epochs"]})
-    res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
-           "runs": runs, "seconds": time.perf_counter() - t0,
-           "closest_by_eps_seed": {str(r["eps_seed"]): r["closest"] for r in runs},
-           "comparison": paired_comparison([r["ta_nas"] for r in runs], [r["random"] for r in runs])}
+            runs.append(
+                {
+                    "eps_seed": e,
+                    "search_seed": s,
+                    "distances": rep.distances,
+                    "closest": rep.closest,
+                    "space": str(rep.space),
+                    "ta_nas": rep.result.test_accuracy,
+                    "random": rnd.test_accuracy,
+                    "budget": rep.result.cost["candidate_epochs"],
+                    "random_budget": rnd.cost["candidate_epochs"],
+                }
+            )
+    res = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        "runs": runs,
+        "seconds": time.perf_counter() - t0,
+        "closest_by_eps_seed": {str(r["eps_seed"]): r["closest"] for r in runs},
+        "comparison": paired_comparison([r["ta_nas"] for r in runs], [r["random"] for r in runs]),
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "nas_comparison.json", json.dumps(res, indent=1) + "\n")
     return res
@@ -435,17 +565,25 @@ def nas_comparison(out, config: NasCompareConfig = NasCompareConfig(), *, device
 def nas_comparison_text(res: dict) -> str:
     """The comparison in a few lines of markdown: every pair, then mean ± interval, the tests and the verdict."""
     c, cfg = res["comparison"], res["config"]
-    lines = [f"TA-NAS vs random search for {cfg['target']} on {cfg['data']}: {len(res['runs'])} pairs "
-             f"(ε-seeds {cfg['eps_seeds']} × search seeds {cfg['search_seeds']}), equal candidate-epoch budgets.", "",
-             "| ε-seed | search seed | closest baseline | TA-NAS test acc | random test acc | difference |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"TA-NAS vs random search for {cfg['target']} on {cfg['data']}: {len(res['runs'])} pairs "
+        f"(ε-seeds {cfg['eps_seeds']} × search seeds {cfg['search_seeds']}), equal candidate-epoch budgets.",
+        "",
+        "| ε-seed | search seed | closest baseline | TA-NAS test acc | random test acc | difference |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["runs"]:
-        lines.append(f"| {r['eps_seed']} | {r['search_seed']} | {r['closest']} | {r['ta_nas']:.3f} | "
-                     f"{r['random']:.3f} | {r['ta_nas'] - r['random']:+.3f} |")
+        lines.append(
+            f"| {r['eps_seed']} | {r['search_seed']} | {r['closest']} | {r['ta_nas']:.3f} | "
+            f"{r['random']:.3f} | {r['ta_nas'] - r['random']:+.3f} |"
+        )
     lo, hi = c["interval"]
-    lines += ["", f"Mean difference (TA-NAS − random): {c['mean']:+.4f}, {100 * c['level']:g}% interval "
-              f"[{lo:+.4f}, {hi:+.4f}]; paired t = {c['t_test']['t']:.2f} (df {c['t_test']['df']}, p = "
-              f"{c['t_test']['p']:.3f}); Wilcoxon signed-rank p = {c['wilcoxon']['p']:.3f}; sign test "
-              f"{c['sign_test']['positive']}+/{c['sign_test']['negative']}− p = {c['sign_test']['p']:.3f}: "
-              f"**{c['verdict']}** at α = {c['alpha']}."]
+    lines += [
+        "",
+        f"Mean difference (TA-NAS − random): {c['mean']:+.4f}, {100 * c['level']:g}% interval "
+        f"[{lo:+.4f}, {hi:+.4f}]; paired t = {c['t_test']['t']:.2f} (df {c['t_test']['df']}, p = "
+        f"{c['t_test']['p']:.3f}); Wilcoxon signed-rank p = {c['wilcoxon']['p']:.3f}; sign test "
+        f"{c['sign_test']['positive']}+/{c['sign_test']['negative']}− p = {c['sign_test']['p']:.3f}: "
+        f"**{c['verdict']}** at α = {c['alpha']}.",
+    ]
     return "\n".join(lines)

@@ -5,6 +5,7 @@
 test data and F_bb that of N_b on the same data. Rows are sources, columns targets, as in the papers' figures.
 The figures are drawn by :mod:`fisherx.experiments.plots`.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,8 +105,9 @@ class TaskDistanceResult:
 
     def verdicts(self, arch: str | None = None, threshold: float = _trust.CLEAR_WINNER) -> dict:
         """Per target: "T3 is the closest to T2 in 97% of 300 draws", or "no clear winner for T2 (T3 60%, ...)"."""
-        return _trust.closest_verdicts(self.closest_probability(arch), self.task_names, len(self.draws(arch)),
-                                       threshold)
+        return _trust.closest_verdicts(
+            self.closest_probability(arch), self.task_names, len(self.draws(arch)), threshold
+        )
 
     def _arch(self, arch: str | None) -> str:
         if arch is None:
@@ -118,12 +120,14 @@ class TaskDistanceResult:
     def table(self, arch: str | None = None, digits: int = 3) -> str:
         """The mean ± std matrix as text, rows = source, columns = target; all architectures when arch is None."""
         blocks = []
-        for a in ([arch] if arch else self.archs):
+        for a in [arch] if arch else self.archs:
             mean, std = self.mean(a), self.std(a)
             acc = self.accuracies[a].mean(axis=0)
-            head = (f"{a}: {self.metric} {_metrics.kind(self.metric)}, mean ± std over "
-                    f"{len(self.seeds)} seed(s), rows = source, columns = target; head: {self.head_mode} "
-                    f"(width {self.head_width})")
+            head = (
+                f"{a}: {self.metric} {_metrics.kind(self.metric)}, mean ± std over "
+                f"{len(self.seeds)} seed(s), rows = source, columns = target; head: {self.head_mode} "
+                f"(width {self.head_width})"
+            )
             lines = [head] + self._grid(lambda i, j, m=mean, s=std: f"{m[i, j]:.{digits}f} ± {s[i, j]:.{digits}f}")
             lines.append("test accuracy: " + ", ".join(f"{n} {acc[i]:.3f}" for i, n in enumerate(self.task_names)))
             closest = self.closest(a)
@@ -151,8 +155,10 @@ class TaskDistanceResult:
             lines += self._grid(lambda i, j: f"[{seeds[i, j, 0]:.{digits}f}, {seeds[i, j, 1]:.{digits}f}]")
         if boot is not None:
             lo, hi = boot.mean(axis=0).transpose(2, 0, 1)
-            lines.append(f"{pct} bootstrap interval over the test samples ({self.replicates[a].shape[1]} replicates, "
-                         "basic), each seed's bounds averaged over the seeds:")
+            lines.append(
+                f"{pct} bootstrap interval over the test samples ({self.replicates[a].shape[1]} replicates, "
+                "basic), each seed's bounds averaged over the seeds:"
+            )
             lines += self._grid(lambda i, j: f"[{lo[i, j]:.{digits}f}, {hi[i, j]:.{digits}f}]")
         n = len(self.draws(a))
         what = "seeds × replicates" if boot is not None else "seeds"
@@ -166,15 +172,21 @@ class TaskDistanceResult:
     def to_dict(self) -> dict:
         """Everything as plain JSON-able data (per-seed matrices, means, stds, accuracies, configuration)."""
         return {
-            "format": FORMAT, "schema_version": SCHEMA_VERSION,
-            "task_names": list(self.task_names), "archs": list(self.archs), "seeds": list(self.seeds),
-            "metric": self.metric, "head_mode": self.head_mode, "head_width": self.head_width,
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "task_names": list(self.task_names),
+            "archs": list(self.archs),
+            "seeds": list(self.seeds),
+            "metric": self.metric,
+            "head_mode": self.head_mode,
+            "head_width": self.head_width,
             "distances": {a: self.distances[a].tolist() for a in self.archs},
             "mean": {a: self.mean(a).tolist() for a in self.archs},
             "std": {a: self.std(a).tolist() for a in self.archs},
             "accuracies": {a: _nan_none(self.accuracies[a]) for a in self.archs},
             "closest": {a: self.closest(a) for a in self.archs},
-            "config": self.config, "stats": self.stats,
+            "config": self.config,
+            "stats": self.stats,
             "level": self.level,
             "interval_seeds": {a: _tolist(self.interval_seeds(a)) for a in self.archs},
             "interval_bootstrap": {a: _tolist(self.interval_bootstrap(a)) for a in self.archs},
@@ -198,13 +210,21 @@ class TaskDistanceResult:
         text = s if s.lstrip().startswith("{") else Path(s).read_text(encoding="utf-8")
         d = json.loads(text)
         _check_schema(d, s if not s.lstrip().startswith("{") else "the JSON text")
-        return cls(d["task_names"], d["archs"], d["seeds"], d["metric"],
-                   {a: np.asarray(v, dtype=np.float64) for a, v in d["distances"].items()},
-                   {a: np.asarray(v, dtype=np.float64) for a, v in d["accuracies"].items()},
-                   d["head_mode"], d["head_width"], d.get("config", {}), d.get("stats", {}),
-                   {a: np.asarray(v, dtype=np.float64) for a, v in d.get("replicates", {}).items()},
-                   {a: np.asarray(v, dtype=np.float64) for a, v in d.get("concentration", {}).items()},
-                   d.get("level", _trust.LEVEL))
+        return cls(
+            d["task_names"],
+            d["archs"],
+            d["seeds"],
+            d["metric"],
+            {a: np.asarray(v, dtype=np.float64) for a, v in d["distances"].items()},
+            {a: np.asarray(v, dtype=np.float64) for a, v in d["accuracies"].items()},
+            d["head_mode"],
+            d["head_width"],
+            d.get("config", {}),
+            d.get("stats", {}),
+            {a: np.asarray(v, dtype=np.float64) for a, v in d.get("replicates", {}).items()},
+            {a: np.asarray(v, dtype=np.float64) for a, v in d.get("concentration", {}).items()},
+            d.get("level", _trust.LEVEL),
+        )
 
     def to_csv(self, path=None) -> str:
         """Long form, one row per (arch, seed, source, target): ``arch,seed,source,target,metric,value``. The
@@ -245,8 +265,9 @@ class TaskDistanceResult:
         dimensions are unfaithful."""
         return _plots.atlas(self, path, arch=arch, ax=ax, fallback=fallback)
 
-    def plot_intervals(self, path=None, *, arch: str | None = None, target: str | None = None, ax=None,
-                       digits: int = 2):
+    def plot_intervals(
+        self, path=None, *, arch: str | None = None, target: str | None = None, ax=None, digits: int = 2
+    ):
         """Per architecture and target: every source's mean with its interval and P(closest) above it (given
         ``ax``, the panel of ``arch`` and ``target``)."""
         return _plots.intervals(self, path, arch=arch, target=target, ax=ax, digits=digits)
@@ -260,8 +281,9 @@ def _check_schema(d: dict, where: str) -> None:
     if fmt != FORMAT:
         raise ValueError(f"{where}: format {fmt!r} is not a task-distance result ({FORMAT!r})")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ValueError(f"{where}: schema_version {version!r} is newer than this fisherx reads "
-                         f"({SCHEMA_VERSION}); upgrade fisherx")
+        raise ValueError(
+            f"{where}: schema_version {version!r} is newer than this fisherx reads ({SCHEMA_VERSION}); upgrade fisherx"
+        )
 
 
 def _nan_none(a: np.ndarray) -> list:
@@ -275,4 +297,3 @@ def _tolist(x):
 
 def _csv(s: str) -> str:
     return f'"{s}"' if ("," in s or '"' in s) else s
-

@@ -18,6 +18,7 @@ entries; a Fisher above :data:`CONCENTRATION_LIMIT` is flagged as collapsed), :f
 interval of d[a, a] over the full sample and every replicate must be {0} up to rounding), and the ε-accuracy gate
 of :func:`fisherx.task_distances`.
 """
+
 from __future__ import annotations
 
 import math
@@ -133,7 +134,7 @@ def t_quantile(p: float, df: int) -> float:
     if df == 1:
         return math.tan(math.pi * (p - 0.5))
     z = float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
-    t = z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    t = z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     for _ in range(50):
         f = (1 + _t_abs_cdf(t, df)) / 2 - p
@@ -171,8 +172,14 @@ def _bootstrap_seed(f, name: str):
     return boot.get("seed")
 
 
-def replicate_column(sources: Sequence, target, metric: str = "ftd", sigma2: float = DEFAULT_SIGMA2,
-                     names: Sequence[str] | None = None, target_name: str = "target") -> np.ndarray:
+def replicate_column(
+    sources: Sequence,
+    target,
+    metric: str = "ftd",
+    sigma2: float = DEFAULT_SIGMA2,
+    names: Sequence[str] | None = None,
+    target_name: str = "target",
+) -> np.ndarray:
     """(R, K) replicate distances d_r[k] = metric(sources[k]^r, target^r), one kernel launch per replicate.
 
     Every Fisher must carry R replicates drawn with the same ``bootstrap_seed`` on the same samples (so replicate
@@ -182,15 +189,20 @@ def replicate_column(sources: Sequence, target, metric: str = "ftd", sigma2: flo
     seed, r = _bootstrap_seed(target, target_name), target.n_replicates
     for s, n in zip(sources, names, strict=True):
         if _bootstrap_seed(s, n) != seed or s.n_replicates != r:
-            raise ValueError(f"{n} has {s.n_replicates} replicates with bootstrap seed {_bootstrap_seed(s, n)} but "
-                             f"{target_name} has {r} with seed {seed}: the replicates must be paired (same seed, "
-                             "same samples)")
+            raise ValueError(
+                f"{n} has {s.n_replicates} replicates with bootstrap seed {_bootstrap_seed(s, n)} but "
+                f"{target_name} has {r} with seed {seed}: the replicates must be paired (same seed, "
+                "same samples)"
+            )
     tgt = target.replicates_flat()
     src = torch.stack([s.replicates_flat() for s in sources], dim=1)  # (R, K, n)
     out = np.empty((r, len(sources)))
     for i in range(r):
-        out[i] = distance_column(src[i], tgt[i], metric=metric, sigma2=sigma2,
-                                 target_name=f"{target_name} replicate {i}").cpu().numpy()
+        out[i] = (
+            distance_column(src[i], tgt[i], metric=metric, sigma2=sigma2, target_name=f"{target_name} replicate {i}")
+            .cpu()
+            .numpy()
+        )
     return out
 
 
@@ -219,8 +231,7 @@ def closest_probability(draws, metric: str = "ftd") -> np.ndarray:
     return p
 
 
-def closest_verdicts(prob: np.ndarray, names: Sequence[str], n_draws: int,
-                     threshold: float = CLEAR_WINNER) -> dict:
+def closest_verdicts(prob: np.ndarray, names: Sequence[str], n_draws: int, threshold: float = CLEAR_WINNER) -> dict:
     """For every target, one sentence: "<source> is the closest to <target> in 97% of 300 draws", or
     "no clear winner for <target> (T3 60%, T1 40%)" when no source reaches ``threshold``."""
     if not 0.5 < threshold <= 1.0:
@@ -233,8 +244,9 @@ def closest_verdicts(prob: np.ndarray, names: Sequence[str], n_draws: int,
             out[tgt] = f"{names[best]} is the closest to {tgt} in {100 * col[best]:.0f}% of {n_draws} draws"
         else:
             order = [i for i in np.argsort(-col, kind="stable") if col[i] > 0][:3]
-            out[tgt] = f"no clear winner for {tgt} (" + ", ".join(f"{names[i]} {100 * col[i]:.0f}%"
-                                                                   for i in order) + ")"
+            out[tgt] = (
+                f"no clear winner for {tgt} (" + ", ".join(f"{names[i]} {100 * col[i]:.0f}%" for i in order) + ")"
+            )
     return out
 
 
@@ -260,16 +272,20 @@ def fisher_concentration(f, top: int | None = None) -> float:
     return float(torch.topk(flat, min(top, flat.numel())).values.sum()) / total
 
 
-def check_concentration(f, name: str, action: str = "warn", top: int | None = None,
-                        limit: float | None = None) -> float:
+def check_concentration(
+    f, name: str, action: str = "warn", top: int | None = None, limit: float | None = None
+) -> float:
     """Gate: flag a Fisher whose :func:`fisher_concentration` exceeds ``limit`` (default
     :data:`CONCENTRATION_LIMIT`, over the top :data:`CONCENTRATION_TOP` of entries); returns the statistic."""
     top = CONCENTRATION_TOP if top is None else top
     limit = CONCENTRATION_LIMIT if limit is None else limit
     c = fisher_concentration(f, top)
     if c > limit:
-        gate(action, f"{name}: {100 * c:.1f}% of the Fisher's trace sits in its {top} largest entries (limit "
-                     f"{100 * limit:g}%): a collapsed Fisher whose distances say little about the task")
+        gate(
+            action,
+            f"{name}: {100 * c:.1f}% of the Fisher's trace sits in its {top} largest entries (limit "
+            f"{100 * limit:g}%): a collapsed Fisher whose distances say little about the task",
+        )
     return c
 
 
@@ -282,5 +298,8 @@ def check_self_distance(values, metric: str, what: str, action: str = "warn") ->
     finite = bool(np.all(np.isfinite(v)))
     lo, hi = (float(v.min()), float(v.max())) if finite else (float("nan"), float("nan"))
     if not (finite and exact - SELF_DISTANCE_TOL <= lo and hi <= exact + SELF_DISTANCE_TOL):
-        gate(action, f"{what}: {metric}(F, F) ranges over [{lo:.3g}, {hi:.3g}] across the full sample and its "
-                     f"replicates; it must be {exact} up to rounding: a broken Fisher or kernel")
+        gate(
+            action,
+            f"{what}: {metric}(F, F) ranges over [{lo:.3g}, {hi:.3g}] across the full sample and its "
+            f"replicates; it must be {exact} up to rounding: a broken Fisher or kernel",
+        )

@@ -9,6 +9,7 @@ into a uniform and then a Poisson(1) count by its inverse CDF. So the weights do
 batch boundaries or the device, and two Fishers computed with the same seed on the same samples (F_ab and F_bb of
 one FTD, say) see the same resampled data set in every replicate: a paired bootstrap of the distance.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def poisson_weights(seed: int, start: int, n: int, replicates: int, *, dtype=torch.float64,
-                    device=None) -> torch.Tensor:
+def poisson_weights(
+    seed: int, start: int, n: int, replicates: int, *, dtype=torch.float64, device=None
+) -> torch.Tensor:
     """(replicates, n) Poisson(1) counts w[r, j] for the samples with global indices start..start+n−1.
 
     w[r, j] depends only on (seed, start + j, r). ``seed`` may be any int (it is reduced mod 2⁶⁴).

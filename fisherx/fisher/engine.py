@@ -23,13 +23,13 @@ computation but skips the parameter gradients (the weight GEMMs of an ordinary b
 its layer's output gradient G (row i = ∂ℓ_i/∂y_i, samples being independent) to the layer's rule, which adds
 Σ_i (∂ℓ_i/∂θ)² to the accumulator and drops A and G at once.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from .._progress import Progress
 from . import inputs as _inputs
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
-from .rules import RULES, Activations, batch_sum, fallback, find_rule, supports_weights
+from .rules import RULES, Activations, batch_sum, find_rule, supports_weights
 from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_external, warn_once
 
 LOSSES = ("cross_entropy", "mse")
@@ -63,7 +63,9 @@ def _per_sample_loss(loss, out: torch.Tensor, y, batch: int) -> torch.Tensor:
         return ce.reshape(batch, -1).sum(1)
     if loss == "mse":
         if out.shape != y.shape:
-            raise ValueError(f"loss='mse' needs targets shaped like the output {tuple(out.shape)}, got {tuple(y.shape)}")
+            raise ValueError(
+                f"loss='mse' needs targets shaped like the output {tuple(out.shape)}, got {tuple(y.shape)}"
+            )
         return 0.5 * (out - y).square().reshape(batch, -1).sum(1)
     val = loss(out, y)
     if not isinstance(val, torch.Tensor) or val.shape != (batch,):
@@ -95,10 +97,12 @@ def _batches(data) -> tuple[Iterable, int | None]:
         x, y = data
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"the input and target tensors have {x.shape[0]} and {y.shape[0]} samples")
-        return ((x[s:s + PAIR_BATCH], y[s:s + PAIR_BATCH]) for s in range(0, x.shape[0], PAIR_BATCH)), x.shape[0]
+        return ((x[s : s + PAIR_BATCH], y[s : s + PAIR_BATCH]) for s in range(0, x.shape[0], PAIR_BATCH)), x.shape[0]
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
-        raise TypeError("data must be a DataLoader, an iterable of (x, y) batches, or a pair (X, Y) of tensors; "
-                        f"got {type(data).__name__}")
+        raise TypeError(
+            "data must be a DataLoader, an iterable of (x, y) batches, or a pair (X, Y) of tensors; "
+            f"got {type(data).__name__}"
+        )
     total = None
     ds = getattr(data, "dataset", None)
     if ds is not None and hasattr(ds, "__len__"):
@@ -143,11 +147,28 @@ def _call(model: nn.Module, x):
 
 # Elementwise ops through which a parameter broadcast over the batch (h + pos_embed, x * scale) gets per-sample
 # gradients from a tap on its expansion; in-place ones only with the parameter as the second operand.
-_ELEMENTWISE = {torch.add, torch.sub, torch.mul, torch.Tensor.add, torch.Tensor.sub, torch.Tensor.mul,
-                torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__,
-                torch.Tensor.__mul__, torch.Tensor.__rmul__}
-_INPLACE = {torch.Tensor.__iadd__, torch.Tensor.__isub__, torch.Tensor.__imul__, torch.Tensor.add_,
-            torch.Tensor.sub_, torch.Tensor.mul_}
+_ELEMENTWISE = {
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.Tensor.add,
+    torch.Tensor.sub,
+    torch.Tensor.mul,
+    torch.Tensor.__add__,
+    torch.Tensor.__radd__,
+    torch.Tensor.__sub__,
+    torch.Tensor.__rsub__,
+    torch.Tensor.__mul__,
+    torch.Tensor.__rmul__,
+}
+_INPLACE = {
+    torch.Tensor.__iadd__,
+    torch.Tensor.__isub__,
+    torch.Tensor.__imul__,
+    torch.Tensor.add_,
+    torch.Tensor.sub_,
+    torch.Tensor.mul_,
+}
 
 
 def _broadcast_use(func, args, p: torch.Tensor, out, n: int) -> bool:
@@ -214,8 +235,12 @@ def _batch_dims(rule, mod: nn.Module, tensors: list) -> list[int]:
 
 # Layers that act on each position alone: given sequence-first tensors (T, B, ...) as inside a batch_first=False
 # Transformer, their rules get the batch moved to dim 0 (inputs and output gradients alike).
-POSITIONWISE: tuple[type, ...] = (nn.Linear, nn.LayerNorm, nn.Embedding,
-                                  *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+POSITIONWISE: tuple[type, ...] = (
+    nn.Linear,
+    nn.LayerNorm,
+    nn.Embedding,
+    *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []),
+)
 
 
 def _out_rows(out, mod: nn.Module, rule) -> tuple[list[int], list[int] | None]:
@@ -322,8 +347,9 @@ class _Plan:
         for name, p in selected.items():
             sites = rec.uses.get(name, [])
             first = sites[0][0] if len(sites) == 1 else None
-            own_rule = first is not None and _rule_param(first, _rule_of(rule_of, first), p, _holds(first, p)) \
-                is not None
+            own_rule = (
+                first is not None and _rule_param(first, _rule_of(rule_of, first), p, _holds(first, p)) is not None
+            )
             if bcast.get(name, False) and not own_rule:
                 # Used only broadcast over the batch (a position embedding added in a forward, a class token
                 # expanded), not by a layer with a rule: per-sample gradients from taps on the expanded parameter
@@ -399,19 +425,26 @@ def _plan_key(model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int
     registered rules, the selected names, the input's structure, per-sample shapes, dtypes and devices (plain Python
     values in it by value), and the training flags."""
     leaves, spec = tree_flatten(x)
-    sig = tuple((tuple(t.shape[1:]) if t.dim() and t.shape[0] == batch else ("whole", tuple(t.shape)), t.dtype,
-                 t.device) if isinstance(t, torch.Tensor)
-                else t if isinstance(t, (int, float, str, bool, type(None))) else type(t) for t in leaves)
+    sig = tuple(
+        (tuple(t.shape[1:]) if t.dim() and t.shape[0] == batch else ("whole", tuple(t.shape)), t.dtype, t.device)
+        if isinstance(t, torch.Tensor)
+        else t
+        if isinstance(t, (int, float, str, bool, type(None)))
+        else type(t)
+        for t in leaves
+    )
     # batch_first: the batch dims the attention/recurrent rules declare (and so the routes) follow it.
-    mods = tuple((n, id(m), type(m), m.__dict__.get("batch_first")) for n, m in model.named_modules(
-        remove_duplicate=False))
+    mods = tuple(
+        (n, id(m), type(m), m.__dict__.get("batch_first")) for n, m in model.named_modules(remove_duplicate=False)
+    )
     rules = tuple((t, id(r)) for t, r in RULES.items())  # a rule registered later changes the routes
     params = tuple((n, id(p)) for n, p in model.named_parameters(remove_duplicate=False))
     return mods, params, rules, tuple(selected), str(spec), sig, min(batch, _PROBE + 1), flags
 
 
-def _plan_for(model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int, flags: tuple,
-              fresh: bool = False) -> tuple[_Plan, bool]:
+def _plan_for(
+    model: nn.Module, selected: dict[str, torch.Tensor], x, batch: int, flags: tuple, fresh: bool = False
+) -> tuple[_Plan, bool]:
     """(plan, whether it came from the cache): the cached plan when nothing it depends on changed, else a new probe."""
     key = _plan_key(model, selected, x, batch, flags)
     hit = None if fresh else _PLANS.get(model)
@@ -509,8 +542,9 @@ def _layer_inputs(args: tuple, kwargs: dict) -> tuple[Activations, list]:
 
 
 class _Engine:
-    def __init__(self, model, plan: _Plan, acc: dict, params: dict[str, torch.Tensor], lead: tuple = (),
-                 output_fn=None):
+    def __init__(
+        self, model, plan: _Plan, acc: dict, params: dict[str, torch.Tensor], lead: tuple = (), output_fn=None
+    ):
         self.model, self.plan, self.acc, self.acc_param = model, plan, acc, params
         self.output_fn = output_fn  # selects the logits from the model's output (fisherx.fisher.inputs)
         self.lead = lead  # (1 + R,) with bootstrap replicates
@@ -543,8 +577,10 @@ class _Engine:
         # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
         outs, spec = ([out], None) if single else tree_flatten(out)
         if not single and not all(o is None or isinstance(o, (torch.Tensor, *_PLAIN)) for o in outs):
-            raise TypeError(f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
-                            "tensors or (nested) tuples of tensors, None and Python scalars can be captured")
+            raise TypeError(
+                f"fisher_diag: {type(mod).__name__} returns {type(out).__name__}; only modules returning "
+                "tensors or (nested) tuples of tensors, None and Python scalars can be captured"
+            )
         tensors = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
         pos = [i for i in tensors if outs[i].requires_grad]
         if not pos:
@@ -553,9 +589,11 @@ class _Engine:
         seq = mod in self.plan.seq_first
         dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(rule, mod, [outs[i] for i in tensors])))
         if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
-            raise RuntimeError(f"fisher_diag: {type(mod).__name__} returned shapes "
-                               f"{[tuple(outs[i].shape) for i in pos]} for a batch of {self.batch}; its outputs "
-                               f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)")
+            raise RuntimeError(
+                f"fisher_diag: {type(mod).__name__} returned shapes "
+                f"{[tuple(outs[i].shape) for i in pos]} for a batch of {self.batch}; its outputs "
+                f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)"
+            )
         acts, versions = _layer_inputs(args, kwargs)
         if seq:  # the rule sees batch-first views
             acts = Activations(_batch_first(tuple(acts), self.batch), _batch_first(acts.kwargs, self.batch))
@@ -567,8 +605,10 @@ class _Engine:
                 full[i] = g.transpose(0, 1) if seq else g
             for t, v in versions:
                 if t._version != v:
-                    raise RuntimeError(f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
-                                       "the layer ran; its per-sample gradients cannot be computed")
+                    raise RuntimeError(
+                        f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
+                        "the layer ran; its per-sample gradients cannot be computed"
+                    )
             self._on_backward(mod, call, acts, full[0] if single else tree_unflatten(full, spec))
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
@@ -604,15 +644,17 @@ class _Engine:
             elif supports_weights(rule):
                 res = rule(mod, acts, g, weights=self.weights)
             else:  # a user rule without bootstrap support: its parameters' replicates come from the fallback
-                res = fallback_rule(mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()},
-                                    weights=self.weights)
+                res = fallback_rule(
+                    mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()}, weights=self.weights
+                )
             own = getattr(rule, "__module__", "").startswith(__package__ + ".rules")  # a user rule may keep its result
             for local, full in names.items():
                 self._add(full, res[local], own)
         names = self.plan.fallback.get(mod)
         if names:
-            res = fallback_rule(mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()},
-                                weights=self.weights)
+            res = fallback_rule(
+                mod, acts, g, {rel: self.acc_param[full] for rel, full in names.items()}, weights=self.weights
+            )
             for rel, full in names.items():
                 self._add(full, res[rel])
         if any((mod, call) == (m, c) for sites in self.plan.tied.values() for m, c, _ in sites):
@@ -657,8 +699,10 @@ class _Engine:
         if any(getattr(rule_of.get(m), "factors", None) is None for m, *_ in uses):
             return False
         p = self.acc_param[full]
-        per_sample = sum((g.numel() + acts[0].numel() * math.prod(getattr(m, "kernel_size", (1,)))) // batch
-                         for m, _, acts, g in uses)
+        per_sample = sum(
+            (g.numel() + acts[0].numel() * math.prod(getattr(m, "kernel_size", (1,)))) // batch
+            for m, _, acts, g in uses
+        )
         step = max(1, chunk_size({full: p}) * p.numel() // max(1, per_sample))
         for s in range(0, batch, step):
             sl = slice(s, min(batch, s + step))
@@ -716,7 +760,8 @@ def _sparse_part(dense: list, sparse: list, weights: torch.Tensor | None) -> tor
     dense uses' per-sample gradient D at the same rows; None when the shapes do not match."""
     v, d = sparse[0][3], sparse[0][2].shape[1]
     if any(f[3] != v or f[2].shape[1] != d for f in sparse) or (
-            dense and (dense[0][1].shape[1] != 1 or dense[0][1].shape[3] != v or dense[0][2].shape[3] != d)):
+        dense and (dense[0][1].shape[1] != 1 or dense[0][1].shape[3] != v or dense[0][2].shape[3] != d)
+    ):
         return None
     key, inv = torch.unique(torch.cat([f[1] for f in sparse]), return_inverse=True)
     rows = torch.zeros(key.numel(), d, dtype=sparse[0][2].dtype, device=key.device)
@@ -795,22 +840,28 @@ def _select(model: nn.Module, params) -> dict[str, torch.Tensor]:
         chosen = list(params)
         unknown = [n for n in chosen if n not in named]
         if unknown:
-            raise ValueError(f"params names parameters the model does not have: {', '.join(unknown[:5])}"
-                             f"{' ...' if len(unknown) > 5 else ''}")
+            raise ValueError(
+                f"params names parameters the model does not have: {', '.join(unknown[:5])}"
+                f"{' ...' if len(unknown) > 5 else ''}"
+            )
         chosen = [n for n in named if n in set(chosen)]  # model order
     sel = {n: named[n] for n in chosen if named[n].requires_grad}
     if not sel:
-        raise ValueError("the model has no trainable parameters to compute a Fisher for"
-                         + ("" if params is None else " among those selected by params")
-                         + " (all have requires_grad=False or none exist)")
+        raise ValueError(
+            "the model has no trainable parameters to compute a Fisher for"
+            + ("" if params is None else " among those selected by params")
+            + " (all have requires_grad=False or none exist)"
+        )
     return sel
 
 
 def _model_device(model: nn.Module, device) -> torch.device:
     devs = {t.device for t in list(model.parameters()) + list(model.buffers())}
     if len(devs) > 1:
-        raise ValueError("the model's parameters and buffers are on several devices "
-                         f"({', '.join(sorted(str(d) for d in devs))}); fisher_diag needs them on one device")
+        raise ValueError(
+            "the model's parameters and buffers are on several devices "
+            f"({', '.join(sorted(str(d) for d in devs))}); fisher_diag needs them on one device"
+        )
     dev = devs.pop() if devs else torch.device("cpu")
     if device is not None and torch.device(device) != dev:
         want = torch.device(device)
@@ -834,11 +885,25 @@ def _check_norms(model: nn.Module) -> bool:
     return was_training
 
 
-def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy", kind: str = "empirical",
-                mc_samples: int = 1, max_samples: int | None = None, params=None, device=None,
-                progress: bool = True, bootstrap: int = 0, bootstrap_seed: int = 0,
-                distributed: bool | None = None, output_fn=None, label_key: str | None = None,
-                batch_fn: Callable | None = None, batch_size: int | None = None) -> FisherDiag:
+def fisher_diag(
+    model: nn.Module,
+    data,
+    *,
+    loss: str | Callable = "cross_entropy",
+    kind: str = "empirical",
+    mc_samples: int = 1,
+    max_samples: int | None = None,
+    params=None,
+    device=None,
+    progress: bool = True,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    distributed: bool | None = None,
+    output_fn=None,
+    label_key: str | None = None,
+    batch_fn: Callable | None = None,
+    batch_size: int | None = None,
+) -> FisherDiag:
     """Diagonal Fisher information F_j = (1/N) Σ_i (∂ℓ_i/∂θ_j)² of ``model`` over the N samples of ``data``.
 
     ℓ_i is the per-sample loss: ``"cross_entropy"`` (the label's negative log-likelihood, logits (B, C, ...)),
@@ -882,15 +947,24 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     if kind == "minibatch_authors":  # the FTD authors' code's estimator (fisherx.fisher.minibatch), batch 10
         from .minibatch import fisher_minibatch
 
-        return fisher_minibatch(model, data, loss=loss, max_samples=max_samples, params=params, device=device,
-                                bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+        return fisher_minibatch(
+            model,
+            data,
+            loss=loss,
+            max_samples=max_samples,
+            params=params,
+            device=device,
+            bootstrap=bootstrap,
+            bootstrap_seed=bootstrap_seed,
+        )
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} or 'minibatch_authors', got {kind!r}")
     if not callable(loss) and loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
     if kind == "mc" and callable(loss):
-        raise ValueError("kind='mc' needs a predictive distribution to draw labels from: use loss='cross_entropy' "
-                         "or 'mse'")
+        raise ValueError(
+            "kind='mc' needs a predictive distribution to draw labels from: use loss='cross_entropy' or 'mse'"
+        )
     if not isinstance(mc_samples, int) or mc_samples < 1:
         raise ValueError(f"mc_samples must be a positive int, got {mc_samples!r}")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -905,16 +979,24 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
     selected = _select(model, params)
     bad = sorted({str(p.dtype) for p in selected.values() if p.dtype not in (torch.float32, torch.float64)})
     if bad:
-        raise TypeError(f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
-                        "convert it with model.float() (the squared gradients would under/overflow in 16 bits)")
+        raise TypeError(
+            f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
+            "convert it with model.float() (the squared gradients would under/overflow in 16 bits)"
+        )
     dev = _model_device(model, device)
     if _check_norms(model):  # some BatchNorm in training mode (the model's own flag may say eval)
         import warnings
-        warnings.warn("fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
-                      "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
-                      "model.eval() to silence this.", RuntimeWarning, stacklevel=2)
-    data, hint = _inputs.prepare(data, label_key=label_key, batch_fn=batch_fn, batch_size=batch_size,
-                                 pair_batch=PAIR_BATCH)
+
+        warnings.warn(
+            "fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
+            "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
+            "model.eval() to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    data, hint = _inputs.prepare(
+        data, label_key=label_key, batch_fn=batch_fn, batch_size=batch_size, pair_batch=PAIR_BATCH
+    )
     batches, total = _batches(data)
     total = total if total is not None else hint
     if max_samples is not None:
@@ -955,8 +1037,7 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
                 w = poisson_weights(seed, n_seen, b, bootstrap)
                 dt = next(iter(selected.values())).dtype
                 engine.weights = torch.cat([torch.ones(1, b, dtype=torch.float64), w]).to(device=dev, dtype=dt)
-            engine = _run_checked(engine, model, selected, acc, lead, training, x, y, b, k, n_seen, loss, kind,
-                                  draws)
+            engine = _run_checked(engine, model, selected, acc, lead, training, x, y, b, k, n_seen, loss, kind, draws)
             if bootstrap:
                 wsum += w.sum(1) if used is None else (w * used.cpu()).sum(1)
             n_seen += b
@@ -994,13 +1075,16 @@ def fisher_diag(model: nn.Module, data, *, loss: str | Callable = "cross_entropy
         return FisherDiag({n: a.div_(n_used) for n, a in acc.items()}, n_used, meta)
     if bool((wsum == 0).any()):
         r = int((wsum == 0).nonzero()[0, 0])
-        raise ValueError(f"bootstrap replicate {r} drew weight 0 for all {n_used} samples (probability e^-N): too few "
-                         "samples for a bootstrap; pass more data or a different bootstrap_seed")
+        raise ValueError(
+            f"bootstrap replicate {r} drew weight 0 for all {n_used} samples (probability e^-N): too few "
+            "samples for a bootstrap; pass more data or a different bootstrap_seed"
+        )
     meta["bootstrap"] = {"replicates": bootstrap, "seed": bootstrap_seed, "weights": "poisson"}
     scale = (1.0 / wsum).to(device=dev)
     reps = {n: a[1:] * scale.reshape(-1, *[1] * (a.dim() - 1)).to(a.dtype) for n, a in acc.items()}
-    return FisherDiag({n: a[0].div_(n_used) for n, a in acc.items()}, n_used, meta, replicates=reps,
-                      replicate_weights=wsum)
+    return FisherDiag(
+        {n: a[0].div_(n_used) for n, a in acc.items()}, n_used, meta, replicates=reps, replicate_weights=wsum
+    )
 
 
 def _used_samples(loss, kind: str, y, b: int, k: int, start: int) -> torch.Tensor | None:
@@ -1012,8 +1096,10 @@ def _used_samples(loss, kind: str, y, b: int, k: int, start: int) -> torch.Tenso
         return None
     used = (y != ignore).reshape(b, -1).any(1)
     if not bool(used.any()):
-        raise ValueError(f"batch {k} (samples {start}..{start + b - 1}): every label is the ignore_index {ignore}, "
-                         "so no sample has a gradient; drop the batch or fix its labels")
+        raise ValueError(
+            f"batch {k} (samples {start}..{start + b - 1}): every label is the ignore_index {ignore}, "
+            "so no sample has a gradient; drop the batch or fix its labels"
+        )
     return None if bool(used.all()) else used
 
 
@@ -1021,8 +1107,10 @@ def _check_finite(acc: dict[str, torch.Tensor]) -> None:
     # Finite per-sample losses can still overflow in the squared gradients (float32 beyond ~1.8e19).
     for n, a in acc.items():
         if not bool(torch.isfinite(a).all()):
-            raise ValueError(f"the Fisher of parameter {n!r} is not finite (NaN or Inf): the squared per-sample "
-                             "gradients overflowed; compute it in float64 (model.double()) or rescale the model")
+            raise ValueError(
+                f"the Fisher of parameter {n!r} is not finite (NaN or Inf): the squared per-sample "
+                "gradients overflowed; compute it in float64 (model.double()) or rescale the model"
+            )
 
 
 def _to_eval(model: nn.Module) -> dict:
@@ -1046,8 +1134,9 @@ def _new_engine(model, selected: dict, acc: dict, lead: tuple, training: tuple, 
     return engine
 
 
-def _run_checked(engine: _Engine, model, selected, acc, lead, training, x, y, b, k, start, loss, kind,
-                 draws) -> _Engine:
+def _run_checked(
+    engine: _Engine, model, selected, acc, lead, training, x, y, b, k, start, loss, kind, draws
+) -> _Engine:
     """_run_batch; if a plan from the cache turns out stale on its first batch (a layer ran a different number of
     times: the forward depends on state the cache key cannot see), probe again and rerun the batch. Nothing was
     accumulated by then: the call-count check runs before the backward. Returns the engine in use."""
@@ -1091,14 +1180,18 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         finally:
             engine.capturing = False
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model returned {type(out).__name__}; fisher_diag needs a tensor output (wrap the "
-                            "model to select the logits)")
+            raise TypeError(
+                f"the model returned {type(out).__name__}; fisher_diag needs a tensor output (wrap the "
+                "model to select the logits)"
+            )
         if out.shape[0] != b:
             raise ValueError(f"the model's output has {out.shape[0]} rows for a batch of {b} samples")
         for mod, n in engine.calls.items():
             if plan.calls.get(mod, 0) != n:
-                raise _CallsChanged(f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
-                                   "times in the first batch; fisher_diag needs the same layer calls for every batch")
+                raise _CallsChanged(
+                    f"{type(mod).__name__} ran {n} times in batch {k} but {plan.calls.get(mod, 0)} "
+                    "times in the first batch; fisher_diag needs the same layer calls for every batch"
+                )
         engine.scale = 1.0 / draws
         for d in range(draws):
             yd = y if kind == "empirical" else _sample_labels(loss, out)
@@ -1106,8 +1199,10 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
             bad = ~torch.isfinite(losses.detach())
             if bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"the loss of batch {k} (samples {start}..{start + b - 1}) is not finite: sample "
-                                 f"{start + i} has loss {losses[i].item()}")
+                raise ValueError(
+                    f"the loss of batch {k} (samples {start}..{start + b - 1}) is not finite: sample "
+                    f"{start + i} has loss {losses[i].item()}"
+                )
             if (engine.handles or engine.taps is not None) and losses.requires_grad:
                 torch.autograd.grad(losses.sum(), [engine.anchor], allow_unused=True, retain_graph=d < draws - 1)
             engine.finish_tied(b)

@@ -15,6 +15,7 @@ estimator (which source is closest does not change under squaring).
 ``bootstrap=R`` resamples the mini-batches: F̃_r = Σ_m w_rm g_m² / Σ_m w_rm with w_rm ~ Poisson(1) a function of
 (``bootstrap_seed``, m, r), so two such Fishers on the same data and batches are resampled alike (paired).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,14 +38,16 @@ def _chunks(data, batch_size: int):
             raise ValueError(f"the input and target tensors have {x.shape[0]} and {y.shape[0]} samples")
         data = [(x, y)]
     elif isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
-        raise TypeError("data must be a DataLoader, an iterable of (x, y) batches, or a pair (X, Y) of tensors; "
-                        f"got {type(data).__name__}")
+        raise TypeError(
+            "data must be a DataLoader, an iterable of (x, y) batches, or a pair (X, Y) of tensors; "
+            f"got {type(data).__name__}"
+        )
     for k, batch in enumerate(data):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError(f"batch {k} is not an (x, y) pair (got {type(batch).__name__})")
         x, y = batch
         for s in range(0, x.shape[0], batch_size):
-            yield x[s:s + batch_size], y[s:s + batch_size]
+            yield x[s : s + batch_size], y[s : s + batch_size]
 
 
 def _mean_loss(loss, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,8 +55,9 @@ def _mean_loss(loss, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(out, y)
     if loss == "mse":
         if out.shape != y.shape:
-            raise ValueError(f"loss='mse' needs targets shaped like the output {tuple(out.shape)}, "
-                             f"got {tuple(y.shape)}")
+            raise ValueError(
+                f"loss='mse' needs targets shaped like the output {tuple(out.shape)}, got {tuple(y.shape)}"
+            )
         return 0.5 * (out - y).square().reshape(out.shape[0], -1).sum(1).mean()
     val = loss(out, y)
     if not isinstance(val, torch.Tensor) or val.shape != (out.shape[0],):
@@ -85,7 +89,7 @@ def _accumulate(model, batches, selected, loss, dev, acc, bootstrap, bootstrap_s
     n_seen = m = 0
     for x, y in batches:
         if max_samples is not None:
-            x, y = x[:max_samples - n_seen], y[:max_samples - n_seen]
+            x, y = x[: max_samples - n_seen], y[: max_samples - n_seen]
         if x.shape[0] == 0:
             break
         x, y = _move(x, dev), _move(y, dev)
@@ -106,9 +110,19 @@ def _accumulate(model, batches, selected, loss, dev, acc, bootstrap, bootstrap_s
     return n_seen, m, wsum
 
 
-def fisher_minibatch(model: nn.Module, data, *, loss: str | Callable = "cross_entropy",
-                     batch_size: int = AUTHORS_BATCH, first_axis_mean: bool = True, max_samples: int | None = None,
-                     params=None, device=None, bootstrap: int = 0, bootstrap_seed: int = 0) -> FisherDiag:
+def fisher_minibatch(
+    model: nn.Module,
+    data,
+    *,
+    loss: str | Callable = "cross_entropy",
+    batch_size: int = AUTHORS_BATCH,
+    first_axis_mean: bool = True,
+    max_samples: int | None = None,
+    params=None,
+    device=None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+) -> FisherDiag:
     """The authors' code's estimator F̃_j = (1/M) Σ_m (∂ L̄_m/∂θ_j)², L̄_m the mean loss of mini-batch m of
     ``batch_size`` samples, then (``first_axis_mean``) the mean over every parameter's first axis.
 
@@ -125,30 +139,45 @@ def fisher_minibatch(model: nn.Module, data, *, loss: str | Callable = "cross_en
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        n_seen, m, wsum = _accumulate(model, _chunks(data, batch_size), selected, loss, dev, acc, bootstrap,
-                                      bootstrap_seed, max_samples)
+        n_seen, m, wsum = _accumulate(
+            model, _chunks(data, batch_size), selected, loss, dev, acc, bootstrap, bootstrap_seed, max_samples
+        )
     finally:
         for mod, t in flags.items():
             mod.training = t
     if m == 0:
         raise ValueError("data is empty: fisher_minibatch saw no samples")
     if bootstrap and bool((wsum == 0).any()):
-        raise ValueError(f"a bootstrap replicate drew weight 0 for all {m} mini-batches: too few batches for a "
-                         "bootstrap; pass more data or a different bootstrap_seed")
+        raise ValueError(
+            f"a bootstrap replicate drew weight 0 for all {m} mini-batches: too few batches for a "
+            "bootstrap; pass more data or a different bootstrap_seed"
+        )
 
     def reduce(t: torch.Tensor) -> torch.Tensor:  # t: (1 + R, *shape); the first axis of the parameter is dim 1
         return t.mean(dim=1) if first_axis_mean and t.dim() > 1 else t
 
     scale = torch.cat([torch.full((1,), float(m), dtype=torch.float64), wsum])
-    out = {n: reduce(a / scale.to(device=a.device, dtype=a.dtype).reshape(-1, *[1] * (a.dim() - 1)))
-           for n, a in acc.items()}
-    meta = {"model": f"{type(model).__module__}.{type(model).__qualname__}",
-            "n_params": int(sum(p.numel() for p in selected.values())),
-            "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__),
-            "kind": KIND, "batch_size": batch_size, "n_batches": m, "first_axis_mean": bool(first_axis_mean),
-            "dtype": str(next(iter(selected.values())).dtype).replace("torch.", "")}
+    out = {
+        n: reduce(a / scale.to(device=a.device, dtype=a.dtype).reshape(-1, *[1] * (a.dim() - 1)))
+        for n, a in acc.items()
+    }
+    meta = {
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "n_params": int(sum(p.numel() for p in selected.values())),
+        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__),
+        "kind": KIND,
+        "batch_size": batch_size,
+        "n_batches": m,
+        "first_axis_mean": bool(first_axis_mean),
+        "dtype": str(next(iter(selected.values())).dtype).replace("torch.", ""),
+    }
     if not bootstrap:
         return FisherDiag({n: a[0] for n, a in out.items()}, n_seen, meta)
     meta["bootstrap"] = {"replicates": bootstrap, "seed": bootstrap_seed, "weights": "poisson", "over": "batches"}
-    return FisherDiag({n: a[0] for n, a in out.items()}, n_seen, meta, replicates={n: a[1:] for n, a in out.items()},
-                      replicate_weights=wsum)
+    return FisherDiag(
+        {n: a[0] for n, a in out.items()},
+        n_seen,
+        meta,
+        replicates={n: a[1:] for n, a in out.items()},
+        replicate_weights=wsum,
+    )

@@ -1,11 +1,11 @@
 """FisherDiag: the result of :func:`fisherx.fisher_diag`, a read-only mapping parameter name → Fisher diagonal."""
+
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Iterator
 
 import torch
 
@@ -29,9 +29,15 @@ class FisherDiag(Mapping):
     Σ_i w_ri. :meth:`replicate` gives replicate r as a FisherDiag, :meth:`replicates_flat` all of them as (R, n).
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], n_samples: int, meta: dict | None = None, *,
-                 replicates: Mapping[str, torch.Tensor] | None = None,
-                 replicate_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        n_samples: int,
+        meta: dict | None = None,
+        *,
+        replicates: Mapping[str, torch.Tensor] | None = None,
+        replicate_weights: torch.Tensor | None = None,
+    ):
         if not tensors:
             raise ValueError("a FisherDiag needs at least one parameter")
         if int(n_samples) <= 0:
@@ -66,8 +72,10 @@ class FisherDiag(Mapping):
 
     def __repr__(self) -> str:
         n = sum(t.numel() for t in self._t.values())
-        return (f"FisherDiag({len(self)} tensors, {n} entries, n_samples={self.n_samples}, "
-                f"kind={self.meta.get('kind')!r}, loss={self.meta.get('loss')!r})")
+        return (
+            f"FisherDiag({len(self)} tensors, {n} entries, n_samples={self.n_samples}, "
+            f"kind={self.meta.get('kind')!r}, loss={self.meta.get('loss')!r})"
+        )
 
     @property
     def tensors(self) -> Mapping[str, torch.Tensor]:
@@ -85,7 +93,7 @@ class FisherDiag(Mapping):
         """R, the number of bootstrap replicates (0 without bootstrap)."""
         return 0 if self._reps is None else int(self.replicate_weights.shape[0])
 
-    def replicate(self, r: int) -> "FisherDiag":
+    def replicate(self, r: int) -> FisherDiag:
         """Bootstrap replicate ``r`` as a FisherDiag (n_samples: the rounded weight total Σ_i w_ri)."""
         if not 0 <= r < self.n_replicates:
             raise IndexError(f"replicate {r} out of range: this Fisher has {self.n_replicates} replicates")
@@ -107,7 +115,7 @@ class FisherDiag(Mapping):
         """tr(F) = Σ_j F_j, accumulated in float64."""
         return float(sum(t.to(torch.float64).sum() for t in self._t.values()))
 
-    def normalized(self) -> "FisherDiag":
+    def normalized(self) -> FisherDiag:
         """F̂ = F / tr(F) (unit trace). A zero or non-finite trace is an error, not a NaN result."""
         tr = self.trace()
         if not math.isfinite(tr):
@@ -120,10 +128,15 @@ class FisherDiag(Mapping):
             if not bool(torch.isfinite(trs).all()) or bool((trs <= 0).any()):
                 raise ValueError("a bootstrap replicate of this Fisher has zero or non-finite trace")
             reps = {k: v / trs.to(v.device, v.dtype).reshape(-1, *[1] * (v.dim() - 1)) for k, v in self._reps.items()}
-        return FisherDiag({k: v / tr for k, v in self._t.items()}, self.n_samples, dict(self.meta, normalized=True),
-                          replicates=reps, replicate_weights=self.replicate_weights)
+        return FisherDiag(
+            {k: v / tr for k, v in self._t.items()},
+            self.n_samples,
+            dict(self.meta, normalized=True),
+            replicates=reps,
+            replicate_weights=self.replicate_weights,
+        )
 
-    def merge(self, other: "FisherDiag") -> "FisherDiag":
+    def merge(self, other: FisherDiag) -> FisherDiag:
         """Combine two partial results over disjoint samples: (n_a·F_a + n_b·F_b) / (n_a + n_b).
 
         Both must cover the same parameters with the same shapes (the mismatch is named otherwise); the metadata
@@ -134,39 +147,47 @@ class FisherDiag(Mapping):
         if self._reps is not None or other._reps is not None:
             # The bootstrap weights are keyed by sample index within each call, so two partial results reuse the
             # same weights for different samples: their replicates cannot be combined into a valid bootstrap.
-            raise ValueError("cannot merge Fishers with bootstrap replicates (their weights are keyed by sample "
-                             "index within each call); compute the bootstrap in one fisher_diag call")
+            raise ValueError(
+                "cannot merge Fishers with bootstrap replicates (their weights are keyed by sample "
+                "index within each call); compute the bootstrap in one fisher_diag call"
+            )
         from ..distance import check_same_layout
+
         check_same_layout(self, other, "self", "other")
         for key in ("loss", "kind"):
             if self.meta.get(key) != other.meta.get(key):
-                raise ValueError(f"cannot merge Fishers with different {key}: {self.meta.get(key)!r} vs "
-                                 f"{other.meta.get(key)!r}")
+                raise ValueError(
+                    f"cannot merge Fishers with different {key}: {self.meta.get(key)!r} vs {other.meta.get(key)!r}"
+                )
         na, nb = self.n_samples, other.n_samples
         n = na + nb
         merged = {k: (self._t[k] * na + other._t[k].to(self._t[k].device) * nb) / n for k in self._t}
         return FisherDiag(merged, n, dict(self.meta))
 
     # Tensor-container habits ------------------------------------------------------------------------------------
-    def _map(self, fn, meta: dict | None = None, keep_replicates: bool = True) -> "FisherDiag":
+    def _map(self, fn, meta: dict | None = None, keep_replicates: bool = True) -> FisherDiag:
         reps = {k: fn(v) for k, v in self._reps.items()} if keep_replicates and self._reps is not None else None
-        return FisherDiag({k: fn(v) for k, v in self._t.items()}, self.n_samples,
-                          dict(self.meta) if meta is None else meta, replicates=reps,
-                          replicate_weights=self.replicate_weights if reps is not None else None)
+        return FisherDiag(
+            {k: fn(v) for k, v in self._t.items()},
+            self.n_samples,
+            dict(self.meta) if meta is None else meta,
+            replicates=reps,
+            replicate_weights=self.replicate_weights if reps is not None else None,
+        )
 
-    def to(self, *args, **kwargs) -> "FisherDiag":
+    def to(self, *args, **kwargs) -> FisherDiag:
         """Every tensor (replicates included) moved/cast as ``Tensor.to(*args, **kwargs)`` would; same layout."""
         return self._map(lambda t: t.to(*args, **kwargs))
 
-    def cpu(self) -> "FisherDiag":
+    def cpu(self) -> FisherDiag:
         """The Fisher on the CPU."""
         return self.to("cpu")
 
-    def double(self) -> "FisherDiag":
+    def double(self) -> FisherDiag:
         """The Fisher in float64."""
         return self.to(torch.float64)
 
-    def float(self) -> "FisherDiag":
+    def float(self) -> FisherDiag:
         """The Fisher in float32."""
         return self.to(torch.float32)
 
@@ -183,30 +204,44 @@ class FisherDiag(Mapping):
     def state_dict(self) -> dict:
         """Everything this Fisher holds as plain tensors, numbers and dicts (``torch.save(..., weights_only=True)``
         and :func:`fisherx.io.save_tree` can store it): rebuild it with :meth:`from_state_dict`."""
-        return {"format": _FORMAT, "format_version": _FORMAT_VERSION if self._reps is None
-                else _FORMAT_VERSION_REPLICATES, "n_samples": self.n_samples, "meta": dict(self.meta),
-                "tensors": dict(self._t), "replicates": None if self._reps is None else dict(self._reps),
-                "replicate_weights": self.replicate_weights}
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION if self._reps is None else _FORMAT_VERSION_REPLICATES,
+            "n_samples": self.n_samples,
+            "meta": dict(self.meta),
+            "tensors": dict(self._t),
+            "replicates": None if self._reps is None else dict(self._reps),
+            "replicate_weights": self.replicate_weights,
+        }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping) -> "FisherDiag":
+    def from_state_dict(cls, state: Mapping) -> FisherDiag:
         """The FisherDiag of a :meth:`state_dict`; anything else is refused with what is wrong."""
         if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
             raise ValueError("not a FisherDiag state dict (it needs format='fisherx.FisherDiag')")
         missing = {"n_samples", "meta", "tensors"} - set(state)
         if missing:
             raise ValueError(f"FisherDiag state dict lacks {sorted(missing)}")
-        return cls(state["tensors"], state["n_samples"], state["meta"], replicates=state.get("replicates"),
-                   replicate_weights=state.get("replicate_weights"))
+        return cls(
+            state["tensors"],
+            state["n_samples"],
+            state["meta"],
+            replicates=state.get("replicates"),
+            replicate_weights=state.get("replicate_weights"),
+        )
 
     # Elementwise arithmetic: by scalars or by a FisherDiag of the same layout; the result keeps the layout and
     # self's n_samples and meta, and carries no bootstrap replicates (a sum of replicates is not a replicate).
-    def _binary(self, other, op, reflected: bool = False) -> "FisherDiag":
+    def _binary(self, other, op, reflected: bool = False) -> FisherDiag:
         if isinstance(other, FisherDiag):
             from ..distance import check_same_layout
+
             check_same_layout(self, other, "self", "other")
-            return FisherDiag({k: op(other._t[k], v) if reflected else op(v, other._t[k])
-                               for k, v in self._t.items()}, self.n_samples, dict(self.meta))
+            return FisherDiag(
+                {k: op(other._t[k], v) if reflected else op(v, other._t[k]) for k, v in self._t.items()},
+                self.n_samples,
+                dict(self.meta),
+            )
         if isinstance(other, torch.Tensor) and other.dim() == 0:
             other = other.item()
         if isinstance(other, bool) or not isinstance(other, (int, float)):
@@ -237,15 +272,20 @@ class FisherDiag(Mapping):
     def __rtruediv__(self, other):
         return self._binary(other, operator.truediv, reflected=True)
 
-    def __neg__(self) -> "FisherDiag":
+    def __neg__(self) -> FisherDiag:
         return self._map(torch.neg, keep_replicates=False)
 
     # Files ------------------------------------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write to ``path`` with :func:`fisherx.io.save_tensors`: a safetensors file (the parameters under their
         own names, replicates as ``replicates/<name>``), no pickle, atomic, SHA-256 over the whole file."""
-        meta = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "n_samples": self.n_samples,
-                "order": list(self._t), "meta": self.meta}
+        meta = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "n_samples": self.n_samples,
+            "order": list(self._t),
+            "meta": self.meta,
+        }
         tensors = {k: v.cpu() for k, v in self._t.items()}
         if self._reps is not None:
             meta["format_version"] = _FORMAT_VERSION_REPLICATES
@@ -254,15 +294,17 @@ class FisherDiag(Mapping):
         return fx_io.save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path, map_location=None) -> "FisherDiag":
+    def load(cls, path, map_location=None) -> FisherDiag:
         """Read a file written by :meth:`save`; a truncated or foreign file raises fisherx.io.FormatError."""
         tensors, meta = fx_io.load_tensors(path)
         if meta.get("format") != _FORMAT:
             raise fx_io.FormatError(f"{path}: not a FisherDiag file (format {meta.get('format')!r})")
         if meta.get("format_version", 0) > _FORMAT_VERSION_REPLICATES:
-            raise fx_io.FormatError(f"{path}: FisherDiag format version {meta['format_version']} is newer than "
-                                    f"this fisherx understands ({_FORMAT_VERSION_REPLICATES})")
-        reps = {k[len(_REP):]: tensors.pop(k) for k in list(tensors) if k.startswith(_REP)}
+            raise fx_io.FormatError(
+                f"{path}: FisherDiag format version {meta['format_version']} is newer than "
+                f"this fisherx understands ({_FORMAT_VERSION_REPLICATES})"
+            )
+        reps = {k[len(_REP) :]: tensors.pop(k) for k in list(tensors) if k.startswith(_REP)}
         wts = tensors.pop("replicate_weights", None)
         order = meta.get("order", list(tensors))
         if not isinstance(order, list) or not all(isinstance(k, str) for k in order):

@@ -13,14 +13,16 @@ architecture, the seed, the training and Fisher settings). Why this is safe to r
   likewise — never fatal;
 - changing what an entry holds means bumping :data:`FORMAT_VERSION`, which changes every key.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .files import FormatError, load_tree, save_tree
 
@@ -49,11 +51,11 @@ class Cache:
     ``stats`` counts hits, misses and stores per kind (e.g. ``stats["network.hit"]``).
     """
 
-    def __init__(self, root: Optional[str | Path]) -> None:
+    def __init__(self, root: str | Path | None) -> None:
         self.root = Path(root).expanduser() if root is not None else None
         self.stats: Counter = Counter()
 
-    def path(self, kind: str, config: dict) -> Optional[Path]:
+    def path(self, kind: str, config: dict) -> Path | None:
         """Where the entry of (kind, config) lives (whether or not it exists); None without a root."""
         if self.root is None:
             return None
@@ -62,7 +64,7 @@ class Cache:
         key = config_key(kind, config)
         return self.root / kind / key[:2] / f"{key}{SUFFIX}"
 
-    def load(self, kind: str, config: dict, check: Optional[Callable[[Any], Any]] = None) -> Optional[Any]:
+    def load(self, kind: str, config: dict, check: Callable[[Any], Any] | None = None) -> Any | None:
         """The stored value of (kind, config), or None (a miss) when there is no usable entry.
 
         An entry that fails verification (checksum, structure, its recorded kind/format/configuration, or the
@@ -81,8 +83,9 @@ class Cache:
         found = {k: meta.get(k) for k in expected}
         if canonical_json(found) != canonical_json(expected):
             what = [k for k in expected if canonical_json(found[k]) != canonical_json(expected[k])]
-            return self._unusable(kind, f"ignoring cache entry {p}: its {' and '.join(what)} differ from the ones "
-                                        "asked for")
+            return self._unusable(
+                kind, f"ignoring cache entry {p}: its {' and '.join(what)} differ from the ones asked for"
+            )
         if check is not None:
             try:
                 check(value)
@@ -97,7 +100,7 @@ class Cache:
         self.stats[f"{kind}.rejected"] += 1
         return None
 
-    def store(self, kind: str, config: dict, value: Any) -> Optional[Path]:
+    def store(self, kind: str, config: dict, value: Any) -> Path | None:
         """Write (kind, config) → value atomically; returns the entry's path (None without a root)."""
         p = self.path(kind, config)
         if p is None:
@@ -107,8 +110,9 @@ class Cache:
         self.stats[f"{kind}.store"] += 1
         return p
 
-    def get_or_compute(self, kind: str, config: dict, compute: Callable[[], Any],
-                       check: Optional[Callable[[Any], Any]] = None) -> Any:
+    def get_or_compute(
+        self, kind: str, config: dict, compute: Callable[[], Any], check: Callable[[Any], Any] | None = None
+    ) -> Any:
         """The cached value (verified as in :meth:`load`), or ``compute()`` stored and returned."""
         value = self.load(kind, config, check)
         if value is None:
@@ -116,7 +120,7 @@ class Cache:
             self.store(kind, config, value)
         return value
 
-    def entries(self, kind: Optional[str] = None) -> list[Path]:
+    def entries(self, kind: str | None = None) -> list[Path]:
         """The complete entries on disk (temporary files of interrupted writes are not entries)."""
         if self.root is None or not self.root.is_dir():
             return []

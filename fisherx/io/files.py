@@ -19,6 +19,7 @@ fsync'ed and renamed over the target, so a reader sees the old file or the new o
 ``kill -9``). Temporaries left by an interrupted write (``.NAME.XXXX.tmp``) are removed by the next write to the
 same folder once they are older than :data:`STALE_TMP_SECONDS`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +35,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -50,21 +51,41 @@ _HEAD_START = b'{"__metadata__":{"fisherx.sha256":"'
 _HASH_AT = _LEN.size + len(_HEAD_START)  # where the 64 hex digits sit in a format-2 file
 _ZERO_HASH = b"0" * 64
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # torch dtype ↔ safetensors dtype code ("C128" is fisherx's own: safetensors has no complex128).
 _CODES = {
-    torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
-    torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
-    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
-    torch.bool: "BOOL", torch.complex64: "C64", torch.complex128: "C128",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.uint16: "U16",
+    torch.uint32: "U32",
+    torch.uint64: "U64",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+    torch.complex128: "C128",
 }
 _FROM_CODE = {v: k for k, v in _CODES.items()}
 # format 1 spelled dtypes as torch does
 _V1_DTYPES = {
-    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
-    "uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
-    "bool": torch.bool, "complex64": torch.complex64, "complex128": torch.complex128,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+    "complex64": torch.complex64,
+    "complex128": torch.complex128,
 }
 
 
@@ -214,8 +235,7 @@ def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict | 
         a = _tensor_array(name, t)
         arrays[name] = (t.dtype, a)
     try:
-        meta_json = json.dumps(meta if meta is not None else {}, allow_nan=False, sort_keys=True,
-                               separators=(",", ":"))
+        meta_json = json.dumps(meta if meta is not None else {}, allow_nan=False, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"save_tensors: meta for {path} is not plain JSON ({exc})") from exc
     layout = sorted(arrays, key=lambda n: -arrays[n][0].itemsize)  # stable: ties keep the caller's order
@@ -223,8 +243,9 @@ def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict | 
     for n in layout:
         offsets[n] = (pos, pos + arrays[n][1].nbytes)
         pos += arrays[n][1].nbytes
-    head = {"__metadata__": {"fisherx.sha256": "0" * 64, "fisherx.format": str(FORMAT_VERSION),
-                             "fisherx.meta": meta_json}}
+    head = {
+        "__metadata__": {"fisherx.sha256": "0" * 64, "fisherx.format": str(FORMAT_VERSION), "fisherx.meta": meta_json}
+    }
     for n, (dtype, _) in arrays.items():  # the header keeps the caller's order; offsets follow the layout
         head[n] = {"dtype": _CODES[dtype], "shape": list(tensors[n].shape), "data_offsets": list(offsets[n])}
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -267,10 +288,14 @@ def load_tensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     if bytes(buf[:8]) == MAGIC:
         return _load_v1(path, buf)
     if bytes(buf[8:9]) == b"{":
-        raise FormatError(f"{path} is not a fisherx file: no fisherx checksum at the start of its header (a "
-                          "safetensors file from elsewhere, or a damaged one)")
-    raise FormatError(f"{path} is not a fisherx file (it starts neither with a fisherx safetensors header nor with "
-                      "the format-1 magic bytes)")
+        raise FormatError(
+            f"{path} is not a fisherx file: no fisherx checksum at the start of its header (a "
+            "safetensors file from elsewhere, or a damaged one)"
+        )
+    raise FormatError(
+        f"{path} is not a fisherx file (it starts neither with a fisherx safetensors header nor with "
+        "the format-1 magic bytes)"
+    )
 
 
 _CHUNK = 8 << 20
@@ -282,8 +307,8 @@ def _read_once(f: BinaryIO, path: Path) -> tuple[np.ndarray, str | None]:
     size = os.fstat(f.fileno()).st_size
     buf = np.empty(size, dtype=np.uint8)  # np.empty: no zero-fill of memory about to be overwritten
     mv = memoryview(buf)
-    got = f.readinto(mv[:_HASH_AT + 64]) if size else 0
-    if got < min(size, _HASH_AT + 64) or bytes(mv[_LEN.size:_HASH_AT]) != _HEAD_START:
+    got = f.readinto(mv[: _HASH_AT + 64]) if size else 0
+    if got < min(size, _HASH_AT + 64) or bytes(mv[_LEN.size : _HASH_AT]) != _HEAD_START:
         got += _read_into(f, mv[got:])
         if got != size:
             raise FormatError(f"{path} changed while it was read ({got} of {size} bytes)")
@@ -292,10 +317,10 @@ def _read_once(f: BinaryIO, path: Path) -> tuple[np.ndarray, str | None]:
     h.update(_ZERO_HASH)
     with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: the chunks are hashed in file order
         while got < size:
-            n = _read_into(f, mv[got:got + _CHUNK])
+            n = _read_into(f, mv[got : got + _CHUNK])
             if n == 0:
                 break
-            pool.submit(h.update, mv[got:got + n])
+            pool.submit(h.update, mv[got : got + n])
             got += n
     if got != size:
         raise FormatError(f"{path} changed while it was read ({got} of {size} bytes)")
@@ -315,20 +340,22 @@ def _read_into(f: BinaryIO, view: memoryview) -> int:
 def _load_v2(path: Path, buf: np.ndarray, digest: str) -> tuple[dict[str, torch.Tensor], dict]:
     mv = memoryview(buf)
     (head_len,) = _LEN.unpack_from(mv)
-    recorded = bytes(mv[_HASH_AT:_HASH_AT + 64])
+    recorded = bytes(mv[_HASH_AT : _HASH_AT + 64])
     if digest.encode("ascii") != recorded:
         raise FormatError(f"{path} is corrupted or truncated (SHA-256 mismatch over the whole file)")
     # The checksum matched, so what follows only refuses files crafted with a valid checksum.
     if head_len > min(MAX_HEADER_BYTES, len(buf) - _LEN.size):
         raise FormatError(f"{path}: header length {head_len} runs past the end of the file ({len(buf)} bytes)")
     start = _LEN.size + head_len
-    header = parse_json(mv[_LEN.size:start], f"{path} header")
+    header = parse_json(mv[_LEN.size : start], f"{path} header")
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
         raise FormatError(f"{path}: the header is not a safetensors header with __metadata__")
     md = header.pop("__metadata__")
     if md.get("fisherx.format") != str(FORMAT_VERSION):
-        raise FormatError(f"{path} has fisherx format {md.get('fisherx.format')!r}; this fisherx reads "
-                          f"{FORMAT_VERSION} (and format 1)")
+        raise FormatError(
+            f"{path} has fisherx format {md.get('fisherx.format')!r}; this fisherx reads "
+            f"{FORMAT_VERSION} (and format 1)"
+        )
     if not isinstance(md.get("fisherx.meta"), str):
         raise FormatError(f"{path}: __metadata__ lacks fisherx.meta")
     meta = parse_json(md["fisherx.meta"], f"{path} metadata")
@@ -356,8 +383,9 @@ def _dtype_of(path: Path, name: str, code: Any, table: dict) -> torch.dtype:
     return dtype
 
 
-def _build(path: Path, data: memoryview, specs: dict, contiguous_in_offset_order: bool,
-           table: dict | None = None) -> dict[str, torch.Tensor]:
+def _build(
+    path: Path, data: memoryview, specs: dict, contiguous_in_offset_order: bool, table: dict | None = None
+) -> dict[str, torch.Tensor]:
     """Tensors from (dtype code, shape, offset, nbytes) specs, checked against the data: sizes must match the
     shapes, and the tensors must tile the data exactly (no gaps, no overlaps, nothing left over)."""
     table = table or _FROM_CODE
@@ -368,17 +396,22 @@ def _build(path: Path, data: memoryview, specs: dict, contiguous_in_offset_order
             raise FormatError(f"{path}: tensor {name!r} has malformed shape {shape!r:.200}")
         need = math.prod(shape) * dtype.itemsize
         if need != nbytes:
-            raise FormatError(f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} needs {need} bytes, but "
-                              f"its offsets span {nbytes}")
+            raise FormatError(
+                f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} needs {need} bytes, but "
+                f"its offsets span {nbytes}"
+            )
         plan.append((off, nbytes, name, dtype, shape))
     for off, nbytes, name, _, _ in sorted(plan, key=lambda p: (p[0], p[1])) if contiguous_in_offset_order else plan:
         if off != pos:
-            raise FormatError(f"{path}: tensor {name!r} starts at data byte {off}, expected {pos} (the tensors must "
-                              "tile the data without gaps or overlaps)")
+            raise FormatError(
+                f"{path}: tensor {name!r} starts at data byte {off}, expected {pos} (the tensors must "
+                "tile the data without gaps or overlaps)"
+            )
         pos += nbytes
     if pos != len(data):
-        raise FormatError(f"{path} is truncated or has trailing bytes: the tensors span {pos} data bytes, the file "
-                          f"has {len(data)}")
+        raise FormatError(
+            f"{path} is truncated or has trailing bytes: the tensors span {pos} data bytes, the file has {len(data)}"
+        )
     for off, nbytes, name, dtype, shape in plan:
         if nbytes == 0:
             out[name] = torch.empty(shape, dtype=dtype)
@@ -399,19 +432,21 @@ def _load_v1(path: Path, buf: np.ndarray) -> tuple[dict[str, torch.Tensor], dict
         raise FormatError(f"{path} is truncated (shorter than the format-1 prefix)")
     _, version, head_len = _PREFIX.unpack_from(buf)
     if version != 1:
-        raise FormatError(f"{path} has fisherx format version {version}; this fisherx reads versions 1 and "
-                          f"{FORMAT_VERSION}")
+        raise FormatError(
+            f"{path} has fisherx format version {version}; this fisherx reads versions 1 and {FORMAT_VERSION}"
+        )
     if head_len > len(buf) - _PREFIX.size:
         raise FormatError(f"{path} is truncated (header runs past the end of the file)")
     mv = memoryview(buf)
-    header = parse_json(mv[_PREFIX.size:_PREFIX.size + head_len], f"{path} header")
+    header = parse_json(mv[_PREFIX.size : _PREFIX.size + head_len], f"{path} header")
     keys = {"tensors", "meta", "data_nbytes", "data_sha256"}
     if not isinstance(header, dict) or set(header) != keys:
         raise FormatError(f"{path}: the format-1 header must have exactly the keys {sorted(keys)}")
-    data = mv[_PREFIX.size + head_len:]
+    data = mv[_PREFIX.size + head_len :]
     if len(data) != header["data_nbytes"]:
-        raise FormatError(f"{path} is truncated or has trailing bytes: {len(data)} data bytes, expected "
-                          f"{header['data_nbytes']!r:.40}")
+        raise FormatError(
+            f"{path} is truncated or has trailing bytes: {len(data)} data bytes, expected {header['data_nbytes']!r:.40}"
+        )
     if hashlib.sha256(data).hexdigest() != header["data_sha256"]:
         raise FormatError(f"{path} is corrupted (checksum mismatch)")
     if not isinstance(header["meta"], dict) or not isinstance(header["tensors"], list):

@@ -3,6 +3,7 @@ a dependency): VGG-16, ResNet-18 and DenseNet-121 adapted to small inputs and an
 
 Every network is a :class:`Classifier`: a ``features`` trunk and a final ``classifier`` linear head.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -43,6 +44,24 @@ def build(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.
     return makers[arch](in_channels, num_classes, image_size)
 
 
-__all__ = ["ARCHS", "PIXEL_ARCHS", "Autoencoder", "Classifier", "autoencoder", "EpsilonWarning", "TrainResult",
-           "build", "cnn", "default_device", "densenet121",
-           "evaluate", "evaluate_loss", "mlp", "per_sample_losses", "resnet18", "seeded", "train", "vgg16"]
+__all__ = [
+    "ARCHS",
+    "PIXEL_ARCHS",
+    "Autoencoder",
+    "Classifier",
+    "autoencoder",
+    "EpsilonWarning",
+    "TrainResult",
+    "build",
+    "cnn",
+    "default_device",
+    "densenet121",
+    "evaluate",
+    "evaluate_loss",
+    "mlp",
+    "per_sample_losses",
+    "resnet18",
+    "seeded",
+    "train",
+    "vgg16",
+]

@@ -1,5 +1,6 @@
 """What every ε-approximation network shares: a ``features`` trunk and a final linear ``classifier`` head, so that
 the head can be refitted on another task (docs/tasks.md, head modes) and every architecture reads the same."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """DenseNet-121 (growth 32, blocks 6-12-24-16, bottleneck 4, compression 0.5) in the CIFAR form: a 3×3 stem with
 2×growth channels and no max-pool. Transitions average-pool only while the map is at least 2×2."""
+
 from __future__ import annotations
 
 import torch
@@ -14,16 +15,26 @@ class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int, bn_size: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, bn_size * growth, 1, bias=False),
-            nn.BatchNorm2d(bn_size * growth), nn.ReLU(inplace=True),
-            nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False))
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, bn_size * growth, 1, bias=False),
+            nn.BatchNorm2d(bn_size * growth),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.body(x)], 1)
 
 
-def densenet121(in_channels: int, num_classes: int, image_size: int, growth: int = 32,
-                blocks: tuple[int, ...] = (6, 12, 24, 16), bn_size: int = 4) -> Classifier:
+def densenet121(
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    growth: int = 32,
+    blocks: tuple[int, ...] = (6, 12, 24, 16),
+    bn_size: int = 4,
+) -> Classifier:
     """DenseNet-121 for ``in_channels``×``image_size``×``image_size`` inputs."""
     c = 2 * growth
     layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False)]

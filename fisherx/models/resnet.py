@@ -1,5 +1,6 @@
 """ResNet-18 in the CIFAR form: a 3×3 stem without max-pool, four stages of two basic blocks (64–512 channels),
 global average pooling, one linear layer. Stages down-sample only while the map is at least 2×2."""
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,11 @@ class BasicBlock(nn.Module):
 
 def resnet18(in_channels: int, num_classes: int, image_size: int) -> Classifier:
     """ResNet-18 for ``in_channels``×``image_size``×``image_size`` inputs."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-                               nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+    ]
     c, size = 64, image_size
     for i, width in enumerate((64, 128, 256, 512)):
         stride = 1

@@ -1,5 +1,6 @@
 """Small networks for quick runs: a two-layer CNN and an MLP (784-256-128-10 on MNIST, as in the papers'
 reference run)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -8,14 +8,15 @@ Other per-sample losses (``loss="mse"``: ½‖f(x) − y‖², or a callable) tr
 there accuracy means nothing, so the best epoch is the one with the lowest validation loss and the result records
 the test loss (mean per-sample loss) instead of an accuracy.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def default_device(device=None) -> torch.device:
     return torch.device(device)
 
 
-Loss = Union[str, Callable]
+Loss = str | Callable
 
 
 @dataclass
@@ -57,16 +58,16 @@ class TrainResult:
     """
 
     model: nn.Module
-    test_accuracy: Optional[float]
-    val_accuracy: Optional[float]
+    test_accuracy: float | None
+    val_accuracy: float | None
     best_epoch: int
     epochs: int
     seconds: float
-    epsilon: Optional[float]
+    epsilon: float | None
     history: list = field(default_factory=list)
     loss: str = "cross_entropy"
-    test_loss: Optional[float] = None
-    val_loss: Optional[float] = None
+    test_loss: float | None = None
+    val_loss: float | None = None
 
     @property
     def classification(self) -> bool:
@@ -80,10 +81,19 @@ class TrainResult:
 
     def summary(self) -> dict:
         """Everything but the model, as plain JSON-able data."""
-        return {"test_accuracy": self.test_accuracy, "val_accuracy": self.val_accuracy, "best_epoch": self.best_epoch,
-                "epochs": self.epochs, "seconds": self.seconds, "epsilon": self.epsilon,
-                "meets_epsilon": self.meets_epsilon, "history": self.history, "loss": self.loss,
-                "test_loss": self.test_loss, "val_loss": self.val_loss}
+        return {
+            "test_accuracy": self.test_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            "epsilon": self.epsilon,
+            "meets_epsilon": self.meets_epsilon,
+            "history": self.history,
+            "loss": self.loss,
+            "test_loss": self.test_loss,
+            "val_loss": self.val_loss,
+        }
 
 
 def loss_name(loss: Loss) -> str:
@@ -93,13 +103,15 @@ def loss_name(loss: Loss) -> str:
 
 def _check_loss(loss: Loss) -> None:
     if not callable(loss) and loss not in ("cross_entropy", "mse"):
-        raise ValueError(f"train: loss must be 'cross_entropy', 'mse' or a callable (out, y) -> per-sample losses, "
-                         f"got {loss!r}")
+        raise ValueError(
+            f"train: loss must be 'cross_entropy', 'mse' or a callable (out, y) -> per-sample losses, got {loss!r}"
+        )
 
 
 @torch.no_grad()
-def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = "mse",
-                      batch_size: int = 512) -> torch.Tensor:
+def per_sample_losses(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = "mse", batch_size: int = 512
+) -> torch.Tensor:
     """(N,) float64 per-sample losses ℓ_i of ``model`` (in eval mode) on ``(x, y)``: ½‖f(x_i) − y_i‖² for "mse",
     the label's cross-entropy for "cross_entropy", or ``loss(out, y)`` for a callable (one value per sample)."""
     from ..fisher.engine import _per_sample_loss  # the Fisher's own definition of ℓ_i, so training and F agree
@@ -112,14 +124,15 @@ def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: 
     model.eval()
     parts = []
     for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         parts.append(_per_sample_loss(loss, model(xb), yb, xb.shape[0]).detach().double().cpu())
     model.train(was_training)
     return torch.cat(parts)
 
 
-def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = "mse",
-                  batch_size: int = 512) -> float:
+def evaluate_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = "mse", batch_size: int = 512
+) -> float:
     """Mean per-sample loss (1/N) Σ_i ℓ_i of ``model`` on ``(x, y)`` (see :func:`per_sample_losses`)."""
     return float(per_sample_losses(model, x, y, loss, batch_size).mean())
 
@@ -134,16 +147,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     correct = 0
     for i in range(0, x.shape[0], batch_size):
-        out = model(x[i:i + batch_size].to(device))
-        correct += int((out.argmax(1).cpu() == y[i:i + batch_size]).sum())
+        out = model(x[i : i + batch_size].to(device))
+        correct += int((out.argmax(1).cpu() == y[i : i + batch_size]).sum())
     model.train(was_training)
     return correct / x.shape[0]
 
 
-def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int,
-          device=None, progress: bool = True, epsilon: Optional[float] = 0.1,
-          trainable: Optional[Iterable[nn.Parameter]] = None, checkpoint=None,
-          loss: Loss = "cross_entropy") -> TrainResult:
+def train(
+    model: nn.Module,
+    task_data,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int,
+    device=None,
+    progress: bool = True,
+    epsilon: float | None = 0.1,
+    trainable: Iterable[nn.Parameter] | None = None,
+    checkpoint=None,
+    loss: Loss = "cross_entropy",
+) -> TrainResult:
     """Train ``model`` on ``task_data.train`` with Adam(lr) and cross-entropy for ``epochs`` epochs.
 
     ``loss``: "cross_entropy" (classification, scored by accuracy), "mse" (minimises the batch mean of
@@ -178,8 +202,10 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
         raise ValueError(f"train: task {getattr(task_data.task, 'name', '?')!r} has no training samples")
     out_features = getattr(getattr(model, "classifier", None), "out_features", None)
     if classify and out_features is not None and out_features < task_data.num_classes:
-        raise ValueError(f"train: the model has {out_features} outputs but task {task_data.task.name!r} has "
-                         f"{task_data.num_classes} labels")
+        raise ValueError(
+            f"train: the model has {out_features} outputs but task {task_data.task.name!r} has "
+            f"{task_data.num_classes} labels"
+        )
     params = list(trainable) if trainable is not None else [p for p in model.parameters() if p.requires_grad]
     frozen = []
     if trainable is not None:
@@ -212,7 +238,7 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                 order = torch.randperm(n, generator=gen)
                 total, count = 0.0, 0
                 for i in range(0, n, batch_size):
-                    idx = order[i:i + batch_size]
+                    idx = order[i : i + batch_size]
                     if trainable is None and idx.numel() == 1 and n > 1:
                         continue  # BatchNorm cannot train on a batch of one sample
                     xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
@@ -230,8 +256,9 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
                         best_state = copy.deepcopy(model.state_dict())
                 history.append(rec)
                 if checkpoint:
-                    _save_checkpoint(checkpoint, identity, epoch, model, opt, gen, device, best_acc, best_epoch,
-                                     best_state, history)
+                    _save_checkpoint(
+                        checkpoint, identity, epoch, model, opt, gen, device, best_acc, best_epoch, best_state, history
+                    )
                 bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
     finally:
         for p in frozen:
@@ -239,12 +266,26 @@ def train(model: nn.Module, task_data, *, epochs: int, batch_size: int = 128, lr
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    result = _result(model, task_data, loss, best_acc if best_state is not None else None, best_epoch, epochs,
-                     time.perf_counter() - start, epsilon, history, device)
+    result = _result(
+        model,
+        task_data,
+        loss,
+        best_acc if best_state is not None else None,
+        best_epoch,
+        epochs,
+        time.perf_counter() - start,
+        epsilon,
+        history,
+        device,
+    )
     if not result.meets_epsilon:
-        warnings.warn(f"the {type(model).__name__} trained on task {task_data.task.name!r} reached test accuracy "
-                      f"{result.test_accuracy:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; "
-                      "train it longer or pick a larger architecture", EpsilonWarning, stacklevel=2)
+        warnings.warn(
+            f"the {type(model).__name__} trained on task {task_data.task.name!r} reached test accuracy "
+            f"{result.test_accuracy:.4f} < 1 − ε = {1 - epsilon:.4f}: it is not an ε-approximation network; "
+            "train it longer or pick a larger architecture",
+            EpsilonWarning,
+            stacklevel=2,
+        )
     return result
 
 
@@ -262,8 +303,19 @@ def _result(model, task_data, loss, best, best_epoch, epochs, seconds, epsilon, 
         test_acc = evaluate(model, *task_data.test, device=device)
         return TrainResult(model, test_acc, best, best_epoch, epochs, seconds, epsilon, history)
     test_loss = evaluate_loss(model, *task_data.test, loss)
-    return TrainResult(model, None, None, best_epoch, epochs, seconds, None, history, loss_name(loss), test_loss,
-                       None if best is None else -best)
+    return TrainResult(
+        model,
+        None,
+        None,
+        best_epoch,
+        epochs,
+        seconds,
+        None,
+        history,
+        loss_name(loss),
+        test_loss,
+        None if best is None else -best,
+    )
 
 
 def _mean_loss(loss: Loss):
@@ -281,15 +333,22 @@ _CHECKPOINT = "fisherx.train-checkpoint"
 def _identity(model, task_data, seed, batch_size, lr, frozen, loss="cross_entropy") -> dict:
     # What must match for a checkpoint to continue this training (epochs may grow: no schedule depends on them).
     data = task_data.fingerprint() if hasattr(task_data, "fingerprint") else None
-    ident = {"format": _CHECKPOINT, "version": 1, "seed": seed, "batch_size": batch_size, "lr": lr,
-             "frozen_features": frozen, "data": data,
-             "params": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+    ident = {
+        "format": _CHECKPOINT,
+        "version": 1,
+        "seed": seed,
+        "batch_size": batch_size,
+        "lr": lr,
+        "frozen_features": frozen,
+        "data": data,
+        "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
+    }
     if loss != "cross_entropy":  # cross-entropy checkpoints keep the identity they always had
         ident["loss"] = loss_name(loss)
     return ident
 
 
-def _load_checkpoint(path, identity: dict) -> Optional[dict]:
+def _load_checkpoint(path, identity: dict) -> dict | None:
     from ..io import FormatError, load_tree
 
     try:
@@ -297,12 +356,14 @@ def _load_checkpoint(path, identity: dict) -> Optional[dict]:
     except FileNotFoundError:
         return None
     except (FormatError, OSError) as exc:
-        warnings.warn(f"ignoring unreadable training checkpoint {path} ({exc}); training from the start",
-                      stacklevel=3)
+        warnings.warn(f"ignoring unreadable training checkpoint {path} ({exc}); training from the start", stacklevel=3)
         return None
     if not isinstance(state, dict) or state.get("identity") != identity:
-        warnings.warn(f"ignoring training checkpoint {path}: it belongs to another training (seed, batch size, "
-                      "lr, data or parameters differ); training from the start", stacklevel=3)
+        warnings.warn(
+            f"ignoring training checkpoint {path}: it belongs to another training (seed, batch size, "
+            "lr, data or parameters differ); training from the start",
+            stacklevel=3,
+        )
         return None
     return state
 
@@ -313,11 +374,22 @@ def _save_checkpoint(path, identity, epoch, model, opt, gen, device, best_acc, b
     def cpu(sd):
         return None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}
 
-    save_tree(path, {"identity": identity, "epoch": epoch, "model": cpu(model.state_dict()),
-                     "optimizer": opt.state_dict(), "generator": gen.get_state(), "rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                     "best_acc": best_acc, "best_epoch": best_epoch, "best_state": cpu(best_state),
-                     "history": history})
+    save_tree(
+        path,
+        {
+            "identity": identity,
+            "epoch": epoch,
+            "model": cpu(model.state_dict()),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "best_acc": best_acc,
+            "best_epoch": best_epoch,
+            "best_state": cpu(best_state),
+            "history": history,
+        },
+    )
 
 
 def _progress(it, enabled: bool | None, desc: str) -> Progress:

@@ -1,5 +1,6 @@
 """VGG-16 (configuration D) with batch normalisation, CIFAR-style: 3×3 convolutions, global average pooling and
 one linear layer, as commonly used for 32×32 inputs. Max-pools that would shrink the map below 1×1 are left out."""
+
 from __future__ import annotations
 
 from torch import nn

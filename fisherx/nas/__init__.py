@@ -7,6 +7,7 @@
 - :mod:`~fisherx.nas.formats`: DARTS and NAS-Bench-201 converters; :mod:`~fisherx.nas.determinism`: seeding and
   deterministic kernels; :mod:`~fisherx.nas.cost`: per-stage cost accounting.
 """
+
 from __future__ import annotations
 
 from .determinism import NondeterminismWarning, reproducible
@@ -19,7 +20,30 @@ from .random_search import random_search
 from .space import SearchSpace, SearchSpaceError
 from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
 
-__all__ = ["ConversionError", "DictionaryEntry", "FuseResult", "FuseRound", "Genotype", "GenotypeError", "Network",
-           "NondeterminismWarning", "OP_NAMES", "SearchSpace", "SearchSpaceError", "TaNasResult", "TaskDictionary",
-           "add_baseline", "from_darts", "from_nb201", "fuse", "make_op", "random_search", "reproducible", "ta_nas",
-           "to_darts", "to_darts_text", "to_nb201", "train_eps_network"]
+__all__ = [
+    "ConversionError",
+    "DictionaryEntry",
+    "FuseResult",
+    "FuseRound",
+    "Genotype",
+    "GenotypeError",
+    "Network",
+    "NondeterminismWarning",
+    "OP_NAMES",
+    "SearchSpace",
+    "SearchSpaceError",
+    "TaNasResult",
+    "TaskDictionary",
+    "add_baseline",
+    "from_darts",
+    "from_nb201",
+    "fuse",
+    "make_op",
+    "random_search",
+    "reproducible",
+    "ta_nas",
+    "to_darts",
+    "to_darts_text",
+    "to_nb201",
+    "train_eps_network",
+]

@@ -1,5 +1,6 @@
 """What FUSE and random search share: task data access, batching from a seeded generator, evaluation, fingerprints,
 final training of a winner, and the checkpoint/log files of a resumable search."""
+
 from __future__ import annotations
 
 import hashlib
@@ -74,7 +75,7 @@ def logits_of(net: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
     """Eval-mode logits of ``x`` in batches (on ``device``)."""
     was = net.training
     net.eval()
-    out = torch.cat([net(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
+    out = torch.cat([net(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
     net.train(was)
     return out
 
@@ -113,8 +114,9 @@ def show_progress(progress: bool | None) -> bool:
     return progress is not False
 
 
-def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: float, seed: int,
-                   device: torch.device, checkpoint=None) -> tuple[dict, nn.Module]:
+def final_training(
+    space, genotype, data, *, epochs: int, batch_size: int, lr: float, seed: int, device: torch.device, checkpoint=None
+) -> tuple[dict, nn.Module]:
     """Train the winner from scratch on the training split (the papers retrain the found cell) with
     :func:`fisherx.models.train` (Adam, best-validation-epoch weights kept), then record its test accuracy once.
     Returns (report, trained network); the report has test and validation accuracy, parameters and time.
@@ -123,11 +125,25 @@ def final_training(space, genotype, data, *, epochs: int, batch_size: int, lr: f
     in_channels, num_classes = shape_of(data)
     with seeded(seed, device):
         net = space.build(genotype, in_channels, num_classes)
-    res = train(net, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=False,
-                epsilon=None, checkpoint=checkpoint)
-    return {"test_accuracy": float(res.test_accuracy), "val_accuracy": res.val_accuracy,
-            "params": space.num_params(genotype, in_channels, num_classes), "train_s": res.seconds,
-            "epochs": epochs}, res.model
+    res = train(
+        net,
+        data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=False,
+        epsilon=None,
+        checkpoint=checkpoint,
+    )
+    return {
+        "test_accuracy": float(res.test_accuracy),
+        "val_accuracy": res.val_accuracy,
+        "params": space.num_params(genotype, in_channels, num_classes),
+        "train_s": res.seconds,
+        "epochs": epochs,
+    }, res.model
 
 
 class SearchFiles:
@@ -152,8 +168,10 @@ class SearchFiles:
         if found != self.config:
             diff = sorted(k for k in set(found) | set(self.config) if found.get(k) != self.config.get(k))
             detail = "; ".join(f"{k}: saved {found.get(k)!r}, now {self.config.get(k)!r}" for k in diff[:6])
-            raise ValueError(f"{path} belongs to a different {self.kind} search ({detail}); use another output "
-                             f"directory or delete it to start over")
+            raise ValueError(
+                f"{path} belongs to a different {self.kind} search ({detail}); use another output "
+                f"directory or delete it to start over"
+            )
 
     def load_checkpoint(self) -> dict | None:
         if self.dir is None or not self.checkpoint.exists():
@@ -167,8 +185,7 @@ class SearchFiles:
     def save_state(self, state: dict) -> None:
         """Write the checkpoint (atomically: a kill mid-write leaves the previous one)."""
         if self.dir is not None:
-            save_tree(self.checkpoint, {**state, "kind": self.kind, "config": self.config},
-                      meta={"kind": self.kind})
+            save_tree(self.checkpoint, {**state, "kind": self.kind, "config": self.config}, meta={"kind": self.kind})
 
     def save_round(self, state: dict, history: list[dict]) -> None:
         """The checkpoint at a round's end, then the log of every finished round."""

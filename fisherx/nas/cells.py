@@ -5,6 +5,7 @@ factorised reduce for state 0 when the previous cell halved the size, so both in
 computes ``s_{2+j} = op_a(s_a) + op_b(s_b)`` with a, b < 2 + j; the output concatenates the nodes, n·C channels.
 In a reduction cell the edges that read states 0 or 1 run at stride 2, so the cell halves H and W.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,12 +16,23 @@ from .ops import FactorizedReduce, ReLUConvBN, make_op
 
 
 class Cell(nn.Module):
-    def __init__(self, nodes: CellSpec, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
-                 reduction_prev: bool, affine: bool = True):
+    def __init__(
+        self,
+        nodes: CellSpec,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        affine: bool = True,
+    ):
         super().__init__()
         self.reduction = reduction
-        self.pre0 = (FactorizedReduce(c_prev_prev, channels, affine) if reduction_prev
-                     else ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine))
+        self.pre0 = (
+            FactorizedReduce(c_prev_prev, channels, affine)
+            if reduction_prev
+            else ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
+        )
         self.pre1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine)
         self.edges = nn.ModuleList()
         self.inputs: list[tuple[int, int]] = []

@@ -11,6 +11,7 @@
 A stage run several times, or across a resume, adds its times and keeps the largest peaks; :meth:`CostMeter.to_dict`
 goes into checkpoints so that a resumed search reports the cost of all its runs together.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,15 +76,20 @@ class CostMeter:
             end.record()
             torch.cuda.synchronize(self.device)
             device_s = event0.elapsed_time(end) / 1000
-            peak_cuda = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            peak_cuda = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
             device_s = time.process_time() - cpu0
-        return {"wall_s": time.perf_counter() - wall0, "device_s": device_s, "peak_rss_mb": peak_rss_mb(),
-                "peak_cuda_mb": peak_cuda}
+        return {
+            "wall_s": time.perf_counter() - wall0,
+            "device_s": device_s,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_cuda_mb": peak_cuda,
+        }
 
     def _add(self, name: str, d: dict, runs: int) -> None:
-        cur = self.stages.setdefault(name, {"wall_s": 0.0, "device_s": 0.0, "peak_rss_mb": 0.0,
-                                            "peak_cuda_mb": None, "runs": 0})
+        cur = self.stages.setdefault(
+            name, {"wall_s": 0.0, "device_s": 0.0, "peak_rss_mb": 0.0, "peak_cuda_mb": None, "runs": 0}
+        )
         cur["wall_s"] += d["wall_s"]
         cur["device_s"] += d["device_s"]
         cur["peak_rss_mb"] = max(cur["peak_rss_mb"], d["peak_rss_mb"])

@@ -17,6 +17,7 @@ they were):
   from the search seed inside the search and restored afterwards: an operation that draws from a global generator
   (dropout, a user's op) is then seeded too, and :func:`rng_state` captures all of them for checkpoints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,16 +44,19 @@ class NondeterminismWarning(UserWarning):
 
 # --------------------------------------------------------------------------------------------- random states
 
+
 def rng_state(device: torch.device | None = None) -> dict:
     """Every global random state a search can touch, as a tree :func:`fisherx.io.save_tree` can store: torch's CPU
     generator, the CUDA generator of ``device`` (if CUDA), numpy's global generator and Python's ``random``."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     cuda = device is not None and torch.device(device).type == "cuda"
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(torch.device(device)) if cuda else None,
-            # fisherx files store no uint32; the 624 Mersenne-Twister words fit in int64 exactly.
-            "numpy": (name, keys.astype(np.int64), int(pos), int(has_gauss), float(gauss)),
-            "random": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(torch.device(device)) if cuda else None,
+        # fisherx files store no uint32; the 624 Mersenne-Twister words fit in int64 exactly.
+        "numpy": (name, keys.astype(np.int64), int(pos), int(has_gauss), float(gauss)),
+        "random": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict, device: torch.device | None = None) -> None:
@@ -76,7 +80,7 @@ def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None
         if device is not None and torch.device(device).type == "cuda":
             with torch.cuda.device(torch.device(device)):
                 torch.cuda.manual_seed(seed)
-        np.random.seed(seed % 2 ** 32)
+        np.random.seed(seed % 2**32)
         random.seed(seed)
         yield
     finally:
@@ -99,26 +103,38 @@ def check_environment(saved: dict | None, device: torch.device, what: str) -> No
     now = environment(device)
     diff = [f"{k} {saved.get(k)!r} then, {now[k]!r} now" for k in now if saved.get(k) != now[k]]
     if diff:
-        warnings.warn(f"{what} resumes in another environment than the one that wrote its checkpoint "
-                      f"({'; '.join(diff)}): it continues correctly, but its result may differ in the last bits "
-                      "from an uninterrupted run", NondeterminismWarning, stacklevel=3)
+        warnings.warn(
+            f"{what} resumes in another environment than the one that wrote its checkpoint "
+            f"({'; '.join(diff)}): it continues correctly, but its result may differ in the last bits "
+            "from an uninterrupted run",
+            NondeterminismWarning,
+            stacklevel=3,
+        )
 
 
 # ------------------------------------------------------------------------------------------ deterministic kernels
+
 
 @contextlib.contextmanager
 def deterministic_algorithms(warn_only: bool = True) -> Iterator[None]:
     """The flags listed in the module docstring for the block; the previous values are restored after (the
     environment variable too, though cuBLAS keeps the workspace it started with)."""
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     env_prev = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if env_prev is None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            warnings.warn("CUBLAS_WORKSPACE_CONFIG was not set before CUDA was first used in this process, so cuBLAS "
-                          "may reduce in a nondeterministic order; for bit-reproducible searches on a GPU start the "
-                          f"process with CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE}", NondeterminismWarning,
-                          stacklevel=3)
+            warnings.warn(
+                "CUBLAS_WORKSPACE_CONFIG was not set before CUDA was first used in this process, so cuBLAS "
+                "may reduce in a nondeterministic order; for bit-reproducible searches on a GPU start the "
+                f"process with CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE}",
+                NondeterminismWarning,
+                stacklevel=3,
+            )
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
     _use_deterministic(True, warn_only)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -168,22 +184,27 @@ def _replay(records: list, found: list, dev: str) -> None:
     for w in records:
         m = _PYTORCH_ALERT.match(str(w.message))
         if m is None:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=_REPLAY_REGISTRY,
-                                   source=w.source)
+            warnings.warn_explicit(
+                w.message, w.category, w.filename, w.lineno, registry=_REPLAY_REGISTRY, source=w.source
+            )
             continue
         op = m.group(1)
         if op not in found:
             found.append(op)
         if (op, dev) not in _WARNED:
             _WARNED.add((op, dev))
-            warnings.warn(f"{op} has no deterministic implementation on {dev}: this search is not bit-reproducible "
-                          f"on this device (its results and a resume can differ in the last bits)",
-                          NondeterminismWarning, stacklevel=4)
+            warnings.warn(
+                f"{op} has no deterministic implementation on {dev}: this search is not bit-reproducible "
+                f"on this device (its results and a resume can differ in the last bits)",
+                NondeterminismWarning,
+                stacklevel=4,
+            )
 
 
 @contextlib.contextmanager
-def reproducible(seed: int, device: torch.device, *, deterministic: bool = True,
-                 found: list | None = None) -> Iterator[list]:
+def reproducible(
+    seed: int, device: torch.device, *, deterministic: bool = True, found: list | None = None
+) -> Iterator[list]:
     """Everything a search runs under: :func:`isolated_rng` seeded with ``seed``, and with ``deterministic``
     :func:`deterministic_algorithms` and :func:`watch_nondeterminism` (yielding the list of nondeterministic
     operations met, appended to ``found``)."""

@@ -28,6 +28,7 @@ operation sits on which edge — where both sides can hold it:
 
 ``from_nb201`` uses the cell for both the normal and the reduction cell; ``to_nb201`` converts one cell (``cell=``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,19 +38,29 @@ from typing import Any
 from .genotype import CellSpec, Genotype, GenotypeError
 
 #: fisherx name → DARTS name (a bijection on the ten operations).
-DARTS_NAMES = {"zero": "none", "identity": "skip_connect", "max_pool_3x3": "max_pool_3x3",
-               "avg_pool_3x3": "avg_pool_3x3", "conv_3x3": "sep_conv_3x3", "conv_5x5": "sep_conv_5x5",
-               "conv_7x7": "sep_conv_7x7", "dil_conv_3x3": "dil_conv_3x3", "dil_conv_5x5": "dil_conv_5x5",
-               "conv_7x1_1x7": "conv_7x1_1x7"}
+DARTS_NAMES = {
+    "zero": "none",
+    "identity": "skip_connect",
+    "max_pool_3x3": "max_pool_3x3",
+    "avg_pool_3x3": "avg_pool_3x3",
+    "conv_3x3": "sep_conv_3x3",
+    "conv_5x5": "sep_conv_5x5",
+    "conv_7x7": "sep_conv_7x7",
+    "dil_conv_3x3": "dil_conv_3x3",
+    "dil_conv_5x5": "dil_conv_5x5",
+    "conv_7x1_1x7": "conv_7x1_1x7",
+}
 _FROM_DARTS = {v: k for k, v in DARTS_NAMES.items()}
 
 #: NAS-Bench-201 name → fisherx name, where the computations match.
 NB201_NAMES = {"none": "zero", "skip_connect": "identity", "avg_pool_3x3": "avg_pool_3x3"}
 _TO_NB201 = {v: k for k, v in NB201_NAMES.items()}
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-_NB201_WHY = {"nor_conv_1x1": "nor_conv_1x1 (ReLU, full 1×1 convolution, BatchNorm) has no fisherx counterpart",
-              "nor_conv_3x3": "nor_conv_3x3 (ReLU, full 3×3 convolution, BatchNorm) has no fisherx counterpart "
-                              "(fisherx's 3×3 convolution is separable)"}
+_NB201_WHY = {
+    "nor_conv_1x1": "nor_conv_1x1 (ReLU, full 1×1 convolution, BatchNorm) has no fisherx counterpart",
+    "nor_conv_3x3": "nor_conv_3x3 (ReLU, full 3×3 convolution, BatchNorm) has no fisherx counterpart "
+    "(fisherx's 3×3 convolution is separable)",
+}
 
 
 class ConversionError(GenotypeError):
@@ -57,6 +68,7 @@ class ConversionError(GenotypeError):
 
 
 # ------------------------------------------------------------------------------------------------------- DARTS
+
 
 def to_darts(g: Genotype) -> dict:
     """The DARTS form of ``g`` as plain data: ``{"normal": [(op, input), ...], "normal_concat": [2, ...],
@@ -72,8 +84,9 @@ def to_darts_text(g: Genotype) -> str:
     """``g`` as the text DARTS prints and its ``genotypes.py`` holds:
     ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4], reduce=[...], reduce_concat=[...])``."""
     d = to_darts(g)
-    return ("Genotype(" + ", ".join(f"{k}={d[k]!r}" for k in ("normal", "normal_concat", "reduce", "reduce_concat"))
-            + ")")
+    return (
+        "Genotype(" + ", ".join(f"{k}={d[k]!r}" for k in ("normal", "normal_concat", "reduce", "reduce_concat")) + ")"
+    )
 
 
 def from_darts(obj: Any) -> Genotype:
@@ -89,31 +102,37 @@ def from_darts(obj: Any) -> Genotype:
             raise ConversionError(f"not a DARTS genotype: {e}") from None
     missing = {"normal", "normal_concat", "reduce", "reduce_concat"} - set(obj)
     if missing:
-        raise ConversionError(f"a DARTS genotype needs normal, normal_concat, reduce, reduce_concat; missing "
-                              f"{sorted(missing)}")
+        raise ConversionError(
+            f"a DARTS genotype needs normal, normal_concat, reduce, reduce_concat; missing {sorted(missing)}"
+        )
     cells = {}
     for which in ("normal", "reduce"):
         edges = list(obj[which])
         if len(edges) % 2 or not edges:
-            raise ConversionError(f"DARTS {which} has {len(edges)} edges; every node takes exactly two, so the list "
-                                  f"needs an even, non-zero length")
+            raise ConversionError(
+                f"DARTS {which} has {len(edges)} edges; every node takes exactly two, so the list "
+                f"needs an even, non-zero length"
+            )
         pairs = []
         for e in edges:
             if not isinstance(e, (tuple, list)) or len(e) != 2:
                 raise ConversionError(f"DARTS {which}: each edge must be an (operation, input) pair, got {e!r}")
             op, inp = e
             if op not in _FROM_DARTS:
-                raise ConversionError(f"DARTS {which}: operation {op!r} has no fisherx counterpart (fisherx has the "
-                                      f"DARTS operations {', '.join(_FROM_DARTS)})")
+                raise ConversionError(
+                    f"DARTS {which}: operation {op!r} has no fisherx counterpart (fisherx has the "
+                    f"DARTS operations {', '.join(_FROM_DARTS)})"
+                )
             pairs.append((_FROM_DARTS[op], inp))
         n = len(pairs) // 2
         concat = list(obj[f"{which}_concat"])
         if concat != list(range(2, 2 + n)):
             left_out = sorted(set(range(2, 2 + n)) - set(concat))
-            raise ConversionError(f"DARTS {which}_concat is {concat}, but fisherx cells concatenate all their nodes "
-                                  f"({list(range(2, 2 + n))})"
-                                  + (f"; states {left_out} would be left out" if left_out else ""))
-        cells[which] = [pairs[2 * j:2 * j + 2] for j in range(n)]
+            raise ConversionError(
+                f"DARTS {which}_concat is {concat}, but fisherx cells concatenate all their nodes "
+                f"({list(range(2, 2 + n))})" + (f"; states {left_out} would be left out" if left_out else "")
+            )
+        cells[which] = [pairs[2 * j : 2 * j + 2] for j in range(n)]
     try:
         return Genotype(cells["normal"], cells["reduce"])
     except GenotypeError as e:
@@ -127,8 +146,10 @@ def _parse_darts_text(text: str) -> dict:
     except SyntaxError as e:
         raise ConversionError(f"not a DARTS genotype text: {e.msg}") from None
     if not isinstance(tree, ast.Call):
-        raise ConversionError("a DARTS genotype text looks like Genotype(normal=[...], normal_concat=[...], "
-                              "reduce=[...], reduce_concat=[...])")
+        raise ConversionError(
+            "a DARTS genotype text looks like Genotype(normal=[...], normal_concat=[...], "
+            "reduce=[...], reduce_concat=[...])"
+        )
     names = ("normal", "normal_concat", "reduce", "reduce_concat")
     args = dict(zip(names, tree.args))
     args.update({kw.arg: kw.value for kw in tree.keywords})
@@ -141,8 +162,9 @@ def _literal(node: ast.AST, key: str) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise ConversionError(f"DARTS {key}: only literals and range(...) are understood, got "
-                              f"{ast.unparse(node)!r}") from None
+        raise ConversionError(
+            f"DARTS {key}: only literals and range(...) are understood, got {ast.unparse(node)!r}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------ NAS-Bench-201
@@ -157,28 +179,33 @@ def from_nb201(arch: str) -> Genotype:
         raise ConversionError(f"a NAS-Bench-201 architecture is a string, got {type(arch).__name__}")
     parts = arch.strip().split("+")
     if len(parts) != 3 or not all(_NB201_NODE.match(p) for p in parts):
-        raise ConversionError(f"{arch!r} is not a NAS-Bench-201 string: expected three nodes like "
-                              "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+        raise ConversionError(
+            f"{arch!r} is not a NAS-Bench-201 string: expected three nodes like |op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+        )
     cell = []
     for j, part in enumerate(parts, start=1):
         edges = [e.split("~") for e in part.strip("|").split("|")]
         inputs = [int(i) for _, i in edges]
         if sorted(inputs) != list(range(j)):
-            raise ConversionError(f"{arch!r}: node {j} must have one edge from each of nodes 0..{j - 1}, got "
-                                  f"inputs {inputs}")
+            raise ConversionError(
+                f"{arch!r}: node {j} must have one edge from each of nodes 0..{j - 1}, got inputs {inputs}"
+            )
         used = []
         for op, i in sorted(((op, int(i)) for op, i in edges), key=lambda e: e[1]):
             if op not in NB201_OPS:
-                raise ConversionError(f"{arch!r}: unknown NAS-Bench-201 operation {op!r} (it has "
-                                      f"{', '.join(NB201_OPS)})")
+                raise ConversionError(
+                    f"{arch!r}: unknown NAS-Bench-201 operation {op!r} (it has {', '.join(NB201_OPS)})"
+                )
             if op in _NB201_WHY:
                 raise ConversionError(f"{arch!r}: node {j}, edge from node {i}: {_NB201_WHY[op]}")
             if op != "none":
                 used.append((NB201_NAMES[op], i + 1))  # x_i is fisherx input i + 1 (x0 = c[k-1])
         if len(used) > 2:
-            raise ConversionError(f"{arch!r}: node {j} adds {len(used)} operations "
-                                  f"({', '.join(f'{op} on x{i - 1}' for op, i in used)}); a fisherx node adds "
-                                  "exactly two, so at most two of its edges may be other than none")
+            raise ConversionError(
+                f"{arch!r}: node {j} adds {len(used)} operations "
+                f"({', '.join(f'{op} on x{i - 1}' for op, i in used)}); a fisherx node adds "
+                "exactly two, so at most two of its edges may be other than none"
+            )
         while len(used) < 2:  # a missing operation is a zero on the unused input c[k-2]
             used.insert(0, ("zero", 0))
         cell.append(used)
@@ -192,8 +219,9 @@ def to_nb201(g: Genotype, cell: str = "normal") -> str:
         raise ValueError(f"cell must be 'normal' or 'reduce', got {cell!r}")
     spec: CellSpec = getattr(g, cell)
     if len(spec) != 3:
-        raise ConversionError(f"the {cell} cell has {len(spec)} nodes; a NAS-Bench-201 cell has exactly 3 (x1, x2, "
-                              "x3) after its input")
+        raise ConversionError(
+            f"the {cell} cell has {len(spec)} nodes; a NAS-Bench-201 cell has exactly 3 (x1, x2, x3) after its input"
+        )
     nodes = []
     for j, node in enumerate(spec):
         ops = ["none"] * (j + 1)  # edges from x0 .. x_j into x_{j+1}
@@ -202,15 +230,19 @@ def to_nb201(g: Genotype, cell: str = "normal") -> str:
                 continue  # an absent edge
             where = f"the {cell} cell's node n{j}"
             if inp == 0:
-                raise ConversionError(f"{where} applies {op} to c[k-2]; a NAS-Bench-201 cell has a single input "
-                                      "(the previous cell)")
+                raise ConversionError(
+                    f"{where} applies {op} to c[k-2]; a NAS-Bench-201 cell has a single input (the previous cell)"
+                )
             if op not in _TO_NB201:
-                raise ConversionError(f"{where} uses {op}, which has no NAS-Bench-201 counterpart (NAS-Bench-201 has "
-                                      f"{', '.join(NB201_OPS)}; only none, skip_connect and avg_pool_3x3 compute "
-                                      "what a fisherx operation does)")
+                raise ConversionError(
+                    f"{where} uses {op}, which has no NAS-Bench-201 counterpart (NAS-Bench-201 has "
+                    f"{', '.join(NB201_OPS)}; only none, skip_connect and avg_pool_3x3 compute "
+                    "what a fisherx operation does)"
+                )
             if ops[inp - 1] != "none":
-                raise ConversionError(f"{where} applies two operations to the same input; a NAS-Bench-201 edge "
-                                      "holds one")
+                raise ConversionError(
+                    f"{where} applies two operations to the same input; a NAS-Bench-201 edge holds one"
+                )
             ops[inp - 1] = _TO_NB201[op]
         nodes.append("|" + "|".join(f"{op}~{i}" for i, op in enumerate(ops)) + "|")
     return "+".join(nodes)

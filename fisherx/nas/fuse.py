@@ -29,6 +29,7 @@ Choices and why:
   uninterrupted run (same machine and thread count; a resume elsewhere warns).
 - The authors' script tuned α on the test set and seeded its two new candidates identically; neither is copied.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -39,8 +40,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..io import save_tree
 from .._progress import Progress
+from ..io import save_tree
 from ..models.training import seeded
 from ._common import (
     SearchFiles,
@@ -103,8 +104,9 @@ class FuseRound:
         self.a_opt.step()
         return loss.item()
 
-    def alpha_phase(self, x_val, y_val, *, epochs: int, batch_size: int, gen: torch.Generator,
-                    device: torch.device) -> dict:
+    def alpha_phase(
+        self, x_val, y_val, *, epochs: int, batch_size: int, gen: torch.Generator, device: torch.device
+    ) -> dict:
         logits = self.val_logits(x_val, batch_size, device)
         y_val = y_val.to(device)
         losses = []
@@ -115,8 +117,12 @@ class FuseRound:
         with torch.no_grad():
             mixed_loss = float(F.cross_entropy(self.mixed(logits, self.alpha), y_val))
             mixed_acc = accuracy(self.mixed(logits, self.alpha), y_val)
-        return {"alpha_steps": len(losses), "val_loss": mixed_loss, "val_accuracy": mixed_acc,
-                "candidate_val_accuracy": [accuracy(l, y_val) for l in logits]}
+        return {
+            "alpha_steps": len(losses),
+            "val_loss": mixed_loss,
+            "val_accuracy": mixed_acc,
+            "candidate_val_accuracy": [accuracy(l, y_val) for l in logits],
+        }
 
 
 @dataclass
@@ -135,25 +141,43 @@ class FuseResult:
     model: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "genotype": self.genotype.to_dict(), "test_accuracy": self.test_accuracy,
-                "val_accuracy": self.val_accuracy, "params": self.params, "cost": self.cost,
-                "history": self.history, "space": self.space.to_dict()}
+        return {
+            "method": self.method,
+            "genotype": self.genotype.to_dict(),
+            "test_accuracy": self.test_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "params": self.params,
+            "cost": self.cost,
+            "history": self.history,
+            "space": self.space.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> FuseResult:
-        return cls(Genotype.from_dict(d["genotype"]), d["test_accuracy"], d["val_accuracy"], d["params"],
-                   d["cost"], d["history"], SearchSpace.from_dict(d["space"]), d.get("method", "fuse"))
+        return cls(
+            Genotype.from_dict(d["genotype"]),
+            d["test_accuracy"],
+            d["val_accuracy"],
+            d["params"],
+            d["cost"],
+            d["history"],
+            SearchSpace.from_dict(d["space"]),
+            d.get("method", "fuse"),
+        )
 
     def summary(self) -> str:
         c = self.cost
         st = c.get("stages", {})
         dev = lambda k: f" (device {st[k]['device_s']:.1f} s)" if k in st else ""  # noqa: E731
         peak = (f", peak memory {c['peak_rss_mb']:,.0f} MB RSS" if c.get("peak_rss_mb") is not None else "") + (
-            f", {c['peak_cuda_mb']:,.0f} MB CUDA" if c.get("peak_cuda_mb") is not None else "")
-        return (f"{self.method}: test accuracy {self.test_accuracy:.4f}, {self.params:,} parameters, search "
-                f"{c['search_s']:.1f} s{dev('search')} + final training {c['final_train_s']:.1f} s"
-                f"{dev('final_training')} on {c['device']}, {c.get('candidates_trained', '?')} candidates trained "
-                f"({c['candidate_epochs']} candidate-epochs){peak}\n{self.genotype}")
+            f", {c['peak_cuda_mb']:,.0f} MB CUDA" if c.get("peak_cuda_mb") is not None else ""
+        )
+        return (
+            f"{self.method}: test accuracy {self.test_accuracy:.4f}, {self.params:,} parameters, search "
+            f"{c['search_s']:.1f} s{dev('search')} + final training {c['final_train_s']:.1f} s"
+            f"{dev('final_training')} on {c['device']}, {c.get('candidates_trained', '?')} candidates trained "
+            f"({c['candidate_epochs']} candidate-epochs){peak}\n{self.genotype}"
+        )
 
 
 def _distinct_candidates(space: SearchSpace, gen: torch.Generator, count: int, exclude: set) -> list[Genotype]:
@@ -171,11 +195,21 @@ def _distinct_candidates(space: SearchSpace, gen: torch.Generator, count: int, e
 
 
 def _new_seed(gen: torch.Generator) -> int:
-    return int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+    return int(torch.randint(0, 2**62, (1,), generator=gen))
 
 
-def train_epochs(rnd: FuseRound, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
-                 gen: torch.Generator, device: torch.device, pos: dict, on_step=None) -> list[float]:
+def train_epochs(
+    rnd: FuseRound,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    gen: torch.Generator,
+    device: torch.device,
+    pos: dict,
+    on_step=None,
+) -> list[float]:
     """Weight steps over ``epochs`` shuffled passes of (x, y), from the position ``pos`` and keeping it current:
     ``epoch`` and ``batch`` (the next step), ``epoch_gen`` (the state of ``gen`` when the epoch's order was drawn,
     None before it is) and ``losses`` (every step's loss so far). ``on_step()`` runs after every step, so a caller can
@@ -223,8 +257,12 @@ class Checkpointer:
 def run_state(device: torch.device, meter: CostMeter, nondet: list) -> dict:
     """The part of every search checkpoint that is not the search's own: the global random states, the environment
     (:func:`fisherx.nas.determinism.environment`), the cost so far and the nondeterministic operations met."""
-    return {"rng": rng_state(device), "environment": environment(device), "cost": meter.snapshot(),
-            "nondeterministic_ops": list(nondet)}
+    return {
+        "rng": rng_state(device),
+        "environment": environment(device),
+        "cost": meter.snapshot(),
+        "nondeterministic_ops": list(nondet),
+    }
 
 
 def resume_run(state: dict, device: torch.device, gen: torch.Generator, nondet: list, what: str):
@@ -240,8 +278,14 @@ def resume_run(state: dict, device: torch.device, gen: torch.Generator, nondet: 
 def round_state(rnd: FuseRound, data_gen: torch.Generator, extra: dict) -> dict:
     """The in-flight state of a round (the tree a mid-round checkpoint stores): the candidates' weights and
     BatchNorm buffers, α, both Adam states, the batch-order generator, and the caller's position/bookkeeping."""
-    return {"nets": rnd.nets.state_dict(), "alpha": rnd.alpha.detach().clone(), "w_opt": rnd.w_opt.state_dict(),
-            "a_opt": rnd.a_opt.state_dict(), "data_gen": data_gen.get_state(), **extra}
+    return {
+        "nets": rnd.nets.state_dict(),
+        "alpha": rnd.alpha.detach().clone(),
+        "w_opt": rnd.w_opt.state_dict(),
+        "a_opt": rnd.a_opt.state_dict(),
+        "data_gen": data_gen.get_state(),
+        **extra,
+    }
 
 
 def load_round_state(rnd: FuseRound, data_gen: torch.Generator, state: dict) -> None:
@@ -254,11 +298,30 @@ def load_round_state(rnd: FuseRound, data_gen: torch.Generator, state: dict) -> 
     data_gen.set_state(state["data_gen"])
 
 
-def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10, alternations: int = 10,
-         weight_epochs: int = 1, alpha_epochs: int = 10, alpha_tol: float = 1e-3, batch_size: int = 64,
-         lr: float = 3e-3, alpha_lr: float = 0.05, weight_decay: float = 0.0, final_epochs: int = 20,
-         seed: int = 0, init: Genotype | None = None, device=None, out_dir=None, progress: bool | None = None,
-         data_dir=None, checkpoint_every: int | None = 50, deterministic: bool = True) -> FuseResult:
+def fuse(
+    space: SearchSpace,
+    task: Any,
+    *,
+    candidates: int = 3,
+    rounds: int = 10,
+    alternations: int = 10,
+    weight_epochs: int = 1,
+    alpha_epochs: int = 10,
+    alpha_tol: float = 1e-3,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    alpha_lr: float = 0.05,
+    weight_decay: float = 0.0,
+    final_epochs: int = 20,
+    seed: int = 0,
+    init: Genotype | None = None,
+    device=None,
+    out_dir=None,
+    progress: bool | None = None,
+    data_dir=None,
+    checkpoint_every: int | None = 50,
+    deterministic: bool = True,
+) -> FuseResult:
     """Search ``space`` for ``task`` (a Task or its loaded TaskData) with FUSE; see the module docstring.
 
     Budget knobs: ``candidates`` (C new architectures per round; the round trains C + 1 networks at once, so C and
@@ -282,16 +345,37 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
     unit random search is matched on), ``candidates_trained``, ``weight_steps``, ``alpha_steps`` and
     ``nondeterministic_ops``.
     """
-    check_positive_ints(candidates=candidates, rounds=rounds, alternations=alternations, weight_epochs=weight_epochs,
-                        alpha_epochs=alpha_epochs, batch_size=batch_size, final_epochs=final_epochs)
+    check_positive_ints(
+        candidates=candidates,
+        rounds=rounds,
+        alternations=alternations,
+        weight_epochs=weight_epochs,
+        alpha_epochs=alpha_epochs,
+        batch_size=batch_size,
+        final_epochs=final_epochs,
+    )
     if init is not None:
         space.check(init)
     data, device, (x_tr, y_tr), (x_val, y_val), (in_channels, num_classes) = search_inputs(task, data_dir, device)
-    config = {"method": "fuse", "space": space.to_dict(), "data": data_fingerprint(data), "candidates": candidates,
-              "rounds": rounds, "alternations": alternations, "weight_epochs": weight_epochs,
-              "alpha_epochs": alpha_epochs, "alpha_tol": alpha_tol, "batch_size": batch_size, "lr": lr,
-              "alpha_lr": alpha_lr, "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed,
-              "init": init.to_dict() if init is not None else None, "deterministic": deterministic}
+    config = {
+        "method": "fuse",
+        "space": space.to_dict(),
+        "data": data_fingerprint(data),
+        "candidates": candidates,
+        "rounds": rounds,
+        "alternations": alternations,
+        "weight_epochs": weight_epochs,
+        "alpha_epochs": alpha_epochs,
+        "alpha_tol": alpha_tol,
+        "batch_size": batch_size,
+        "lr": lr,
+        "alpha_lr": alpha_lr,
+        "weight_decay": weight_decay,
+        "final_epochs": final_epochs,
+        "seed": seed,
+        "init": init.to_dict() if init is not None else None,
+        "deterministic": deterministic,
+    }
     files = SearchFiles(out_dir, "fuse", config)
     done = files.load_result()
     if done is not None:
@@ -333,79 +417,161 @@ def fuse(space: SearchSpace, task: Any, *, candidates: int = 3, rounds: int = 10
                         a0, pos, before, alts = 0, new_position(), rnd.alpha.detach().clone(), []
                         steps = {"weight_steps": 0, "alpha_steps": 0}
                     inflight = None
-                    ckpt.base = lambda: {"round": r - 1, "generator": gen.get_state(),
-                                         "best": best.to_dict() if best is not None else None, "history": history,
-                                         **run_state(device, meter, nondet)}
+                    ckpt.base = lambda: {
+                        "round": r - 1,
+                        "generator": gen.get_state(),
+                        "best": best.to_dict() if best is not None else None,
+                        "history": history,
+                        **run_state(device, meter, nondet),
+                    }
                     for a in range(a0, alternations):
-                        here = lambda: round_state(rnd, data_gen, {  # noqa: E731 (read at checkpoint time)
-                            "candidates": [g.to_dict() for g in cands], "round_seed": round_seed,
-                            "incumbent": incumbent, "alternation": a, "position": pos, "before": before,
-                            "alternations": alts, "steps": steps})
-                        losses = train_epochs(rnd, x_tr, y_tr, epochs=weight_epochs, batch_size=batch_size,
-                                              gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
+                        here = lambda: round_state(
+                            rnd,
+                            data_gen,
+                            {  # noqa: E731 (read at checkpoint time)
+                                "candidates": [g.to_dict() for g in cands],
+                                "round_seed": round_seed,
+                                "incumbent": incumbent,
+                                "alternation": a,
+                                "position": pos,
+                                "before": before,
+                                "alternations": alts,
+                                "steps": steps,
+                            },
+                        )
+                        losses = train_epochs(
+                            rnd,
+                            x_tr,
+                            y_tr,
+                            epochs=weight_epochs,
+                            batch_size=batch_size,
+                            gen=data_gen,
+                            device=device,
+                            pos=pos,
+                            on_step=lambda: ckpt.step(here),
+                        )
                         steps["weight_steps"] += len(losses)
-                        info = rnd.alpha_phase(x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen,
-                                               device=device)
+                        info = rnd.alpha_phase(
+                            x_val, y_val, epochs=alpha_epochs, batch_size=batch_size, gen=data_gen, device=device
+                        )
                         steps["alpha_steps"] += info.pop("alpha_steps")
                         change = float((rnd.alpha.detach() - before).abs().max())
-                        alts.append({"train_loss": sum(losses) / len(losses), **info, "alpha": rnd.alpha.tolist(),
-                                     "alpha_change": change})
+                        alts.append(
+                            {
+                                "train_loss": sum(losses) / len(losses),
+                                **info,
+                                "alpha": rnd.alpha.tolist(),
+                                "alpha_change": change,
+                            }
+                        )
                         pos, before = new_position(), rnd.alpha.detach().clone()
                         if change < alpha_tol:
                             break
                     alpha = rnd.alpha.detach().cpu()
                     winner = int(torch.argmax(alpha))  # ties go to the lower index: the incumbent, listed first
                     best = cands[winner]
-                    history.append({
-                        "round": r, "candidates": [g.to_dict() for g in cands], "incumbent": 0 if incumbent else None,
-                        "alpha": alpha.tolist(), "weights": torch.softmax(alpha, 0).tolist(), "winner": winner,
-                        "alternations": alts, "candidate_epochs": len(cands) * weight_epochs * len(alts), **steps,
-                        "elapsed_s": meter.snapshot()["search"]["wall_s"],
-                    })
-                    files.save_round({"round": r, "generator": gen.get_state(), "best": best.to_dict(),
-                                      "history": history, **run_state(device, meter, nondet)}, history)
+                    history.append(
+                        {
+                            "round": r,
+                            "candidates": [g.to_dict() for g in cands],
+                            "incumbent": 0 if incumbent else None,
+                            "alpha": alpha.tolist(),
+                            "weights": torch.softmax(alpha, 0).tolist(),
+                            "winner": winner,
+                            "alternations": alts,
+                            "candidate_epochs": len(cands) * weight_epochs * len(alts),
+                            **steps,
+                            "elapsed_s": meter.snapshot()["search"]["wall_s"],
+                        }
+                    )
+                    files.save_round(
+                        {
+                            "round": r,
+                            "generator": gen.get_state(),
+                            "best": best.to_dict(),
+                            "history": history,
+                            **run_state(device, meter, nondet),
+                        },
+                        history,
+                    )
                     bar.update(1)
-                    bar.set_description(f"round {r + 1}: {len(cands)} candidates, winner's validation accuracy "
-                                        f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}")
+                    bar.set_description(
+                        f"round {r + 1}: {len(cands)} candidates, winner's validation accuracy "
+                        f"{alts[-1]['candidate_val_accuracy'][winner]:.3f}"
+                    )
         if best is None:  # rounds ≥ 1 is enforced, so this cannot happen unless the space yields nothing
             raise RuntimeError("FUSE found no candidate; the search space produced no architectures")
         with meter.stage("final_training"):
             final, net = _final(files, space, best, data, final_epochs, batch_size, lr, seed, device)
-    cost = search_cost(meter, device, history, nondet, alpha_steps=sum(h["alpha_steps"] for h in history),
-                       candidates_trained=sum(len(h["candidates"]) for h in history))
-    result = FuseResult(best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space,
-                        "fuse", net)
+    cost = search_cost(
+        meter,
+        device,
+        history,
+        nondet,
+        alpha_steps=sum(h["alpha_steps"] for h in history),
+        candidates_trained=sum(len(h["candidates"]) for h in history),
+    )
+    result = FuseResult(
+        best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space, "fuse", net
+    )
     _save_winner(files, net, result)
     return result
 
 
-def search_cost(meter: CostMeter, device: torch.device, history: list[dict], nondet: list, *, alpha_steps: int,
-                candidates_trained: int) -> dict:
+def search_cost(
+    meter: CostMeter,
+    device: torch.device,
+    history: list[dict],
+    nondet: list,
+    *,
+    alpha_steps: int,
+    candidates_trained: int,
+) -> dict:
     """The ``cost`` of a search result (see :func:`fuse`)."""
     stages = meter.to_dict()["stages"]
-    return {"search_s": stages["search"]["wall_s"], "final_train_s": stages["final_training"]["wall_s"],
-            "stages": stages, "device": device_name(device), "rounds": len(history),
-            "candidate_epochs": sum(h["candidate_epochs"] for h in history),
-            "weight_steps": sum(h["weight_steps"] for h in history), "alpha_steps": alpha_steps,
-            "candidates_trained": candidates_trained, "nondeterministic_ops": list(nondet),
-            "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
-            "peak_cuda_mb": max((s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None),
-                                default=None)}
+    return {
+        "search_s": stages["search"]["wall_s"],
+        "final_train_s": stages["final_training"]["wall_s"],
+        "stages": stages,
+        "device": device_name(device),
+        "rounds": len(history),
+        "candidate_epochs": sum(h["candidate_epochs"] for h in history),
+        "weight_steps": sum(h["weight_steps"] for h in history),
+        "alpha_steps": alpha_steps,
+        "candidates_trained": candidates_trained,
+        "nondeterministic_ops": list(nondet),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+        "peak_cuda_mb": max(
+            (s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None), default=None
+        ),
+    }
 
 
 def _final(files: SearchFiles, space, best, data, final_epochs, batch_size, lr, seed, device):
     # The final seed is derived from the search seed, distinct from every round seed stream. The final training
     # checkpoints every epoch next to the search's checkpoint, so a kill there loses at most one epoch.
     ck = files.dir / f"{files.kind}_final_checkpoint.fx" if files.dir is not None else None
-    return final_training(space, best, data, epochs=final_epochs, batch_size=batch_size, lr=lr,
-                          seed=seed * 1_000_003 + 7, device=device, checkpoint=ck)
+    return final_training(
+        space,
+        best,
+        data,
+        epochs=final_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed * 1_000_003 + 7,
+        device=device,
+        checkpoint=ck,
+    )
 
 
 def _save_winner(files: SearchFiles, net: nn.Module, result) -> None:
     if files.dir is None:
         return
-    save_tree(files.dir / f"{files.kind}_winner.fx", {k: v.detach().cpu() for k, v in net.state_dict().items()},
-              meta={"genotype": result.genotype.to_dict(), "space": result.space.to_dict()})
+    save_tree(
+        files.dir / f"{files.kind}_winner.fx",
+        {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        meta={"genotype": result.genotype.to_dict(), "space": result.space.to_dict()},
+    )
     result.genotype.save(files.dir / f"{files.kind}_genotype.json", space=result.space)  # rebuildable alone
     files.save_result(result.to_dict())
     # The result is stored: the final training's own checkpoint is no longer needed.

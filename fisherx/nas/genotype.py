@@ -12,6 +12,7 @@ when given one, the search space with its hash, so that the file alone says how 
 and a reader can check that the space was not altered. Version 1 files (no opset, no space) are still read.
 Converters to the DARTS and NAS-Bench-201 forms are in :mod:`fisherx.nas.formats`.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,16 +60,17 @@ def _check_cell(cell: Any, which: str) -> CellSpec:
                 raise GenotypeError(f"{where}: each input must be an (operation, input index) pair, got {edge!r}")
             op, inp = edge
             if not isinstance(op, str) or op not in _ops.OPS:
-                raise GenotypeError(f"{where}: unknown operation {op!r}; the operations are "
-                                    f"{', '.join(_ops.OP_NAMES)}")
+                raise GenotypeError(f"{where}: unknown operation {op!r}; the operations are {', '.join(_ops.OP_NAMES)}")
             if isinstance(inp, bool) or not isinstance(inp, int):
                 raise GenotypeError(f"{where}: input index must be an integer, got {inp!r}")
             if inp < 0:
                 raise GenotypeError(f"{where}: input index {inp} is negative")
             if inp >= 2 + j:
                 what = "itself" if inp == 2 + j else f"node n{inp - 2}, which comes later"
-                raise GenotypeError(f"{where} reads {what} (input {inp}); node n{j} may read only the two cell "
-                                    f"inputs (0, 1) and earlier nodes (2 .. {j + 1})")
+                raise GenotypeError(
+                    f"{where} reads {what} (input {inp}); node n{j} may read only the two cell "
+                    f"inputs (0, 1) and earlier nodes (2 .. {j + 1})"
+                )
             pairs.append((op, inp))
         nodes.append((pairs[0], pairs[1]))
     return tuple(nodes)
@@ -101,8 +103,10 @@ class Genotype:
     def key(self) -> tuple:
         """A canonical key: two genotypes with the same key compute the same function family. A node's sum is
         commutative, so the order of its two inputs does not matter."""
-        return tuple(tuple(tuple(sorted(node, key=lambda e: (e[1], e[0]))) for node in cell)
-                     for cell in (self.normal, self.reduce))
+        return tuple(
+            tuple(tuple(sorted(node, key=lambda e: (e[1], e[0]))) for node in cell)
+            for cell in (self.normal, self.reduce)
+        )
 
     # ------------------------------------------------------------------------------------------------- JSON
     def to_dict(self, space: SearchSpace | None = None) -> dict:
@@ -137,8 +141,10 @@ class Genotype:
         if fmt != GENOTYPE_FORMAT:
             raise GenotypeError(f"{source}: not a fisherx genotype (format {fmt!r}, expected {GENOTYPE_FORMAT!r})")
         if ver not in _READABLE_VERSIONS:
-            raise GenotypeError(f"{source}: genotype version {ver!r} is not supported (this fisherx reads "
-                                f"versions {', '.join(map(str, _READABLE_VERSIONS))})")
+            raise GenotypeError(
+                f"{source}: genotype version {ver!r} is not supported (this fisherx reads "
+                f"versions {', '.join(map(str, _READABLE_VERSIONS))})"
+            )
         allowed = {"format", "version", "normal", "reduce"} | ({"opset", "space"} if ver >= 2 else set())
         extra = set(d) - allowed
         if extra:
@@ -190,8 +196,9 @@ class Genotype:
 
     # ------------------------------------------------------------------------------------------------- text
     def __str__(self) -> str:
-        return "\n".join(f"{name}: {_cell_text(cell)}" for name, cell in (("normal", self.normal),
-                                                                          ("reduce", self.reduce)))
+        return "\n".join(
+            f"{name}: {_cell_text(cell)}" for name, cell in (("normal", self.normal), ("reduce", self.reduce))
+        )
 
 
 def _parse_json(text: str, source: str) -> Any:
@@ -213,4 +220,3 @@ def _cell_text(cell: CellSpec) -> str:
     parts = [f"n{j} = {a}({_input_name(i)}) + {b}({_input_name(k)})" for j, ((a, i), (b, k)) in enumerate(cell)]
     parts.append("out = concat(" + ", ".join(f"n{j}" for j in range(len(cell))) + ")")
     return "; ".join(parts)
-

@@ -8,6 +8,7 @@
 This is the DARTS skeleton; ``width`` (C of the first cells) and ``depth`` (number of cells) are the knobs. With
 depth 1 the single cell is a reduction cell, with depth 2 both are.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,15 +22,17 @@ def reduction_positions(depth: int) -> set[int]:
     return {depth // 3, 2 * depth // 3}
 
 
-def build(genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-          stem_multiplier: int = 3) -> Network:
+def build(
+    genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5, stem_multiplier: int = 3
+) -> Network:
     """The network of ``genotype`` on the standard skeleton (a :class:`Network`). A :class:`Genotype` is data
     only; networks are built here, so genotype.py imports nothing of the network code."""
     return Network(genotype, in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
 
 
-def num_params(genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-               stem_multiplier: int = 3) -> int:
+def num_params(
+    genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5, stem_multiplier: int = 3
+) -> int:
     """Trainable parameter count of :func:`build` (built on the ``meta`` device: no memory, no init cost)."""
     with torch.device("meta"):
         net = build(genotype, in_channels, num_classes, width=width, depth=depth, stem_multiplier=stem_multiplier)
@@ -37,13 +40,26 @@ def num_params(genotype: Genotype, in_channels: int, num_classes: int, width: in
 
 
 class Network(nn.Module):
-    def __init__(self, genotype: Genotype, in_channels: int, num_classes: int, width: int = 16, depth: int = 5,
-                 stem_multiplier: int = 3, affine: bool = True):
+    def __init__(
+        self,
+        genotype: Genotype,
+        in_channels: int,
+        num_classes: int,
+        width: int = 16,
+        depth: int = 5,
+        stem_multiplier: int = 3,
+        affine: bool = True,
+    ):
         super().__init__()
         if not isinstance(genotype, Genotype):
             raise TypeError(f"genotype must be a Genotype, got {type(genotype).__name__}")
-        for name, v, lo in (("in_channels", in_channels, 1), ("num_classes", num_classes, 1),
-                            ("depth", depth, 1), ("stem_multiplier", stem_multiplier, 1), ("width", width, 2)):
+        for name, v, lo in (
+            ("in_channels", in_channels, 1),
+            ("num_classes", num_classes, 1),
+            ("depth", depth, 1),
+            ("stem_multiplier", stem_multiplier, 1),
+            ("width", width, 2),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
         if width % 2:
@@ -51,8 +67,9 @@ class Network(nn.Module):
             raise ValueError(f"width must be even (the factorised reduce splits channels in halves), got {width}")
         self.genotype = genotype
         c_stem = stem_multiplier * width
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c_stem, affine=affine))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem, affine=affine)
+        )
         c_pp, c_p, c = c_stem, c_stem, width
         reductions = reduction_positions(depth)
         self.cells = nn.ModuleList()
@@ -61,8 +78,9 @@ class Network(nn.Module):
             reduction = i in reductions
             if reduction:
                 c *= 2
-            cell = Cell(genotype.reduce if reduction else genotype.normal, c_pp, c_p, c, reduction,
-                        reduction_prev, affine)
+            cell = Cell(
+                genotype.reduce if reduction else genotype.normal, c_pp, c_p, c, reduction, reduction_prev, affine
+            )
             self.cells.append(cell)
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.multiplier * c

@@ -14,6 +14,7 @@ equals H at s = 1 and ⌈H/2⌉ at s = 2 for every kernel size k and dilation d 
 - ``dil_conv_3x3``, ``dil_conv_5x5``: ReLU, depthwise k×k with dilation 2, pointwise 1×1, BatchNorm.
 - ``conv_7x1_1x7``: ReLU, 1×7 convolution, 7×1 convolution, BatchNorm.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,8 +25,16 @@ from torch.nn import functional as F
 
 #: The operation names in the order of the papers' list; this order is also the canonical order of a search space.
 OP_NAMES: tuple[str, ...] = (
-    "zero", "identity", "max_pool_3x3", "avg_pool_3x3", "conv_3x3", "conv_5x5", "conv_7x7",
-    "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7",
+    "zero",
+    "identity",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "conv_3x3",
+    "conv_5x5",
+    "conv_7x7",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "conv_7x1_1x7",
 )
 
 
@@ -39,7 +48,7 @@ class Zero(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             return x.mul(0.0)
-        return x[:, :, ::self.stride, ::self.stride].mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
 class Identity(nn.Module):
@@ -186,22 +195,33 @@ def opset_record() -> dict:
 def check_opset_record(opset, source: str) -> str | None:
     """None when a file's recorded operation set can be read here, else what is wrong (one sentence)."""
     if not isinstance(opset, dict) or "name" not in opset or "version" not in opset:
-        return (f"{source}: the operation set is missing or malformed (expected "
-                f"{{'name': {OPSET['name']!r}, 'version': {OPSET['version']}}})")
+        return (
+            f"{source}: the operation set is missing or malformed (expected "
+            f"{{'name': {OPSET['name']!r}, 'version': {OPSET['version']}}})"
+        )
     if (opset["name"], opset["version"]) != (OPSET["name"], OPSET["version"]):
-        return (f"{source}: written for operation set {opset['name']!r} version {opset['version']!r}; "
-                f"this fisherx has {OPSET['name']!r} version {OPSET['version']}")
+        return (
+            f"{source}: written for operation set {opset['name']!r} version {opset['version']!r}; "
+            f"this fisherx has {OPSET['name']!r} version {OPSET['version']}"
+        )
     ops = opset.get("ops", OPSET["ops"])
     unknown = [op for op in ops if op not in OPS] if isinstance(ops, list) else ops
     if unknown:
-        return (f"{source}: its operation set {opset['name']!r} lists the operations {unknown}, which this fisherx "
-                f"does not have (operations: {', '.join(OP_NAMES)}): a newer fisherx wrote it, or it was edited")
+        return (
+            f"{source}: its operation set {opset['name']!r} lists the operations {unknown}, which this fisherx "
+            f"does not have (operations: {', '.join(OP_NAMES)}): a newer fisherx wrote it, or it was edited"
+        )
     versions = opset.get("op_versions", {})
-    changed = [f"{op} (file: version {versions.get(op, 1)}, here: {OP_VERSIONS.get(op, 1)})" for op in ops
-               if (versions.get(op, 1) if isinstance(versions, dict) else None) != OP_VERSIONS.get(op, 1)]
+    changed = [
+        f"{op} (file: version {versions.get(op, 1)}, here: {OP_VERSIONS.get(op, 1)})"
+        for op in ops
+        if (versions.get(op, 1) if isinstance(versions, dict) else None) != OP_VERSIONS.get(op, 1)
+    ]
     if changed:
-        return (f"{source}: written with other versions of the operations {', '.join(changed)}: the same names "
-                "compute something else now")
+        return (
+            f"{source}: written with other versions of the operations {', '.join(changed)}: the same names "
+            "compute something else now"
+        )
     return None
 
 

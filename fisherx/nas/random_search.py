@@ -8,6 +8,7 @@ both methods spend the same number of training passes, random search on fewer bu
 
 Resumable like FUSE: a checkpoint after every candidate and every few weight steps, the same JSON-lines log.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,27 +48,53 @@ from .genotype import Genotype
 from .space import SearchSpace
 
 
-def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_candidate: int = 5,
-                  batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0, final_epochs: int = 20,
-                  seed: int = 0, device=None, out_dir=None, progress: bool | None = None,
-                  data_dir=None, checkpoint_every: int | None = 50, deterministic: bool = True) -> FuseResult:
+def random_search(
+    space: SearchSpace,
+    task: Any,
+    *,
+    budget: int,
+    epochs_per_candidate: int = 5,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 0.0,
+    final_epochs: int = 20,
+    seed: int = 0,
+    device=None,
+    out_dir=None,
+    progress: bool | None = None,
+    data_dir=None,
+    checkpoint_every: int | None = 50,
+    deterministic: bool = True,
+) -> FuseResult:
     """Random search with ``budget`` candidate-epochs: ⌊budget / epochs_per_candidate⌋ distinct architectures.
 
     Seeding, determinism, checkpoints (every candidate and every ``checkpoint_every`` weight steps) and ``cost`` are
     as in :func:`fisherx.nas.fuse`. Returns a :class:`FuseResult` with ``method == "random"``; ``history`` has one
     entry per candidate (its genotype, validation accuracy, final training loss).
     """
-    check_positive_ints(budget=budget, epochs_per_candidate=epochs_per_candidate, batch_size=batch_size,
-                        final_epochs=final_epochs)
+    check_positive_ints(
+        budget=budget, epochs_per_candidate=epochs_per_candidate, batch_size=batch_size, final_epochs=final_epochs
+    )
     n = budget // epochs_per_candidate
     if n < 1:
-        raise ValueError(f"a budget of {budget} candidate-epochs trains no candidate at {epochs_per_candidate} "
-                         f"epochs each; raise the budget or lower epochs_per_candidate")
+        raise ValueError(
+            f"a budget of {budget} candidate-epochs trains no candidate at {epochs_per_candidate} "
+            f"epochs each; raise the budget or lower epochs_per_candidate"
+        )
     data, device, (x_tr, y_tr), (x_val, y_val), (in_channels, num_classes) = search_inputs(task, data_dir, device)
-    config = {"method": "random", "space": space.to_dict(), "data": data_fingerprint(data), "budget": budget,
-              "epochs_per_candidate": epochs_per_candidate, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "final_epochs": final_epochs, "seed": seed,
-              "deterministic": deterministic}
+    config = {
+        "method": "random",
+        "space": space.to_dict(),
+        "data": data_fingerprint(data),
+        "budget": budget,
+        "epochs_per_candidate": epochs_per_candidate,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "final_epochs": final_epochs,
+        "seed": seed,
+        "deterministic": deterministic,
+    }
     files = SearchFiles(out_dir, "random", config)
     done = files.load_result()
     if done is not None:
@@ -83,7 +110,9 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
         if state is not None:
             history, start, inflight = resume_run(state, device, gen, nondet, f"random search in {files.dir}")
         seen = {Genotype.from_dict(h["genotype"]).key() for h in history}
-        with Progress(total=n, initial=start, desc="random search", unit="arch", enabled=show_progress(progress)) as bar:
+        with Progress(
+            total=n, initial=start, desc="random search", unit="arch", enabled=show_progress(progress)
+        ) as bar:
             x_tr, y_tr = x_tr.to(device), y_tr.to(device)
             with meter.stage("search"):
                 for i in range(start, n):
@@ -106,23 +135,60 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
                         load_round_state(solo, data_gen, inflight)
                         pos = inflight["position"]
                     inflight = None
-                    ckpt.base = lambda: {"round": i - 1, "generator": gen.get_state(), "history": history,
-                                         **run_state(device, meter, nondet)}
-                    here = lambda: round_state(solo, data_gen, {  # noqa: E731 (read at checkpoint time)
-                        "genotype": g.to_dict(), "seed": cand_seed, "position": pos})
-                    losses = train_epochs(solo, x_tr, y_tr, epochs=epochs_per_candidate, batch_size=batch_size,
-                                          gen=data_gen, device=device, pos=pos, on_step=lambda: ckpt.step(here))
+                    ckpt.base = lambda: {
+                        "round": i - 1,
+                        "generator": gen.get_state(),
+                        "history": history,
+                        **run_state(device, meter, nondet),
+                    }
+                    here = lambda: round_state(
+                        solo,
+                        data_gen,
+                        {  # noqa: E731 (read at checkpoint time)
+                            "genotype": g.to_dict(),
+                            "seed": cand_seed,
+                            "position": pos,
+                        },
+                    )
+                    losses = train_epochs(
+                        solo,
+                        x_tr,
+                        y_tr,
+                        epochs=epochs_per_candidate,
+                        batch_size=batch_size,
+                        gen=data_gen,
+                        device=device,
+                        pos=pos,
+                        on_step=lambda: ckpt.step(here),
+                    )
                     per_epoch = len(losses) // epochs_per_candidate
                     last = losses[-per_epoch:]  # the last epoch's losses
                     val_acc = accuracy(logits_of(net, x_val, 512, device), y_val)
-                    history.append({"round": i, "genotype": g.to_dict(), "val_accuracy": val_acc,
-                                    "train_loss": sum(last) / len(last), "candidate_epochs": epochs_per_candidate,
-                                    "weight_steps": len(losses), "elapsed_s": meter.snapshot()["search"]["wall_s"]})
-                    files.save_round({"round": i, "generator": gen.get_state(), "history": history,
-                                      **run_state(device, meter, nondet)}, history)
+                    history.append(
+                        {
+                            "round": i,
+                            "genotype": g.to_dict(),
+                            "val_accuracy": val_acc,
+                            "train_loss": sum(last) / len(last),
+                            "candidate_epochs": epochs_per_candidate,
+                            "weight_steps": len(losses),
+                            "elapsed_s": meter.snapshot()["search"]["wall_s"],
+                        }
+                    )
+                    files.save_round(
+                        {
+                            "round": i,
+                            "generator": gen.get_state(),
+                            "history": history,
+                            **run_state(device, meter, nondet),
+                        },
+                        history,
+                    )
                     bar.update(1)
-                    bar.set_description(f"candidate {i + 1}: best validation accuracy so far "
-                                        f"{max(h['val_accuracy'] for h in history):.3f}")
+                    bar.set_description(
+                        f"candidate {i + 1}: best validation accuracy so far "
+                        f"{max(h['val_accuracy'] for h in history):.3f}"
+                    )
 
         # Best validation accuracy; ties go to the earlier candidate.
         best_i = max(range(len(history)), key=lambda k: (history[k]["val_accuracy"], -k))
@@ -130,7 +196,8 @@ def random_search(space: SearchSpace, task: Any, *, budget: int, epochs_per_cand
         with meter.stage("final_training"):
             final, net = _final(files, space, best, data, final_epochs, batch_size, lr, seed, device)
     cost = search_cost(meter, device, history, nondet, alpha_steps=0, candidates_trained=len(history))
-    result = FuseResult(best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space,
-                        "random", net)
+    result = FuseResult(
+        best, final["test_accuracy"], final["val_accuracy"], final["params"], cost, history, space, "random", net
+    )
     _save_winner(files, net, result)
     return result

@@ -9,6 +9,7 @@ with a wider op) and an operation for each from the space's list, uniformly, fro
 
 Number of distinct genotypes: ``cells(space)²`` with ``cells = Σ_n Π_{j<n} C(2+j, 2)·m²`` for m operations.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,9 +76,15 @@ class SearchSpace:
         return cls(_ops.OP_NAMES, (3, 4), width, depth, stem_multiplier, name="general")
 
     @classmethod
-    def from_genotypes(cls, best: Genotype | Iterable[Genotype], width: int | None = None,
-                       depth: int | None = None, stem_multiplier: int | None = None,
-                       base: SearchSpace | None = None, name: str = "derived") -> SearchSpace:
+    def from_genotypes(
+        cls,
+        best: Genotype | Iterable[Genotype],
+        width: int | None = None,
+        depth: int | None = None,
+        stem_multiplier: int | None = None,
+        base: SearchSpace | None = None,
+        name: str = "derived",
+    ) -> SearchSpace:
         """The space of a task's best cells: the union of their operations and of their cells' node counts.
 
         The skeleton comes from ``base`` (default: the general space's) unless given explicitly.
@@ -88,9 +95,14 @@ class SearchSpace:
         base = base or cls.general()
         ops = set().union(*(g.ops() for g in gs))
         nodes = {len(c) for g in gs for c in (g.normal, g.reduce)}
-        return cls(tuple(ops), tuple(nodes), width if width is not None else base.width,
-                   depth if depth is not None else base.depth,
-                   stem_multiplier if stem_multiplier is not None else base.stem_multiplier, name=name)
+        return cls(
+            tuple(ops),
+            tuple(nodes),
+            width if width is not None else base.width,
+            depth if depth is not None else base.depth,
+            stem_multiplier if stem_multiplier is not None else base.stem_multiplier,
+            name=name,
+        )
 
     # --------------------------------------------------------------------------------------- membership
     def violations(self, g: Genotype) -> list[str]:
@@ -148,12 +160,14 @@ class SearchSpace:
     # ------------------------------------------------------------------------------------------- networks
     def build(self, g: Genotype, in_channels: int, num_classes: int):
         """The network of ``g`` on this space's skeleton."""
-        return _network.build(g, in_channels, num_classes, width=self.width, depth=self.depth,
-                              stem_multiplier=self.stem_multiplier)
+        return _network.build(
+            g, in_channels, num_classes, width=self.width, depth=self.depth, stem_multiplier=self.stem_multiplier
+        )
 
     def num_params(self, g: Genotype, in_channels: int, num_classes: int) -> int:
-        return _network.num_params(g, in_channels, num_classes, width=self.width, depth=self.depth,
-                                   stem_multiplier=self.stem_multiplier)
+        return _network.num_params(
+            g, in_channels, num_classes, width=self.width, depth=self.depth, stem_multiplier=self.stem_multiplier
+        )
 
     # ---------------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
@@ -164,11 +178,16 @@ class SearchSpace:
 
     def _definition(self) -> dict:
         # Everything that defines the space (not its display name): what the hash covers.
-        return {"format": SPACE_FORMAT, "version": SPACE_VERSION,
-                "opset": _ops.opset_record(),
-                "ops": list(self.ops),
-                "nodes": list(self.nodes), "width": self.width, "depth": self.depth,
-                "stem_multiplier": self.stem_multiplier}
+        return {
+            "format": SPACE_FORMAT,
+            "version": SPACE_VERSION,
+            "opset": _ops.opset_record(),
+            "ops": list(self.ops),
+            "nodes": list(self.nodes),
+            "width": self.width,
+            "depth": self.depth,
+            "stem_multiplier": self.stem_multiplier,
+        }
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -183,8 +202,10 @@ class SearchSpace:
         """A space from :meth:`to_dict`'s form (version 1 or 2); a version-2 ``hash`` that does not match the
         definition (an edited or damaged file) is refused."""
         if not isinstance(d, dict) or d.get("format") != SPACE_FORMAT:
-            raise SearchSpaceError(f"{source}: not a fisherx search space (format "
-                                   f"{d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
+            raise SearchSpaceError(
+                f"{source}: not a fisherx search space (format "
+                f"{d.get('format') if isinstance(d, dict) else type(d).__name__!r})"
+            )
         if d.get("version") not in _READABLE_VERSIONS:
             raise SearchSpaceError(f"{source}: search space version {d.get('version')!r} is not supported")
         if d["version"] >= 2:
@@ -193,8 +214,14 @@ class SearchSpace:
             except GenotypeError as e:
                 raise SearchSpaceError(str(e)) from None
         try:
-            space = cls(tuple(d["ops"]), tuple(d["nodes"]), d["width"], d["depth"], d["stem_multiplier"],
-                        name=d.get("name", "derived"))
+            space = cls(
+                tuple(d["ops"]),
+                tuple(d["nodes"]),
+                d["width"],
+                d["depth"],
+                d["stem_multiplier"],
+                name=d.get("name", "derived"),
+            )
         except KeyError as e:
             raise SearchSpaceError(f"{source}: missing key {e}") from None
         except SearchSpaceError as e:
@@ -203,8 +230,10 @@ class SearchSpace:
         # change the fingerprint of new files, never the validity of old ones.
         recorded = _hash({k: d.get(k) for k in space._definition()})
         if d["version"] >= 2 and d.get("hash") != recorded:
-            raise SearchSpaceError(f"{source}: the recorded hash {d.get('hash')!r} does not match the space's "
-                                   f"definition ({recorded}): the file was edited or damaged")
+            raise SearchSpaceError(
+                f"{source}: the recorded hash {d.get('hash')!r} does not match the space's "
+                f"definition ({recorded}): the file was edited or damaged"
+            )
         return space
 
     @classmethod
@@ -216,8 +245,10 @@ class SearchSpace:
         return cls.from_dict(d, source)
 
     def __str__(self) -> str:
-        return (f"{self.name} space: ops {{{', '.join(self.ops)}}}, {'/'.join(map(str, self.nodes))} nodes, "
-                f"width {self.width}, depth {self.depth}")
+        return (
+            f"{self.name} space: ops {{{', '.join(self.ops)}}}, {'/'.join(map(str, self.nodes))} nodes, "
+            f"width {self.width}, depth {self.depth}"
+        )
 
 
 def _hash(definition: dict) -> str:

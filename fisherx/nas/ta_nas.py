@@ -24,20 +24,22 @@ The dictionary is a directory::
 
 It grows as tasks are solved (:func:`add_baseline`, or ``ta_nas(..., grow=True)``).
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from filelock import FileLock
 from torch import nn
 
+from .._progress import note
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
 from ..io.files import parse_json
-from .._progress import note
 from ._common import device_name, pick_device, resolve_data, show_progress
 from .cost import CostMeter
 from .determinism import reproducible
@@ -75,17 +77,28 @@ class DictionaryEntry:
     search: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "task": self.task, "eps": self.eps, "space": self.space.to_dict(),
-                "genotype": self.genotype.to_dict(), "search": self.search}
+        return {
+            "name": self.name,
+            "task": self.task,
+            "eps": self.eps,
+            "space": self.space.to_dict(),
+            "genotype": self.genotype.to_dict(),
+            "search": self.search,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict, source: str) -> "DictionaryEntry":
+    def from_dict(cls, d: dict, source: str) -> DictionaryEntry:
         if not isinstance(d, dict):
             raise FormatError(f"{source}: an entry must be a JSON object, got {type(d).__name__}")
         try:
-            return cls(_check_name(d["name"]), d["task"], d["eps"],
-                       SearchSpace.from_dict(d["space"], f"{source}: space"),
-                       Genotype.from_dict(d["genotype"], f"{source}: genotype"), d.get("search", {}))
+            return cls(
+                _check_name(d["name"]),
+                d["task"],
+                d["eps"],
+                SearchSpace.from_dict(d["space"], f"{source}: space"),
+                Genotype.from_dict(d["genotype"], f"{source}: genotype"),
+                d.get("search", {}),
+            )
         except KeyError as e:
             raise FormatError(f"{source}: entry lacks {e}") from None
         except (TypeError, ValueError) as e:  # a bad name, space or genotype (GenotypeError, SearchSpaceError)
@@ -107,7 +120,7 @@ class TaskDictionary:
         # Every change is read-merge-write under this inter-process lock, so concurrent adds never lose an entry.
         return _dictionary_lock(self.path)
 
-    def _read(self) -> tuple[dict, dict[str, "DictionaryEntry"]]:
+    def _read(self) -> tuple[dict, dict[str, DictionaryEntry]]:
         """(family, entries) of the index on disk; anything malformed is a FormatError naming the index."""
         index = self.path / INDEX
         try:
@@ -118,8 +131,10 @@ class TaskDictionary:
         if not isinstance(d, dict) or d.get("format") != DICTIONARY_FORMAT:
             raise FormatError(f"{index} is not a fisherx task dictionary")
         if d.get("version") != DICTIONARY_VERSION:
-            raise FormatError(f"{index}: dictionary version {d.get('version')!r:.40} is not supported (this fisherx "
-                              f"reads version {DICTIONARY_VERSION})")
+            raise FormatError(
+                f"{index}: dictionary version {d.get('version')!r:.40} is not supported (this fisherx "
+                f"reads version {DICTIONARY_VERSION})"
+            )
         fam = d.get("family", {})
         if not isinstance(fam, dict) or not isinstance(fam.get("eps", {}), dict):
             raise FormatError(f"{index}: the family is not a JSON object")
@@ -137,9 +152,20 @@ class TaskDictionary:
         return fam, entries
 
     @classmethod
-    def create(cls, path, *, arch: str, head_width: int, in_channels: int, image_size: int, eps_epochs: int = 10,
-               eps_seed: int = 0, eps_batch_size: int = 128, eps_lr: float = 1e-3,
-               exist_ok: bool = False) -> "TaskDictionary":
+    def create(
+        cls,
+        path,
+        *,
+        arch: str,
+        head_width: int,
+        in_channels: int,
+        image_size: int,
+        eps_epochs: int = 10,
+        eps_seed: int = 0,
+        eps_batch_size: int = 128,
+        eps_lr: float = 1e-3,
+        exist_ok: bool = False,
+    ) -> TaskDictionary:
         """An empty dictionary whose ε-networks are ``arch`` with ``head_width`` outputs on
         ``in_channels``×``image_size``² inputs, each trained with :func:`fisherx.models.train` for ``eps_epochs``
         epochs (Adam ``eps_lr``, batch ``eps_batch_size``) from the initialisation of ``eps_seed``; the target's
@@ -151,9 +177,18 @@ class TaskDictionary:
         if arch not in models.ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(models.ARCHS)}")
         path = Path(path)
-        fam = {"arch": arch, "head_width": int(head_width), "in_channels": int(in_channels),
-               "image_size": int(image_size), "eps": {"epochs": int(eps_epochs), "seed": int(eps_seed),
-                                                      "batch_size": int(eps_batch_size), "lr": float(eps_lr)}}
+        fam = {
+            "arch": arch,
+            "head_width": int(head_width),
+            "in_channels": int(in_channels),
+            "image_size": int(image_size),
+            "eps": {
+                "epochs": int(eps_epochs),
+                "seed": int(eps_seed),
+                "batch_size": int(eps_batch_size),
+                "lr": float(eps_lr),
+            },
+        }
         path.mkdir(parents=True, exist_ok=True)
         with _dictionary_lock(path):  # check-and-create as one step: no other process can create in between
             if (path / INDEX).exists():
@@ -162,12 +197,19 @@ class TaskDictionary:
                 found = cls(path)
                 if found.family != fam:
                     diff = sorted(k for k in fam if found.family.get(k) != fam[k])
-                    raise ValueError(f"{path / INDEX} already holds a dictionary of another family (differs in "
-                                     f"{', '.join(diff)}: {[found.family.get(k) for k in diff]} vs "
-                                     f"{[fam[k] for k in diff]})")
+                    raise ValueError(
+                        f"{path / INDEX} already holds a dictionary of another family (differs in "
+                        f"{', '.join(diff)}: {[found.family.get(k) for k in diff]} vs "
+                        f"{[fam[k] for k in diff]})"
+                    )
                 return found
-            atomic_write_text(path / INDEX, json.dumps({"format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION,
-                                                        "family": fam, "entries": []}, indent=1) + "\n")
+            atomic_write_text(
+                path / INDEX,
+                json.dumps(
+                    {"format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION, "family": fam, "entries": []}, indent=1
+                )
+                + "\n",
+            )
         return cls(path)
 
     def __contains__(self, name: str) -> bool:
@@ -198,12 +240,16 @@ class TaskDictionary:
         """Refuse task data whose Fishers could not be compared with the family's."""
         f = self.family
         if (data.in_channels, data.image_size) != (f["in_channels"], f["image_size"]):
-            raise ValueError(f"task {name!r} has {data.in_channels}×{data.image_size}×{data.image_size} inputs; the "
-                             f"dictionary's networks take {f['in_channels']}×{f['image_size']}×{f['image_size']}")
+            raise ValueError(
+                f"task {name!r} has {data.in_channels}×{data.image_size}×{data.image_size} inputs; the "
+                f"dictionary's networks take {f['in_channels']}×{f['image_size']}×{f['image_size']}"
+            )
         if data.num_classes > f["head_width"]:
-            raise ValueError(f"task {name!r} has {data.num_classes} labels but the dictionary's networks have "
-                             f"{f['head_width']} outputs: its labels cannot index their logits (make a dictionary "
-                             f"with head_width ≥ {data.num_classes})")
+            raise ValueError(
+                f"task {name!r} has {data.num_classes} labels but the dictionary's networks have "
+                f"{f['head_width']} outputs: its labels cannot index their logits (make a dictionary "
+                f"with head_width ≥ {data.num_classes})"
+            )
 
     def eps_network(self, name: str, device=None) -> nn.Module:
         """Baseline ``name``'s ε-network, loaded in eval mode."""
@@ -212,8 +258,9 @@ class TaskDictionary:
         state, meta = load_tree(p, with_meta=True)
         expect = {k: self.family[k] for k in ("arch", "head_width", "in_channels", "image_size")}
         if {k: meta.get(k) for k in expect} != expect:
-            raise FormatError(f"{p} holds a network of another family ({ {k: meta.get(k) for k in expect} }, "
-                              f"expected {expect})")
+            raise FormatError(
+                f"{p} holds a network of another family ({ {k: meta.get(k) for k in expect} }, expected {expect})"
+            )
         net = self.new_network()
         try:
             net.load_state_dict(state)
@@ -221,8 +268,18 @@ class TaskDictionary:
             raise FormatError(f"{p}: the weights do not fit the family's {self.family['arch']}: {e}") from None
         return net.to(pick_device(device)).eval()
 
-    def add(self, name: str, *, task: dict, eps_network: nn.Module, eps: dict, space: SearchSpace,
-            genotype: Genotype, search: dict | None = None, replace: bool = False) -> DictionaryEntry:
+    def add(
+        self,
+        name: str,
+        *,
+        task: dict,
+        eps_network: nn.Module,
+        eps: dict,
+        space: SearchSpace,
+        genotype: Genotype,
+        search: dict | None = None,
+        replace: bool = False,
+    ) -> DictionaryEntry:
         """Store a solved task: the ε-network's weights first, then the index (each write atomic), so a crash
         leaves either the old dictionary or the new one. The index is re-read, merged and rewritten under an
         inter-process lock: entries other processes added meanwhile are kept. If another process added ``name``
@@ -237,29 +294,43 @@ class TaskDictionary:
                     return self.entries[name]
                 raise ValueError(f"{self.path} already has a baseline {name!r} (pass replace=True to overwrite it)")
             state = {k: v.detach().cpu() for k, v in eps_network.state_dict().items()}
-            save_tree(self._eps_file(name), state, meta={k: self.family[k] for k in
-                                                        ("arch", "head_width", "in_channels", "image_size")})
+            save_tree(
+                self._eps_file(name),
+                state,
+                meta={k: self.family[k] for k in ("arch", "head_width", "in_channels", "image_size")},
+            )
             genotype.save(self.path / name / "genotype.json", space=space)
             entry = DictionaryEntry(name, task, eps, space, genotype, search or {})
             self.entries[name] = entry
             self._write_index()
         return entry
 
-    def reload(self) -> "TaskDictionary":
+    def reload(self) -> TaskDictionary:
         """Re-read the index (entries other processes added since this one was opened)."""
         self.family, self.entries = self._read()
         return self
 
     def _write_index(self) -> None:
-        atomic_write_text(self.path / INDEX, json.dumps({
-            "format": DICTIONARY_FORMAT, "version": DICTIONARY_VERSION, "family": self.family,
-            "entries": [e.to_dict() for e in self.entries.values()]}, indent=1) + "\n")
+        atomic_write_text(
+            self.path / INDEX,
+            json.dumps(
+                {
+                    "format": DICTIONARY_FORMAT,
+                    "version": DICTIONARY_VERSION,
+                    "family": self.family,
+                    "entries": [e.to_dict() for e in self.entries.values()],
+                },
+                indent=1,
+            )
+            + "\n",
+        )
 
     def __repr__(self) -> str:
         return f"TaskDictionary({str(self.path)!r}, {self.family['arch']}, baselines {self.names()})"
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _task_config(task: Any, data: Any) -> dict:
     """What the dictionary records of a task: how to rebuild it. A user task built from in-memory data cannot be
@@ -275,8 +346,15 @@ def _task_name(task: Any, data: Any) -> str:
     return getattr(t, "name", "target")
 
 
-def train_eps_network(dictionary: TaskDictionary, data: Any, *, epsilon: Optional[float] = 0.1, device=None,
-                      out_file=None, progress: bool = False) -> tuple[nn.Module, dict]:
+def train_eps_network(
+    dictionary: TaskDictionary,
+    data: Any,
+    *,
+    epsilon: float | None = 0.1,
+    device=None,
+    out_file=None,
+    progress: bool = False,
+) -> tuple[nn.Module, dict]:
     """Train the family's network on ``data`` with the family's recipe (:func:`fisherx.models.train`). With
     ``out_file`` the trained network is saved there and reloaded on the next call with the same recipe."""
     from ..models.training import seeded, train
@@ -292,18 +370,43 @@ def train_eps_network(dictionary: TaskDictionary, data: Any, *, epsilon: Optiona
             return net.to(device).eval(), meta["eps"]
     with seeded(recipe["seed"], device):
         net = dictionary.new_network()
-    res = train(net, data, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                seed=recipe["seed"], device=device, progress=progress, epsilon=epsilon)
-    eps = {**info, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
-           "meets_epsilon": res.meets_epsilon, "epsilon": epsilon, "train_s": res.seconds}
+    res = train(
+        net,
+        data,
+        epochs=recipe["epochs"],
+        batch_size=recipe["batch_size"],
+        lr=recipe["lr"],
+        seed=recipe["seed"],
+        device=device,
+        progress=progress,
+        epsilon=epsilon,
+    )
+    eps = {
+        **info,
+        "test_accuracy": res.test_accuracy,
+        "val_accuracy": res.val_accuracy,
+        "meets_epsilon": res.meets_epsilon,
+        "epsilon": epsilon,
+        "train_s": res.seconds,
+    }
     if out_file is not None:
-        save_tree(out_file, {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                  meta={"settings": info, "eps": eps})
+        save_tree(
+            out_file, {k: v.detach().cpu() for k, v in net.state_dict().items()}, meta={"settings": info, "eps": eps}
+        )
     return net.eval(), eps
 
 
-def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | None = None, data_dir=None,
-                 device=None, out_dir=None, progress: bool | None = None, **search) -> DictionaryEntry:
+def add_baseline(
+    dictionary: TaskDictionary,
+    task: Any,
+    *,
+    space: SearchSpace | None = None,
+    data_dir=None,
+    device=None,
+    out_dir=None,
+    progress: bool | None = None,
+    **search,
+) -> DictionaryEntry:
     """Solve a baseline task and add it: train its ε-network, search the general space (or ``space``) with FUSE
     (``search`` is passed to :func:`fisherx.nas.fuse`), derive the task's space from the best genotype
     (:meth:`SearchSpace.from_genotypes`, same skeleton) and store all three."""
@@ -313,17 +416,29 @@ def add_baseline(dictionary: TaskDictionary, task: Any, *, space: SearchSpace | 
     record = _task_config(task, data)  # refused before any training when the task cannot be recorded
     space = space or SearchSpace.general()
     out = Path(out_dir) / name if out_dir is not None else None
-    net, eps = train_eps_network(dictionary, data, device=device,
-                                 out_file=out / "eps_network.fx" if out else None, progress=show_progress(progress))
+    net, eps = train_eps_network(
+        dictionary,
+        data,
+        device=device,
+        out_file=out / "eps_network.fx" if out else None,
+        progress=show_progress(progress),
+    )
     res = fuse(space, data, device=device, out_dir=out / "fuse" if out else None, progress=progress, **search)
     derived = SearchSpace.from_genotypes(res.genotype, base=space, name=name)
-    return dictionary.add(name, task=record, eps_network=net, eps=eps, space=derived,
-                          genotype=res.genotype, search=_brief(res))
+    return dictionary.add(
+        name, task=record, eps_network=net, eps=eps, space=derived, genotype=res.genotype, search=_brief(res)
+    )
 
 
 def _brief(res: FuseResult) -> dict:
-    return {"method": res.method, "test_accuracy": res.test_accuracy, "val_accuracy": res.val_accuracy,
-            "params": res.params, "cost": res.cost, "space": res.space.to_dict()}
+    return {
+        "method": res.method,
+        "test_accuracy": res.test_accuracy,
+        "val_accuracy": res.val_accuracy,
+        "params": res.params,
+        "cost": res.cost,
+        "space": res.space.to_dict(),
+    }
 
 
 @dataclass
@@ -343,28 +458,44 @@ class TaNasResult:
     head: dict
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "metric": "ftd", "head": self.head, "distances": self.distances,
-                "closest": self.closest, "space": self.space.to_dict(), "eps": self.eps, "cost": self.cost,
-                "result": self.result.to_dict(),
-                "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()}}
+        return {
+            "target": self.target,
+            "metric": "ftd",
+            "head": self.head,
+            "distances": self.distances,
+            "closest": self.closest,
+            "space": self.space.to_dict(),
+            "eps": self.eps,
+            "cost": self.cost,
+            "result": self.result.to_dict(),
+            "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
+        }
 
     def summary(self) -> str:
-        lines = [f"TA-NAS for {self.target} (FTD, shared head width {self.head['width']}; target ε-network test "
-                 f"accuracy {self.eps['target']['test_accuracy']:.4f})", "distances d[baseline → target]:"]
+        lines = [
+            f"TA-NAS for {self.target} (FTD, shared head width {self.head['width']}; target ε-network test "
+            f"accuracy {self.eps['target']['test_accuracy']:.4f})",
+            "distances d[baseline → target]:",
+        ]
         for n, d in sorted(self.distances.items(), key=lambda kv: kv[1]):
             lines.append(f"  {n:<12} {d:.4f}{'   ← closest' if n == self.closest else ''}")
         lines.append(f"search space: {self.space}")
         rows = [("TA-NAS (FUSE, closest space)", self.result)] + [
             ({"random": "random search, same space & budget", "general": "FUSE, general space"}.get(k, k), v)
-            for k, v in self.comparisons.items()]
+            for k, v in self.comparisons.items()
+        ]
         lines.append(f"{'method':<36} {'test acc':>8} {'params':>9} {'search s':>9} {'final s':>8} {'cand-ep':>8}")
         for label, r in rows:
             c = r.cost
-            lines.append(f"{label:<36} {r.test_accuracy:>8.4f} {r.params:>9,} {c['search_s']:>9.1f} "
-                         f"{c['final_train_s']:>8.1f} {c['candidate_epochs']:>8}")
-        lines.append(f"cost on {self.cost['device']}: {self.cost['candidates_trained']} candidates trained by TA-NAS, "
-                     f"peak memory {_mb(self.cost['peak_rss_mb'])} RSS"
-                     + (f", {_mb(self.cost['peak_cuda_mb'])} CUDA" if self.cost.get("peak_cuda_mb") else ""))
+            lines.append(
+                f"{label:<36} {r.test_accuracy:>8.4f} {r.params:>9,} {c['search_s']:>9.1f} "
+                f"{c['final_train_s']:>8.1f} {c['candidate_epochs']:>8}"
+            )
+        lines.append(
+            f"cost on {self.cost['device']}: {self.cost['candidates_trained']} candidates trained by TA-NAS, "
+            f"peak memory {_mb(self.cost['peak_rss_mb'])} RSS"
+            + (f", {_mb(self.cost['peak_cuda_mb'])} CUDA" if self.cost.get("peak_cuda_mb") else "")
+        )
         lines.append(f"  {'stage':<16} {'wall s':>8} {'device s':>9} {'peak RSS':>10}")
         for stage, c in self.cost["stages"].items():
             note = " (reused)" if c.get("reused") else ""
@@ -380,10 +511,20 @@ def _mb(x) -> str:
     return f"{x:,.0f} MB" if x is not None else "n/a"
 
 
-def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Sequence[str] = ("random",),
-           fisher_samples: Optional[int] = None,
-           random_epochs_per_candidate: Optional[int] = None, grow: bool = False, data_dir=None, device=None,
-           out_dir=None, progress: bool | None = None, **search) -> TaNasResult:
+def ta_nas(
+    target: Any,
+    dictionary: TaskDictionary | str | Path,
+    *,
+    compare: Sequence[str] = ("random",),
+    fisher_samples: int | None = None,
+    random_epochs_per_candidate: int | None = None,
+    grow: bool = False,
+    data_dir=None,
+    device=None,
+    out_dir=None,
+    progress: bool | None = None,
+    **search,
+) -> TaNasResult:
     """Algorithm 2 of the papers for ``target`` (a Task or its TaskData) against ``dictionary``.
 
     1. Train the target's ε-network (the family's architecture, head width and training recipe, seed included).
@@ -411,8 +552,10 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     if not isinstance(dictionary, TaskDictionary):
         dictionary = TaskDictionary(dictionary)
     if len(dictionary) == 0:
-        raise ValueError(f"the dictionary {dictionary.path} has no baseline tasks; add some with add_baseline() "
-                         "(or fisherx search --baselines ...)")
+        raise ValueError(
+            f"the dictionary {dictionary.path} has no baseline tasks; add some with add_baseline() "
+            "(or fisherx search --baselines ...)"
+        )
     data = resolve_data(target, data_dir)
     name = _task_name(target, data)
     dictionary.check_task(data, name)
@@ -430,26 +573,37 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     nondet: list = []
     with reproducible(search.get("seed", 0), device, deterministic=search.get("deterministic", True), found=nondet):
         with meter.stage("eps_networks"):
-            target_net, target_eps = train_eps_network(dictionary, data, device=device, out_file=eps_file,
-                                                       progress=show_progress(progress))
+            target_net, target_eps = train_eps_network(
+                dictionary, data, device=device, out_file=eps_file, progress=show_progress(progress)
+            )
         x_test, y_test = data.test
 
         def fisher(net):
-            return fisher_diag(net.eval(), (x_test, y_test), loss="cross_entropy", kind="empirical",
-                               max_samples=fisher_samples, device=device, progress=False)
+            return fisher_diag(
+                net.eval(),
+                (x_test, y_test),
+                loss="cross_entropy",
+                kind="empirical",
+                max_samples=fisher_samples,
+                device=device,
+                progress=False,
+            )
 
         names = dictionary.names()
         with meter.stage("fishers"):
             f_bb = fisher(target_net)
             f_ab = [fisher(dictionary.eps_network(n, device)) for n in names]
         with meter.stage("distances"):
-            col = distance_column(f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names],
-                                  target_name=f"F[{name}→{name}]")
+            col = distance_column(
+                f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names], target_name=f"F[{name}→{name}]"
+            )
             distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
     closest = min(names, key=lambda n: (distances[n], names.index(n)))
     space = dictionary[closest].space
-    note(f"TA-NAS: the closest baseline to {name} is {closest} (FTD {distances[closest]:.3f}); searching its space",
-         enabled=show_progress(progress))
+    note(
+        f"TA-NAS: the closest baseline to {name} is {closest} (FTD {distances[closest]:.3f}); searching its space",
+        enabled=show_progress(progress),
+    )
 
     sub = (lambda s: out / s) if out is not None else (lambda s: None)
     result = fuse(space, data, device=device, out_dir=sub("fuse"), progress=progress, **search)
@@ -457,14 +611,24 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
     if "random" in compare:
         budget = result.cost["candidate_epochs"]  # equal budget: exactly what FUSE spent
         per = random_epochs_per_candidate or search.get("alternations", 10) * search.get("weight_epochs", 1)
-        shared = {k: search[k] for k in ("batch_size", "lr", "weight_decay", "final_epochs", "seed",
-                                         "checkpoint_every", "deterministic") if k in search}
-        comparisons["random"] = random_search(space, data, budget=budget, epochs_per_candidate=min(per, budget),
-                                              device=device, out_dir=sub("random"), progress=progress, **shared)
+        shared = {
+            k: search[k]
+            for k in ("batch_size", "lr", "weight_decay", "final_epochs", "seed", "checkpoint_every", "deterministic")
+            if k in search
+        }
+        comparisons["random"] = random_search(
+            space,
+            data,
+            budget=budget,
+            epochs_per_candidate=min(per, budget),
+            device=device,
+            out_dir=sub("random"),
+            progress=progress,
+            **shared,
+        )
     if "general" in compare:
         general = SearchSpace.general(width=space.width, depth=space.depth, stem_multiplier=space.stem_multiplier)
-        comparisons["general"] = fuse(general, data, device=device, out_dir=sub("general"), progress=progress,
-                                      **search)
+        comparisons["general"] = fuse(general, data, device=device, out_dir=sub("general"), progress=progress, **search)
 
     eps = {"target": target_eps, "baselines": {n: dictionary[n].eps for n in names}}
     head = {"mode": "shared", "width": dictionary.family["head_width"], "arch": dictionary.family["arch"]}
@@ -474,20 +638,33 @@ def ta_nas(target: Any, dictionary: TaskDictionary | str | Path, *, compare: Seq
         meter.add(stage, result.cost["stages"][stage])
     stages = meter.to_dict()["stages"]
     stages["eps_networks"]["reused"] = reused  # loaded from an earlier run's file: its training cost is not here
-    cost = {"stages": stages, "device": device_name(device),
-            "candidates_trained": result.cost["candidates_trained"],
-            "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
-            "peak_cuda_mb": max((s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None),
-                                default=None),
-            "nondeterministic_ops": sorted(set(nondet) | {op for r in (result, *comparisons.values())
-                                                          for op in r.cost.get("nondeterministic_ops", [])}),
-            "eps_s": stages["eps_networks"]["wall_s"],
-            "fisher_and_distance_s": stages["fishers"]["wall_s"] + stages["distances"]["wall_s"]}
+    cost = {
+        "stages": stages,
+        "device": device_name(device),
+        "candidates_trained": result.cost["candidates_trained"],
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+        "peak_cuda_mb": max(
+            (s["peak_cuda_mb"] for s in stages.values() if s["peak_cuda_mb"] is not None), default=None
+        ),
+        "nondeterministic_ops": sorted(
+            set(nondet) | {op for r in (result, *comparisons.values()) for op in r.cost.get("nondeterministic_ops", [])}
+        ),
+        "eps_s": stages["eps_networks"]["wall_s"],
+        "fisher_and_distance_s": stages["fishers"]["wall_s"] + stages["distances"]["wall_s"],
+    }
     report = TaNasResult(name, distances, closest, space, result, comparisons, eps, cost, head)
     if out is not None:
         report.save(out / "report.json")
     if grow:
         derived = SearchSpace.from_genotypes(result.genotype, base=space, name=name)
-        dictionary.add(name, task=record, eps_network=target_net, eps=target_eps,
-                       space=derived, genotype=result.genotype, search=_brief(result), replace=name in dictionary)
+        dictionary.add(
+            name,
+            task=record,
+            eps_network=target_net,
+            eps=target_eps,
+            space=derived,
+            genotype=result.genotype,
+            search=_brief(result),
+            replace=name in dictionary,
+        )
     return report

@@ -17,6 +17,7 @@ pairs by one deterministic transform; every task of a family uses the same image
 ``pairs`` reads (input, target) image pairs from the user's files instead: Taskonomy itself, one folder per task
 (:mod:`fisherx.data.taskonomy`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -72,13 +73,15 @@ class PixelTask:
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
-            raise ValueError(f"pixel task {self.name!r}: unknown transform {self.transform!r}; choose one of "
-                             f"{', '.join(TRANSFORMS)}")
+            raise ValueError(
+                f"pixel task {self.name!r}: unknown transform {self.transform!r}; choose one of {', '.join(TRANSFORMS)}"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"pixel task {self.name!r}: val_fraction must lie in [0, 1), got {self.val_fraction}")
         if self.max_train_per_label is not None and self.max_train_per_label < 1:
-            raise ValueError(f"pixel task {self.name!r}: max_train_per_label must be >= 1, got "
-                             f"{self.max_train_per_label}")
+            raise ValueError(
+                f"pixel task {self.name!r}: max_train_per_label must be >= 1, got {self.max_train_per_label}"
+            )
 
     def config(self) -> dict:
         """The task as plain JSON-able data (for cache keys and results)."""
@@ -98,14 +101,27 @@ class PixelTask:
         # Noise is a function of (noise_seed, split, position), so every task sees the same noisy inputs.
         pairs = [self._pair(x, split) for split, x in enumerate(images)]
         x0 = pairs[0][0]
-        return PixelTaskData(self, pairs[0], pairs[1], pairs[2], int(x0.shape[1]), int(pairs[0][1].shape[1]),
-                             int(x0.shape[-1]), src.origin)
+        return PixelTaskData(
+            self,
+            pairs[0],
+            pairs[1],
+            pairs[2],
+            int(x0.shape[1]),
+            int(pairs[0][1].shape[1]),
+            int(x0.shape[-1]),
+            src.origin,
+        )
 
     def _images(self, x: np.ndarray, scale: float) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(scale)
         if self.image_size is not None and t.shape[-1] != self.image_size and t.shape[0] > 0:
-            t = F.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=self.image_size < t.shape[-1]).clamp_(0.0, 1.0)
+            t = F.interpolate(
+                t,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=self.image_size < t.shape[-1],
+            ).clamp_(0.0, 1.0)
         return t.contiguous()
 
     def _pair(self, x: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,16 +146,21 @@ class PixelTask:
         from ..data.taskonomy import read_pairs
 
         if data_dir is None:
-            raise ValueError(f"pixel task {self.name!r} reads input/target pairs from files: give data_dir, the "
-                             "folder that holds one sub-folder per task")
+            raise ValueError(
+                f"pixel task {self.name!r} reads input/target pairs from files: give data_dir, the "
+                "folder that holds one sub-folder per task"
+            )
         pairs = read_pairs(data_dir, self.name, self.image_size)
         tr_idx, va_idx = _val_split(np.arange(pairs.train_input.shape[0]), self.val_fraction, self.seed)
-        f = [torch.from_numpy(a).to(torch.float32).div_(255.0) for a in
-             (pairs.train_input, pairs.train_target, pairs.test_input, pairs.test_target)]
+        f = [
+            torch.from_numpy(a).to(torch.float32).div_(255.0)
+            for a in (pairs.train_input, pairs.train_target, pairs.test_input, pairs.test_target)
+        ]
         tr = (f[0][tr_idx].contiguous(), f[1][tr_idx].contiguous())
         va = (f[0][va_idx].contiguous(), f[1][va_idx].contiguous())
-        return PixelTaskData(self, tr, va, (f[2], f[3]), int(f[0].shape[1]), int(f[1].shape[1]),
-                             int(f[0].shape[-1]), pairs.origin)
+        return PixelTaskData(
+            self, tr, va, (f[2], f[3]), int(f[0].shape[1]), int(f[1].shape[1]), int(f[0].shape[-1]), pairs.origin
+        )
 
 
 def _cap_per_class(y: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
@@ -193,7 +214,7 @@ def inpaint_mask(side: int) -> torch.Tensor:
     m = torch.ones(side, side)
     h = (side + 1) // 2
     lo = (side - h) // 2
-    m[lo:lo + h, lo:lo + h] = 0.0
+    m[lo : lo + h, lo : lo + h] = 0.0
     return m
 
 
@@ -202,20 +223,26 @@ def pixel_tasks(source: str = "digits", transforms=FAMILY, **options) -> list[Pi
     return [PixelTask(t, t, source, **options) for t in transforms]
 
 
-def pixel_preset(name: str, *, seed: int = 0, val_fraction: float = 0.1, max_train_per_label: int | None = None,
-                 image_size: int | None = None, data_dir=None) -> list[PixelTask]:
+def pixel_preset(
+    name: str,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    max_train_per_label: int | None = None,
+    image_size: int | None = None,
+    data_dir=None,
+) -> list[PixelTask]:
     """The built-in pixel families: "pixel-digits" (scikit-learn digits), "pixel-mnist" (the MNIST subset) — the
     seven transforms of :data:`FAMILY` — and "taskonomy": one ``pairs`` task per sub-folder of ``data_dir``."""
-    options = dict(seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label,
-                   image_size=image_size)
+    options = dict(seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label, image_size=image_size)
     if name == "taskonomy":
         from ..data.taskonomy import task_folders
 
         if data_dir is None:
-            raise ValueError("preset 'taskonomy' reads your files: give data_dir, the folder with one sub-folder "
-                             "per task")
+            raise ValueError(
+                "preset 'taskonomy' reads your files: give data_dir, the folder with one sub-folder per task"
+            )
         return [PixelTask(n, "pairs", "taskonomy", **options) for n in task_folders(data_dir)]
     if name not in PIXEL_PRESETS:
         raise ValueError(f"unknown pixel preset {name!r}; choose one of {', '.join(PIXEL_PRESETS)}")
     return pixel_tasks(name.split("-", 1)[1], **options)
-

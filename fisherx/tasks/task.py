@@ -1,10 +1,10 @@
 """A task (T, X) of the papers: a dataset, the classes of interest, an optional "anything else" label, balanced
 sampling, and train / validation / test splits, all deterministic from a seed (docs/tasks.md)."""
+
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from ..data.sources import Source, open_source
 
 OTHER_LABEL = "anything else"
 
-ClassSpec = Union[str, tuple]
+ClassSpec = str | tuple
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class TaskData:
     ``x`` float32 N×C×H×W (normalised per channel with the source's statistics) and ``y`` int64 labels in
     ``[0, num_classes)``."""
 
-    task: "Task"
+    task: Task
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
@@ -76,22 +76,24 @@ class Task:
 
     name: str
     source: str = "digits"
-    classes: Optional[tuple] = None
+    classes: tuple | None = None
     other: bool = False
     balanced: bool = True
     seed: int = 0
     val_fraction: float = 0.1
-    max_train_per_label: Optional[int] = None
-    image_size: Optional[int] = None
-    label_names: Optional[tuple] = None
-    data_dir: Optional[str] = None
+    max_train_per_label: int | None = None
+    image_size: int | None = None
+    label_names: tuple | None = None
+    data_dir: str | None = None
     test_balanced: bool = False
 
     def __post_init__(self) -> None:
         if self.classes is not None:
             if isinstance(self.classes, str):
-                raise TypeError(f"task {self.name!r}: classes must be a sequence of class names (or of tuples of "
-                                f"names), not the string {self.classes!r}")
+                raise TypeError(
+                    f"task {self.name!r}: classes must be a sequence of class names (or of tuples of "
+                    f"names), not the string {self.classes!r}"
+                )
             norm = tuple(tuple(str(c) for c in e) if isinstance(e, (tuple, list)) else str(e) for e in self.classes)
             if not norm:
                 raise ValueError(f"task {self.name!r}: classes is empty; give class names or None for all classes")
@@ -103,12 +105,15 @@ class Task:
         if self.max_train_per_label is not None and self.max_train_per_label < 1:
             raise ValueError(f"task {self.name!r}: max_train_per_label must be >= 1, got {self.max_train_per_label}")
         if self.classes is None and self.other:
-            raise ValueError(f"task {self.name!r}: other=True needs classes of interest (with classes=None every class "
-                             "has its own label and nothing is left for 'anything else')")
+            raise ValueError(
+                f"task {self.name!r}: other=True needs classes of interest (with classes=None every class "
+                "has its own label and nothing is left for 'anything else')"
+            )
 
     @classmethod
-    def from_tensors(cls, name: str, train=None, test=None, val=None, *, class_names=None, balanced=None,
-                     **options) -> "Task":
+    def from_tensors(
+        cls, name: str, train=None, test=None, val=None, *, class_names=None, balanced=None, **options
+    ) -> Task:
         """A task on the user's own data: ``train``, ``test`` (and optionally ``val``; default: carved from train,
         ``val_fraction`` per label, seeded) as ``(inputs, targets)`` pairs of tensors or numpy arrays.
 
@@ -118,21 +123,24 @@ class Task:
         make a regression task (train it with loss="mse"). Inputs are taken as they are (no normalisation)."""
         from .user import build
 
-        return build(name, {"train": train, "test": test, "val": val}, class_names=class_names, balanced=balanced,
-                     **options)
+        return build(
+            name, {"train": train, "test": test, "val": val}, class_names=class_names, balanced=balanced, **options
+        )
 
     @classmethod
-    def from_datasets(cls, name: str, train=None, test=None, val=None, **options) -> "Task":
+    def from_datasets(cls, name: str, train=None, test=None, val=None, **options) -> Task:
         """:meth:`from_tensors` on one map-style ``torch.utils.data.Dataset`` of (input, target) items per split
         (the items are stacked once, in memory)."""
         from .user import build, materialize
 
-        arrays = {s: materialize(d, f"task {name!r}: the {s} dataset") for s, d in
-                  (("train", train), ("test", test), ("val", val))}
+        arrays = {
+            s: materialize(d, f"task {name!r}: the {s} dataset")
+            for s, d in (("train", train), ("test", test), ("val", val))
+        }
         return build(name, arrays, **options)
 
     @classmethod
-    def from_npz(cls, name: str, path, **options) -> "Task":
+    def from_npz(cls, name: str, path, **options) -> Task:
         """:meth:`from_tensors` on a ``.npz`` file holding ``x_train``, ``y_train``, ``x_test``, ``y_test``
         (optionally ``x_val``, ``y_val`` and ``class_names``). The task records the file, so it can be rebuilt
         from its configuration (TA-NAS dictionaries, run files)."""
@@ -143,7 +151,7 @@ class Task:
         return build(name, arrays, data_file=path, **options)
 
     @staticmethod
-    def from_config(config: dict) -> "Task":
+    def from_config(config: dict) -> Task:
         """Rebuild a task from what :meth:`config` returned (a preset's task, or a user task read from a file)."""
         from .user import from_config
 
@@ -173,8 +181,10 @@ class Task:
                 label_of[c] = len(groups) - 1
         if self.label_names is not None:
             if len(self.label_names) != len(groups):
-                raise ValueError(f"task {self.name!r}: {len(self.label_names)} label_names for {len(groups)} labels "
-                                 f"({', '.join(names)})")
+                raise ValueError(
+                    f"task {self.name!r}: {len(self.label_names)} label_names for {len(groups)} labels "
+                    f"({', '.join(names)})"
+                )
             names = list(self.label_names)
         lut = np.full(len(src.class_names), -1, np.int64)
         for c, l in label_of.items():
@@ -186,10 +196,8 @@ class Task:
         for idx in chosen:
             idx = idx[rng.permutation(idx.size)]
             k = int(round(idx.size * self.val_fraction))
-            if idx.size >= 2 and given_val is None:
-                k = min(k, idx.size - 1)  # keep at least one training sample per label
-            else:
-                k = 0
+            # Keep at least one training sample per label; no carving when the caller gave a validation split.
+            k = min(k, idx.size - 1) if idx.size >= 2 and given_val is None else 0
             val_idx.append(idx[:k])
             train_idx.append(idx[k:])
         tr, va = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
@@ -205,11 +213,22 @@ class Task:
         for split, y in (("train", y_tr), ("test", y_te)):
             missing = [names[l] for l in range(len(groups)) if not bool((y == l).any())]
             if missing:
-                raise ValueError(f"task {self.name!r}: no {split} samples for label(s) {', '.join(missing)} in "
-                                 f"{src.name} ({src.origin})")
+                raise ValueError(
+                    f"task {self.name!r}: no {split} samples for label(s) {', '.join(missing)} in "
+                    f"{src.name} ({src.origin})"
+                )
         members = tuple(tuple(src.class_names[c] for c in g) for g in groups)
-        return TaskData(self, (x_tr, y_tr), (x_va, y_va), (x_te, y_te), len(groups), tuple(names),
-                        *_channels_and_size(x_tr), src.origin, members)
+        return TaskData(
+            self,
+            (x_tr, y_tr),
+            (x_va, y_va),
+            (x_te, y_te),
+            len(groups),
+            tuple(names),
+            *_channels_and_size(x_tr),
+            src.origin,
+            members,
+        )
 
     def _open(self, data_dir) -> Source:
         return open_source(self.source, self.data_dir if self.data_dir is not None else data_dir, self.image_size)
@@ -224,15 +243,19 @@ class Task:
             for m in members:
                 i = src.resolve(m)
                 if i in seen:
-                    raise ValueError(f"task {self.name!r}: class {src.class_names[i]!r} appears in two labels "
-                                     f"({seen[i]!r} and {m!r})")
+                    raise ValueError(
+                        f"task {self.name!r}: class {src.class_names[i]!r} appears in two labels "
+                        f"({seen[i]!r} and {m!r})"
+                    )
                 seen[i] = m
                 idx.append(i)
             groups.append(idx)
             names.append(src.class_names[idx[0]] if len(idx) == 1 else "+".join(src.class_names[i] for i in idx))
         if self.other and len(seen) == len(src.class_names):
-            raise ValueError(f"task {self.name!r}: other=True but the classes of interest cover every class of "
-                             f"{src.name}, so 'anything else' would be empty")
+            raise ValueError(
+                f"task {self.name!r}: other=True but the classes of interest cover every class of "
+                f"{src.name}, so 'anything else' would be empty"
+            )
         return groups, names
 
     def _draw(self, y: np.ndarray, groups: list[list[int]], rng: np.random.Generator) -> list[np.ndarray]:
@@ -256,8 +279,13 @@ class Task:
         std = torch.tensor(src.std, dtype=torch.float32).view(1, -1, 1, 1)
         t = (t - mean) / std
         if self.image_size is not None and t.shape[-1] != self.image_size and t.shape[0] > 0:
-            t = torch.nn.functional.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear",
-                                                align_corners=False, antialias=self.image_size < t.shape[-1])
+            t = torch.nn.functional.interpolate(
+                t,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=self.image_size < t.shape[-1],
+            )
         return t.contiguous()
 
 
@@ -285,7 +313,6 @@ def _draw_evenly(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> n
         left = 0
     picked = [np.sort(rng.choice(p, size=q, replace=False)) if q < p.size else p for p, q in zip(pools, quota)]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
-
 
 
 def _balanced_mask(y: np.ndarray, groups: list[list[int]]) -> np.ndarray:

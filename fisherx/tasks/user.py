@@ -7,6 +7,7 @@ integer labels (classification) or floating-point values (regression / autoencod
 ``data_sha256`` is a SHA-256 of every array, so a cache keyed by the task's configuration misses when the data
 changes. Only a task read from a file can be rebuilt from its configuration (:meth:`UserTask.rebuild_spec`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,10 @@ def _pair(task: str, split: str, pair) -> tuple[np.ndarray, np.ndarray]:
         raise TypeError(f"task {task!r}: {split} must be an (inputs, targets) pair, got {type(pair).__name__}")
     x, y = _to_numpy(pair[0], f"task {task!r}: {split} inputs"), _to_numpy(pair[1], f"task {task!r}: {split} targets")
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"task {task!r}: the {split} split has inputs of shape {x.shape} and targets of shape "
-                         f"{y.shape}; both need the samples along dim 0, as many of each")
+        raise ValueError(
+            f"task {task!r}: the {split} split has inputs of shape {x.shape} and targets of shape "
+            f"{y.shape}; both need the samples along dim 0, as many of each"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"task {task!r}: the {split} split is empty")
     return x, y
@@ -85,16 +88,20 @@ def _check_targets(name: str, arrays: dict, class_names) -> tuple[str, tuple]:
         return "regression", ()
     for s, (_, y) in ((s, p) for s, p in arrays.items() if p is not None):
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"task {name!r}: {s} labels must be a 1-D integer array (or float targets for "
-                            f"regression), got {y.dtype} of shape {y.shape}")
+            raise TypeError(
+                f"task {name!r}: {s} labels must be a 1-D integer array (or float targets for "
+                f"regression), got {y.dtype} of shape {y.shape}"
+            )
     top = max(int(p[1].max()) for p in arrays.values() if p is not None)
     low = min(int(p[1].min()) for p in arrays.values() if p is not None)
     count = len(class_names) if class_names is not None else top + 1
     if low < 0 or top >= count:
         s = next(s for s, p in arrays.items() if p is not None and (p[1].min() < 0 or p[1].max() >= count))
         lo, hi = int(arrays[s][1].min()), int(arrays[s][1].max())
-        raise ValueError(f"task {name!r}: {s} label out of range: labels span {lo}..{hi} but must lie in "
-                         f"[0, {count})" + (f" (the {count} class_names)" if class_names is not None else ""))
+        raise ValueError(
+            f"task {name!r}: {s} label out of range: labels span {lo}..{hi} but must lie in "
+            f"[0, {count})" + (f" (the {count} class_names)" if class_names is not None else "")
+        )
     names = tuple(str(c) for c in class_names) if class_names is not None else tuple(str(i) for i in range(count))
     return "labels", names
 
@@ -123,9 +130,11 @@ class UserTask(Task):
         """What rebuilds this task elsewhere (a TA-NAS dictionary, a run file): its configuration, which names its
         data file. Refuses a task built from in-memory data, which no configuration can bring back."""
         if self.data_file is None:
-            raise ValueError(f"task {self.name!r} was built from in-memory data, which cannot be rebuilt from a "
-                             "record; save its splits with numpy.savez(path, x_train=..., y_train=..., x_test=..., "
-                             f"y_test=...) and pass fisherx.Task.from_npz({self.name!r}, path, ...) instead")
+            raise ValueError(
+                f"task {self.name!r} was built from in-memory data, which cannot be rebuilt from a "
+                "record; save its splits with numpy.savez(path, x_train=..., y_train=..., x_test=..., "
+                f"y_test=...) and pass fisherx.Task.from_npz({self.name!r}, path, ...) instead"
+            )
         return self.config()
 
     def _open(self, data_dir) -> UserSource:
@@ -147,12 +156,20 @@ class UserTask(Task):
             va, tr = np.sort(order[:k]), np.sort(order[k:])
             val, x, y = Split(x[va], y[va]), x[tr], y[tr]
         if self.max_train_per_label is not None:
-            x, y = x[:self.max_train_per_label], y[:self.max_train_per_label]
+            x, y = x[: self.max_train_per_label], y[: self.max_train_per_label]
         width = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
         x_tr = _tensor(x)
-        return TaskData(self, (x_tr, _tensor(y)), (_tensor(val.x), _tensor(val.y)),
-                        (_tensor(src.test.x), _tensor(src.test.y)), width, (), *_channels_and_size(x_tr),
-                        src.origin, ())
+        return TaskData(
+            self,
+            (x_tr, _tensor(y)),
+            (_tensor(val.x), _tensor(val.y)),
+            (_tensor(src.test.x), _tensor(src.test.y)),
+            width,
+            (),
+            *_channels_and_size(x_tr),
+            src.origin,
+            (),
+        )
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -178,8 +195,9 @@ def _read_npz(name: str, path) -> tuple[dict, tuple | None]:
                 arrays[s] = (z[kx], z[ky])
             elif kx in keys or ky in keys or s != "val":
                 missing = [k for k in (kx, ky) if k not in keys]
-                raise ValueError(f"task {name!r}: {p} lacks {', '.join(missing)} (the {s} split; it has "
-                                 f"{', '.join(sorted(keys))})")
+                raise ValueError(
+                    f"task {name!r}: {p} lacks {', '.join(missing)} (the {s} split; it has {', '.join(sorted(keys))})"
+                )
         names = tuple(str(n) for n in z["class_names"]) if "class_names" in keys else None
     return arrays, names
 
@@ -194,16 +212,25 @@ def build(name: str, arrays: dict, *, class_names=None, data_file=None, balanced
     arrays = {s: None if arrays.get(s) is None else _pair(name, s, arrays[s]) for s in SPLITS}
     shapes = {s: p[0].shape[1:] for s, p in arrays.items() if p is not None}
     if len(set(shapes.values())) > 1:
-        raise ValueError(f"task {name!r}: the splits' inputs differ in shape: "
-                         + ", ".join(f"{s} {tuple(v)}" for s, v in shapes.items()))
+        raise ValueError(
+            f"task {name!r}: the splits' inputs differ in shape: "
+            + ", ".join(f"{s} {tuple(v)}" for s, v in shapes.items())
+        )
     target, names = _check_targets(name, arrays, class_names)
     if target == "regression" and (options.get("classes") is not None or options.get("other")):
         raise ValueError(f"task {name!r}: classes/other need integer labels; the targets are floats (regression)")
     if balanced is None:  # the papers' choice: balanced class-subset tasks, the whole training set otherwise
         balanced = options.get("classes") is not None
-    return UserTask(name, balanced=balanced, class_names=names if target == "labels" else None, target=target,
-                    data_file=None if data_file is None else str(Path(data_file).resolve()),
-                    data_sha256=_hash(arrays, names), arrays=arrays, **options)
+    return UserTask(
+        name,
+        balanced=balanced,
+        class_names=names if target == "labels" else None,
+        target=target,
+        data_file=None if data_file is None else str(Path(data_file).resolve()),
+        data_sha256=_hash(arrays, names),
+        arrays=arrays,
+        **options,
+    )
 
 
 def materialize(ds, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,8 +240,7 @@ def materialize(ds, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if ds is None:
         return None
     if not isinstance(ds, Dataset) or not hasattr(ds, "__len__"):
-        raise TypeError(f"{what} must be a map-style torch.utils.data.Dataset (with __len__), got "
-                        f"{type(ds).__name__}")
+        raise TypeError(f"{what} must be a map-style torch.utils.data.Dataset (with __len__), got {type(ds).__name__}")
     items = [ds[i] for i in range(len(ds))]
     if not items:
         raise ValueError(f"{what} is empty")
@@ -235,16 +261,30 @@ def from_config(cfg: dict) -> Task:
                 keep[k] = tuple(tuple(c) if isinstance(c, list) else c for c in keep[k])
         return Task(**keep)
     if cfg.get("data_file") is None:
-        raise ValueError(f"task {cfg.get('name')!r} was recorded without a data file (it was built from in-memory "
-                         "data); pass the task itself (fisherx.Task.from_npz or from_tensors)")
+        raise ValueError(
+            f"task {cfg.get('name')!r} was recorded without a data file (it was built from in-memory "
+            "data); pass the task itself (fisherx.Task.from_npz or from_tensors)"
+        )
     arrays, names = _read_npz(cfg["name"], cfg["data_file"])
-    opts = {k: cfg[k] for k in ("classes", "other", "seed", "val_fraction", "max_train_per_label", "label_names")
-            if cfg.get(k) is not None}
+    opts = {
+        k: cfg[k]
+        for k in ("classes", "other", "seed", "val_fraction", "max_train_per_label", "label_names")
+        if cfg.get(k) is not None
+    }
     if opts.get("classes") is not None:
         opts["classes"] = tuple(tuple(c) if isinstance(c, list) else c for c in opts["classes"])
-    task = build(cfg["name"], arrays, class_names=cfg.get("class_names") or names, data_file=cfg["data_file"],
-                 balanced=cfg.get("balanced"), **opts)
+    task = build(
+        cfg["name"],
+        arrays,
+        class_names=cfg.get("class_names") or names,
+        data_file=cfg["data_file"],
+        balanced=cfg.get("balanced"),
+        **opts,
+    )
     if cfg.get("data_sha256") and task.data_sha256 != cfg["data_sha256"]:
-        warnings.warn(f"task {task.name!r}: {cfg['data_file']} has changed since the task was recorded (SHA-256 "
-                      "differs); using the file as it is now", stacklevel=2)
+        warnings.warn(
+            f"task {task.name!r}: {cfg['data_file']} has changed since the task was recorded (SHA-256 "
+            "differs); using the file as it is now",
+            stacklevel=2,
+        )
     return task

@@ -21,6 +21,7 @@ Every network, Fisher and fine-tuned loss vector is an entry of :class:`fisherx.
 with the same numbers. Each entry stores the seconds it took, so the compute of both methods is known even when
 everything came from the cache.
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,16 +76,29 @@ class AffinityResult:
         s = self.seconds
         ftd = s["sources"] + s["fishers"]
         brute = s["sources"] + s["fine_tunes"] + s["scratch"]
-        return {"ftd_seconds": ftd, "brute_force_seconds": brute, "ratio": brute / ftd if ftd > 0 else float("inf"),
-                "marginal_ratio": (s["fine_tunes"] + s["scratch"]) / s["fishers"] if s["fishers"] > 0 else None,
-                **{f"{k}_seconds": v for k, v in s.items()}}
+        return {
+            "ftd_seconds": ftd,
+            "brute_force_seconds": brute,
+            "ratio": brute / ftd if ftd > 0 else float("inf"),
+            "marginal_ratio": (s["fine_tunes"] + s["scratch"]) / s["fishers"] if s["fishers"] > 0 else None,
+            **{f"{k}_seconds": v for k, v in s.items()},
+        }
 
     def to_dict(self) -> dict:
         """Everything as plain JSON-able data (nested lists)."""
-        arrays = {k: getattr(self, k).tolist() for k in ("ftd", "fine_tuned_loss", "scratch_loss", "source_loss",
-                                                          "gain", "ahp")}
-        return {"format": "fisherx.affinity", "version": 1, "tasks": list(self.task_names),
-                "seeds": list(self.seeds), **arrays, "cost": self.cost(), "config": self.config}
+        arrays = {
+            k: getattr(self, k).tolist()
+            for k in ("ftd", "fine_tuned_loss", "scratch_loss", "source_loss", "gain", "ahp")
+        }
+        return {
+            "format": "fisherx.affinity",
+            "version": 1,
+            "tasks": list(self.task_names),
+            "seeds": list(self.seeds),
+            **arrays,
+            "cost": self.cost(),
+            "config": self.config,
+        }
 
 
 def ahp_affinity(losses: torch.Tensor | np.ndarray, clip: float = AHP_CLIP) -> np.ndarray:
@@ -107,8 +121,17 @@ def ahp_affinity(losses: torch.Tensor | np.ndarray, clip: float = AHP_CLIP) -> n
 
 
 def _config_base(task, data, seed: int, arch: str, epochs: int, batch_size: int, lr: float, loss) -> dict:
-    return {"recipe": RECIPE_VERSION, "task": task.config(), "data": data.fingerprint(), "arch": arch, "seed": seed,
-            "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss_name(loss)}
+    return {
+        "recipe": RECIPE_VERSION,
+        "task": task.config(),
+        "data": data.fingerprint(),
+        "arch": arch,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "loss": loss_name(loss),
+    }
 
 
 def _fresh(arch: str, data, seed: int) -> torch.nn.Module:
@@ -140,16 +163,32 @@ def _as_fisher(value: dict) -> FisherDiag:
 class _Run:
     """The cached pieces of one affinity run (one seed at a time)."""
 
-    def __init__(self, tasks, datas, cache: Cache, arch, source_epochs, budget, batch_size, lr, loss, samples,
-                 device, progress):
+    def __init__(
+        self, tasks, datas, cache: Cache, arch, source_epochs, budget, batch_size, lr, loss, samples, device, progress
+    ):
         self.tasks, self.datas, self.cache, self.arch = tasks, datas, cache, arch
-        self.source_epochs, self.budget, self.batch_size, self.lr, self.loss = (source_epochs, budget, batch_size,
-                                                                                 lr, loss)
+        self.source_epochs, self.budget, self.batch_size, self.lr, self.loss = (
+            source_epochs,
+            budget,
+            batch_size,
+            lr,
+            loss,
+        )
         self.samples, self.device, self.progress = samples, device, progress
 
     def _train(self, model, data, epochs: int, seed: int):
-        return train(model, data, epochs=epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
-                     device=self.device, progress=self.progress, epsilon=None, loss=self.loss)
+        return train(
+            model,
+            data,
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+            device=self.device,
+            progress=self.progress,
+            epsilon=None,
+            loss=self.loss,
+        )
 
     def network(self, a: int, seed: int) -> tuple[torch.nn.Module, dict]:
         """N_a for this seed: (the model, its cache value with its test loss and seconds)."""
@@ -158,8 +197,7 @@ class _Run:
 
         def compute():
             r = self._train(_fresh(self.arch, data, seed), data, self.source_epochs, seed)
-            return {"state": {k: v.detach().cpu() for k, v in r.model.state_dict().items()},
-                    "test_loss": r.test_loss}
+            return {"state": {k: v.detach().cpu() for k, v in r.model.state_dict().items()}, "test_loss": r.test_loss}
 
         value = self.cache.get_or_compute("pixel_network", cfg, lambda: _timed(compute))
         model = _fresh(self.arch, data, seed)
@@ -167,18 +205,30 @@ class _Run:
         return model.to(self.device).eval(), value
 
     def fisher(self, a: int, b: int, seed: int, model) -> dict:
-        cfg = {"network": _config_base(self.tasks[a], self.datas[a], seed, self.arch, self.source_epochs,
-                                       self.batch_size, self.lr, self.loss),
-               "on": self.tasks[b].config(), "on_data": self.datas[b].fingerprint(), "samples": self.samples}
-        return self.cache.get_or_compute("pixel_fisher", cfg, lambda: _timed(
-            lambda: _fisher_value(model, self.datas[b], self.loss, self.samples, self.device)))
+        cfg = {
+            "network": _config_base(
+                self.tasks[a], self.datas[a], seed, self.arch, self.source_epochs, self.batch_size, self.lr, self.loss
+            ),
+            "on": self.tasks[b].config(),
+            "on_data": self.datas[b].fingerprint(),
+            "samples": self.samples,
+        }
+        return self.cache.get_or_compute(
+            "pixel_fisher",
+            cfg,
+            lambda: _timed(lambda: _fisher_value(model, self.datas[b], self.loss, self.samples, self.device)),
+        )
 
     def fine_tune(self, a: int, b: int, seed: int, model) -> dict:
         data = self.datas[b]
-        cfg = {"network": _config_base(self.tasks[a], self.datas[a], seed, self.arch, self.source_epochs,
-                                       self.batch_size, self.lr, self.loss),
-               "target": _config_base(self.tasks[b], data, seed, self.arch, self.budget, self.batch_size, self.lr,
-                                      self.loss)}
+        cfg = {
+            "network": _config_base(
+                self.tasks[a], self.datas[a], seed, self.arch, self.source_epochs, self.batch_size, self.lr, self.loss
+            ),
+            "target": _config_base(
+                self.tasks[b], data, seed, self.arch, self.budget, self.batch_size, self.lr, self.loss
+            ),
+        }
 
         def compute():
             r = self._train(copy.deepcopy(model), data, self.budget, seed)
@@ -198,10 +248,22 @@ class _Run:
         return self.cache.get_or_compute("scratch", cfg, lambda: _timed(compute))
 
 
-def transfer_affinity(tasks: Sequence, *, seeds: Sequence[int] = (0,), arch: str = "autoencoder",
-                      source_epochs: int = 10, budget: int = 2, batch_size: int = 64, lr: float = 1e-3,
-                      loss="mse", fisher_samples: int | None = None, cache_dir=None, data_dir=None, device=None,
-                      progress: bool = False) -> AffinityResult:
+def transfer_affinity(
+    tasks: Sequence,
+    *,
+    seeds: Sequence[int] = (0,),
+    arch: str = "autoencoder",
+    source_epochs: int = 10,
+    budget: int = 2,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    loss="mse",
+    fisher_samples: int | None = None,
+    cache_dir=None,
+    data_dir=None,
+    device=None,
+    progress: bool = False,
+) -> AffinityResult:
     """FTD matrix and brute-force transfer affinities of ``tasks`` (pixel tasks or any with ``load()`` giving
     ``train``/``val``/``test`` input–target pairs, ``in_channels``, ``out_channels``, ``image_size``).
 
@@ -225,10 +287,24 @@ def transfer_affinity(tasks: Sequence, *, seeds: Sequence[int] = (0,), arch: str
     datas = [t.load(data_dir) for t in tasks]
     shapes = {n: (d.in_channels, d.out_channels, d.image_size) for n, d in zip(names, datas, strict=True)}
     if len(set(shapes.values())) != 1:
-        raise ValueError("transfer_affinity: every task needs the same input/target channels and image size, so that "
-                         f"one ε-network fits all; got (in, out, size) = {shapes}")
-    run = _Run(tasks, datas, Cache(cache_dir), arch, source_epochs, budget, batch_size, lr, loss, fisher_samples,
-               device, progress)
+        raise ValueError(
+            "transfer_affinity: every task needs the same input/target channels and image size, so that "
+            f"one ε-network fits all; got (in, out, size) = {shapes}"
+        )
+    run = _Run(
+        tasks,
+        datas,
+        Cache(cache_dir),
+        arch,
+        source_epochs,
+        budget,
+        batch_size,
+        lr,
+        loss,
+        fisher_samples,
+        device,
+        progress,
+    )
     k, s_count = len(tasks), len(seeds)
     out = {n: np.zeros((s_count, k, k)) for n in ("ftd", "loss", "gain", "ahp")}
     scratch_loss, source_loss = np.zeros((s_count, k)), np.zeros((s_count, k))
@@ -253,8 +329,18 @@ def transfer_affinity(tasks: Sequence, *, seeds: Sequence[int] = (0,), arch: str
             scratch_loss[si, b] = base["test_loss"]
             out["gain"][si, :, b] = 1.0 - out["loss"][si, :, b] / base["test_loss"]
             out["ahp"][si, :, b] = ahp_affinity(torch.stack([t["losses"] for t in tuned]))
-    config = {"tasks": [t.config() for t in tasks], "seeds": list(seeds), "arch": arch,
-              "source_epochs": source_epochs, "budget": budget, "batch_size": batch_size, "lr": lr,
-              "loss": loss_name(loss), "fisher_samples": fisher_samples, "device": str(device)}
-    return AffinityResult(names, list(seeds), out["ftd"], out["loss"], scratch_loss, source_loss, out["gain"],
-                          out["ahp"], seconds, config)
+    config = {
+        "tasks": [t.config() for t in tasks],
+        "seeds": list(seeds),
+        "arch": arch,
+        "source_epochs": source_epochs,
+        "budget": budget,
+        "batch_size": batch_size,
+        "lr": lr,
+        "loss": loss_name(loss),
+        "fisher_samples": fisher_samples,
+        "device": str(device),
+    }
+    return AffinityResult(
+        names, list(seeds), out["ftd"], out["loss"], scratch_loss, source_loss, out["gain"], out["ahp"], seconds, config
+    )

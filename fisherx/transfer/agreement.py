@@ -13,6 +13,7 @@ Each is computed per seed; the interval is Student's t over seeds (:func:`fisher
 cut to [−1, 1].
 A vector without spread (all values equal) has no ranks to compare: its correlation is NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def rankdata(x) -> np.ndarray:
         j = i
         while j + 1 < x.size and sx[j + 1] == sx[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
     return ranks
 
@@ -90,7 +91,8 @@ def agreement(result, kind: str = "ahp", level: float = LEVEL) -> dict:
         out[target] = {
             "spearman": {"per_seed": rho, "mean": float(np.mean(rho)), "interval": _interval(rho, level, (-1, 1))},
             "kendall": {"per_seed": tau, "mean": float(np.mean(tau)), "interval": _interval(tau, level, (-1, 1))},
-            "ftd_closest": closest, "affinity_best": best,
+            "ftd_closest": closest,
+            "affinity_best": best,
             "top1_agreement": float(np.mean([c == b_ for c, b_ in zip(closest, best, strict=True)])),
         }
     return out
@@ -105,8 +107,16 @@ def agreement_table(agree: dict, level: float = LEVEL) -> str:
     """The agreement per target as text: ρ and τ (mean [interval]), the FTD-closest and affinity-best sources."""
     rows = [("target", "Spearman", "Kendall", "FTD-closest", "affinity-best", "top-1")]
     for t, a in agree.items():
-        rows.append((t, _fmt(a["spearman"]), _fmt(a["kendall"]), ",".join(a["ftd_closest"]),
-                     ",".join(a["affinity_best"]), f"{a['top1_agreement']:.2f}"))
+        rows.append(
+            (
+                t,
+                _fmt(a["spearman"]),
+                _fmt(a["kendall"]),
+                ",".join(a["ftd_closest"]),
+                ",".join(a["affinity_best"]),
+                f"{a['top1_agreement']:.2f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines + [f"(mean over seeds [{level:.0%} t interval over seeds]; per-seed sources listed)"])
@@ -116,17 +126,24 @@ def cost_table(result) -> str:
     """Wall time of each stage and of each method, and the ratio brute force / FTD."""
     c = result.cost()
     k, s = len(result.task_names), len(result.seeds)
-    rows = [("train the K sources", c["sources_seconds"], f"{k * s} networks"),
-            ("Fishers F_ab", c["fishers_seconds"], f"{k * k * s} Fishers"),
-            ("fine-tunes a -> b", c["fine_tunes_seconds"], f"{k * k * s} fine-tunes"),
-            ("from scratch on b", c["scratch_seconds"], f"{k * s} networks"),
-            ("FTD total (sources + Fishers)", c["ftd_seconds"], ""),
-            ("brute force total (sources + fine-tunes + scratch)", c["brute_force_seconds"], "")]
+    rows = [
+        ("train the K sources", c["sources_seconds"], f"{k * s} networks"),
+        ("Fishers F_ab", c["fishers_seconds"], f"{k * k * s} Fishers"),
+        ("fine-tunes a -> b", c["fine_tunes_seconds"], f"{k * k * s} fine-tunes"),
+        ("from scratch on b", c["scratch_seconds"], f"{k * s} networks"),
+        ("FTD total (sources + Fishers)", c["ftd_seconds"], ""),
+        ("brute force total (sources + fine-tunes + scratch)", c["brute_force_seconds"], ""),
+    ]
     w = max(len(r[0]) for r in rows)
     lines = [f"{n:<{w}}  {sec:9.2f} s  {what}".rstrip() for n, sec, what in rows]
-    lines.append(f"brute force / FTD: {c['ratio']:.2f}x overall" +
-                 (f", {c['marginal_ratio']:.1f}x for the part that differs (fine-tunes + scratch vs Fishers)"
-                  if c["marginal_ratio"] is not None else ""))
+    lines.append(
+        f"brute force / FTD: {c['ratio']:.2f}x overall"
+        + (
+            f", {c['marginal_ratio']:.1f}x for the part that differs (fine-tunes + scratch vs Fishers)"
+            if c["marginal_ratio"] is not None
+            else ""
+        )
+    )
     return "\n".join(lines)
 
 
@@ -137,9 +154,10 @@ def plot_matrices(result, path, kind: str = "ahp") -> Path:
     plt = _pyplot()
     names = result.task_names
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.4 * len(names), 0.7 * len(names) + 2))
-    for ax, m, title, cmap in ((axes[0], result.ftd.mean(0), "FTD d[a, b] (lower = closer)", "viridis_r"),
-                               (axes[1], result.affinity(kind).mean(0), f"affinity ({kind}, higher = better)",
-                                "viridis")):
+    for ax, m, title, cmap in (
+        (axes[0], result.ftd.mean(0), "FTD d[a, b] (lower = closer)", "viridis_r"),
+        (axes[1], result.affinity(kind).mean(0), f"affinity ({kind}, higher = better)", "viridis"),
+    ):
         im = ax.imshow(m, cmap=cmap)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
         ax.set_yticks(range(len(names)), names)
@@ -163,10 +181,16 @@ def plot_cost(result, path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.bar(["FTD", "brute force"], [c["sources_seconds"]] * 2, label="train sources", color="#999999")
     ax.bar(["FTD"], [c["fishers_seconds"]], bottom=[c["sources_seconds"]], label="Fishers", color="#1f77b4")
-    ax.bar(["brute force"], [c["fine_tunes_seconds"]], bottom=[c["sources_seconds"]], label="fine-tunes",
-           color="#d62728")
-    ax.bar(["brute force"], [c["scratch_seconds"]], bottom=[c["sources_seconds"] + c["fine_tunes_seconds"]],
-           label="from scratch", color="#ff9896")
+    ax.bar(
+        ["brute force"], [c["fine_tunes_seconds"]], bottom=[c["sources_seconds"]], label="fine-tunes", color="#d62728"
+    )
+    ax.bar(
+        ["brute force"],
+        [c["scratch_seconds"]],
+        bottom=[c["sources_seconds"] + c["fine_tunes_seconds"]],
+        label="from scratch",
+        color="#ff9896",
+    )
     ax.set_ylabel("wall seconds")
     ax.set_title(f"compute: brute force / FTD = {c['ratio']:.2f}x", fontsize=9)
     ax.legend(fontsize=7)

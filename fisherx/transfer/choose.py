@@ -6,6 +6,7 @@
 sets fine-tuning from the FTD-chosen source beside fine-tuning from the affinity-best source and training from
 scratch, on the same budget (the brute force fine-tuned every source, so all three are already measured there).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,9 +39,20 @@ def _data(target):
     return target if hasattr(target, "test") else target.load()
 
 
-def choose_source(target, candidates: Mapping[str, nn.Module], *, target_model: nn.Module | None = None,
-                  loss="mse", arch: str = "autoencoder", epochs: int = 10, seed: int = 0, batch_size: int = 64,
-                  lr: float = 1e-3, fisher_samples: int | None = None, device=None) -> SourceChoice:
+def choose_source(
+    target,
+    candidates: Mapping[str, nn.Module],
+    *,
+    target_model: nn.Module | None = None,
+    loss="mse",
+    arch: str = "autoencoder",
+    epochs: int = 10,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    fisher_samples: int | None = None,
+    device=None,
+) -> SourceChoice:
     """Pick the candidate network to fine-tune for ``target`` (a task, or its loaded data) by FTD.
 
     d_a = FTD(F_ab, F_bb) = (1/√2)‖√F̂_ab − √F̂_bb‖ with F_ab the Fisher of candidate a on b's test data under the
@@ -53,23 +65,55 @@ def choose_source(target, candidates: Mapping[str, nn.Module], *, target_model: 
     data = _data(target)
     device = default_device(device)
     if target_model is None:
-        target_model = train(_fresh(arch, data, seed), data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             device=device, progress=False, epsilon=None, loss=loss).model
+        target_model = train(
+            _fresh(arch, data, seed),
+            data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            progress=False,
+            epsilon=None,
+            loss=loss,
+        ).model
     names = list(candidates)
-    values = [_fisher_value(m.to(device), data, loss, fisher_samples, device)
-              for m in [*candidates.values(), target_model.to(device)]]
+    values = [
+        _fisher_value(m.to(device), data, loss, fisher_samples, device)
+        for m in [*candidates.values(), target_model.to(device)]
+    ]
     fishers = [_as_fisher(v) for v in values]
     d = distance_column(fishers[:-1], fishers[-1], names=names, target_name=getattr(data.task, "name", "target"))
     best = int(torch.argmin(d))
     return SourceChoice(names[best], candidates[names[best]], dict(zip(names, d.tolist(), strict=True)), target_model)
 
 
-def fine_tune(model: nn.Module, target, *, epochs: int, seed: int = 0, loss="mse", batch_size: int = 64,
-              lr: float = 1e-3, device=None, progress: bool = False) -> TrainResult:
+def fine_tune(
+    model: nn.Module,
+    target,
+    *,
+    epochs: int,
+    seed: int = 0,
+    loss="mse",
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    device=None,
+    progress: bool = False,
+) -> TrainResult:
     """Fine-tune a copy of ``model`` on ``target`` (a task, or its loaded data): every parameter trained with
     Adam(lr) on the per-sample ``loss`` for ``epochs`` epochs; ``model`` itself is left untouched."""
-    return train(copy.deepcopy(model), _data(target), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                 device=device, progress=progress, epsilon=None, loss=loss)
+    return train(
+        copy.deepcopy(model),
+        _data(target),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+        epsilon=None,
+        loss=loss,
+    )
 
 
 def _summary(values: list, level: float) -> dict:
@@ -89,13 +133,17 @@ def compare_sources(result, kind: str = "ahp", level: float = LEVEL) -> dict:
         for s in range(len(result.seeds)):
             ftd_loss.append(float(result.fine_tuned_loss[s, others[int(np.argmin(result.ftd[s, others, b]))], b]))
             aff_loss.append(float(result.fine_tuned_loss[s, others[int(np.argmax(aff[s, others, b]))], b]))
-        out[target] = {"ftd_chosen": _summary(ftd_loss, level), "affinity_best": _summary(aff_loss, level),
-                       "scratch": _summary([float(v) for v in result.scratch_loss[:, b]], level)}
+        out[target] = {
+            "ftd_chosen": _summary(ftd_loss, level),
+            "affinity_best": _summary(aff_loss, level),
+            "scratch": _summary([float(v) for v in result.scratch_loss[:, b]], level),
+        }
     return out
 
 
 def comparison_table(comparison: dict, level: float = LEVEL) -> str:
     """The comparison of :func:`compare_sources` as text (test loss, mean [interval over seeds])."""
+
     def cell(stat):
         iv = stat["interval"]
         return f"{stat['mean']:.4f}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")

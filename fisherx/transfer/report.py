@@ -1,4 +1,5 @@
 """An affinity run's files: affinity.json (matrices, agreement, comparison, cost), table.txt and the figures."""
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,25 @@ def report_text(result, kind: str = "ahp") -> str:
     """The run as text: mean FTD, affinity and gain matrices (rows = source, columns = target), the agreement per
     target, the fine-tuning comparison and the cost table."""
     names, s = result.task_names, len(result.seeds)
-    parts = [f"FTD d[a, b], mean over {s} seed(s) (rows = source a, columns = target b; lower = closer)",
-             *_matrix(names, result.ftd.mean(0)), "",
-             f"transfer affinity ({kind}), mean over {s} seed(s) (higher = the better source)",
-             *_matrix(names, result.affinity(kind).mean(0)), "",
-             "gain over scratch 1 - L[a, b] / L_scratch[b], mean over seeds",
-             *_matrix(names, result.gain.mean(0)), "",
-             f"agreement of -FTD with the {kind} affinity per target (sources a != b)", agreement_table(
-                 agreement(result, kind)), "",
-             "fine-tuning for each target", comparison_table(compare_sources(result, kind)), "",
-             "compute", cost_table(result)]
+    parts = [
+        f"FTD d[a, b], mean over {s} seed(s) (rows = source a, columns = target b; lower = closer)",
+        *_matrix(names, result.ftd.mean(0)),
+        "",
+        f"transfer affinity ({kind}), mean over {s} seed(s) (higher = the better source)",
+        *_matrix(names, result.affinity(kind).mean(0)),
+        "",
+        "gain over scratch 1 - L[a, b] / L_scratch[b], mean over seeds",
+        *_matrix(names, result.gain.mean(0)),
+        "",
+        f"agreement of -FTD with the {kind} affinity per target (sources a != b)",
+        agreement_table(agreement(result, kind)),
+        "",
+        "fine-tuning for each target",
+        comparison_table(compare_sources(result, kind)),
+        "",
+        "compute",
+        cost_table(result),
+    ]
     return "\n".join(parts) + "\n"
 
 
@@ -56,8 +66,10 @@ def write_report(result, out, kind: str = "ahp") -> dict:
     doc["agreement"] = {k: agreement(result, k) for k in ("ahp", "gain")}
     doc["comparison"] = {k: compare_sources(result, k) for k in ("ahp", "gain")}
     text = json.dumps(_plain(doc), indent=1, allow_nan=False) + "\n"
-    paths = {"json": atomic_write_text(out / "affinity.json", text),
-             "table": atomic_write_text(out / "table.txt", report_text(result, kind))}
+    paths = {
+        "json": atomic_write_text(out / "affinity.json", text),
+        "table": atomic_write_text(out / "table.txt", report_text(result, kind)),
+    }
     try:
         paths["matrices"] = plot_matrices(result, out / "matrices.png", kind)
         paths["cost"] = plot_cost(result, out / "cost.png")

@@ -18,10 +18,11 @@ Adding a layer is one new file here::
 
 Modules without a rule go through :mod:`.fallback` (chunked ``torch.func``), with a one-time warning.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ def batch_sum(sq: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return torch.tensordot(weights.to(sq.dtype), sq, dims=([1], [0]))
 
 
-@functools.lru_cache(maxsize=None)  # asked once per layer and batch: inspect only once per rule
+@functools.cache  # asked once per layer and batch: inspect only once per rule
 def supports_weights(rule: Rule) -> bool:
     """Whether ``rule`` takes the bootstrap ``weights`` keyword (the built-in rules all do)."""
     import inspect
@@ -87,4 +88,4 @@ def find_rule(module: nn.Module) -> Rule | None:
 
 # Importing the families registers their rules.
 from . import attention, conv, embedding, linear, norm, recurrent  # noqa: E402,F401
-from .fallback import per_sample_grads, fallback_rule  # noqa: E402,F401
+from .fallback import fallback_rule, per_sample_grads  # noqa: E402,F401

@@ -12,6 +12,7 @@ recorded inputs with plain ops (S = q kᵀ/√d + mask, P = softmax(S), c = P v)
 and separate projection weights, kdim/vdim and batch_first follow F.multi_head_attention_forward. Bootstrap
 weights (R, B) go to the same kernel calls. Dropout is off (fisher_diag runs the model in eval mode).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -122,8 +123,12 @@ def _attention_grads(layer, a: dict, g_out: torch.Tensor, g_w: torch.Tensor | No
         ds = p * (dp - (dp * p).sum(-1, keepdim=True))
         dq = (ds @ kh) * scale
         dk = (ds.transpose(-1, -2) @ qh) * scale
-    return {"ctx": ctx, "dq": dq.transpose(1, 2).reshape(n, tgt, e), "dk": dk.transpose(1, 2).reshape(n, src, e),
-            "dv": dv.transpose(1, 2).reshape(n, src, e)}
+    return {
+        "ctx": ctx,
+        "dq": dq.transpose(1, 2).reshape(n, tgt, e),
+        "dk": dk.transpose(1, 2).reshape(n, src, e),
+        "dv": dv.transpose(1, 2).reshape(n, src, e),
+    }
 
 
 def _bind(layer, activations) -> dict:
@@ -131,8 +136,10 @@ def _bind(layer, activations) -> dict:
     bound.apply_defaults()
     a = dict(bound.arguments)
     if a["query"].dim() != 3:
-        raise ValueError(f"MultiheadAttention got an unbatched query of shape {tuple(a['query'].shape)}; fisher_diag "
-                         "needs a batch dim")
+        raise ValueError(
+            f"MultiheadAttention got an unbatched query of shape {tuple(a['query'].shape)}; fisher_diag "
+            "needs a batch dim"
+        )
     if not layer.batch_first:
         for key in ("query", "key", "value"):
             a[key] = a[key].transpose(0, 1)
@@ -155,11 +162,16 @@ def multihead_attention(layer: nn.MultiheadAttention, activations, backprops, we
             if _same(a["query"], a["key"]) and _same(a["query"], a["value"]):  # self-attention: one kernel call
                 out["in_proj_weight"] = seq_sq(torch.cat([dq, dk, dv], -1), a["query"], weights)
             else:
-                out["in_proj_weight"] = torch.cat([seq_sq(dq, a["query"], weights), seq_sq(dk, a["key"], weights),
-                                                   seq_sq(dv, a["value"], weights)], -2)
+                out["in_proj_weight"] = torch.cat(
+                    [seq_sq(dq, a["query"], weights), seq_sq(dk, a["key"], weights), seq_sq(dv, a["value"], weights)],
+                    -2,
+                )
     else:
-        for name, g, x in (("q_proj_weight", dq, "query"), ("k_proj_weight", dk, "key"),
-                           ("v_proj_weight", dv, "value")):
+        for name, g, x in (
+            ("q_proj_weight", dq, "query"),
+            ("k_proj_weight", dk, "key"),
+            ("v_proj_weight", dv, "value"),
+        ):
             if getattr(layer, name).requires_grad:
                 out[name] = seq_sq(g, a[x], weights)
     if layer.in_proj_bias is not None and layer.in_proj_bias.requires_grad:

@@ -9,6 +9,7 @@ the kernel's register tiles mostly empty; there the per-sample weight gradients 
 torch's own weight-gradient convolution computes them at the speed of a backward, by folding the batch into the
 groups: input (1, B·C, *S), output gradient (1, B·O, *S'), groups B·groups (:func:`_folded`, a chunk at a time).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,7 @@ def unfold(x: torch.Tensor, layer: nn.modules.conv._ConvNd) -> torch.Tensor:
         x = x[(...,) + tuple(slice(None, None, d) for d in layer.dilation)]
     b, c = x.shape[:2]
     g = layer.groups
-    out_sz = x.shape[2:2 + n]
+    out_sz = x.shape[2 : 2 + n]
     x = x.reshape(b, g, c // g, *out_sz, *layer.kernel_size)
     # (b, g, o..., c/g, k...): the K dim (c/g·k) contiguous after the copy, which the kernel packs fastest.
     perm = [0, 1, *range(3, 3 + n), 2, *range(3 + n, 3 + 2 * n)]
@@ -88,8 +89,9 @@ def conv(layer: nn.modules.conv._ConvNd, activations, backprops, weights=None) -
                 lead = [0] * n
             else:
                 lead = [pad[2 * (n - 1 - d)] for d in range(n)]
-            sq = _ops.sqgrad_conv(g, x, list(layer.kernel_size), list(layer.stride), lead, list(layer.dilation),
-                                  layer.groups, weights)
+            sq = _ops.sqgrad_conv(
+                g, x, list(layer.kernel_size), list(layer.stride), lead, list(layer.dilation), layer.groups, weights
+            )
         else:
             sq = _unfolded(layer, x, g, weights)
         lead_dims = () if weights is None else (weights.shape[0],)
@@ -113,12 +115,18 @@ def _folded(layer, x, g, weights=None) -> torch.Tensor:
     chunk = max(1, min(x.shape[0], UNFOLD_BUDGET // max(1, layer.weight.numel())))
     acc = None
     for s in range(0, x.shape[0], chunk):
-        xs, gs = x[s:s + chunk], g[s:s + chunk]
+        xs, gs = x[s : s + chunk], g[s : s + chunk]
         b = xs.shape[0]
-        per = _WEIGHT_GRAD[n](xs.reshape(1, b * xs.shape[1], *xs.shape[2:]), (b * shape[0], *shape[1:]),
-                              gs.reshape(1, b * gs.shape[1], *gs.shape[2:]), layer.stride, list(left),
-                              layer.dilation, b * groups)
-        part = batch_sum(per.reshape(b, -1).square_(), None if weights is None else weights[:, s:s + chunk])
+        per = _WEIGHT_GRAD[n](
+            xs.reshape(1, b * xs.shape[1], *xs.shape[2:]),
+            (b * shape[0], *shape[1:]),
+            gs.reshape(1, b * gs.shape[1], *gs.shape[2:]),
+            layer.stride,
+            list(left),
+            layer.dilation,
+            b * groups,
+        )
+        part = batch_sum(per.reshape(b, -1).square_(), None if weights is None else weights[:, s : s + chunk])
         acc = part if acc is None else acc.add_(part)
     return acc
 
@@ -131,8 +139,8 @@ def _unfolded(layer, x, g, weights=None) -> torch.Tensor:
     lead_dims = () if weights is None else (weights.shape[0],)
     acc = torch.zeros(*lead_dims, groups, go.shape[3], layer.weight[0].numel(), dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
-        w = None if weights is None else weights[:, s:s + chunk]
-        acc.add_(_ops.sqgrad_gemm(go[s:s + chunk], unfold(x[s:s + chunk], layer), w))
+        w = None if weights is None else weights[:, s : s + chunk]
+        acc.add_(_ops.sqgrad_gemm(go[s : s + chunk], unfold(x[s : s + chunk], layer), w))
     return acc
 
 

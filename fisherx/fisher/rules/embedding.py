@@ -6,6 +6,7 @@ index_add over the B·T lookups, squared, and scattered into the (V, d) result: 
 Bootstrap (weights (R, B)): each squared row is scaled by its sample's R weights and scattered into (R, V, d), a
 bounded number of replicates at a time (:data:`SCATTER_BUDGET` elements of weighted rows).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ def scatter_rows(vals: torch.Tensor, key: torch.Tensor, v: int, weights: torch.T
     out = torch.zeros(w.shape[0], v, vals.shape[1], dtype=vals.dtype, device=vals.device)
     step = max(1, SCATTER_BUDGET // max(1, vals.numel()))
     for s in range(0, w.shape[0], step):
-        out[s:s + step].index_add_(1, token, w[s:s + step, :, None] * vals[None])
+        out[s : s + step].index_add_(1, token, w[s : s + step, :, None] * vals[None])
     return out
 
 

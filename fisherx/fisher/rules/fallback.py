@@ -5,6 +5,7 @@ of 1) and pulled back with that sample's output gradient. The (chunk × paramete
 does exist here, bounded by :data:`CHUNK_BUDGET` elements. The same function gives per-use gradients for
 parameters shared by several modules or calls (tied weights), which must be summed before squaring.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -73,9 +74,11 @@ def per_sample_grads(module: nn.Module, activations, backprops, params: dict, st
     if any(dims):
         # Some output is not batched along dim 0 (an RNN's h_n): the rule is exact per call, but per-sample
         # gradients for a use shared with other calls are not available.
-        raise NotImplementedError(f"fisher_diag: the parameters of {type(module).__name__} are used by several calls "
-                                  "(tied weights or a layer applied twice); per-use gradients of this layer type "
-                                  "are not supported")
+        raise NotImplementedError(
+            f"fisher_diag: the parameters of {type(module).__name__} are used by several calls "
+            "(tied weights or a layer applied twice); per-use gradients of this layer type "
+            "are not supported"
+        )
     bsz = _batch_size(activations, backprops)
     args = list(activations)
     kwargs = dict(getattr(activations, "kwargs", {}))

@@ -11,6 +11,7 @@ Bootstrap (weights w (R, B)): on (B, in) replicate r is ((G∘G)·diag(w_r))ᵀ(
 (R·out, B) weighted squared gradients against (B, in); the stack is built a bounded number of replicates at a time
 (:data:`STACK_BUDGET` elements). On sequences the kernel weights each per-sample tile R times.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,7 @@ def _weighted_sqgemm(g2: torch.Tensor, a2: torch.Tensor, weights: torch.Tensor) 
     step = max(1, STACK_BUDGET // max(1, b * o))
     parts = []
     for s in range(0, w.shape[0], step):
-        stack = (w[s:s + step, None, :] * gs.t()[None])  # (r, out, B)
+        stack = w[s : s + step, None, :] * gs.t()[None]  # (r, out, B)
         parts.append((stack.reshape(-1, b) @ as_).reshape(stack.shape[0], o, as_.shape[1]))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 

@@ -6,6 +6,7 @@ Each rule only lays its tensors out as (B, positions, channels) views and suppli
 computed without torch's var_mean (5-20× slower on the CPU): LayerNorm's from native_layer_norm, GroupNorm's by
 :func:`_row_stats` (native_group_norm would also write a normalised copy of the whole input).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,7 +79,7 @@ def _row_stats(xv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
     var = torch.empty_like(mean)
     step = max(1, STATS_CHUNK // max(1, xv.shape[1]))
     for s in range(0, xv.shape[0], step):
-        var[s:s + step] = torch.linalg.vector_norm(xv[s:s + step] - mean[s:s + step, None], dim=1).square_()
+        var[s : s + step] = torch.linalg.vector_norm(xv[s : s + step] - mean[s : s + step, None], dim=1).square_()
     return mean, torch.rsqrt(var.div_(xv.shape[1]).add_(eps))
 
 
@@ -106,6 +107,11 @@ if hasattr(nn, "RMSNorm"):
         xb = _over_normalized_shape(x, layer.normalized_shape)
         eps = layer.eps if layer.eps is not None else torch.finfo(x.dtype).eps
         rstd = torch.rsqrt(torch.linalg.vector_norm(xb, dim=2, keepdim=True).square_().div_(xb.shape[2]) + eps)
-        sq = _ops.sqgrad_norm(g.reshape(xb.shape), xb, torch.zeros((), dtype=x.dtype, device=x.device).expand_as(xb),
-                              rstd.expand_as(xb), _w(weights, x))
+        sq = _ops.sqgrad_norm(
+            g.reshape(xb.shape),
+            xb,
+            torch.zeros((), dtype=x.dtype, device=x.device).expand_as(xb),
+            rstd.expand_as(xb),
+            _w(weights, x),
+        )
         return _result(layer, sq, layer.normalized_shape)

@@ -18,6 +18,7 @@ c_n; zero where the model does not use them), layer by layer from the top, each 
 The gradient reaching layer l − 1 is Σ_directions δ W_ih. Bootstrap weights (R, B) go to the same kernel calls.
 Inter-layer dropout is off (fisher_diag runs the model in eval mode). PackedSequence inputs are refused.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,19 +32,24 @@ def _batch_dims(layer: nn.RNNBase, tensors) -> list[int]:
     # output (B, T, ·) or (T, B, ·); h_n and c_n are (layers·directions, B, ·) either way.
     n = 3 if layer.mode == "LSTM" else 2
     if len(tensors) != n:
-        raise TypeError(f"fisher_diag: {type(layer).__name__} returned {len(tensors)} tensors instead of {n}; "
-                        "PackedSequence inputs are not supported (pad the batch and mask the loss instead)")
+        raise TypeError(
+            f"fisher_diag: {type(layer).__name__} returned {len(tensors)} tensors instead of {n}; "
+            "PackedSequence inputs are not supported (pad the batch and mask the loss instead)"
+        )
     return [0 if layer.batch_first else 1] + [1] * (n - 1)
 
 
 def _inputs(layer: nn.RNNBase, activations):
     x = activations[0]
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"fisher_diag: {type(layer).__name__} got a {type(x).__name__} input; PackedSequence inputs "
-                        "are not supported (pad the batch and mask the loss instead)")
+        raise TypeError(
+            f"fisher_diag: {type(layer).__name__} got a {type(x).__name__} input; PackedSequence inputs "
+            "are not supported (pad the batch and mask the loss instead)"
+        )
     if x.dim() != 3:
-        raise ValueError(f"{type(layer).__name__} got an unbatched input of shape {tuple(x.shape)}; fisher_diag needs "
-                         "a batch dim")
+        raise ValueError(
+            f"{type(layer).__name__} got an unbatched input of shape {tuple(x.shape)}; fisher_diag needs a batch dim"
+        )
     hx = activations[1] if len(activations) > 1 else activations.kwargs.get("hx")
     x = x if layer.batch_first else x.transpose(0, 1)
     return x.transpose(0, 1), hx  # time-major (T, B, ·) so that each step's slice is contiguous
@@ -62,8 +68,13 @@ def _initial(layer, hx, idx: int, b: int, x: torch.Tensor):
 
 def _params(layer, lyr: int, d: int) -> dict:
     sfx = f"_l{lyr}" + ("_reverse" if d else "")
-    names = {"w_ih": "weight_ih" + sfx, "w_hh": "weight_hh" + sfx, "b_ih": "bias_ih" + sfx,
-             "b_hh": "bias_hh" + sfx, "w_hr": "weight_hr" + sfx}
+    names = {
+        "w_ih": "weight_ih" + sfx,
+        "w_hh": "weight_hh" + sfx,
+        "b_ih": "bias_ih" + sfx,
+        "b_hh": "bias_hh" + sfx,
+        "w_hr": "weight_hr" + sfx,
+    }
     return {k: (n, getattr(layer, n, None)) for k, n in names.items()}
 
 
@@ -94,11 +105,11 @@ def _lstm_forward(layer, x, p, h, c, d):
         cs[s] = c
         gates = torch.addmm(pre[t], h, w_hh_t)
         a = acts[t]
-        torch.sigmoid(gates[:, :2 * hs], out=a[:, :2 * hs])
-        torch.tanh(gates[:, 2 * hs:3 * hs], out=a[:, 2 * hs:3 * hs])
-        torch.sigmoid(gates[:, 3 * hs:], out=a[:, 3 * hs:])
-        c = a[:, hs:2 * hs] * c + a[:, :hs] * a[:, 2 * hs:3 * hs]
-        m = a[:, 3 * hs:] * c.tanh()
+        torch.sigmoid(gates[:, : 2 * hs], out=a[:, : 2 * hs])
+        torch.tanh(gates[:, 2 * hs : 3 * hs], out=a[:, 2 * hs : 3 * hs])
+        torch.sigmoid(gates[:, 3 * hs :], out=a[:, 3 * hs :])
+        c = a[:, hs : 2 * hs] * c + a[:, :hs] * a[:, 2 * hs : 3 * hs]
+        m = a[:, 3 * hs :] * c.tanh()
         if w_hr is not None:
             ms[t] = m
             h = m @ w_hr.t()
@@ -128,14 +139,14 @@ def _lstm_backward(layer, st, p, dout, dh, dc, d):
         else:
             dm = dh
         a = acts[t]
-        i, f, g, o = a[:, :hs], a[:, hs:2 * hs], a[:, 2 * hs:3 * hs], a[:, 3 * hs:]
+        i, f, g, o = a[:, :hs], a[:, hs : 2 * hs], a[:, 2 * hs : 3 * hs], a[:, 3 * hs :]
         tc = cs[s + 1].tanh()
         dc = dc + dm * o * (1 - tc * tc)
         dg_ = dgates[t]
-        torch.mul(dm * tc, o * (1 - o), out=dg_[:, 3 * hs:])
+        torch.mul(dm * tc, o * (1 - o), out=dg_[:, 3 * hs :])
         torch.mul(dc * g, i * (1 - i), out=dg_[:, :hs])
-        torch.mul(dc * cs[s], f * (1 - f), out=dg_[:, hs:2 * hs])
-        torch.mul(dc * i, 1 - g * g, out=dg_[:, 2 * hs:3 * hs])
+        torch.mul(dc * cs[s], f * (1 - f), out=dg_[:, hs : 2 * hs])
+        torch.mul(dc * i, 1 - g * g, out=dg_[:, 2 * hs : 3 * hs])
         dc = dc * f
         dh = dg_ @ w_hh
     return dgates, dgates, dhs
@@ -154,9 +165,9 @@ def _gru_forward(layer, x, p, h, c, d):
     for t in _steps(t_len, d):
         hprev[t] = h
         gh = h @ w_hh.t() if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
-        torch.sigmoid(pre[t, :, :2 * hs] + gh[:, :2 * hs], out=rz[t])
-        nh[t] = gh[:, 2 * hs:]
-        torch.tanh(pre[t, :, 2 * hs:] + rz[t, :, :hs] * nh[t], out=ns[t])
+        torch.sigmoid(pre[t, :, : 2 * hs] + gh[:, : 2 * hs], out=rz[t])
+        nh[t] = gh[:, 2 * hs :]
+        torch.tanh(pre[t, :, 2 * hs :] + rz[t, :, :hs] * nh[t], out=ns[t])
         z = rz[t, :, hs:]
         h = ns[t] + z * (h - ns[t])
         out[t] = h
@@ -174,11 +185,11 @@ def _gru_backward(layer, st, p, dout, dh, dc, d):
         dh = dh + dout[t]
         r, z, n = rz[t, :, :hs], rz[t, :, hs:], ns[t]
         dn = dh * (1 - z) * (1 - n * n)
-        dgi[t, :, 2 * hs:] = dn
-        torch.mul(dh * (hprev[t] - n), z * (1 - z), out=dgi[t, :, hs:2 * hs])
+        dgi[t, :, 2 * hs :] = dn
+        torch.mul(dh * (hprev[t] - n), z * (1 - z), out=dgi[t, :, hs : 2 * hs])
         torch.mul(dn * nh[t], r * (1 - r), out=dgi[t, :, :hs])
-        dgh[t, :, :2 * hs] = dgi[t, :, :2 * hs]
-        torch.mul(dn, r, out=dgh[t, :, 2 * hs:])
+        dgh[t, :, : 2 * hs] = dgi[t, :, : 2 * hs]
+        torch.mul(dn, r, out=dgh[t, :, 2 * hs :])
         dh = dh * z + dgh[t] @ w_hh
     return dgi, dgh, None
 
@@ -209,8 +220,12 @@ def _rnn_backward(layer, st, p, dout, dh, dc, d):
     return dpre, dpre, None
 
 
-_IMPL = {"LSTM": (_lstm_forward, _lstm_backward), "GRU": (_gru_forward, _gru_backward),
-         "RNN_TANH": (_rnn_forward, _rnn_backward), "RNN_RELU": (_rnn_forward, _rnn_backward)}
+_IMPL = {
+    "LSTM": (_lstm_forward, _lstm_backward),
+    "GRU": (_gru_forward, _gru_backward),
+    "RNN_TANH": (_rnn_forward, _rnn_backward),
+    "RNN_RELU": (_rnn_forward, _rnn_backward),
+}
 
 
 def _split_grads(layer, backprops, t_len: int, b: int, like: torch.Tensor):
@@ -222,7 +237,7 @@ def _split_grads(layer, backprops, t_len: int, b: int, like: torch.Tensor):
         g_out = like.new_zeros(t_len, b, d_num * hsz)
     else:
         g_out = g_out.transpose(0, 1) if layer.batch_first else g_out
-    g_h, g_c = (g_state if layer.mode == "LSTM" else (g_state, None))
+    g_h, g_c = g_state if layer.mode == "LSTM" else (g_state, None)
     n = layer.num_layers * d_num
     if g_h is None:
         g_h = like.new_zeros(n, b, hsz)
@@ -272,8 +287,15 @@ def recurrent(layer: nn.RNNBase, activations, backprops, weights=None) -> dict:
             for d in range(d_num):
                 idx = lyr * d_num + d
                 p = _params(layer, lyr, d)
-                dgi, dgh, dhs = bwd(layer, states[idx], p, g_out[..., d * hsz:(d + 1) * hsz], g_h[idx],
-                                    None if g_c is None else g_c[idx], d)
+                dgi, dgh, dhs = bwd(
+                    layer,
+                    states[idx],
+                    p,
+                    g_out[..., d * hsz : (d + 1) * hsz],
+                    g_h[idx],
+                    None if g_c is None else g_c[idx],
+                    d,
+                )
                 res.update(_square_sums(p, dgi, dgh, dhs, inputs[lyr], states[idx], weights))
                 if lyr:
                     part = dgi @ p["w_ih"][1]
