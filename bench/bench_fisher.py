@@ -122,7 +122,7 @@ def m_naive(model, x, y):
     for i in range(x.shape[0]):
         model.zero_grad()
         F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
-        for o, p in zip(out, model.parameters()):
+        for o, p in zip(out, model.parameters(), strict=True):
             o += p.grad**2
     return out
 

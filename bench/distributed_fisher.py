@@ -38,5 +38,6 @@ f = fisherx.fisher_diag(model, (x[shard], y[shard]), progress=False)
 dt = time.perf_counter() - t
 if rank == 0:
     print(
-        f"world={world} n={f.n_samples} seconds={dt:.2f} samples_per_s={f.n_samples / dt:.0f} trace={float(f.trace()):.6e}"
+        f"world={world} n={f.n_samples} seconds={dt:.2f} samples_per_s={f.n_samples / dt:.0f} "
+        f"trace={float(f.trace()):.6e}"
     )

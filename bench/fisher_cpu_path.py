@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from fisherx import _ops
-from fisherx.fisher.rules.conv import unfold
+from fisherx.fisher.rules.conv import _folded, unfold
+from fisherx.fisher.rules.norm import _row_stats
 
 torch.set_num_threads(1)
 B = 256
@@ -46,14 +47,14 @@ for cin, cout, hw in [(3, 64, 32), (64, 128, 16), (256, 256, 8), (512, 512, 4), 
     tt = time.perf_counter() - t
     err = ((k - r).norm() / r.norm()).item()
     print(
-        f"conv {cin:>3}->{cout:<3} {hw:>2}x{hw:<2}  kernel {tk * 1e3:7.1f} ms   torch tiled (chunk {chunk:>3}) {tt * 1e3:7.1f} ms   "
+        f"conv {cin:>3}->{cout:<3} {hw:>2}x{hw:<2}  kernel {tk * 1e3:7.1f} ms   "
+        f"torch tiled (chunk {chunk:>3}) {tt * 1e3:7.1f} ms   "
         f"kernel speed-up {tt / tk:4.1f}x  (rel diff {err:.1e})",
         flush=True,
     )
 
 # Thin groups (depthwise): the fused kernel vs the folded path (torch's weight-gradient convolution with the batch in
 # the groups, fisherx.fisher.rules.conv._folded) vs plain's own weight gradient of the batch (the floor).
-from fisherx.fisher.rules.conv import _folded
 
 for c, hw, stride in [(32, 32, 1), (32, 32, 2), (64, 16, 2), (128, 8, 1)]:
     layer = nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False)
@@ -91,7 +92,6 @@ for cin, cout, hw in [(1, 32, 28), (3, 32, 32), (3, 64, 32)]:
     )
 
 # Norm statistics: torch.var_mean against what the norm rules use (fisherx.fisher.rules.norm).
-from fisherx.fisher.rules.norm import _row_stats
 
 for name, x, rows in [
     ("GroupNorm 32ch/4 groups 32x32", torch.randn(B, 32, 32, 32), B * 4),

@@ -4,8 +4,9 @@ On a terminal a stage is a tqdm bar. Anywhere else (a log file, CI, a pipe) tqdm
 sequences would pile up in the log, so a stage writes plain lines instead: one when a step names itself
 (:meth:`Progress.set_description`) and one when the stage ends, saying how many steps it did and how long it took.
 Off a terminal only the outermost open stage writes: a stage run inside another (a network trained within a task
-distance run) would repeat what the outer one already says. ``enabled=False`` silences both; ``plain=False`` keeps the terminal bar but writes nothing elsewhere (for library
-calls made in a loop, such as :func:`fisherx.fisher_diag`).
+distance run) would repeat what the outer one already says. ``enabled=False`` silences both; ``plain=False``
+keeps the terminal bar but writes nothing elsewhere (for library calls made in a loop, such as
+:func:`fisherx.fisher_diag`).
 """
 
 from __future__ import annotations

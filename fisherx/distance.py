@@ -164,7 +164,7 @@ def _flat(f: FisherLike, name: str) -> torch.Tensor:
 
 
 def _aligned(sources: Sequence[FisherLike], target: FisherLike, names: Sequence[str], target_name: str):
-    for s, n in zip(sources, names):
+    for s, n in zip(sources, names, strict=True):
         if isinstance(s, Mapping) and isinstance(target, Mapping):
             check_same_layout(s, target, n, target_name)
         # Parameter-shaped tensors are flattened, so (2, 3) against (3, 2) would silently pair the wrong entries:
@@ -179,7 +179,7 @@ def _aligned(sources: Sequence[FisherLike], target: FisherLike, names: Sequence[
             raise ValueError(
                 f"shape mismatch: {n} has shape {tuple(s.shape)} but {target_name} has shape {tuple(target.shape)}"
             )
-    return [_flat(s, n) for s, n in zip(sources, names)], _flat(target, target_name)
+    return [_flat(s, n) for s, n in zip(sources, names, strict=True)], _flat(target, target_name)
 
 
 def ftd(f_ab: FisherLike, f_bb: FisherLike) -> torch.Tensor:
@@ -237,7 +237,7 @@ def distance_column(
         flats, tgt = _aligned(sources, target, names, target_name)
         if not flats:
             return torch.empty(0, dtype=torch.float64)
-        for f, n in zip(flats, names):
+        for f, n in zip(flats, names, strict=True):
             if f.shape != tgt.shape or f.device != tgt.device or f.dtype != tgt.dtype:
                 # Let the op name the problem precisely.
                 _ops._check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)

@@ -111,7 +111,7 @@ def weighted_mean(tensors: Sequence[torch.Tensor], n_local: int) -> tuple[list[t
     total = int(round(float(count)))
     if total == 0:
         raise ValueError("no rank saw any sample: the Fisher of an empty data set is undefined")
-    return [(s / total).to(t.dtype) for s, t in zip(sums, tensors)], total
+    return [(s / total).to(t.dtype) for s, t in zip(sums, tensors, strict=True)], total
 
 
 def assigned(units: Sequence[T], rank: int | None = None, world: int | None = None) -> list[T]:

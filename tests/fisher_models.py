@@ -25,7 +25,7 @@ def naive_fisher(model: nn.Module, x, y, loss: str = "cross_entropy") -> dict[st
         else:
             li = 0.5 * (o - y[i : i + 1]).square().sum()
         grads = torch.autograd.grad(li, list(params.values()), allow_unused=True)
-        for (name, _), g in zip(params.items(), grads):
+        for (name, _), g in zip(params.items(), grads, strict=True):
             if g is not None:
                 out[name] += g.square()
     return {k: v / n for k, v in out.items()}

@@ -66,9 +66,9 @@ def test_ftd_lies_in_unit_interval(dtype, device):
 
 
 def test_ftd_is_symmetric_in_its_arguments_but_the_task_distance_is_not():
-    """d[a, b] = ftd(F_ab, F_bb) and d[b, a] = ftd(F_ba, F_aa) (README.md's definitions). The Hellinger form itself is symmetric,
-    ftd(x, y) = ftd(y, x); the task distance is asymmetric because F_ab and F_bb are Fishers on task b's data while
-    F_ba and F_aa are on task a's data: different networks on different data give four different Fishers.
+    """d[a, b] = ftd(F_ab, F_bb) and d[b, a] = ftd(F_ba, F_aa) (README.md's definitions). The Hellinger form itself
+    is symmetric, ftd(x, y) = ftd(y, x); the task distance is asymmetric because F_ab and F_bb are Fishers on task
+    b's data while F_ba and F_aa are on task a's data: different networks on different data give four different Fishers.
 
     Built properly on a tiny model: softmax regression networks N_a and N_b (different weights, as if trained on
     tasks a and b), test data X_a and X_b from different input distributions, and the empirical diagonal Fisher
@@ -147,7 +147,7 @@ def _ftd_mpmath(a: torch.Tensor, b: torch.Tensor) -> float:
         av = [mpmath.mpf(float(v)) for v in a.double().tolist()]
         bv = [mpmath.mpf(float(v)) for v in b.double().tolist()]
         sa, sb = mpmath.fsum(av), mpmath.fsum(bv)
-        s = mpmath.fsum((mpmath.sqrt(x / sa) - mpmath.sqrt(y / sb)) ** 2 for x, y in zip(av, bv))
+        s = mpmath.fsum((mpmath.sqrt(x / sa) - mpmath.sqrt(y / sb)) ** 2 for x, y in zip(av, bv, strict=True))
         return float(mpmath.sqrt(s / 2))
 
 
@@ -390,7 +390,7 @@ def test_torch_compile_fullgraph_over_every_op():
         )
 
     compiled = torch.compile(all_ops, fullgraph=True)
-    for got, want in zip(compiled(src, tgt), all_ops(src, tgt)):
+    for got, want in zip(compiled(src, tgt), all_ops(src, tgt), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
 

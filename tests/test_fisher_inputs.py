@@ -28,7 +28,7 @@ def _naive(model, inputs, y, select=lambda o: o):
     for i in range(y.shape[0]):
         out = select(model(**{k: v[i : i + 1] for k, v in inputs.items()}))
         li = F.cross_entropy(out, y[i : i + 1])
-        for n, g in zip(params, torch.autograd.grad(li, list(params.values()), allow_unused=True)):
+        for n, g in zip(params, torch.autograd.grad(li, list(params.values()), allow_unused=True), strict=True):
             if g is not None:
                 acc[n] += g.square()
     return {n: a / y.shape[0] for n, a in acc.items()}

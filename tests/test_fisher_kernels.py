@@ -1,6 +1,6 @@
-"""The Fisher engine's ops (fisherx._ops.sqgrad_gemm, sqgrad_conv, sqgrad_norm) against their references in fisherx._reference:
-one table of ops × sample inputs (OpInfo style), float32/float64, non-contiguous and broadcast views, empty batch;
-plus torch.library.opcheck on each op, and the same on CUDA when a GPU is present."""
+"""The Fisher engine's ops (fisherx._ops.sqgrad_gemm, sqgrad_conv, sqgrad_norm) against their references in
+fisherx._reference: one table of ops × sample inputs (OpInfo style), float32/float64, non-contiguous and broadcast
+views, empty batch; plus torch.library.opcheck on each op, and the same on CUDA when a GPU is present."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
     with seeded(4):
         c = build("cnn", 1, 3, 8)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
 
 
@@ -62,7 +62,7 @@ def test_train_reaches_the_papers_accuracy_on_digits_and_is_deterministic():
     assert r.test_accuracy >= 0.95 and r.meets_epsilon and not r.model.training
     assert r.test_accuracy == evaluate(r.model, *data.test)
     assert [h["loss"] for h in r.history] == [h["loss"] for h in results[1].history]
-    assert all(torch.equal(p, q) for p, q in zip(r.model.parameters(), results[1].model.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(r.model.parameters(), results[1].model.parameters(), strict=True))
     assert r.history[0]["loss"] > r.history[-1]["loss"]
 
 
@@ -73,7 +73,7 @@ def test_train_warns_when_missing_epsilon_and_can_freeze_features():
     before = [p.detach().clone() for p in model.features.parameters()]
     with pytest.warns(EpsilonWarning, match=r"test accuracy .* < 1 − ε = 0\.9999"):
         train(model, data, epochs=1, seed=0, progress=False, epsilon=1e-4, trainable=model.classifier.parameters())
-    assert all(torch.equal(p, q) for p, q in zip(before, model.features.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(before, model.features.parameters(), strict=True))
     assert all(p.requires_grad for p in model.parameters())  # frozen only while training
     with pytest.raises(ValueError, match="the model has 2 outputs but task 'T3' has 10 labels"):
         train(build("mlp", 1, 2, 8), data, epochs=1, seed=0, progress=False)
@@ -109,6 +109,6 @@ def test_training_interrupted_mid_way_resumes_from_its_checkpoint_exactly(tmp_pa
     resumed = train(fresh(), data, epochs=4, seed=1, progress=False, epsilon=None, checkpoint=ckpt)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.history == reference.history and resumed.test_accuracy == reference.test_accuracy
-    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), reference.model.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), reference.model.parameters(), strict=True))
     with pytest.warns(UserWarning, match="belongs to another training"):
         train(fresh(), data, epochs=1, seed=2, progress=False, epsilon=None, checkpoint=ckpt)

@@ -55,18 +55,21 @@ def test_weight_steps_move_only_weights_and_alpha_steps_only_alpha(digits):
     r = FuseRound(_nets([CONV, ZERO]), lr=1e-2, alpha_lr=0.1)
     x, y = digits.train[0][:64], digits.train[1][:64]
     assert torch.allclose(r.alpha, torch.full((2,), 0.5))  # α starts at 1/|C|
-    snapshot = lambda: [t.detach().clone() for t in r.nets.state_dict().values()]
+
+    def snapshot():
+        return [t.detach().clone() for t in r.nets.state_dict().values()]
+
     alpha0, w0 = r.alpha.detach().clone(), snapshot()
     r.weight_step(x, y)
     assert torch.equal(r.alpha.detach(), alpha0), "a weight step changed α"
-    assert any(not torch.equal(a, b) for a, b in zip(w0, snapshot())), "a weight step changed no weight"
+    assert any(not torch.equal(a, b) for a, b in zip(w0, snapshot(), strict=True)), "a weight step changed no weight"
     w1 = snapshot()
     r.alpha_phase(
         *digits.val, epochs=2, batch_size=32, gen=torch.Generator().manual_seed(0), device=torch.device("cpu")
     )
     assert not torch.equal(r.alpha.detach(), alpha0), "the α phase left α unchanged"
     # Weights *and* BatchNorm buffers stay exactly as they were.
-    assert all(torch.equal(a, b) for a, b in zip(w1, snapshot())), "an α step changed the candidates"
+    assert all(torch.equal(a, b) for a, b in zip(w1, snapshot(), strict=True)), "an α step changed the candidates"
 
 
 def test_mixed_output_is_the_softmax_weighted_sum_of_logits():
@@ -109,7 +112,7 @@ def test_fuse_replaces_an_all_zero_incumbent_and_samples_distinct_candidates(dig
     assert c["candidate_epochs"] == sum(len(h["candidates"]) * len(h["alternations"]) for h in res.history)
     # One JSON line per round, the genotype and result files, all readable.
     lines = (tmp_path / "fuse_log.jsonl").read_text().splitlines()
-    assert [json.loads(l)["round"] for l in lines] == [0, 1]
+    assert [json.loads(line)["round"] for line in lines] == [0, 1]
     assert Genotype.load_with_space(tmp_path / "fuse_genotype.json") == (res.genotype, space)  # skeleton included
 
 
@@ -133,7 +136,9 @@ def test_killed_search_resumes_to_the_uninterrupted_result(tiny, tmp_path, monke
     assert len((tmp_path / "b" / "fuse_log.jsonl").read_text().splitlines()) == 2
     resumed = fuse(space, tiny, seed=3, out_dir=tmp_path / "b", **SMALL)
 
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+    def strip(hs):
+        return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+
     assert strip(resumed.history) == strip(whole.history)  # same candidates, α, losses, accuracies
     assert resumed.genotype == whole.genotype and resumed.test_accuracy == whole.test_accuracy
     # A finished search in the same directory returns its result instead of searching again.
@@ -178,10 +183,14 @@ def test_random_search_spends_the_budget_on_distinct_candidates_and_resumes(tiny
     assert len(state["history"]) == 1 and len(state["inflight"]["position"]["losses"]) == 2
     # ... the rerun continues there and ends exactly where an uninterrupted search does.
     resumed = random_search(space, tiny, seed=0, out_dir=tmp_path, **kw)
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+
+    def strip(hs):
+        return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hs]
+
     assert strip(resumed.history) == strip(whole.history) and resumed.genotype == whole.genotype
     assert all(
-        torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(), whole.model.state_dict().values())
+        torch.equal(p, q)
+        for p, q in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True)
     )
     with pytest.raises(ValueError, match="trains no candidate"):
         random_search(space, tiny, budget=1, epochs_per_candidate=2)
@@ -259,7 +268,8 @@ def test_search_killed_at_a_random_step_resumes_bit_exactly(tmp_path, kill_seed)
         assert [x["train_loss"] for x in a["alternations"]] == [x["train_loss"] for x in b["alternations"]]
     assert resumed.genotype == whole.genotype
     assert all(
-        torch.equal(p, q) for p, q in zip(resumed.model.state_dict().values(), whole.model.state_dict().values())
+        torch.equal(p, q)
+        for p, q in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True)
     )
     # The killed run's time up to its last checkpoint is counted too (the steps it lost after it are not).
     assert resumed.cost["stages"]["search"]["runs"] == (2 if steps_done else 1)
@@ -323,8 +333,8 @@ def test_nondeterministic_operation_is_reported_once_simulated_on_cpu(monkeypatc
             cudnn=(torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
             cublas=__import__("os").environ.get("CUBLAS_WORKSPACE_CONFIG"),
         )
-        warnings.warn(CUDA_ALERT, UserWarning)
-        warnings.warn("an unrelated warning", RuntimeWarning)
+        warnings.warn(CUDA_ALERT, UserWarning, stacklevel=2)
+        warnings.warn("an unrelated warning", RuntimeWarning, stacklevel=2)
         return real(self, x, y)
 
     monkeypatch.setattr(FuseRound, "weight_step", step)
@@ -378,8 +388,8 @@ def test_warnings_are_passed_on_when_a_search_is_interrupted(tiny, monkeypatch):
     from fisherx.nas.determinism import NondeterminismWarning
 
     def step(self, x, y):
-        warnings.warn(CUDA_ALERT, UserWarning)
-        warnings.warn("something the user should see", RuntimeWarning)
+        warnings.warn(CUDA_ALERT, UserWarning, stacklevel=2)
+        warnings.warn("something the user should see", RuntimeWarning, stacklevel=2)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(FuseRound, "weight_step", step)

@@ -73,7 +73,9 @@ def test_tiny_ta_nas_on_digits_end_to_end(tasks, tmp_path):
     assert again.names() == ["T0", "T3", "T2"]
     assert again["T2"].genotype == r.result.genotype and again["T2"].genotype in again["T2"].space
     net = again.eps_network("T2")
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), target_net.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), target_net.state_dict().values(), strict=True)
+    )
 
 
 def test_dictionary_refuses_what_it_cannot_compare_or_read(tasks, tmp_path):

@@ -39,7 +39,7 @@ def _matrix(t3_t2=0.60, t0_t2=0.65, t0_t1=0.25, t1_t0=0.26):
 def test_protocol_papers_balances_train_and_test():
     full = fisherx.tasks.preset("digits")
     papers = fisherx.tasks.preset("digits", protocol="papers")
-    for t_full, t_pap in zip(full, papers):
+    for t_full, t_pap in zip(full, papers, strict=True):
         a, b = t_full.load(), t_pap.load()
         assert len(set(b.label_counts("test"))) == 1 and len(set(b.label_counts("train"))) == 1
         assert sum(b.label_counts("test")) <= sum(a.label_counts("test"))
@@ -97,7 +97,7 @@ def _wilcoxon_brute(d):
     a = np.abs(d)
     ranks = np.array([np.mean([j + 1 for j in range(len(a)) if a[np.argsort(a, kind="stable")][j] == v]) for v in a])
     w = ranks[d > 0].sum()
-    ws = [sum(r for r, s in zip(ranks, signs) if s) for signs in itertools.product([0, 1], repeat=len(d))]
+    ws = [sum(r for r, s in zip(ranks, signs, strict=True) if s) for signs in itertools.product([0, 1], repeat=len(d))]
     return min(1.0, 2 * min(np.mean([x <= w + 1e-9 for x in ws]), np.mean([x >= w - 1e-9 for x in ws])))
 
 

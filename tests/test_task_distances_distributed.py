@@ -61,8 +61,10 @@ def _rank_pids(rank: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
-            cmd = open(f"/proc/{entry}/cmdline", "rb").read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
         except OSError:
             continue
         if f"RANK={rank}".encode() in env and b"run.py" in cmd and b"torch.distributed.run" not in cmd:

@@ -44,7 +44,7 @@ def test_preset_label_mapping_and_balance(name, data_dirs):
     tasks = preset(name, image_size=12 if name == "imagenet" else None)
     assert [t.name for t in tasks] == ["T0", "T1", "T2", "T3"]
     src = open_source(tasks[0].source, data_dirs[name], tasks[0].image_size)
-    for task, n_labels in zip(tasks, EXPECTED_LABELS[name]):
+    for task, n_labels in zip(tasks, EXPECTED_LABELS[name], strict=True):
         data = task.load(data_dirs[name])
         assert data.num_classes == n_labels == len(data.class_names), task
         assert (task.other) == (data.class_names[-1] == OTHER_LABEL)
@@ -88,7 +88,7 @@ def test_splits_are_deterministic_from_the_seed():
     t0, t1 = preset("digits")[:2]
     a, b = t0.load(), t0.load()
     for split in ("train", "val", "test"):
-        for u, v in zip(getattr(a, split), getattr(b, split)):
+        for u, v in zip(getattr(a, split), getattr(b, split), strict=True):
             assert torch.equal(u, v)
     c = replace(t0, seed=1).load()
     assert not torch.equal(a.train[0], c.train[0])

@@ -1,5 +1,5 @@
-"""fisherx.experiments.trust: intervals (with a statistical test of their coverage on synthetic Fishers), the probability of
-being the closest task, and the sanity gates on constructed bad cases."""
+"""fisherx.experiments.trust: intervals (with a statistical test of their coverage on synthetic Fishers), the
+probability of being the closest task, and the sanity gates on constructed bad cases."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_given_networks_are_used_as_they_are():
     tasks = _family()
     datas = [t.load() for t in tasks]
     nets = {}
-    for t, d in zip(tasks, datas):
+    for t, d in zip(tasks, datas, strict=True):
         with seeded(0):
             nets[t.name] = mlp(3)
         with warnings.catch_warnings():

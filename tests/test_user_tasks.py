@@ -66,7 +66,7 @@ def test_class_subset_recipe_on_user_labels():
     assert d.label_members == (("a",), ("b", "c"), ("d", "e"))
     assert d.label_counts() == [40, 40, 40]  # balanced: the smallest label's count, 40 (class a)
     # "anything else" is drawn evenly across d and e: 20 each.
-    lut = {tuple(r): c for r, c in zip(x, y)}
+    lut = {tuple(r): c for r, c in zip(x, y, strict=True)}
     other = [lut[tuple(r)] for r in d.train[0][d.train[1] == 2].numpy()]
     assert sorted(np.bincount(other, minlength=5).tolist()) == [0, 0, 0, 20, 20]
     assert t.balanced  # the papers' default for class-subset tasks

@@ -281,7 +281,7 @@ def load_cifar100(data_dir: Path | None) -> ArraySource:
         x = cifar_images(b, folder / f)
         y = cifar_labels(b, folder / f, "fine_labels", x.shape[0], 100)
         yc = cifar_labels(b, folder / f, "coarse_labels", x.shape[0], 20)
-        for fi, ci in set(zip(y.tolist(), yc.tolist())):
+        for fi, ci in set(zip(y.tolist(), yc.tolist(), strict=True)):
             members[coarse[ci]].add(fine[fi])
         parts.append(Split(x, y))
     src = ArraySource("cifar100", str(folder), fine, parts[0], parts[1], 255.0)
@@ -398,7 +398,7 @@ class ImageFolderSource(Source):
         out = []
         for split in (0, 1):
             xs = [self._images(split, c) for c in classes]
-            ys = [np.full(x.shape[0], c, np.int64) for c, x in zip(classes, xs)]
+            ys = [np.full(x.shape[0], c, np.int64) for c, x in zip(classes, xs, strict=True)]
             shape = (0, 3, self.image_size, self.image_size)
             out.append(
                 Split(

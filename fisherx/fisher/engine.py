@@ -246,7 +246,7 @@ POSITIONWISE: tuple[type, ...] = (
 def _out_rows(out, mod: nn.Module, rule) -> tuple[list[int], list[int] | None]:
     """Sizes of the tensor outputs along their batch dims, and along dim 1 for a position-wise layer (else None)."""
     ts = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-    rows = [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(rule, mod, ts))]
+    rows = [t.shape[d] if t.dim() > d else -1 for t, d in zip(ts, _batch_dims(rule, mod, ts), strict=True)]
     seq = [t.shape[1] if t.dim() > 2 else -1 for t in ts] if isinstance(mod, POSITIONWISE) else None
     return rows, seq
 
@@ -387,7 +387,7 @@ class _Plan:
         elif single:
             self.fallback.setdefault(mod, {})[rel[0]] = name
         else:
-            self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel)]
+            self.tied[name] = [(m, c, r) for (m, c), r in zip(sites, rel, strict=True)]
 
     def relabel(self, f: Callable) -> _Plan:
         """A copy with every module ``m`` replaced by ``f(m)``: module names for the plan cache (which must not keep
@@ -587,7 +587,9 @@ class _Engine:
             return None
         rule = self.plan.rules.get(mod)
         seq = mod in self.plan.seq_first
-        dims = dict(zip(tensors, [1] * len(tensors) if seq else _batch_dims(rule, mod, [outs[i] for i in tensors])))
+        dims = dict(
+            zip(tensors, [1] * len(tensors) if seq else _batch_dims(rule, mod, [outs[i] for i in tensors]), strict=True)
+        )
         if any(outs[i].dim() <= dims[i] or outs[i].shape[dims[i]] != self.batch for i in pos):
             raise RuntimeError(
                 f"fisher_diag: {type(mod).__name__} returned shapes "
@@ -601,7 +603,7 @@ class _Engine:
 
         def handler(grads):
             full = [None] * n_out
-            for i, g in zip(pos, grads):
+            for i, g in zip(pos, grads, strict=True):
                 full[i] = g.transpose(0, 1) if seq else g
             for t, v in versions:
                 if t._version != v:
@@ -618,7 +620,7 @@ class _Engine:
         if single:
             return tapped[0]
         new = list(outs)
-        for i, t in zip(pos, tapped):
+        for i, t in zip(pos, tapped, strict=True):
             new[i] = t
         return tree_unflatten(new, spec)
 
@@ -1056,7 +1058,7 @@ def fisher_diag(
         # (The replicates' weighted sums and weight totals simply add up over the shards.)
         names = list(acc)
         means, n_used = fxd.weighted_mean([acc[n] / max(n_used, 1) for n in names], n_used)
-        acc = {n: m * n_used for n, m in zip(names, means)}
+        acc = {n: m * n_used for n, m in zip(names, means, strict=True)}
         if bootstrap:
             (wsum,) = fxd.all_reduce_sum([wsum])
     if n_used == 0:

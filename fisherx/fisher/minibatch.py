@@ -99,7 +99,7 @@ def _accumulate(model, batches, selected, loss, dev, acc, bootstrap, bootstrap_s
             rw = poisson_weights(bootstrap_seed, m, 1, bootstrap)[:, 0]
             wsum += rw
             w = torch.cat([w, rw])
-        for n, g in zip(names, grads):
+        for n, g in zip(names, grads, strict=True):
             if g is not None:
                 sq = g.detach().square()
                 acc[n] += w.to(device=sq.device, dtype=sq.dtype).reshape(-1, *[1] * sq.dim()) * sq

@@ -1,5 +1,6 @@
 """ε-approximation networks (test accuracy ≥ 1 − ε; docs/tasks.md), written in the package (torchvision is not
-a dependency): VGG-16, ResNet-18 and DenseNet-121 adapted to small inputs and any channel count, plus a small CNN and an MLP.
+a dependency): VGG-16, ResNet-18 and DenseNet-121 adapted to small inputs and any channel count, plus a small CNN
+and an MLP.
 
 Every network is a :class:`Classifier`: a ``features`` trunk and a final ``classifier`` linear head.
 """

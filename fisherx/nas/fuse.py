@@ -121,7 +121,7 @@ class FuseRound:
             "alpha_steps": len(losses),
             "val_loss": mixed_loss,
             "val_accuracy": mixed_acc,
-            "candidate_val_accuracy": [accuracy(l, y_val) for l in logits],
+            "candidate_val_accuracy": [accuracy(out, y_val) for out in logits],
         }
 
 

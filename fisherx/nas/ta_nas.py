@@ -597,7 +597,7 @@ def ta_nas(
             col = distance_column(
                 f_ab, f_bb, metric="ftd", names=[f"F[{n}→{name}]" for n in names], target_name=f"F[{name}→{name}]"
             )
-            distances = {n: float(d) for n, d in zip(names, col.cpu().tolist())}
+            distances = {n: float(d) for n, d in zip(names, col.cpu().tolist(), strict=True)}
     closest = min(names, key=lambda n: (distances[n], names.index(n)))
     space = dictionary[closest].space
     note(

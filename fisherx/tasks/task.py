@@ -187,8 +187,8 @@ class Task:
                 )
             names = list(self.label_names)
         lut = np.full(len(src.class_names), -1, np.int64)
-        for c, l in label_of.items():
-            lut[c] = l
+        for c, label in label_of.items():
+            lut[c] = label
         rng = np.random.default_rng(self.seed)
         chosen = self._draw(train.y, groups, rng)
         given_val = getattr(src, "val", None)  # a validation split of the user's own: nothing is carved
@@ -211,7 +211,7 @@ class Task:
             keep = _balanced_mask(test.y, groups)
         x_te, y_te = self._tensor(src, test.x[keep]), torch.from_numpy(lut[test.y[keep]])
         for split, y in (("train", y_tr), ("test", y_te)):
-            missing = [names[l] for l in range(len(groups)) if not bool((y == l).any())]
+            missing = [names[k] for k in range(len(groups)) if not bool((y == k).any())]
             if missing:
                 raise ValueError(
                     f"task {self.name!r}: no {split} samples for label(s) {', '.join(missing)} in "
@@ -269,7 +269,7 @@ class Task:
         else:
             cap = self.max_train_per_label
             quotas = [s if cap is None else min(s, cap) for s in sizes]
-        return [_draw_evenly(pool, q, rng) for pool, q in zip(pools, quotas)]
+        return [_draw_evenly(pool, q, rng) for pool, q in zip(pools, quotas, strict=True)]
 
     def _tensor(self, src: Source, x: np.ndarray) -> torch.Tensor:
         if getattr(src, "raw", False):  # the user's own inputs (any shape and dtype): taken as they are
@@ -311,7 +311,9 @@ def _draw_evenly(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> n
         for j, i in enumerate(rng.permutation(active)):
             quota[i] += share + (1 if j < extra else 0)
         left = 0
-    picked = [np.sort(rng.choice(p, size=q, replace=False)) if q < p.size else p for p, q in zip(pools, quota)]
+    picked = [
+        np.sort(rng.choice(p, size=q, replace=False)) if q < p.size else p for p, q in zip(pools, quota, strict=True)
+    ]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 

@@ -94,8 +94,8 @@ def per_sample_grads(module: nn.Module, activations, backprops, params: dict, st
     # for) and non-tensor leaves of a tuple output are left out of it.
 
     def one(arg_vals, kw_vals, cot):
-        a1 = [a.unsqueeze(0) if d == 0 else a for a, d in zip(arg_vals, arg_dims)]
-        kw1 = dict(kw_fixed, **{k: v.unsqueeze(0) for k, v in zip(kw_names, kw_vals)})
+        a1 = [a.unsqueeze(0) if d == 0 else a for a, d in zip(arg_vals, arg_dims, strict=True)]
+        kw1 = dict(kw_fixed, **{k: v.unsqueeze(0) for k, v in zip(kw_names, kw_vals, strict=True)})
 
         def f(p):
             leaves = tree_flatten(functional_call(module, p, tuple(a1), kw1, strict=False))[0]
@@ -105,7 +105,7 @@ def per_sample_grads(module: nn.Module, activations, backprops, params: dict, st
         return pull(tuple(c.unsqueeze(0) for c in cot))[0]
 
     sl = slice(start, stop)
-    arg_vals = tuple(a[sl] if d == 0 else a for a, d in zip(args, arg_dims))
+    arg_vals = tuple(a[sl] if d == 0 else a for a, d in zip(args, arg_dims, strict=True))
     kw_vals = tuple(kwargs[k][sl] for k in kw_names)
     cot = tuple(cots[i][sl] for i in keep)
     return vmap(one, in_dims=(arg_dims, 0, 0))(arg_vals, kw_vals, cot)
