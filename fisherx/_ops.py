@@ -76,7 +76,7 @@ def _check_float(t: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
 
 
-def _check_column(sources: torch.Tensor, target: torch.Tensor, src_name: str, tgt_name: str) -> None:
+def check_column(sources: torch.Tensor, target: torch.Tensor, src_name: str, tgt_name: str) -> None:
     _check_float(sources, src_name)
     _check_float(target, tgt_name)
     if sources.dim() != 2 or target.dim() != 1:
@@ -190,7 +190,7 @@ def _checked_column(
 ) -> torch.Tensor:
     """Run the column kernel ``kernel`` (ftd_column, cosine_column), whose pass also yields every row's statistics,
     and reject bad input by name; the PyTorch ``reference`` where no compiled kernel can run."""
-    _check_column(sources, target, source_name, target_name)
+    check_column(sources, target, source_name, target_name)
     k, n = sources.shape
     names = _row_names(source_name, k) + [target_name]
     backend = _backend(sources)
@@ -243,7 +243,7 @@ def logdet_column(
 
     d_k = (1/n)·|Σ_j log((a_kj + σ²)/(b_j + σ²))|, on unit-trace vectors when ``normalize``.
     """
-    _check_column(sources, target, source_name, target_name)
+    check_column(sources, target, source_name, target_name)
     if not 0.0 < sigma2 < math.inf:
         raise ValueError(f"sigma2 must be positive and finite, got {sigma2}")
     k, n = sources.shape

@@ -240,7 +240,7 @@ def distance_column(
         for f, n in zip(flats, names, strict=True):
             if f.shape != tgt.shape or f.device != tgt.device or f.dtype != tgt.dtype:
                 # Let the op name the problem precisely.
-                _ops._check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)
+                _ops.check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)
         rows = flats[0][None] if len(flats) == 1 else torch.stack(flats)
         src_name = "\n".join(names)  # the op names each bad row by its own name
     return entry.column(rows, tgt, sigma2, normalize, src_name, target_name)

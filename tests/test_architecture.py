@@ -191,3 +191,31 @@ def test_nothing_imports_cli_but_main():
 def test_the_checker_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _private_imports(mod: str, path: Path) -> list[str]:
+    """``from fisherx.x import _name`` where ``_name`` is not a module: a private name used outside its module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            base = ".".join(anchor + ([base] if base else []))
+        if not base.startswith("fisherx"):
+            continue
+        for a in node.names:
+            full = f"{base}.{a.name}"
+            if a.name.startswith("_") and not a.name.startswith("__") and full not in MODULES and full not in EXTENSIONS:
+                found.append(f"{mod} imports {full}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    # A name with a leading underscore is its module's own; a second user means it is shared API and gets a
+    # public name (a module named with an underscore, such as fisherx._ops, is a private part, not a private name).
+    found = [line for m, p in MODULES.items() for line in _private_imports(m, p)]
+    assert not found, "\n".join(found)

@@ -442,7 +442,7 @@ def test_register_a_toy_metric_and_use_it():
         return 0.5 * (a / a.sum(dim=1, keepdim=True) - b / b.sum()).abs().sum(dim=1)
 
     def l1_column(rows, target, sigma2, normalize, source_name, target_name):
-        _ops._check_column(rows, target, source_name, target_name)
+        _ops.check_column(rows, target, source_name, target_name)
         return l1_reference(rows, target, sigma2, normalize)
 
     entry = Metric("l1", l1_column, "distance", 0.0, (0.0, 1.0), l1_reference)

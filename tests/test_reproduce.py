@@ -192,5 +192,57 @@ def test_nas_comparison_pairs_every_eps_seed_with_every_search_seed(tmp_path):
     dists = {r["eps_seed"]: tuple(sorted(r["distances"].items())) for r in res["runs"]}
     assert len(set(dists.values())) == 3
     c = res["comparison"]
-    assert c["diffs"] == pytest.approx([r["ta_nas"] - r["random"] for r in res["runs"]])
+    ta, rnd = rp._independent_pairs(res["runs"])
+    assert c["diffs"] == pytest.approx([a - b for a, b in zip(ta, rnd, strict=True)])
+    assert res["independent_pairs"] == len(ta) >= 3  # at least one per search seed
     assert c["verdict"] in rp.nas_comparison_text(res) and (tmp_path / "nas_comparison.json").is_file()
+
+
+def test_repeated_searches_count_once_in_the_paired_test():
+    # ε-seeds 0 and 1 chose baselines with the same space: with the same search seed they are one search.
+    runs = [
+        {
+            "eps_seed": 0,
+            "closest": "T0",
+            "space": "T0 space",
+            "space_hash": "h0",
+            "search_seed": 0,
+            "ta_nas": 0.90,
+            "random": 0.80,
+        },
+        {
+            "eps_seed": 1,
+            "closest": "T1",
+            "space": "T1 space",
+            "space_hash": "h0",
+            "search_seed": 0,
+            "ta_nas": 0.90,
+            "random": 0.80,
+        },
+        {
+            "eps_seed": 1,
+            "closest": "T1",
+            "space": "T1 space",
+            "space_hash": "h0",
+            "search_seed": 1,
+            "ta_nas": 0.85,
+            "random": 0.86,
+        },
+        {
+            "eps_seed": 2,
+            "closest": "T3",
+            "space": "T3 space",
+            "space_hash": "h3",
+            "search_seed": 0,
+            "ta_nas": 0.70,
+            "random": 0.75,
+        },
+    ]
+    assert rp._independent_pairs(runs) == ([0.90, 0.85, 0.70], [0.80, 0.86, 0.75])
+    res = {
+        "runs": runs,
+        "config": {"target": "T2", "data": "digits", "eps_seeds": [0, 1], "search_seeds": [0, 1]},
+        "comparison": rp.paired_comparison(*rp._independent_pairs(runs)),
+        "independent_pairs": 3,
+    }
+    assert "3 of the 4 pairs are distinct searches" in rp.nas_comparison_text(res)

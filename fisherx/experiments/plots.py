@@ -42,7 +42,7 @@ def heatmap(result, arch: str | None = None, *, stat: str = "mean", ax=None, pat
     if stat not in ("mean", "std"):
         raise ValueError(f"stat must be 'mean' or 'std', got {stat!r}")
     fig, ax = _figure_and_axes(ax, (1.1 * len(result.task_names) + 1.6, 0.9 * len(result.task_names) + 1.2))
-    a = result._arch(arch)
+    a = result.resolve_arch(arch)
     names, k = result.task_names, len(result.task_names)
     ax.set_title(f"{a} — {stat}", fontsize=10)
     ax.set_xlabel("target")
@@ -51,7 +51,7 @@ def heatmap(result, arch: str | None = None, *, stat: str = "mean", ax=None, pat
         ax.set_xticks([])
         ax.set_yticks([])
         ax.text(0.5, 0.5, "one seed:\nno spread over seeds", ha="center", va="center", transform=ax.transAxes)
-        return _finish(fig, path)
+        return save_figure(fig, path)
     mat = result.mean(a) if stat == "mean" else result.std(a)
     lo, hi = _scale(result, stat)
     im = ax.imshow(mat, cmap="viridis" if stat == "mean" else "magma", vmin=lo, vmax=hi)
@@ -69,14 +69,14 @@ def heatmap(result, arch: str | None = None, *, stat: str = "mean", ax=None, pat
     bar.set_label(
         f"{what}, mean of {len(result.seeds)} seeds" if stat == "mean" else f"{what}, std over seeds", fontsize=8
     )
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmaps(result, path=None, *, digits: int = 2):
     """Heatmaps laid out like the papers' figures: one column per architecture, mean on top, std below (see
     :func:`heatmap` for the scales)."""
     k, n = len(result.task_names), len(result.archs)
-    fig = _new_figure((n * (0.9 * k + 2.2), 2 * (0.8 * k + 1.0) + 0.6))
+    fig = new_figure((n * (0.9 * k + 2.2), 2 * (0.8 * k + 1.0) + 0.6))
     axes = fig.subplots(2, n, squeeze=False)
     for c, a in enumerate(result.archs):
         for r, stat in enumerate(("mean", "std")):
@@ -86,7 +86,7 @@ def heatmaps(result, path=None, *, digits: int = 2):
         f"target; head {result.head_mode}",
         fontsize=10,
     )
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _scale(result, stat: str) -> tuple[float, float]:
@@ -153,17 +153,17 @@ def atlas(result, path=None, *, arch: str | None = None, ax=None, fallback: bool
     embedding's fidelity in the panel title. Where the embedding is unfaithful (:func:`embedding_fidelity`) and
     ``fallback`` is true, the panel is a :func:`clustered_heatmap` instead."""
     if ax is not None:
-        _atlas_panel(result, result._arch(arch), ax, fallback)
-        return _finish(ax.figure, path)
+        _atlas_panel(result, result.resolve_arch(arch), ax, fallback)
+        return save_figure(ax.figure, path)
     n = len(result.archs)
-    fig = _new_figure((4.6 * n, 5.0))
+    fig = new_figure((4.6 * n, 5.0))
     axes = fig.subplots(1, n, squeeze=False)
     for c, a in enumerate(result.archs):
         _atlas_panel(result, a, axes[0, c], fallback)
     fig.suptitle(
         f"task atlas ({_metrics.label(result.metric)}): MDS of (D + Dᵀ)/2,\narrow = closest source → target", fontsize=9
     )
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _atlas_panel(result, a: str, ax, fallback: bool) -> None:
@@ -214,7 +214,7 @@ def clustered_heatmap(result, arch: str | None = None, *, ax=None, path=None):
     """The symmetrised matrix (D + Dᵀ)/2 of ``arch`` with rows and columns in the leaf order of its average-
     linkage (UPGMA) dendrogram, drawn above the heatmap: what the atlas shows when two dimensions cannot."""
     fig, ax = _figure_and_axes(ax, (1.0 * len(result.task_names) + 2.0, 1.0 * len(result.task_names) + 2.2))
-    a = result._arch(arch)
+    a = result.resolve_arch(arch)
     d = _symmetric(result, a)
     order, merges = average_linkage(d)
     names = [result.task_names[i] for i in order]
@@ -231,7 +231,7 @@ def clustered_heatmap(result, arch: str | None = None, *, ax=None, path=None):
     bar.set_label(f"{what}, symmetrised", fontsize=8)
     _draw_dendrogram(ax.inset_axes((0.0, 1.02, 1.0, 0.25)), len(order), order, merges)
     ax.set_title(f"{a}: clustered (D + Dᵀ)/2", fontsize=9, pad=_DENDROGRAM_PAD)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def average_linkage(d: np.ndarray) -> tuple[list, list]:
@@ -275,13 +275,13 @@ def intervals(result, path=None, *, arch: str | None = None, target: str | None 
     are several, else the bootstrap one; clipped to the metric's range) and, above it, its probability of being
     the closest. Given ``ax``, one panel: ``arch`` (default the first) and ``target`` (default the first task)."""
     if ax is not None:
-        a = result._arch(arch)
+        a = result.resolve_arch(arch)
         j = result.task_names.index(target) if target is not None else 0
         _interval_panel(result, a, j, ax)
         ax.set_ylabel(_metrics.label(result.metric))
-        return _finish(ax.figure, path)
+        return save_figure(ax.figure, path)
     k, n = len(result.task_names), len(result.archs)
-    fig = _new_figure((2.6 * k + 0.5, 2.8 * n + 0.8))
+    fig = new_figure((2.6 * k + 0.5, 2.8 * n + 0.8))
     axes = fig.subplots(n, k, squeeze=False)
     for r, a in enumerate(result.archs):
         for j in range(k):
@@ -293,7 +293,7 @@ def intervals(result, path=None, *, arch: str | None = None, target: str | None 
         f"P(closest) over {len(result.draws())} draws",
         fontsize=9,
     )
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _interval_panel(result, a: str, j: int, ax) -> None:
@@ -361,7 +361,9 @@ def _symmetric(result, arch: str | None) -> np.ndarray:
     return (m + m.T) / 2.0
 
 
-def _new_figure(size):
+def new_figure(size):
+    """A matplotlib Figure of ``size`` inches, built without pyplot (no backend chosen, nothing kept alive by a
+    global figure list), with constrained layout."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=size, layout="constrained")
@@ -370,11 +372,11 @@ def _new_figure(size):
 def _figure_and_axes(ax, size):
     if ax is not None:
         return ax.figure, ax
-    fig = _new_figure(size)
+    fig = new_figure(size)
     return fig, fig.subplots()
 
 
-def _finish(fig, path):
+def save_figure(fig, path):
     """Write ``fig`` to ``path`` (atomically; the format from its suffix) when given; return ``fig``."""
     if path is not None:
         buf = _io.BytesIO()

@@ -58,11 +58,11 @@ class TaskDistanceResult:
     # -- statistics ------------------------------------------------------------------------------------------
     def mean(self, arch: str | None = None) -> np.ndarray:
         """Mean over seeds of the (K, K) matrix of ``arch`` (the first architecture by default)."""
-        return self.distances[self._arch(arch)].mean(axis=0)
+        return self.distances[self.resolve_arch(arch)].mean(axis=0)
 
     def std(self, arch: str | None = None) -> np.ndarray:
         """Sample standard deviation over seeds (ddof = 1; zeros with a single seed)."""
-        d = self.distances[self._arch(arch)]
+        d = self.distances[self.resolve_arch(arch)]
         return d.std(axis=0, ddof=1) if d.shape[0] > 1 else np.zeros(d.shape[1:])
 
     def closest(self, arch: str | None = None) -> dict:
@@ -76,20 +76,20 @@ class TaskDistanceResult:
     def draws(self, arch: str | None = None) -> np.ndarray:
         """(N, K, K): every matrix behind the closest-task probabilities, seeds × bootstrap replicates pooled (the
         seeds' matrices alone without bootstrap)."""
-        a = self._arch(arch)
+        a = self.resolve_arch(arch)
         reps = self.replicates.get(a)
         return self.distances[a] if reps is None else reps.reshape(-1, *reps.shape[2:])
 
     def interval_seeds(self, arch: str | None = None) -> np.ndarray | None:
         """(K, K, 2): Student's t interval of the mean over seeds at ``level``, clipped to the metric's range
         (FTD: [0, 1]; a t interval over few seeds can reach past it); None with a single seed."""
-        d = self.distances[self._arch(arch)]
+        d = self.distances[self.resolve_arch(arch)]
         return self._clip(_trust.seed_interval(d, self.level)) if d.shape[0] > 1 else None
 
     def interval_bootstrap(self, arch: str | None = None) -> np.ndarray | None:
         """(S, K, K, 2): each seed's basic bootstrap interval over its test samples, clipped to the metric's
         range; None without bootstrap."""
-        a = self._arch(arch)
+        a = self.resolve_arch(arch)
         reps = self.replicates.get(a)
         if reps is None:
             return None
@@ -109,7 +109,7 @@ class TaskDistanceResult:
             self.closest_probability(arch), self.task_names, len(self.draws(arch)), threshold
         )
 
-    def _arch(self, arch: str | None) -> str:
+    def resolve_arch(self, arch: str | None) -> str:
         if arch is None:
             return self.archs[0]
         if arch not in self.distances:

@@ -55,7 +55,7 @@ _PROBE = 2  # samples of the first batch the probe forward runs on
 # Per-sample losses
 
 
-def _per_sample_loss(loss, out: torch.Tensor, y, batch: int) -> torch.Tensor:
+def per_sample_loss(loss, out: torch.Tensor, y, batch: int) -> torch.Tensor:
     """(B,) per-sample losses ℓ_i: cross-entropy of the label (summed over extra positions), ½‖f(x_i) − y_i‖²,
     or the caller's function, which must return one value per sample."""
     if loss == "cross_entropy":
@@ -125,7 +125,7 @@ def _map(fn, x):
     return tree_map(lambda t: fn(t) if isinstance(t, torch.Tensor) else t, x)
 
 
-def _move(x, device: torch.device):
+def move_batch(x, device: torch.device):
     return _map(lambda t: t.to(device, non_blocking=True), x)
 
 
@@ -802,7 +802,7 @@ def _external(model, names: list[str], acc_param, x, y, loss, batch: int, engine
 
     def loss_one(p, xi, yi):
         out = _inputs.select_output(_call_functional(model, p, _unsq(xi), functional_call), engine.output_fn)
-        return _per_sample_loss(loss, out, _unsq(yi), 1).sum()
+        return per_sample_loss(loss, out, _unsq(yi), 1).sum()
 
     per = vmap(grad(loss_one), in_dims=(None, 0, 0))
     step = chunk_size(params)
@@ -830,7 +830,7 @@ def _call_functional(model, params, x, functional_call):
 # The public function
 
 
-def _select(model: nn.Module, params) -> dict[str, torch.Tensor]:
+def select_params(model: nn.Module, params) -> dict[str, torch.Tensor]:
     named = dict(model.named_parameters())
     if params is None:
         chosen = list(named)
@@ -857,7 +857,7 @@ def _select(model: nn.Module, params) -> dict[str, torch.Tensor]:
     return sel
 
 
-def _model_device(model: nn.Module, device) -> torch.device:
+def model_device(model: nn.Module, device) -> torch.device:
     devs = {t.device for t in list(model.parameters()) + list(model.buffers())}
     if len(devs) > 1:
         raise ValueError(
@@ -978,14 +978,14 @@ def fisher_diag(
     if isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int):
         raise TypeError(f"bootstrap_seed must be an int, got {type(bootstrap_seed).__name__}")
 
-    selected = _select(model, params)
+    selected = select_params(model, params)
     bad = sorted({str(p.dtype) for p in selected.values() if p.dtype not in (torch.float32, torch.float64)})
     if bad:
         raise TypeError(
             f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
             "convert it with model.float() (the squared gradients would under/overflow in 16 bits)"
         )
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     if _check_norms(model):  # some BatchNorm in training mode (the model's own flag may say eval)
         import warnings
 
@@ -1031,7 +1031,7 @@ def fisher_diag(
                 x, y = _slice(x, slice(0, b)), _slice(y, slice(0, b))
             if b == 0:
                 continue
-            x, y = _move(x, dev), _move(y, dev)
+            x, y = move_batch(x, dev), move_batch(y, dev)
             used = _used_samples(loss, kind, y, b, k, n_seen)
             if engine is None:
                 engine = _new_engine(model, selected, acc, lead, training, x, b, output_fn)
@@ -1197,7 +1197,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         engine.scale = 1.0 / draws
         for d in range(draws):
             yd = y if kind == "empirical" else _sample_labels(loss, out)
-            losses = _per_sample_loss(loss, out, yd, b)
+            losses = per_sample_loss(loss, out, yd, b)
             bad = ~torch.isfinite(losses.detach())
             if bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])

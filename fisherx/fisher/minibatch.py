@@ -82,7 +82,7 @@ def _check(model, loss, batch_size, max_samples, bootstrap) -> None:
 
 def _accumulate(model, batches, selected, loss, dev, acc, bootstrap, bootstrap_seed, max_samples):
     """acc[n][0] += g_m², acc[n][r] += w_rm·g_m² over the mini-batches; returns (samples, batches, Σ_m w_rm)."""
-    from .engine import _move
+    from .engine import move_batch
 
     names = list(selected)
     wsum = torch.zeros(bootstrap, dtype=torch.float64)
@@ -92,7 +92,7 @@ def _accumulate(model, batches, selected, loss, dev, acc, bootstrap, bootstrap_s
             x, y = x[: max_samples - n_seen], y[: max_samples - n_seen]
         if x.shape[0] == 0:
             break
-        x, y = _move(x, dev), _move(y, dev)
+        x, y = move_batch(x, dev), move_batch(y, dev)
         grads = torch.autograd.grad(_mean_loss(loss, model(x), y), [selected[n] for n in names], allow_unused=True)
         w = torch.ones(1, dtype=torch.float64)
         if bootstrap:
@@ -130,11 +130,11 @@ def fisher_minibatch(
     :func:`fisherx.fisher_diag` (the bootstrap resamples mini-batches, see the module docstring). BatchNorm uses
     running statistics (the model runs in eval mode; its flags are restored).
     """
-    from .engine import _model_device, _select
+    from .engine import model_device, select_params
 
     _check(model, loss, batch_size, max_samples, bootstrap)
-    selected = _select(model, params)
-    dev = _model_device(model, device)
+    selected = select_params(model, params)
+    dev = model_device(model, device)
     acc = {n: torch.zeros(1 + bootstrap, *p.shape, dtype=p.dtype, device=p.device) for n, p in selected.items()}
     flags = {m: m.training for m in model.modules()}
     model.eval()

@@ -114,7 +114,7 @@ def per_sample_losses(
 ) -> torch.Tensor:
     """(N,) float64 per-sample losses ℓ_i of ``model`` (in eval mode) on ``(x, y)``: ½‖f(x_i) − y_i‖² for "mse",
     the label's cross-entropy for "cross_entropy", or ``loss(out, y)`` for a callable (one value per sample)."""
-    from ..fisher.engine import _per_sample_loss  # the Fisher's own definition of ℓ_i, so training and F agree
+    from ..fisher.engine import per_sample_loss  # the Fisher's own definition of ℓ_i, so training and F agree
 
     _check_loss(loss)
     if x.shape[0] == 0:
@@ -125,7 +125,7 @@ def per_sample_losses(
     parts = []
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        parts.append(_per_sample_loss(loss, model(xb), yb, xb.shape[0]).detach().double().cpu())
+        parts.append(per_sample_loss(loss, model(xb), yb, xb.shape[0]).detach().double().cpu())
     model.train(was_training)
     return torch.cat(parts)
 
@@ -319,10 +319,10 @@ def _result(model, task_data, loss, best, best_epoch, epochs, seconds, epsilon, 
 
 
 def _mean_loss(loss: Loss):
-    from ..fisher.engine import _per_sample_loss
+    from ..fisher.engine import per_sample_loss
 
     def mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _per_sample_loss(loss, out, y, out.shape[0]).mean()
+        return per_sample_loss(loss, out, y, out.shape[0]).mean()
 
     return mean_loss
 

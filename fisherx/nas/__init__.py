@@ -2,7 +2,8 @@
 
 - :mod:`~fisherx.nas.ops`, :mod:`~fisherx.nas.cells`, :mod:`~fisherx.nas.network`: the ten operations, the cell DAG,
   the skeleton; :class:`Genotype` an architecture as data; :class:`SearchSpace` the ops/node counts/skeleton.
-- :func:`fuse`: FUSE search with per-round checkpoints; :func:`random_search`: the equal-budget baseline.
+- :func:`fuse`: FUSE search with per-round checkpoints; :func:`random_search`: the equal-budget baseline; both
+  strategies on :mod:`~fisherx.nas.runner`'s shared scaffold (:class:`SearchRun`), returning a :class:`SearchResult`.
 - :func:`ta_nas` with a :class:`TaskDictionary` of solved baselines (:func:`add_baseline`).
 - :mod:`~fisherx.nas.formats`: DARTS and NAS-Bench-201 converters; :mod:`~fisherx.nas.determinism`: seeding and
   deterministic kernels; :mod:`~fisherx.nas.cost`: per-stage cost accounting.
@@ -17,6 +18,7 @@ from .genotype import Genotype, GenotypeError
 from .network import Network
 from .ops import OP_NAMES, make_op
 from .random_search import random_search
+from .runner import SearchResult, SearchRun
 from .space import SearchSpace, SearchSpaceError
 from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
 
@@ -30,6 +32,8 @@ __all__ = [
     "Network",
     "NondeterminismWarning",
     "OP_NAMES",
+    "SearchResult",
+    "SearchRun",
     "SearchSpace",
     "SearchSpaceError",
     "TaNasResult",

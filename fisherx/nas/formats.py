@@ -151,7 +151,7 @@ def _parse_darts_text(text: str) -> dict:
             "reduce=[...], reduce_concat=[...])"
         )
     names = ("normal", "normal_concat", "reduce", "reduce_concat")
-    args = dict(zip(names, tree.args, strict=True))
+    args = dict(zip(names, tree.args, strict=False))  # positional first, the rest may come as keywords
     args.update({kw.arg: kw.value for kw in tree.keywords})
     return {k: _literal(v, k) for k, v in args.items()}
 

@@ -150,7 +150,7 @@ class Genotype:
         if extra:
             raise GenotypeError(f"{source}: unexpected keys {sorted(extra)}")
         if ver >= 2:
-            _check_opset(d.get("opset"), source)
+            check_opset(d.get("opset"), source)
         for k in ("normal", "reduce"):
             if k not in d:
                 raise GenotypeError(f"{source}: the {k} cell is missing")
@@ -208,7 +208,7 @@ def _parse_json(text: str, source: str) -> Any:
         raise GenotypeError(f"{source}: not valid JSON ({e})") from None
 
 
-def _check_opset(opset: Any, source: str) -> None:
+def check_opset(opset: Any, source: str) -> None:
     """Refuse a file written against another operation set, or with an operation this fisherx lacks or computes
     differently now (per-operation versions, :data:`fisherx.nas.ops.OP_VERSIONS`)."""
     problem = _ops.check_opset_record(opset, source)

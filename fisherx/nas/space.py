@@ -23,7 +23,7 @@ import torch
 
 from . import network as _network
 from . import ops as _ops
-from .genotype import Genotype, GenotypeError, _check_opset
+from .genotype import Genotype, GenotypeError, check_opset
 from .ops import OP_NAMES
 
 SPACE_FORMAT = "fisherx.search_space"
@@ -210,7 +210,7 @@ class SearchSpace:
             raise SearchSpaceError(f"{source}: search space version {d.get('version')!r} is not supported")
         if d["version"] >= 2:
             try:
-                _check_opset(d.get("opset"), source)
+                check_opset(d.get("opset"), source)
             except GenotypeError as e:
                 raise SearchSpaceError(str(e)) from None
         try:

@@ -43,9 +43,10 @@ from ..io.files import parse_json
 from ._common import device_name, pick_device, resolve_data, show_progress
 from .cost import CostMeter
 from .determinism import reproducible
-from .fuse import FuseResult, fuse
+from .fuse import fuse
 from .genotype import Genotype
 from .random_search import random_search
+from .runner import SearchResult
 from .space import SearchSpace
 
 DICTIONARY_FORMAT = "fisherx.task_dictionary"
@@ -430,7 +431,7 @@ def add_baseline(
     )
 
 
-def _brief(res: FuseResult) -> dict:
+def _brief(res: SearchResult) -> dict:
     return {
         "method": res.method,
         "test_accuracy": res.test_accuracy,
@@ -451,7 +452,7 @@ class TaNasResult:
     distances: dict
     closest: str
     space: SearchSpace
-    result: FuseResult
+    result: SearchResult
     comparisons: dict
     eps: dict
     cost: dict
@@ -607,7 +608,7 @@ def ta_nas(
 
     sub = (lambda s: out / s) if out is not None else (lambda s: None)
     result = fuse(space, data, device=device, out_dir=sub("fuse"), progress=progress, **search)
-    comparisons: dict[str, FuseResult] = {}
+    comparisons: dict[str, SearchResult] = {}
     if "random" in compare:
         budget = result.cost["candidate_epochs"]  # equal budget: exactly what FUSE spent
         per = random_epochs_per_candidate or search.get("alternations", 10) * search.get("weight_epochs", 1)

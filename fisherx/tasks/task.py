@@ -144,9 +144,9 @@ class Task:
         """:meth:`from_tensors` on a ``.npz`` file holding ``x_train``, ``y_train``, ``x_test``, ``y_test``
         (optionally ``x_val``, ``y_val`` and ``class_names``). The task records the file, so it can be rebuilt
         from its configuration (TA-NAS dictionaries, run files)."""
-        from .user import _read_npz, build
+        from .user import build, read_npz
 
-        arrays, names = _read_npz(name, path)
+        arrays, names = read_npz(name, path)
         options.setdefault("class_names", names)
         return build(name, arrays, data_file=path, **options)
 
@@ -225,7 +225,7 @@ class Task:
             (x_te, y_te),
             len(groups),
             tuple(names),
-            *_channels_and_size(x_tr),
+            *channels_and_size(x_tr),
             src.origin,
             members,
         )
@@ -289,7 +289,7 @@ class Task:
         return t.contiguous()
 
 
-def _channels_and_size(x: torch.Tensor) -> tuple[int, int]:
+def channels_and_size(x: torch.Tensor) -> tuple[int, int]:
     """(in_channels, image_size) of N×C×H×W images; for other inputs dim 1 and the last dim (1 for 1-D inputs)."""
     return (int(x.shape[1]), int(x.shape[-1])) if x.dim() >= 2 else (1, 1)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.sources import ArraySource, Source, Split
-from .task import Task, TaskData, _channels_and_size
+from .task import Task, TaskData, channels_and_size
 
 SPLITS = ("train", "val", "test")
 TARGETS = ("labels", "regression")
@@ -138,7 +138,7 @@ class UserTask(Task):
         return self.config()
 
     def _open(self, data_dir) -> UserSource:
-        arrays = self.arrays if self.arrays is not None else _read_npz(self.name, self.data_file)[0]
+        arrays = self.arrays if self.arrays is not None else read_npz(self.name, self.data_file)[0]
         tr, te, va = (None if arrays.get(s) is None else Split(*arrays[s]) for s in ("train", "test", "val"))
         origin = self.data_file or "in-memory arrays"
         return UserSource(self.name, origin, self.class_names, tr, te, va)
@@ -166,7 +166,7 @@ class UserTask(Task):
             (_tensor(src.test.x), _tensor(src.test.y)),
             width,
             (),
-            *_channels_and_size(x_tr),
+            *channels_and_size(x_tr),
             src.origin,
             (),
         )
@@ -181,7 +181,7 @@ def replace_arrays(task: UserTask) -> UserTask:
     return replace(task, arrays=None)
 
 
-def _read_npz(name: str, path) -> tuple[dict, tuple | None]:
+def read_npz(name: str, path) -> tuple[dict, tuple | None]:
     if path is None:
         raise ValueError(f"task {name!r} has neither arrays nor a data file")
     p = Path(path)
@@ -265,7 +265,7 @@ def from_config(cfg: dict) -> Task:
             f"task {cfg.get('name')!r} was recorded without a data file (it was built from in-memory "
             "data); pass the task itself (fisherx.Task.from_npz or from_tensors)"
         )
-    arrays, names = _read_npz(cfg["name"], cfg["data_file"])
+    arrays, names = read_npz(cfg["name"], cfg["data_file"])
     opts = {
         k: cfg[k]
         for k in ("classes", "other", "seed", "val_fraction", "max_train_per_label", "label_names")

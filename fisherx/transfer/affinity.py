@@ -134,7 +134,7 @@ def _config_base(task, data, seed: int, arch: str, epochs: int, batch_size: int,
     }
 
 
-def _fresh(arch: str, data, seed: int) -> torch.nn.Module:
+def fresh_copy(arch: str, data, seed: int) -> torch.nn.Module:
     with seeded(seed):
         return _models.build(arch, data.in_channels, data.out_channels, data.image_size)
 
@@ -146,7 +146,7 @@ def _timed(compute):
     return value
 
 
-def _fisher_value(model, data, loss, samples: int | None, device) -> dict:
+def fisher_value(model, data, loss, samples: int | None, device) -> dict:
     x, y = data.test
     with warnings.catch_warnings():  # the transposed conv's fallback rule is expected here; do not repeat it K² times
         warnings.filterwarnings("ignore", message=".*no per-layer rule.*")
@@ -156,7 +156,7 @@ def _fisher_value(model, data, loss, samples: int | None, device) -> dict:
     return {"tensors": dict(f.tensors), "names": list(f.tensors), "n": f.n_samples}
 
 
-def _as_fisher(value: dict) -> FisherDiag:
+def as_fisher(value: dict) -> FisherDiag:
     return FisherDiag({n: value["tensors"][n] for n in value["names"]}, value["n"])
 
 
@@ -196,11 +196,11 @@ class _Run:
         cfg = _config_base(task, data, seed, self.arch, self.source_epochs, self.batch_size, self.lr, self.loss)
 
         def compute():
-            r = self._train(_fresh(self.arch, data, seed), data, self.source_epochs, seed)
+            r = self._train(fresh_copy(self.arch, data, seed), data, self.source_epochs, seed)
             return {"state": {k: v.detach().cpu() for k, v in r.model.state_dict().items()}, "test_loss": r.test_loss}
 
         value = self.cache.get_or_compute("pixel_network", cfg, lambda: _timed(compute))
-        model = _fresh(self.arch, data, seed)
+        model = fresh_copy(self.arch, data, seed)
         model.load_state_dict(value["state"])
         return model.to(self.device).eval(), value
 
@@ -216,7 +216,7 @@ class _Run:
         return self.cache.get_or_compute(
             "pixel_fisher",
             cfg,
-            lambda: _timed(lambda: _fisher_value(model, self.datas[b], self.loss, self.samples, self.device)),
+            lambda: _timed(lambda: fisher_value(model, self.datas[b], self.loss, self.samples, self.device)),
         )
 
     def fine_tune(self, a: int, b: int, seed: int, model) -> dict:
@@ -242,7 +242,7 @@ class _Run:
 
         def compute():
             # A different initialisation from the sources' (seed + 10⁶), so that scratch never equals N_b.
-            r = self._train(_fresh(self.arch, data, seed + 1_000_000), data, self.budget, seed)
+            r = self._train(fresh_copy(self.arch, data, seed + 1_000_000), data, self.budget, seed)
             return {"losses": per_sample_losses(r.model, *data.test, self.loss), "test_loss": r.test_loss}
 
         return self.cache.get_or_compute("scratch", cfg, lambda: _timed(compute))
@@ -319,7 +319,7 @@ def transfer_affinity(
         for b in range(k):
             fishers = [run.fisher(a, b, seed, nets[a]) for a in range(k)]
             seconds["fishers"] += sum(f["seconds"] for f in fishers)
-            fd = [_as_fisher(f) for f in fishers]
+            fd = [as_fisher(f) for f in fishers]
             out["ftd"][si, :, b] = distance_column(fd, fd[b], names=names, target_name=names[b]).numpy()
             tuned = [run.fine_tune(a, b, seed, nets[a]) for a in range(k)]
             base = run.scratch(b, seed)

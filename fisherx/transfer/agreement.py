@@ -17,7 +17,6 @@ A vector without spread (all values equal) has no ranks to compare: its correlat
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -62,7 +61,7 @@ def kendall(x, y) -> float:
     return both / math.sqrt(nx * ny) if nx > 0 and ny > 0 else float("nan")
 
 
-def _interval(values: list, level: float, bounds: tuple[float, float] | None = None):
+def seed_mean_interval(values: list, level: float, bounds: tuple[float, float] | None = None):
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2 or not np.isfinite(v).all():
         return None
@@ -89,8 +88,16 @@ def agreement(result, kind: str = "ahp", level: float = LEVEL) -> dict:
             closest.append(names[others[int(np.argmin(d))]])
             best.append(names[others[int(np.argmax(f))]])
         out[target] = {
-            "spearman": {"per_seed": rho, "mean": float(np.mean(rho)), "interval": _interval(rho, level, (-1, 1))},
-            "kendall": {"per_seed": tau, "mean": float(np.mean(tau)), "interval": _interval(tau, level, (-1, 1))},
+            "spearman": {
+                "per_seed": rho,
+                "mean": float(np.mean(rho)),
+                "interval": seed_mean_interval(rho, level, (-1, 1)),
+            },
+            "kendall": {
+                "per_seed": tau,
+                "mean": float(np.mean(tau)),
+                "interval": seed_mean_interval(tau, level, (-1, 1)),
+            },
             "ftd_closest": closest,
             "affinity_best": best,
             "top1_agreement": float(np.mean([c == b_ for c, b_ in zip(closest, best, strict=True)])),
@@ -147,18 +154,27 @@ def cost_table(result) -> str:
     return "\n".join(lines)
 
 
-def plot_matrices(result, path, kind: str = "ahp") -> Path:
-    """A figure: the mean FTD matrix beside the mean ``kind`` affinity matrix (rows = source, columns = target)."""
-    from ..experiments.plots import _pyplot, _save_figure
+def plot_matrices(result, path=None, kind: str = "ahp"):
+    """A figure: the mean FTD matrix (on FTD's range [0, 1]) beside the mean ``kind`` affinity matrix (rows =
+    source, columns = target), with labelled colour bars; returned, and written to ``path`` when given."""
+    from ..experiments.plots import new_figure, save_figure
 
-    plt = _pyplot()
     names = result.task_names
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.4 * len(names), 0.7 * len(names) + 2))
-    for ax, m, title, cmap in (
-        (axes[0], result.ftd.mean(0), "FTD d[a, b] (lower = closer)", "viridis_r"),
-        (axes[1], result.affinity(kind).mean(0), f"affinity ({kind}, higher = better)", "viridis"),
-    ):
-        im = ax.imshow(m, cmap=cmap)
+    fig = new_figure((4 + 1.4 * len(names), 0.7 * len(names) + 2))
+    axes = fig.subplots(1, 2)
+    panels = (
+        (axes[0], result.ftd.mean(0), "FTD d[a, b] (lower = closer)", "viridis_r", (0.0, 1.0), "FTD, mean over seeds"),
+        (
+            axes[1],
+            result.affinity(kind).mean(0),
+            f"affinity ({kind}, higher = better)",
+            "viridis",
+            (None, None),
+            f"{kind} affinity, mean over seeds",
+        ),
+    )
+    for ax, m, title, cmap, (lo, hi), label in panels:
+        im = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("target b")
@@ -167,18 +183,18 @@ def plot_matrices(result, path, kind: str = "ahp") -> Path:
         for i in range(len(names)):
             for j in range(len(names)):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    return _save_figure(fig, path)
+        fig.colorbar(im, ax=ax, shrink=0.8).set_label(label, fontsize=7)
+    return save_figure(fig, path)
 
 
-def plot_cost(result, path) -> Path:
-    """A figure: wall seconds of FTD against brute force, stacked by stage."""
-    from ..experiments.plots import _pyplot, _save_figure
+def plot_cost(result, path=None):
+    """A figure: wall seconds of FTD against brute force, stacked by stage; returned, and written to ``path`` when
+    given."""
+    from ..experiments.plots import new_figure, save_figure
 
-    plt = _pyplot()
     c = result.cost()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = new_figure((5, 3.2))
+    ax = fig.subplots()
     ax.bar(["FTD", "brute force"], [c["sources_seconds"]] * 2, label="train sources", color="#999999")
     ax.bar(["FTD"], [c["fishers_seconds"]], bottom=[c["sources_seconds"]], label="Fishers", color="#1f77b4")
     ax.bar(
@@ -194,5 +210,4 @@ def plot_cost(result, path) -> Path:
     ax.set_ylabel("wall seconds")
     ax.set_title(f"compute: brute force / FTD = {c['ratio']:.2f}x", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

@@ -20,8 +20,8 @@ from torch import nn
 from ..distance import distance_column
 from ..experiments.trust import LEVEL
 from ..models.training import TrainResult, default_device, train
-from .affinity import _as_fisher, _fisher_value, _fresh
-from .agreement import _interval
+from .affinity import as_fisher, fisher_value, fresh_copy
+from .agreement import seed_mean_interval
 
 
 @dataclass
@@ -66,7 +66,7 @@ def choose_source(
     device = default_device(device)
     if target_model is None:
         target_model = train(
-            _fresh(arch, data, seed),
+            fresh_copy(arch, data, seed),
             data,
             epochs=epochs,
             batch_size=batch_size,
@@ -79,10 +79,10 @@ def choose_source(
         ).model
     names = list(candidates)
     values = [
-        _fisher_value(m.to(device), data, loss, fisher_samples, device)
+        fisher_value(m.to(device), data, loss, fisher_samples, device)
         for m in [*candidates.values(), target_model.to(device)]
     ]
-    fishers = [_as_fisher(v) for v in values]
+    fishers = [as_fisher(v) for v in values]
     d = distance_column(fishers[:-1], fishers[-1], names=names, target_name=getattr(data.task, "name", "target"))
     best = int(torch.argmin(d))
     return SourceChoice(names[best], candidates[names[best]], dict(zip(names, d.tolist(), strict=True)), target_model)
@@ -117,7 +117,7 @@ def fine_tune(
 
 
 def _summary(values: list, level: float) -> dict:
-    return {"per_seed": values, "mean": float(np.mean(values)), "interval": _interval(values, level)}
+    return {"per_seed": values, "mean": float(np.mean(values)), "interval": seed_mean_interval(values, level)}
 
 
 def compare_sources(result, kind: str = "ahp", level: float = LEVEL) -> dict:

@@ -71,8 +71,9 @@ def write_report(result, out, kind: str = "ahp") -> dict:
         "table": atomic_write_text(out / "table.txt", report_text(result, kind)),
     }
     try:
-        paths["matrices"] = plot_matrices(result, out / "matrices.png", kind)
-        paths["cost"] = plot_cost(result, out / "cost.png")
+        plot_matrices(result, out / "matrices.png", kind)
+        plot_cost(result, out / "cost.png")
+        paths["matrices"], paths["cost"] = out / "matrices.png", out / "cost.png"
     except ImportError:  # matplotlib is the optional `plot` extra: the numbers are written all the same
         pass
     return paths
