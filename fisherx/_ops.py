@@ -14,13 +14,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import Any
 
 import torch
 
 from . import _reference as ref
 
 try:
-    from . import _C
+    from . import _C  # type: ignore[attr-defined]  # the compiled extension (csrc/), which has no stub
 except ImportError as exc:  # pragma: no cover - only when the package was not built
     raise ImportError(
         "fisherx's compiled extension fisherx._C is missing or failed to load "
@@ -415,7 +416,7 @@ def _differentiable(op, backward, setup_context):
     the same formula: torch's custom-op autograd does not support torch.func transforms (grad, jacrev), an
     autograd.Function with a setup_context does. The public distances call the wrapper."""
     torch.library.register_autograd(op, backward, setup_context=setup_context)
-    fn = type(
+    fn: Any = type(  # an autograd.Function subclass: mypy cannot see .apply on a type() result
         f"{op._name}_fn",
         (torch.autograd.Function,),
         {

@@ -14,6 +14,7 @@ import torch
 
 from . import _ops
 from . import _reference as ref
+from ._registry import Registry
 
 DEFAULT_SIGMA2 = 1e-8
 
@@ -59,23 +60,17 @@ class Metric:
 
 
 # name -> Metric. Iterating, ``in`` and ``", ".join(METRICS)`` give the metric names.
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[str, Metric] = Registry("metric")
 
 
 def register_metric(metric: Metric, replace: bool = False) -> Metric:
     """Add ``metric`` to :data:`METRICS`, so ``distance``/``distance_column``/task distances accept its name."""
-    if metric.name in METRICS and not replace:
-        raise ValueError(f"metric {metric.name!r} is already registered (pass replace=True to override it)")
-    METRICS[metric.name] = metric
-    return metric
+    return METRICS.register(metric.name, metric, replace=replace)
 
 
 def get_metric(name: str) -> Metric:
     """The table entry of ``name``; ValueError naming the known metrics otherwise."""
-    try:
-        return METRICS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}") from None
+    return METRICS.lookup(name)
 
 
 def _two_arg(op_name: str):

@@ -16,11 +16,13 @@ split with a fixed seed, independent of any task's seed, so all tasks and all se
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._registry import Registry
 from .formats import cifar_images, cifar_labels, list_images, read_cifar_pickle, read_idx, read_image
 
 SPLIT_SEED = 0  # the fixed seed for sources without their own test split (see the module docstring)
@@ -411,7 +413,19 @@ class ImageFolderSource(Source):
 
 # ---------------------------------------------------------------------------------------------------------------
 
-SOURCES = ("digits", "mnist", "cifar10", "cifar100", "imagefolder", "imagenet")
+#: name → loader(folder, image size, name) → Source. ``register`` a loader to add a data source.
+SOURCES: Registry[str, Callable[..., Source]] = Registry(
+    "data source",
+    {
+        "digits": lambda path, size, name: load_digits(),
+        "mnist": lambda path, size, name: load_mnist(path),
+        "cifar10": lambda path, size, name: load_cifar10(path),
+        "cifar100": lambda path, size, name: load_cifar100(path),
+        "imagefolder": lambda path, size, name: ImageFolderSource(path, size, name),
+        "imagenet": lambda path, size, name: ImageFolderSource(path, size, name),
+    },
+)
+_FOLDERS = ("imagefolder", "imagenet")  # sources read at a chosen image size
 _OPEN: dict[tuple, Source] = {}
 
 
@@ -420,23 +434,11 @@ def open_source(name: str, data_dir=None, image_size: int | None = None) -> Sour
 
     Sources are kept in memory per (name, folder, image size), so tasks on one dataset read its files once.
     """
-    if name not in SOURCES:
-        raise ValueError(f"unknown data source {name!r}; choose one of {', '.join(SOURCES)}")
+    load = SOURCES.lookup(name)
     path = Path(data_dir).expanduser().resolve() if data_dir is not None else None
-    is_folder = name in ("imagefolder", "imagenet")
-    key = (name, str(path), image_size if is_folder else None)
+    key = (name, str(path), image_size if name in _FOLDERS else None)
     if key not in _OPEN:
-        if name == "digits":
-            src = load_digits()
-        elif name == "mnist":
-            src = load_mnist(path)
-        elif name == "cifar10":
-            src = load_cifar10(path)
-        elif name == "cifar100":
-            src = load_cifar100(path)
-        else:
-            src = ImageFolderSource(path, image_size, name)
-        _OPEN[key] = src
+        _OPEN[key] = load(path, image_size, name)
     return _OPEN[key]
 
 

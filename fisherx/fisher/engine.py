@@ -42,7 +42,7 @@ from .._progress import Progress
 from . import inputs as _inputs
 from .bootstrap import MAX_REPLICATES, poisson_weights
 from .result import FisherDiag
-from .rules import RULES, Activations, batch_sum, find_rule, supports_weights
+from .rules import RULES, Activations, batch_sum, find_rule, hook, supports_weights
 from .rules.fallback import chunk_size, fallback_rule, per_sample_grads, warn_external, warn_once
 
 LOSSES = ("cross_entropy", "mse")
@@ -191,8 +191,8 @@ class _UseRecorder(TorchFunctionMode):
         super().__init__()
         self.ids, self.n = ids, n
         self.stack: list[tuple[nn.Module, int]] = []
-        self.parents: dict[tuple[nn.Module, int], set] = {}  # module call → the calls it runs inside
-        self.uses: dict[str, list[tuple[nn.Module, int]]] = {}
+        self.parents: dict[tuple[nn.Module | None, int], set] = {}  # module call → the calls it runs inside
+        self.uses: dict[str, list[tuple[nn.Module | None, int]]] = {}  # None: outside any module
         self.broadcast: dict[str, bool] = {}  # name → every use so far broadcasts it over the batch
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -229,7 +229,7 @@ def _rule_of(found: dict, mod: nn.Module):
 def _batch_dims(rule, mod: nn.Module, tensors: list) -> list[int]:
     """The batch dim of each tensor output of ``mod``: 0, unless its ``rule`` says otherwise with a ``batch_dims``
     attribute (an LSTM's h_n is (layers, B, H); a sequence-first layer's output is (T, B, ...))."""
-    fn = getattr(rule, "batch_dims", None)
+    fn = hook(rule, "batch_dims")
     return list(fn(mod, tensors)) if fn is not None else [0] * len(tensors)
 
 
@@ -263,7 +263,8 @@ def _rule_param(mod: nn.Module, rule, p: torch.Tensor, rel: str | None) -> str |
     if rule is None:
         return None
     own = next((k for k, q in mod._parameters.items() if q is p), None)
-    if own is None and rel in getattr(rule, "claims", lambda m: ())(mod):
+    claims = hook(rule, "claims")
+    if own is None and claims is not None and rel in claims(mod):
         return rel
     return own
 
@@ -282,7 +283,7 @@ def _probe(model: nn.Module, x, rec: _UseRecorder | None, found: dict):
     """Run ``model`` on ``x``; return (calls per module, leading sizes of each call's tensor outputs). ``found``:
     the modules' rules, looked up once (see _rule_of)."""
     counts: dict[nn.Module, int] = {}
-    rows: dict[tuple[nn.Module, int], list[int]] = {}
+    rows: dict[tuple[nn.Module, int], tuple] = {}
     handles = []
     stack = rec.stack if rec is not None else []
 
@@ -371,7 +372,7 @@ class _Plan:
         self.rules: dict[nn.Module, Callable | None] = {m: _rule_of(rule_of, m) for m in self.hooked()}
 
     def _route(self, name: str, p: torch.Tensor, sites: list, dims: list, rule_of: dict):
-        rel = [_holds(m, p) for m, _ in sites]
+        rel: list = [_holds(m, p) for m, _ in sites]
         mod = sites[0][0]
         single = len(sites) == 1 and mod is not None and self.calls[mod] == 1
         own = _rule_param(mod, _rule_of(rule_of, mod), p, rel[0]) if single and rel[0] is not None else None
@@ -553,7 +554,8 @@ class _Engine:
         # Bootstrap: (1 + R, B) weights of the current batch, row 0 all ones (the Fisher itself), rows 1..R the
         # Poisson counts; every accumulator then has a leading dim 1 + R. None without bootstrap.
         self.weights: torch.Tensor | None = None
-        self.anchor = None
+        self.anchor: torch.Tensor | None = None  # the scalar every tap hangs on, during a batch
+        self.batch = 0  # the current batch's size
         self.capturing = False
         self.calls: dict[nn.Module, int] = {}
         self.tied_uses: dict[tuple[nn.Module, int], tuple] = {}
@@ -611,7 +613,7 @@ class _Engine:
                         f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
                         "the layer ran; its per-sample gradients cannot be computed"
                     )
-            self._on_backward(mod, call, acts, full[0] if single else tree_unflatten(full, spec))
+            self._on_backward(mod, call, acts, full[0] if single else tree_unflatten(full, _spec(spec)))
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
         # returns a view of a 2-D product), so views are cloned.
@@ -622,7 +624,7 @@ class _Engine:
         new = list(outs)
         for i, t in zip(pos, tapped, strict=True):
             new[i] = t
-        return tree_unflatten(new, spec)
+        return tree_unflatten(new, _spec(spec))
 
     def _add(self, name: str, value: torch.Tensor, own: bool = True):
         """acc[name] += scale·value. An accumulator starts as None and, when ``own`` (``value`` is a fresh tensor
@@ -641,6 +643,7 @@ class _Engine:
         names = self.plan.rule.get(mod)
         if names:
             rule = self.plan.rules[mod]
+            assert rule is not None  # plan.rule names only modules that have one
             if self.weights is None:
                 res = rule(mod, acts, g)
             elif supports_weights(rule):
@@ -698,7 +701,7 @@ class _Engine:
         uses (Embedding rows S_i at the tokens of sample i) add Σ_i Σ_{v ∈ sample i} (2 D_iv∘S_iv + S_iv²) with
         D_iv the dense per-sample gradient's row v, read off at those rows only. Biases: Σ_i (Σ_u s_ui)²."""
         rule_of = self.plan.rules
-        if any(getattr(rule_of.get(m), "factors", None) is None for m, *_ in uses):
+        if any(hook(rule_of.get(m), "factors") is None for m, *_ in uses):
             return False
         p = self.acc_param[full]
         per_sample = sum(
@@ -708,7 +711,7 @@ class _Engine:
         step = max(1, chunk_size({full: p}) * p.numel() // max(1, per_sample))
         for s in range(0, batch, step):
             sl = slice(s, min(batch, s + step))
-            fs = [rule_of[m].factors(m, acts[0][sl], g[sl], rel) for m, rel, acts, g in uses]
+            fs = [_factors(rule_of[m])(m, acts[0][sl], g[sl], rel) for m, rel, acts, g in uses]
             w = None if self.weights is None else self.weights[:, sl]
             value = _combine_factors(fs, w)
             if value is None:
@@ -744,6 +747,7 @@ def _combine_factors(fs: list, weights: torch.Tensor | None) -> torch.Tensor | N
                 for v in range(u, len(dense)):
                     t = (gs[u] * gs[v]).t() @ (as_[u] * as_[v])
                     out = t if out is None else out.add_(t, alpha=1.0 if u == v else 2.0)
+            assert out is not None  # dense holds at least one use
             out = out[None]
         else:
             cat_g = torch.cat([f[1] for f in dense], dim=2) if len(dense) > 1 else dense[0][1]
@@ -791,6 +795,7 @@ def _dense_rows(dense: list, key: torch.Tensor, v: int) -> torch.Tensor:
         sel[smp, rank] = g3.transpose(1, 2)[smp, tok]
         part = torch.bmm(sel, a3)[smp, rank]
         d = part if d is None else d.add_(part)
+    assert d is not None, "no dense use"
     return d
 
 
@@ -847,7 +852,7 @@ def select_params(model: nn.Module, params) -> dict[str, torch.Tensor]:
                 f"{' ...' if len(unknown) > 5 else ''}"
             )
         chosen = [n for n in named if n in set(chosen)]  # model order
-    sel = {n: named[n] for n in chosen if named[n].requires_grad}
+    sel: dict[str, torch.Tensor] = {n: named[n] for n in chosen if named[n].requires_grad}
     if not sel:
         raise ValueError(
             "the model has no trainable parameters to compute a Fisher for"
@@ -959,50 +964,16 @@ def fisher_diag(
             bootstrap=bootstrap,
             bootstrap_seed=bootstrap_seed,
         )
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} or 'minibatch_authors', got {kind!r}")
-    if not callable(loss) and loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
-    if kind == "mc" and callable(loss):
-        raise ValueError(
-            "kind='mc' needs a predictive distribution to draw labels from: use loss='cross_entropy' or 'mse'"
-        )
-    if not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be a positive int, got {mc_samples!r}")
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not 0 <= bootstrap <= MAX_REPLICATES:
-        raise ValueError(f"bootstrap must be an int replicate count in [0, {MAX_REPLICATES}], got {bootstrap!r}")
-    if isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int):
-        raise TypeError(f"bootstrap_seed must be an int, got {type(bootstrap_seed).__name__}")
+    _check_arguments(model, loss, kind, mc_samples, max_samples, bootstrap, bootstrap_seed)
 
     selected = select_params(model, params)
-    bad = sorted({str(p.dtype) for p in selected.values() if p.dtype not in (torch.float32, torch.float64)})
-    if bad:
-        raise TypeError(
-            f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
-            "convert it with model.float() (the squared gradients would under/overflow in 16 bits)"
-        )
+    _check_model(model, selected)
     dev = model_device(model, device)
-    if _check_norms(model):  # some BatchNorm in training mode (the model's own flag may say eval)
-        import warnings
-
-        warnings.warn(
-            "fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
-            "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
-            "model.eval() to silence this.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     data, hint = _inputs.prepare(
         data, label_key=label_key, batch_fn=batch_fn, batch_size=batch_size, pair_batch=PAIR_BATCH
     )
     batches, total = _batches(data)
-    total = total if total is not None else hint
-    if max_samples is not None:
-        total = min(total, max_samples) if total is not None else max_samples
+    total = _expected_total(total, hint, max_samples)
     draws = mc_samples if kind == "mc" else 1
 
     from .. import distributed as fxd
@@ -1013,9 +984,8 @@ def fisher_diag(
     lead = (1 + bootstrap,) if bootstrap else ()  # row 0: the Fisher; rows 1..R: the replicates' weighted sums
     acc: dict = dict.fromkeys(selected)  # filled by the engine (_Engine._add); None: nothing added yet
     wsum = torch.zeros(bootstrap, dtype=torch.float64)  # Σ_i w_ri per replicate
-    seed = bootstrap_seed
-    if bootstrap and combine:
-        seed = bootstrap_seed + (fxd.rank_and_world()[0] << 40)
+    # Under torch.distributed the shards' sample indices restart at 0: the rank is mixed into the seed.
+    seed = bootstrap_seed + (fxd.rank_and_world()[0] << 40) if bootstrap and combine else bootstrap_seed
     engine = None
     n_seen = 0
     n_used = 0  # N: samples with a label the loss does not ignore (n_seen also counts the ignored ones)
@@ -1024,11 +994,7 @@ def fisher_diag(
         for k, batch in enumerate(batches):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(f"batch {k} is not an (x, y) pair (got {type(batch).__name__})")
-            x, y = batch
-            b = _batch_size(x)
-            if max_samples is not None and n_seen + b > max_samples:
-                b = max_samples - n_seen
-                x, y = _slice(x, slice(0, b)), _slice(y, slice(0, b))
+            x, y, b = _trimmed(batch, max_samples, n_seen)
             if b == 0:
                 continue
             x, y = move_batch(x, dev), move_batch(y, dev)
@@ -1054,16 +1020,91 @@ def fisher_diag(
         _restore_flags(flags)
     _fill_unused(acc, selected, lead)
     if combine:
-        # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
-        # (The replicates' weighted sums and weight totals simply add up over the shards.)
-        names = list(acc)
-        means, n_used = fxd.weighted_mean([acc[n] / max(n_used, 1) for n in names], n_used)
-        acc = {n: m * n_used for n, m in zip(names, means, strict=True)}
-        if bootstrap:
-            (wsum,) = fxd.all_reduce_sum([wsum])
+        acc, n_used, wsum = _combine_ranks(acc, n_used, wsum, bootstrap)
     if n_used == 0:
         raise ValueError("data is empty: fisher_diag saw no samples")
     _check_finite(acc)
+    return _result(acc, selected, n_used, wsum, model, loss, kind, mc_samples, bootstrap, bootstrap_seed, dev)
+
+
+def _combine_ranks(acc: dict, n_used: int, wsum: torch.Tensor, bootstrap: int):
+    """Under torch.distributed: every rank's accumulators and counts combined, so each rank ends with the
+    Fisher of all the ranks' samples."""
+    from .. import distributed as fxd
+
+    # Each rank saw its own shard: F = Σ_r n_r·F_r / Σ_r n_r, so every rank ends with the Fisher of all samples.
+    # (The replicates' weighted sums and weight totals simply add up over the shards.)
+    names = list(acc)
+    means, n_used = fxd.weighted_mean([acc[n] / max(n_used, 1) for n in names], n_used)
+    acc = {n: m * n_used for n, m in zip(names, means, strict=True)}
+    if bootstrap:
+        (wsum,) = fxd.all_reduce_sum([wsum])
+    return acc, n_used, wsum
+
+
+def _expected_total(total: int | None, hint: int | None, max_samples: int | None) -> int | None:
+    """The number of samples the progress bar expects (None: unknown)."""
+    total = total if total is not None else hint
+    if max_samples is not None:
+        return min(total, max_samples) if total is not None else max_samples
+    return total
+
+
+def _check_arguments(model, loss, kind: str, mc_samples, max_samples, bootstrap, bootstrap_seed) -> None:
+    """fisher_diag's argument checks, each naming the argument, before any work."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or 'minibatch_authors', got {kind!r}")
+    if not callable(loss) and loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
+    if kind == "mc" and callable(loss):
+        raise ValueError(
+            "kind='mc' needs a predictive distribution to draw labels from: use loss='cross_entropy' or 'mse'"
+        )
+    if not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive int, got {mc_samples!r}")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not 0 <= bootstrap <= MAX_REPLICATES:
+        raise ValueError(f"bootstrap must be an int replicate count in [0, {MAX_REPLICATES}], got {bootstrap!r}")
+    if isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int):
+        raise TypeError(f"bootstrap_seed must be an int, got {type(bootstrap_seed).__name__}")
+
+
+def _check_model(model: nn.Module, selected: dict) -> None:
+    """Refuse parameters fisher_diag cannot square safely; warn when BatchNorm must be switched to eval mode."""
+    bad = sorted({str(p.dtype) for p in selected.values() if p.dtype not in (torch.float32, torch.float64)})
+    if bad:
+        raise TypeError(
+            f"fisher_diag supports float32 and float64 parameters, the model has {', '.join(bad)}; "
+            "convert it with model.float() (the squared gradients would under/overflow in 16 bits)"
+        )
+    if _check_norms(model):  # some BatchNorm in training mode (the model's own flag may say eval)
+        import warnings
+
+        warnings.warn(
+            "fisher_diag: the model is in training mode and has BatchNorm, which would couple the samples "
+            "through batch statistics; computing the Fisher in eval mode (running statistics). Call "
+            "model.eval() to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _trimmed(batch, max_samples: int | None, n_seen: int):
+    """(x, y, b) of an (x, y) batch, cut to what ``max_samples`` still allows after ``n_seen`` samples."""
+    x, y = batch
+    b = _batch_size(x)
+    if max_samples is not None and n_seen + b > max_samples:
+        b = max_samples - n_seen
+        x, y = _slice(x, slice(0, b)), _slice(y, slice(0, b))
+    return x, y, b
+
+
+def _result(acc, selected, n_used: int, wsum, model, loss, kind, mc_samples, bootstrap, bootstrap_seed, dev):
+    """The FisherDiag of the accumulated squares: divided by N, with its metadata and, with bootstrap, the
+    replicates divided by their weight totals."""
     meta = {
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "n_params": int(sum(p.numel() for p in selected.values())),
@@ -1168,7 +1209,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
     plan = engine.plan
     engine.calls = {}
     engine.batch = b
-    engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc_param.values())).device)
+    anchor = engine.anchor = torch.zeros((), requires_grad=True, device=next(iter(engine.acc_param.values())).device)
     try:
         engine.capturing = True
         try:
@@ -1206,7 +1247,7 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
                     f"{start + i} has loss {losses[i].item()}"
                 )
             if (engine.handles or engine.taps is not None) and losses.requires_grad:
-                torch.autograd.grad(losses.sum(), [engine.anchor], allow_unused=True, retain_graph=d < draws - 1)
+                torch.autograd.grad(losses.sum(), [anchor], allow_unused=True, retain_graph=d < draws - 1)
             engine.finish_tied(b)
             engine.finish_broadcast()
             if plan.external:
@@ -1220,3 +1261,16 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
 def _progress(total, enabled: bool) -> Progress:
     # A bar on a terminal only: fisher_diag is a library call, often made in a loop, so it writes no log lines.
     return Progress(total=total, desc="fisher_diag", unit="sample", leave=False, enabled=enabled, plain=False)
+
+
+def _factors(rule) -> Callable:
+    # Only called for uses whose rules all have the hook (checked before the closed form is chosen).
+    fn = hook(rule, "factors")
+    assert fn is not None
+    return fn
+
+
+def _spec(spec):
+    # A multi-output call always has the spec tree_flatten gave it (None only for a single output).
+    assert spec is not None
+    return spec

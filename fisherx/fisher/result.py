@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 import torch
@@ -45,8 +46,8 @@ class FisherDiag(Mapping):
         self._t = {k: v.detach() for k, v in tensors.items()}
         self.n_samples = int(n_samples)
         self.meta = dict(meta or {})
-        self._reps = None
-        self.replicate_weights = None
+        self._reps: dict[str, torch.Tensor] | None = None
+        self.replicate_weights: torch.Tensor | None = None  # set together with _reps
         if replicates is not None:
             if sorted(replicates) != sorted(self._t):
                 raise ValueError("replicates must cover exactly the Fisher's parameters")
@@ -91,12 +92,13 @@ class FisherDiag(Mapping):
     @property
     def n_replicates(self) -> int:
         """R, the number of bootstrap replicates (0 without bootstrap)."""
-        return 0 if self._reps is None else int(self.replicate_weights.shape[0])
+        return 0 if self.replicate_weights is None else int(self.replicate_weights.shape[0])
 
     def replicate(self, r: int) -> FisherDiag:
         """Bootstrap replicate ``r`` as a FisherDiag (n_samples: the rounded weight total Σ_i w_ri)."""
         if not 0 <= r < self.n_replicates:
             raise IndexError(f"replicate {r} out of range: this Fisher has {self.n_replicates} replicates")
+        assert self._reps is not None and self.replicate_weights is not None  # n_replicates > 0
         n = max(1, int(round(float(self.replicate_weights[r]))))
         return FisherDiag({k: v[r] for k, v in self._reps.items()}, n, dict(self.meta, replicate=r))
 
@@ -124,7 +126,7 @@ class FisherDiag(Mapping):
             raise ValueError("this Fisher has zero trace, so its unit-trace normalisation is undefined")
         reps = None
         if self._reps is not None:  # each replicate by its own trace
-            trs = sum(t.to(torch.float64).reshape(t.shape[0], -1).sum(1) for t in self._reps.values())
+            trs = torch.stack([t.to(torch.float64).reshape(t.shape[0], -1).sum(1) for t in self._reps.values()]).sum(0)
             if not bool(torch.isfinite(trs).all()) or bool((trs <= 0).any()):
                 raise ValueError("a bootstrap replicate of this Fisher has zero or non-finite trace")
             reps = {k: v / trs.to(v.device, v.dtype).reshape(-1, *[1] * (v.dim() - 1)) for k, v in self._reps.items()}
@@ -276,7 +278,7 @@ class FisherDiag(Mapping):
         return self._map(torch.neg, keep_replicates=False)
 
     # Files ------------------------------------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path) -> Path:
         """Write to ``path`` with :func:`fisherx.io.save_tensors`: a safetensors file (the parameters under their
         own names, replicates as ``replicates/<name>``), no pickle, atomic, SHA-256 over the whole file."""
         meta = {
@@ -287,7 +289,7 @@ class FisherDiag(Mapping):
             "meta": self.meta,
         }
         tensors = {k: v.cpu() for k, v in self._t.items()}
-        if self._reps is not None:
+        if self._reps is not None and self.replicate_weights is not None:
             meta["format_version"] = _FORMAT_VERSION_REPLICATES
             tensors.update({_REP + k: v.cpu() for k, v in self._reps.items()})
             tensors["replicate_weights"] = self.replicate_weights

@@ -198,21 +198,8 @@ def train(
     x, y = task_data.train
     xv, yv = task_data.val
     n = x.shape[0]
-    if n == 0:
-        raise ValueError(f"train: task {getattr(task_data.task, 'name', '?')!r} has no training samples")
-    out_features = getattr(getattr(model, "classifier", None), "out_features", None)
-    if classify and out_features is not None and out_features < task_data.num_classes:
-        raise ValueError(
-            f"train: the model has {out_features} outputs but task {task_data.task.name!r} has "
-            f"{task_data.num_classes} labels"
-        )
-    params = list(trainable) if trainable is not None else [p for p in model.parameters() if p.requires_grad]
-    frozen = []
-    if trainable is not None:
-        ids = {id(p) for p in params}
-        frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
+    _check_task_fits(model, task_data, n, classify)
+    params, frozen = _freeze_all_but(model, trainable)
     opt = torch.optim.Adam(params, lr=lr)
     loss_fn = nn.CrossEntropyLoss() if classify else _mean_loss(loss)
     gen = torch.Generator().manual_seed(seed)
@@ -224,31 +211,13 @@ def train(
     try:
         with seeded(seed, device):
             if state is not None:
-                model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                gen.set_state(state["generator"])
-                torch.set_rng_state(state["rng"])
-                if device.type == "cuda" and state.get("cuda_rng") is not None:
-                    torch.cuda.set_rng_state(state["cuda_rng"], device)
+                _restore_checkpoint(state, model, opt, gen, device)
                 best_acc, best_epoch, best_state = state["best_acc"], state["best_epoch"], state["best_state"]
                 history, first = list(state["history"]), state["epoch"] + 1
             bar = _progress(range(first, epochs + 1), progress, f"train {getattr(task_data.task, 'name', '')}")
             for epoch in bar:
                 model.train(trainable is None)
-                order = torch.randperm(n, generator=gen)
-                total, count = 0.0, 0
-                for i in range(0, n, batch_size):
-                    idx = order[i : i + batch_size]
-                    if trainable is None and idx.numel() == 1 and n > 1:
-                        continue  # BatchNorm cannot train on a batch of one sample
-                    xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
-                    opt.zero_grad(set_to_none=True)
-                    batch_loss = loss_fn(model(xb), yb)
-                    batch_loss.backward()
-                    opt.step()
-                    total += float(batch_loss.detach()) * idx.numel()
-                    count += idx.numel()
-                rec = {"epoch": epoch, "loss": total / max(count, 1)}
+                rec = {"epoch": epoch, "loss": _epoch(model, opt, loss_fn, x, y, batch_size, gen, device, trainable)}
                 if xv.shape[0] > 0:
                     score = _val_score(model, xv, yv, loss, device, rec)
                     if score > best_acc or best_state is None:
@@ -390,6 +359,57 @@ def _save_checkpoint(path, identity, epoch, model, opt, gen, device, best_acc, b
             "history": history,
         },
     )
+
+
+def _check_task_fits(model: nn.Module, task_data, n: int, classify: bool) -> None:
+    if n == 0:
+        raise ValueError(f"train: task {getattr(task_data.task, 'name', '?')!r} has no training samples")
+    out_features = getattr(getattr(model, "classifier", None), "out_features", None)
+    if classify and out_features is not None and out_features < task_data.num_classes:
+        raise ValueError(
+            f"train: the model has {out_features} outputs but task {task_data.task.name!r} has "
+            f"{task_data.num_classes} labels"
+        )
+
+
+def _freeze_all_but(model: nn.Module, trainable) -> tuple[list, list]:
+    """(the parameters to train, the ones frozen for the training: given back by the caller afterwards)."""
+    if trainable is None:
+        return [p for p in model.parameters() if p.requires_grad], []
+    params = list(trainable)
+    ids = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return params, frozen
+
+
+def _restore_checkpoint(state: dict, model: nn.Module, opt, gen: torch.Generator, device: torch.device) -> None:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def _epoch(model, opt, loss_fn, x, y, batch_size: int, gen: torch.Generator, device, trainable) -> float:
+    """One shuffled pass over (x, y); returns the mean training loss."""
+    n = x.shape[0]
+    order = torch.randperm(n, generator=gen)
+    total, count = 0.0, 0
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        if trainable is None and idx.numel() == 1 and n > 1:
+            continue  # BatchNorm cannot train on a batch of one sample
+        xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        batch_loss = loss_fn(model(xb), yb)
+        batch_loss.backward()
+        opt.step()
+        total += float(batch_loss.detach()) * idx.numel()
+        count += idx.numel()
+    return total / max(count, 1)
 
 
 def _progress(it, enabled: bool | None, desc: str) -> Progress:

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._registry import Registry
+
 #: The operation names in the order of the papers' list; this order is also the canonical order of a search space.
 OP_NAMES: tuple[str, ...] = (
     "zero",
@@ -146,18 +148,21 @@ def _pool(kind: str, stride: int) -> nn.Module:
 
 
 #: name → factory(channels, stride, affine) → module.
-OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
-    "zero": lambda c, s, affine: Zero(s),
-    "identity": lambda c, s, affine: Identity() if s == 1 else FactorizedReduce(c, c, affine),
-    "max_pool_3x3": lambda c, s, affine: _pool("max", s),
-    "avg_pool_3x3": lambda c, s, affine: _pool("avg", s),
-    "conv_3x3": lambda c, s, affine: SepConv(c, 3, s, 1, affine),
-    "conv_5x5": lambda c, s, affine: SepConv(c, 5, s, 2, affine),
-    "conv_7x7": lambda c, s, affine: SepConv(c, 7, s, 3, affine),
-    "dil_conv_3x3": lambda c, s, affine: DilConv(c, 3, s, 2, 2, affine),
-    "dil_conv_5x5": lambda c, s, affine: DilConv(c, 5, s, 4, 2, affine),
-    "conv_7x1_1x7": lambda c, s, affine: Conv7x1_1x7(c, s, affine),
-}
+OPS: Registry[str, Callable[[int, int, bool], nn.Module]] = Registry(
+    "operation",
+    {
+        "zero": lambda c, s, affine: Zero(s),
+        "identity": lambda c, s, affine: Identity() if s == 1 else FactorizedReduce(c, c, affine),
+        "max_pool_3x3": lambda c, s, affine: _pool("max", s),
+        "avg_pool_3x3": lambda c, s, affine: _pool("avg", s),
+        "conv_3x3": lambda c, s, affine: SepConv(c, 3, s, 1, affine),
+        "conv_5x5": lambda c, s, affine: SepConv(c, 5, s, 2, affine),
+        "conv_7x7": lambda c, s, affine: SepConv(c, 7, s, 3, affine),
+        "dil_conv_3x3": lambda c, s, affine: DilConv(c, 3, s, 2, 2, affine),
+        "dil_conv_5x5": lambda c, s, affine: DilConv(c, 5, s, 4, 2, affine),
+        "conv_7x1_1x7": lambda c, s, affine: Conv7x1_1x7(c, s, affine),
+    },
+)
 assert tuple(OPS) == OP_NAMES
 
 #: Each operation's version: bump an operation's entry when its computation changes (a file that used the old
@@ -177,7 +182,7 @@ def register_op(name: str, factory: Callable[[int, int, bool], nn.Module], versi
     global OP_NAMES
     if name in OPS:
         raise ValueError(f"operation {name!r} exists already; bump OP_VERSIONS[{name!r}] to change its computation")
-    OPS[name] = factory
+    OPS.register(name, factory)
     OP_VERSIONS[name] = int(version)
     OP_NAMES = (*OP_NAMES, name)
     OPSET["ops"].append(name)

@@ -3,8 +3,10 @@ scikit-learn's 8×8 digits, the built-in default that needs no files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
+from .._registry import Registry
 from . import pixel as _pixel
 from .task import Task
 
@@ -66,7 +68,8 @@ IMAGENET_T3 = (
     "beaver",
 )
 
-PRESETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet")
+#: name → the papers' four tasks on that dataset (a function returning the Task list); ``register`` one to add.
+PRESETS: Registry[str, Callable[[], list[Task]]] = Registry("preset")
 # "full": balanced partial tasks, the whole training set for full-class tasks, the full test split (the library's
 # default); "papers": every task balanced, train and test, as the papers state their data.
 PROTOCOLS = ("full", "papers")
@@ -115,6 +118,13 @@ def _imagenet_tasks() -> list[Task]:
     ]
 
 
+PRESETS.register("digits", lambda: _digit_tasks("digits"))
+PRESETS.register("mnist", lambda: _digit_tasks("mnist"))
+PRESETS.register("cifar10", _cifar10_tasks)
+PRESETS.register("cifar100", _cifar100_tasks)
+PRESETS.register("imagenet", _imagenet_tasks)
+
+
 def preset(
     name: str,
     *,
@@ -138,18 +148,10 @@ def preset(
         return _pixel.pixel_preset(
             name, seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label, image_size=image_size
         )
-    makers = {
-        "digits": lambda: _digit_tasks("digits"),
-        "mnist": lambda: _digit_tasks("mnist"),
-        "cifar10": _cifar10_tasks,
-        "cifar100": _cifar100_tasks,
-        "imagenet": _imagenet_tasks,
-    }
-    if name not in makers:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    make = PRESETS.lookup(name)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    tasks = makers[name]()
+    tasks = make()
     changes = dict(seed=seed, val_fraction=val_fraction, max_train_per_label=max_train_per_label, image_size=image_size)
     if protocol == "papers":
         changes.update(balanced=True, test_balanced=True)

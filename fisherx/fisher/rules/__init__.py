@@ -27,9 +27,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Rule = Callable[[nn.Module, tuple, torch.Tensor], dict]
+from ..._registry import Registry, decorator_for
 
-RULES: dict[type, Rule] = {}
+# rule(layer, activations, backprops[, weights=None]) -> {param_name: summed squares}; the layer's type varies.
+Rule = Callable[..., dict]
+
+RULES: Registry[type, Rule] = Registry("layer rule")
 
 
 class Activations(tuple):
@@ -43,15 +46,22 @@ class Activations(tuple):
         return obj
 
 
-def register_rule(*module_types: type) -> Callable[[Rule], Rule]:
-    """Decorator: register ``rule`` for the given module types."""
+def register_rule(*module_types: type, replace: bool = False) -> Callable[[Rule], Rule]:
+    """Decorator: register ``rule`` for the given module types (``replace=True`` to override a built-in rule)."""
+    return decorator_for(RULES, *module_types, replace=replace)
 
-    def deco(fn: Rule) -> Rule:
-        for t in module_types:
-            RULES[t] = fn
-        return fn
 
-    return deco
+def attach_hooks(rule: Rule, **hooks: Callable) -> None:
+    """Give ``rule`` optional hooks the engine looks up by name (:func:`hook`): ``factors`` (the per-sample factors
+    of a weight used more than once, for the closed form over uses), ``batch_dims`` and ``claims`` (which outputs
+    a layer's rule covers)."""
+    for name, fn in hooks.items():
+        setattr(rule, name, fn)
+
+
+def hook(rule: Rule | None, name: str) -> Callable | None:
+    """The hook ``name`` of ``rule`` given by :func:`attach_hooks`, else None."""
+    return getattr(rule, name, None)
 
 
 def batch_sum(sq: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -82,7 +92,9 @@ def find_rule(module: nn.Module) -> Rule | None:
     cls = type(module)
     for base in cls.__mro__:
         if base in RULES:
-            return RULES[base] if base is cls or cls.forward is base.forward else None
+            return (
+                RULES[base] if base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+            )
     return None
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import _ops
-from . import batch_sum, register_rule
+from . import attach_hooks, batch_sum, register_rule
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
@@ -195,5 +195,4 @@ def _extra_and_out_proj(layer, d: dict, g_out: torch.Tensor, src: int, weights) 
     return out
 
 
-multihead_attention.batch_dims = _batch_dims
-multihead_attention.claims = lambda layer: ("out_proj.weight", "out_proj.bias")
+attach_hooks(multihead_attention, batch_dims=_batch_dims, claims=lambda layer: ("out_proj.weight", "out_proj.bias"))

@@ -16,10 +16,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch import nn
 
 from ... import _ops
-from . import batch_sum, register_rule
+from . import attach_hooks, batch_sum, register_rule
 
 # Elements of im2col workspace per chunk of the batch (64 MiB in float32): bounds the memory the rule adds.
 UNFOLD_BUDGET = 1 << 24
@@ -128,6 +129,7 @@ def _folded(layer, x, g, weights=None) -> torch.Tensor:
         )
         part = batch_sum(per.reshape(b, -1).square_(), None if weights is None else weights[:, s : s + chunk])
         acc = part if acc is None else acc.add_(part)
+    assert acc is not None  # the batch is never empty here
     return acc
 
 
@@ -157,4 +159,4 @@ def factors(layer: nn.modules.conv._ConvNd, x: torch.Tensor, g: torch.Tensor, na
     return None
 
 
-conv.factors = factors
+attach_hooks(conv, factors=factors)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_rule
+from . import attach_hooks, register_rule
 
 SCATTER_BUDGET = 1 << 24
 
@@ -72,4 +72,4 @@ def factors(layer: nn.Embedding, idx: torch.Tensor, g: torch.Tensor, name: str):
     return "rows", key, rows, v
 
 
-embedding.factors = factors
+attach_hooks(embedding, factors=factors)

@@ -66,11 +66,12 @@ def chunk_size(params: dict) -> int:
 def per_sample_grads(module: nn.Module, activations, backprops, params: dict, start: int, stop: int) -> dict:
     """{name: (stop − start, *shape)}: ∂ℓ_i/∂θ for samples start..stop of the parameters ``params`` (names relative
     to ``module``; any of its own or its descendants' parameters), from the module's inputs and output gradient."""
-    from . import find_rule
+    from . import find_rule, hook
 
     cots = tree_flatten(backprops)[0]
     keep = [i for i, c in enumerate(cots) if isinstance(c, torch.Tensor)]
-    dims = getattr(find_rule(module), "batch_dims", lambda m, ts: [0] * len(ts))(module, [cots[i] for i in keep])
+    batch_dims = hook(find_rule(module), "batch_dims") or (lambda m, ts: [0] * len(ts))
+    dims = batch_dims(module, [cots[i] for i in keep])
     if any(dims):
         # Some output is not batched along dim 0 (an RNN's h_n): the rule is exact per call, but per-sample
         # gradients for a use shared with other calls are not available.
@@ -101,7 +102,7 @@ def per_sample_grads(module: nn.Module, activations, backprops, params: dict, st
             leaves = tree_flatten(functional_call(module, p, tuple(a1), kw1, strict=False))[0]
             return tuple(leaves[i] for i in keep)
 
-        _, pull = vjp(f, detached)
+        pull = vjp(f, detached)[1]
         return pull(tuple(c.unsqueeze(0) for c in cot))[0]
 
     sl = slice(start, stop)

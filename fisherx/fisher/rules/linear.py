@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ... import _ops
-from . import batch_sum, register_rule
+from . import attach_hooks, batch_sum, register_rule
 
 # Elements of the weighted (replicates × B × out) stack per GEMM (64 MiB in float32).
 STACK_BUDGET = 1 << 24
@@ -74,4 +74,4 @@ def factors(layer: nn.Linear, x: torch.Tensor, g: torch.Tensor, name: str):
     return None
 
 
-linear.factors = factors
+attach_hooks(linear, factors=factors)

@@ -46,6 +46,7 @@ def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations, backprops, w
             f"{type(layer).__name__} normalises with batch statistics (training mode or track_running_stats=False), "
             "which couples the samples; per-sample gradients are undefined"
         )
+    assert layer.running_var is not None  # tracked together with running_mean
     x, g = activations[0], backprops
     xb, gb = _to_bpc(x), _to_bpc(g)
     mean = layer.running_mean.to(x.dtype).expand_as(xb)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import batch_sum, register_rule
+from . import attach_hooks, batch_sum, register_rule
 from .attention import seq_sq
 
 
@@ -111,6 +111,7 @@ def _lstm_forward(layer, x, p, h, c, d):
         c = a[:, hs : 2 * hs] * c + a[:, :hs] * a[:, 2 * hs : 3 * hs]
         m = a[:, 3 * hs :] * c.tanh()
         if w_hr is not None:
+            assert ms is not None  # allocated with the projection
             ms[t] = m
             h = m @ w_hr.t()
         else:
@@ -134,6 +135,7 @@ def _lstm_backward(layer, st, p, dout, dh, dc, d):
         t = steps[s]
         dh = dh + dout[t]
         if w_hr is not None:
+            assert dhs is not None
             dhs[t] = dh
             dm = dh @ w_hr
         else:
@@ -304,4 +306,4 @@ def recurrent(layer: nn.RNNBase, activations, backprops, weights=None) -> dict:
     return res
 
 
-recurrent.batch_dims = _batch_dims
+attach_hooks(recurrent, batch_dims=_batch_dims)
