@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 FISHERX_CUDA ?= OFF
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fisherx-installed
+CSRC_FILES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 
 .PHONY: test lint docs demo bench cuda-build clean
 
@@ -23,11 +24,13 @@ $(STAMP): $(VENV)/bin/python pyproject.toml CMakeLists.txt $(shell find csrc -ty
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Lint, format check and type check (configured in pyproject.toml); non-zero exit on any finding.
+# Lint, format check and type check (configured in pyproject.toml), and the C++/CUDA format check (.clang-format);
+# non-zero exit on any finding.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fisherx tests bench
 	$(VENV)/bin/ruff format --check fisherx tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC_FILES)
 
 # The docs site with the API reference from the docstrings; warnings fail the build (build/site).
 docs: $(STAMP)

@@ -15,7 +15,7 @@ struct Strided4 {
 #if defined(__CUDACC__)
   __host__ __device__
 #endif
-  const T& at(int64_t b, int64_t c, int64_t p, int64_t n) const {
+      const T& at(int64_t b, int64_t c, int64_t p, int64_t n) const {
     return data[b * stride[0] + c * stride[1] + p * stride[2] + n * stride[3]];
   }
 };
@@ -29,7 +29,7 @@ struct Strided3 {
 #if defined(__CUDACC__)
   __host__ __device__
 #endif
-  const T& at(int64_t b, int64_t p, int64_t c) const {
+      const T& at(int64_t b, int64_t p, int64_t c) const {
     return data[b * stride[0] + p * stride[1] + c * stride[2]];
   }
 };
@@ -49,7 +49,7 @@ struct ConvInput {
 #if defined(__CUDACC__)
   __host__ __device__
 #endif
-  T at(int64_t b, int64_t c, int64_t p, int64_t k) const {
+      T at(int64_t b, int64_t c, int64_t p, int64_t k) const {
     const int64_t o2 = p % out[2], o1 = (p / out[2]) % out[1], o0 = p / (out[2] * out[1]);
     const int64_t kvol = kernel[0] * kernel[1] * kernel[2];
     const int64_t ci = k / kvol, r = k % kvol;
@@ -72,7 +72,9 @@ struct Weights {
 #if defined(__CUDACC__)
   __host__ __device__
 #endif
-  T at(int64_t r, int64_t b) const { return data[r * stride_r + b * stride_b]; }
+      T at(int64_t r, int64_t b) const {
+    return data[r * stride_r + b * stride_b];
+  }
 };
 
 }  // namespace fisherx

@@ -70,6 +70,19 @@ def _backend(t: torch.Tensor) -> str:
     return "reference"
 
 
+def _launch(kernel: str, backend: str, device: torch.device, args: tuple, *, workspace=None, tail: tuple = ()):
+    """The one backend dispatch of the compiled kernels. Both submodules of ``_C`` take the same leading
+    ``args``; the CPU kernel then takes the thread count, the CUDA kernel its workspace (``workspace()``, allocated
+    only on CUDA, when the kernel needs one) and the current stream of ``device``; ``tail`` (the bootstrap
+    weights) comes last on both."""
+    if backend == "cpu":
+        getattr(_C.cpu, kernel)(*args, torch.get_num_threads(), *tail)
+        return
+    with torch.cuda.device(device):
+        ws = () if workspace is None else (workspace().data_ptr(),)
+        getattr(_C.cuda, kernel)(*args, *ws, _stream(device), *tail)
+
+
 def _check_float(t: torch.Tensor, name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -142,23 +155,10 @@ def _row_stats_kernel(x: torch.Tensor, backend: str) -> torch.Tensor:
     if x.shape[0] == 0:
         return stats
     addr, k, rs, s = _rows(x)
-    if backend == "cpu":
-        _C.cpu.row_stats(_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr(), torch.get_num_threads())
-    elif backend == "cuda":
-        with torch.cuda.device(x.device):
-            _C.cuda.row_stats(
-                _dtype_name(x),
-                addr,
-                k,
-                x.shape[1],
-                rs,
-                s,
-                stats.data_ptr(),
-                _workspace(k, x.shape[1], x.device).data_ptr(),
-                _stream(x.device),
-            )
-    else:
-        stats.copy_(ref.row_stats(x))
+    if backend == "reference":
+        return stats.copy_(ref.row_stats(x))
+    args = (_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr())
+    _launch("row_stats", backend, x.device, args, workspace=lambda: _workspace(k, x.shape[1], x.device))
     return stats
 
 
@@ -213,11 +213,7 @@ def _checked_column(
         out.data_ptr(),
         stats.data_ptr(),
     )
-    if backend == "cpu":
-        getattr(_C.cpu, kernel)(*args, torch.get_num_threads())
-    else:
-        with torch.cuda.device(sources.device):
-            getattr(_C.cuda, kernel)(*args, _workspace(k, n, sources.device).data_ptr(), _stream(sources.device))
+    _launch(kernel, backend, sources.device, args, workspace=lambda: _workspace(k, n, sources.device))
     _raise_on_bad_rows(stats, names)
     return out
 
@@ -256,39 +252,15 @@ def logdet_column(
     scale = (1.0 / stats[:, 0]) if normalize else torch.ones(k + 1, dtype=torch.float64, device=sources.device)
     out = torch.empty(k, dtype=torch.float64, device=sources.device)
     addr, _, rs, s = _rows(sources)
-    if backend == "cpu":
-        _C.cpu.logdet_column(
-            _dtype_name(sources),
-            addr,
-            k,
-            n,
-            rs,
-            s,
-            target.data_ptr(),
-            target.stride(0),
-            scale.data_ptr(),
-            float(scale[k]),
-            sigma2,
-            out.data_ptr(),
-            torch.get_num_threads(),
-        )
-    else:
-        with torch.cuda.device(sources.device):
-            _C.cuda.logdet_column(
-                _dtype_name(sources),
-                addr,
-                k,
-                n,
-                rs,
-                s,
-                target.data_ptr(),
-                target.stride(0),
-                scale.data_ptr(),
-                sigma2,
-                out.data_ptr(),
-                _workspace(k, n, sources.device).data_ptr(),
-                _stream(sources.device),
-            )
+    # scale holds the K sources' factors then the target's (its last entry), on the sources' device.
+    args = (_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0), scale.data_ptr(), sigma2)
+    _launch(
+        "logdet_column",
+        backend,
+        sources.device,
+        (*args, out.data_ptr()),
+        workspace=lambda: _workspace(k, n, sources.device),
+    )
     return out
 
 
@@ -504,37 +476,25 @@ def sqgrad_gemm(g: torch.Tensor, u: torch.Tensor, weights: torch.Tensor | None =
     if backend == "reference":
         return ref.sqgrad_gemm(g, u, weights)
     out = torch.empty(_rep_shape(weights, (c, m, k)), dtype=g.dtype, device=g.device)
-    if backend == "cpu":
-        _C.cpu.sqgrad_gemm(
-            _dtype_name(g),
-            g.data_ptr(),
-            list(g.shape),
-            list(g.stride()),
-            u.data_ptr(),
-            list(u.shape),
-            list(u.stride()),
-            out.data_ptr(),
-            False,
-            torch.get_num_threads(),
-            *wargs,
-        )
-    else:
-        ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, c, m, k), dtype=g.dtype, device=g.device)
-        with torch.cuda.device(g.device):
-            _C.cuda.sqgrad_gemm(
-                _dtype_name(g),
-                g.data_ptr(),
-                list(g.shape),
-                list(g.stride()),
-                u.data_ptr(),
-                list(u.shape),
-                list(u.stride()),
-                out.data_ptr(),
-                False,
-                ws.data_ptr(),
-                _stream(g.device),
-                *wargs,
-            )
+    args = (
+        _dtype_name(g),
+        g.data_ptr(),
+        list(g.shape),
+        list(g.stride()),
+        u.data_ptr(),
+        list(u.shape),
+        list(u.stride()),
+        out.data_ptr(),
+        False,
+    )
+    _launch(
+        "sqgrad_gemm",
+        backend,
+        g.device,
+        args,
+        tail=wargs,
+        workspace=lambda: torch.empty(_C.cuda.sqgrad_gemm_workspace(b, c, m, k), dtype=g.dtype, device=g.device),
+    )
     return out
 
 
@@ -580,11 +540,7 @@ def sqgrad_norm(
         out.data_ptr(),
         ws.data_ptr(),
     )
-    if backend == "cpu":
-        _C.cpu.sqgrad_norm(*args, torch.get_num_threads(), *wargs)
-    else:
-        with torch.cuda.device(g.device):
-            _C.cuda.sqgrad_norm(*args, _stream(g.device), *wargs)
+    _launch("sqgrad_norm", backend, g.device, args, tail=wargs)
     return out
 
 
@@ -658,12 +614,16 @@ def sqgrad_conv(
         groups,
         out.data_ptr(),
     )
-    if backend == "cpu":
-        _C.cpu.sqgrad_conv(*args, torch.get_num_threads(), *wargs)
-    else:
-        ws = torch.empty(_C.cuda.sqgrad_gemm_workspace(b, groups, o // groups, kdim), dtype=g.dtype, device=g.device)
-        with torch.cuda.device(g.device):
-            _C.cuda.sqgrad_conv(*args, ws.data_ptr(), _stream(g.device), *wargs)
+    _launch(
+        "sqgrad_conv",
+        backend,
+        g.device,
+        args,
+        tail=wargs,
+        workspace=lambda: torch.empty(
+            _C.cuda.sqgrad_gemm_workspace(b, groups, o // groups, kdim), dtype=g.dtype, device=g.device
+        ),
+    )
     return out
 
 

@@ -78,7 +78,8 @@ __attribute__((always_inline)) inline void stats_impl(const T* __restrict p, S s
 }
 
 template <typename T, typename S>
-__attribute__((always_inline)) inline void target_sqrt_impl(const T* __restrict p, S st, int64_t m, double* __restrict sb, double* acc) {
+__attribute__((always_inline)) inline void target_sqrt_impl(const T* __restrict p, S st, int64_t m,
+                                                            double* __restrict sb, double* acc) {
   double B = 0.0, negb = 0.0;
 #pragma omp simd reduction(+ : B, negb)
   for (int64_t j = 0; j < m; ++j) {
@@ -92,7 +93,8 @@ __attribute__((always_inline)) inline void target_sqrt_impl(const T* __restrict 
 }
 
 template <typename T, typename S>
-__attribute__((always_inline)) inline void ftd_row_impl(const T* __restrict p, S st, int64_t m, const double* __restrict sb, double* acc) {
+__attribute__((always_inline)) inline void ftd_row_impl(const T* __restrict p, S st, int64_t m,
+                                                        const double* __restrict sb, double* acc) {
   double A = 0.0, neg = 0.0, Sq = 0.0;
 #pragma omp simd reduction(+ : A, neg, Sq)
   for (int64_t j = 0; j < m; ++j) {
@@ -108,7 +110,8 @@ __attribute__((always_inline)) inline void ftd_row_impl(const T* __restrict p, S
 }
 
 template <typename T, typename S>
-__attribute__((always_inline)) inline void cosine_target_impl(const T* __restrict p, S st, int64_t m, double* __restrict vb, double* acc) {
+__attribute__((always_inline)) inline void cosine_target_impl(const T* __restrict p, S st, int64_t m,
+                                                              double* __restrict vb, double* acc) {
   double B = 0.0, negb = 0.0, BB = 0.0;
 #pragma omp simd reduction(+ : B, negb, BB)
   for (int64_t j = 0; j < m; ++j) {
@@ -124,7 +127,8 @@ __attribute__((always_inline)) inline void cosine_target_impl(const T* __restric
 }
 
 template <typename T, typename S>
-__attribute__((always_inline)) inline void cosine_row_impl(const T* __restrict p, S st, int64_t m, const double* __restrict vb, double* acc) {
+__attribute__((always_inline)) inline void cosine_row_impl(const T* __restrict p, S st, int64_t m,
+                                                           const double* __restrict vb, double* acc) {
   double A = 0.0, neg = 0.0, AA = 0.0, AB = 0.0;
 #pragma omp simd reduction(+ : A, neg, AA, AB)
   for (int64_t j = 0; j < m; ++j) {
@@ -160,7 +164,8 @@ __attribute__((always_inline)) inline double split_exponent(double& x) {
 }
 
 template <typename T, typename S>
-__attribute__((always_inline)) inline double logsum_impl(const T* __restrict p, S st, int64_t m, double scale, double sigma2) {
+__attribute__((always_inline)) inline double logsum_impl(const T* __restrict p, S st, int64_t m, double scale,
+                                                         double sigma2) {
   double total = 0.0;
   for (int64_t b = 0; b < m; b += kLogBlock) {
     const int64_t e = std::min(m, b + kLogBlock);
@@ -178,38 +183,36 @@ __attribute__((always_inline)) inline double logsum_impl(const T* __restrict p, 
 }
 
 using One = std::integral_constant<int64_t, 1>;
-#define FISHERX_LEAVES(T)                                                                                    \
-  FISHERX_MULTIVERSION void stats_row(const T* p, One, int64_t m, double* acc) { stats_impl(p, One{}, m, acc); } \
-  void stats_row(const T* p, int64_t st, int64_t m, double* acc) { stats_impl(p, st, m, acc); }              \
-  FISHERX_MULTIVERSION void target_sqrt(const T* p, One, int64_t m, double* sb, double* acc) {               \
-    target_sqrt_impl(p, One{}, m, sb, acc);                                                                  \
-  }                                                                                                          \
-  FISHERX_MULTIVERSION void ftd_row(const T* p, One, int64_t m, const double* sb, double* acc) {             \
-    ftd_row_impl(p, One{}, m, sb, acc);                                                                      \
-  }                                                                                                          \
-  FISHERX_MULTIVERSION void cosine_target(const T* p, One, int64_t m, double* vb, double* acc) {             \
-    cosine_target_impl(p, One{}, m, vb, acc);                                                                \
-  }                                                                                                          \
-  FISHERX_MULTIVERSION void cosine_row(const T* p, One, int64_t m, const double* vb, double* acc) {          \
-    cosine_row_impl(p, One{}, m, vb, acc);                                                                   \
-  }                                                                                                          \
-  FISHERX_MULTIVERSION double logsum(const T* p, One, int64_t m, double scale, double sigma2) {              \
-    return logsum_impl(p, One{}, m, scale, sigma2);                                                          \
-  }                                                                                                          \
-  void target_sqrt(const T* p, int64_t st, int64_t m, double* sb, double* acc) {                            \
-    target_sqrt_impl(p, st, m, sb, acc);                                                                     \
-  }                                                                                                          \
-  void ftd_row(const T* p, int64_t st, int64_t m, const double* sb, double* acc) {                          \
-    ftd_row_impl(p, st, m, sb, acc);                                                                         \
-  }                                                                                                          \
-  void cosine_target(const T* p, int64_t st, int64_t m, double* vb, double* acc) {                          \
-    cosine_target_impl(p, st, m, vb, acc);                                                                   \
-  }                                                                                                          \
-  void cosine_row(const T* p, int64_t st, int64_t m, const double* vb, double* acc) {                       \
-    cosine_row_impl(p, st, m, vb, acc);                                                                      \
-  }                                                                                                          \
-  double logsum(const T* p, int64_t st, int64_t m, double scale, double sigma2) {                           \
-    return logsum_impl(p, st, m, scale, sigma2);                                                             \
+#define FISHERX_LEAVES(T)                                                                                             \
+  FISHERX_MULTIVERSION void stats_row(const T* p, One, int64_t m, double* acc) { stats_impl(p, One{}, m, acc); }      \
+  void stats_row(const T* p, int64_t st, int64_t m, double* acc) { stats_impl(p, st, m, acc); }                       \
+  FISHERX_MULTIVERSION void target_sqrt(const T* p, One, int64_t m, double* sb, double* acc) {                        \
+    target_sqrt_impl(p, One{}, m, sb, acc);                                                                           \
+  }                                                                                                                   \
+  FISHERX_MULTIVERSION void ftd_row(const T* p, One, int64_t m, const double* sb, double* acc) {                      \
+    ftd_row_impl(p, One{}, m, sb, acc);                                                                               \
+  }                                                                                                                   \
+  FISHERX_MULTIVERSION void cosine_target(const T* p, One, int64_t m, double* vb, double* acc) {                      \
+    cosine_target_impl(p, One{}, m, vb, acc);                                                                         \
+  }                                                                                                                   \
+  FISHERX_MULTIVERSION void cosine_row(const T* p, One, int64_t m, const double* vb, double* acc) {                   \
+    cosine_row_impl(p, One{}, m, vb, acc);                                                                            \
+  }                                                                                                                   \
+  FISHERX_MULTIVERSION double logsum(const T* p, One, int64_t m, double scale, double sigma2) {                       \
+    return logsum_impl(p, One{}, m, scale, sigma2);                                                                   \
+  }                                                                                                                   \
+  void target_sqrt(const T* p, int64_t st, int64_t m, double* sb, double* acc) {                                      \
+    target_sqrt_impl(p, st, m, sb, acc);                                                                              \
+  }                                                                                                                   \
+  void ftd_row(const T* p, int64_t st, int64_t m, const double* sb, double* acc) { ftd_row_impl(p, st, m, sb, acc); } \
+  void cosine_target(const T* p, int64_t st, int64_t m, double* vb, double* acc) {                                    \
+    cosine_target_impl(p, st, m, vb, acc);                                                                            \
+  }                                                                                                                   \
+  void cosine_row(const T* p, int64_t st, int64_t m, const double* vb, double* acc) {                                 \
+    cosine_row_impl(p, st, m, vb, acc);                                                                               \
+  }                                                                                                                   \
+  double logsum(const T* p, int64_t st, int64_t m, double scale, double sigma2) {                                     \
+    return logsum_impl(p, st, m, scale, sigma2);                                                                      \
   }
 FISHERX_LEAVES(float)
 FISHERX_LEAVES(double)
@@ -283,8 +286,8 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthrea
 }
 
 template <typename T>
-void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double tgt_scale, double sigma2,
-                   double* out, int nthreads) {
+void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double tgt_scale, double sigma2, double* out,
+                   int nthreads) {
   const int64_t K = src.rows, n = src.n;
   // Separable: L_k = Σ_j log(s_k·a_kj + σ²) − Σ_j log(t·b_j + σ²), one sum of logs per row (the target is row K).
   const bool fast = sigma2 >= std::numeric_limits<double>::min();  // x ≥ σ² is then a normal double
@@ -331,10 +334,10 @@ void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nth
   }
 }
 
-#define FISHERX_INSTANTIATE(T)                                                                         \
-  template void row_stats<T>(Rows<T>, double*, int);                                                   \
-  template void ftd_column<T>(Rows<T>, Rows<T>, double*, double*, int);                                \
-  template void logdet_column<T>(Rows<T>, Rows<T>, const double*, double, double, double*, int);       \
+#define FISHERX_INSTANTIATE(T)                                                                   \
+  template void row_stats<T>(Rows<T>, double*, int);                                             \
+  template void ftd_column<T>(Rows<T>, Rows<T>, double*, double*, int);                          \
+  template void logdet_column<T>(Rows<T>, Rows<T>, const double*, double, double, double*, int); \
   template void cosine_column<T>(Rows<T>, Rows<T>, double*, double*, int);
 FISHERX_INSTANTIATE(float)
 FISHERX_INSTANTIATE(double)

@@ -16,8 +16,8 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, int nthrea
 // Log-determinant distance d_k = (1/n)·|Σ_j log((s_k·a_kj + σ²)/(t·b_j + σ²))| with per-row scales s_k, t
 // (1/trace for unit-trace Fishers, 1 for raw).
 template <typename T>
-void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double tgt_scale, double sigma2,
-                   double* out, int nthreads);
+void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double tgt_scale, double sigma2, double* out,
+                   int nthreads);
 
 // Cosine similarity Σab / sqrt(Σa²·Σb²); stats as for ftd_column.
 template <typename T>

@@ -15,7 +15,7 @@ namespace fisherx::cpu {
 namespace {
 
 constexpr int kVecBytes = 64;
-constexpr int MR = 6;                 // rows of m per micro-tile (12 + 12 vector registers)
+constexpr int MR = 6;                    // rows of m per micro-tile (12 + 12 vector registers)
 constexpr int64_t kPackElems = 1 << 17;  // packed g and u of one batch chunk: about half of a 1 MB L2
 
 template <typename T>
@@ -25,7 +25,9 @@ struct Vec {
 };
 
 template <typename T>
-constexpr int nr() { return 2 * Vec<T>::lanes; }  // columns of k per micro-tile: two vectors
+constexpr int nr() {
+  return 2 * Vec<T>::lanes;
+}  // columns of k per micro-tile: two vectors
 
 // kSquares = false: acc[MR][NR] += Σ_{b<nb} (Σ_{p<P} gp[b][p][r]·up[b][p][j])², the running sum in registers.
 // kSquares = true: out[b][MR][NR] = (Σ_p gp[b][p][r]·up[b][p][j])² for each b, the per-sample squared tiles, for
@@ -94,8 +96,8 @@ FISHERX_MULTIVERSION void micro_sq(const double* gp, const double* up, int64_t n
 // Poisson(1) weight is 0 for 37% of the samples, at random, which a branch would mispredict.
 template <typename T, int RB>
 __attribute__((always_inline)) inline void weighted_rows(const T* __restrict sq, int64_t nb, int i, int64_t kn,
-                                                         const Weights<T>& w, int64_t r0, int64_t b0,
-                                                         T* __restrict out, int64_t rstride, int64_t ld) {
+                                                         const Weights<T>& w, int64_t r0, int64_t b0, T* __restrict out,
+                                                         int64_t rstride, int64_t ld) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   alignas(kVecBytes) T row[2 * L];
@@ -128,9 +130,9 @@ __attribute__((always_inline)) inline void weighted_rows(const T* __restrict sq,
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void weighted_add_impl(const T* __restrict sq, int64_t nb, int rows,
-                                                             int64_t kn, const Weights<T>& w, int64_t b0,
-                                                             T* __restrict out, int64_t rstride, int64_t ld) {
+__attribute__((always_inline)) inline void weighted_add_impl(const T* __restrict sq, int64_t nb, int rows, int64_t kn,
+                                                             const Weights<T>& w, int64_t b0, T* __restrict out,
+                                                             int64_t rstride, int64_t ld) {
   constexpr int RB = 4;
   for (int i = 0; i < rows; ++i) {
     int64_t r = 0;
@@ -206,7 +208,8 @@ struct ConvU {
       dk[j][0] = t0 * x.dil[0];
       dk[j][1] = t1 * x.dil[1];
       dk[j][2] = t2 * x.dil[2];
-      off[j] = (c * cin_g + ci) * x.stride[1] + dk[j][0] * x.stride[2] + dk[j][1] * x.stride[3] + dk[j][2] * x.stride[4];
+      off[j] =
+          (c * cin_g + ci) * x.stride[1] + dk[j][0] * x.stride[2] + dk[j][1] * x.stride[3] + dk[j][2] * x.stride[4];
     }
     const int64_t P = this->P();
     for (int64_t bl = 0; bl < nb; ++bl) {
@@ -216,7 +219,8 @@ struct ConvU {
         for (int64_t o1 = 0; o1 < x.out[1]; ++o1)
           for (int64_t o2 = 0; o2 < x.out[2]; ++o2, ++p) {
             T* d = dst + (bl * P + p) * NR;
-            const int64_t i0 = o0 * x.step[0] - x.pad[0], i1 = o1 * x.step[1] - x.pad[1], i2 = o2 * x.step[2] - x.pad[2];
+            const int64_t i0 = o0 * x.step[0] - x.pad[0], i1 = o1 * x.step[1] - x.pad[1],
+                          i2 = o2 * x.step[2] - x.pad[2];
             const int64_t base = i0 * x.stride[2] + i1 * x.stride[3] + i2 * x.stride[4];  // may be < 0 at a border
             // Interior positions (the whole kernel window inside x) need no bounds checks.
             const bool inside = i0 >= 0 && i0 + (x.kernel[0] - 1) * x.dil[0] < x.size[2] && i1 >= 0 &&
@@ -227,7 +231,9 @@ struct ConvU {
             } else {
               for (int64_t j = 0; j < kn; ++j) {
                 const int64_t a = i0 + dk[j][0], b = i1 + dk[j][1], e = i2 + dk[j][2];
-                d[j] = (a >= 0 && a < x.size[2] && b >= 0 && b < x.size[3] && e >= 0 && e < x.size[4]) ? xb[base + off[j]] : T(0);
+                d[j] = (a >= 0 && a < x.size[2] && b >= 0 && b < x.size[3] && e >= 0 && e < x.size[4])
+                           ? xb[base + off[j]]
+                           : T(0);
               }
             }
             for (int64_t j = kn; j < NR; ++j) d[j] = T(0);
@@ -298,8 +304,8 @@ FISHERX_MULTIVERSION void dot_and_sum(const float* g, const float* x, int64_t P,
                                       double* sb) {
   dot_and_sum_impl(g, x, P, mean, rstd, sw, sb);
 }
-FISHERX_MULTIVERSION void dot_and_sum(const double* g, const double* x, int64_t P, double mean, double rstd,
-                                      double* sw, double* sb) {
+FISHERX_MULTIVERSION void dot_and_sum(const double* g, const double* x, int64_t P, double mean, double rstd, double* sw,
+                                      double* sb) {
   dot_and_sum_impl(g, x, P, mean, rstd, sw, sb);
 }
 
@@ -341,8 +347,10 @@ void sqgrad_driver(const Strided4<T>& g, const PackU& u, T* out, bool accumulate
     gpack.resize(static_cast<size_t>(bc * P * mchunk));
     // Weighted: the replicates are accumulated straight into out (each task owns its region of every replicate),
     // so the per-thread memory is one batch chunk of squared tiles, not R accumulators.
-    if (weighted) sq.resize(static_cast<size_t>(bc * MR * NR));
-    else acc.resize(static_cast<size_t>(mchunk * kchunk));
+    if (weighted)
+      sq.resize(static_cast<size_t>(bc * MR * NR));
+    else
+      acc.resize(static_cast<size_t>(mchunk * kchunk));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t c = task / (nmc * nkc), mc = (task / nkc) % nmc, kc = task % nkc;
@@ -395,8 +403,8 @@ void sqgrad_conv(Strided4<T> g, ConvInput<T> x, T* out, int nthreads, Weights<T>
 }
 
 template <typename T>
-void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* ws,
-                 int nthreads, Weights<T> wts) {
+void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rstd, T* out, double* ws, int nthreads,
+                 Weights<T> wts) {
   const int64_t B = g.size[0], P = g.size[1], C = g.size[2];
   std::fill(ws, ws + B * 2 * C, 0.0);
   // The loop with the smaller stride goes inside, so NCHW (channel-strided) and (B, T, D) layouts both stream.
@@ -460,8 +468,8 @@ template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool,
 template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, int, Weights<double>);
 template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, int, Weights<float>);
 template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, int, Weights<double>);
-template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
-                                 double*, int, Weights<float>);
+template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*, double*,
+                                 int, Weights<float>);
 template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>, double*,
                                   double*, int, Weights<double>);
 

@@ -16,12 +16,11 @@ constexpr int kMaxBlocks = 512;  // per row; enough to fill an H100 for one long
 constexpr int kMaxM = 4;
 
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("fisherx CUDA ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("fisherx CUDA ") + what + ": " + cudaGetErrorString(err));
 }
 
-int64_t blocks_for(int64_t n) {
-  return std::clamp<int64_t>((n + kThreads * 4 - 1) / (kThreads * 4), 1, kMaxBlocks);
-}
+int64_t blocks_for(int64_t n) { return std::clamp<int64_t>((n + kThreads * 4 - 1) / (kThreads * 4), 1, kMaxBlocks); }
 
 template <typename T>
 __device__ __forceinline__ double load(const Rows<T>& r, int64_t k, int64_t j) {
@@ -149,9 +148,7 @@ struct LogdetAcc {
   }
 };
 
-__device__ bool row_ok(const double* st) {
-  return isfinite(st[kStatSum]) && st[kStatSum] > 0.0 && st[kStatNeg] == 0.0;
-}
+__device__ bool row_ok(const double* st) { return isfinite(st[kStatSum]) && st[kStatSum] > 0.0 && st[kStatNeg] == 0.0; }
 
 __global__ void copy_stats(const double* sums, int M, int64_t rows, double* stats) {
   const int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -247,8 +244,8 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* wo
 }
 
 template <typename T>
-void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double sigma2, double* out,
-                   double* workspace, cudaStream_t stream) {
+void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double sigma2, double* out, double* workspace,
+                   cudaStream_t stream) {
   const int64_t K = src.rows;
   const Workspace ws(workspace, K, src.n);
   run_accumulate<T, 1>(src, tgt, K, LogdetAcc{src_scale, sigma2, K}, ws, stream);
@@ -257,8 +254,7 @@ void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double sig
 }
 
 template <typename T>
-void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* workspace,
-                   cudaStream_t stream) {
+void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* workspace, cudaStream_t stream) {
   const int64_t K = src.rows;
   const Workspace ws(workspace, K, src.n);
   run_accumulate<T, 4>(src, tgt, K + 1, CosineAcc{}, ws, stream);
@@ -267,9 +263,9 @@ void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double*
   check(cudaGetLastError(), "cosine_column");
 }
 
-#define FISHERX_INSTANTIATE(T)                                                                            \
-  template void row_stats<T>(Rows<T>, double*, double*, cudaStream_t);                                    \
-  template void ftd_column<T>(Rows<T>, Rows<T>, double*, double*, double*, cudaStream_t);                 \
+#define FISHERX_INSTANTIATE(T)                                                                             \
+  template void row_stats<T>(Rows<T>, double*, double*, cudaStream_t);                                     \
+  template void ftd_column<T>(Rows<T>, Rows<T>, double*, double*, double*, cudaStream_t);                  \
   template void logdet_column<T>(Rows<T>, Rows<T>, const double*, double, double*, double*, cudaStream_t); \
   template void cosine_column<T>(Rows<T>, Rows<T>, double*, double*, double*, cudaStream_t);
 FISHERX_INSTANTIATE(float)

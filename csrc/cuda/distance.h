@@ -18,11 +18,10 @@ void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* wo
 
 // src_scale: K + 1 device doubles, the target's scale last.
 template <typename T>
-void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double sigma2, double* out,
-                   double* workspace, cudaStream_t stream);
+void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double sigma2, double* out, double* workspace,
+                   cudaStream_t stream);
 
 template <typename T>
-void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* workspace,
-                   cudaStream_t stream);
+void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* workspace, cudaStream_t stream);
 
 }  // namespace fisherx::cuda

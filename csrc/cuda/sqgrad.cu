@@ -15,12 +15,13 @@ namespace fisherx::cuda {
 namespace {
 
 constexpr int TM = 64, TK = 64, TP = 16, RT = 4;  // tile sizes; RT x RT outputs per thread
-constexpr int kThreads = (TM / RT) * (TK / RT);     // 256
+constexpr int kThreads = (TM / RT) * (TK / RT);   // 256
 static_assert(TM == TK, "the staging loop fills both operand tiles with one index");
-constexpr int64_t kTargetBlocks = 512;              // enough to fill an H100 (132 SMs) a few times over
+constexpr int64_t kTargetBlocks = 512;  // enough to fill an H100 (132 SMs) a few times over
 
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("fisherx CUDA ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("fisherx CUDA ") + what + ": " + cudaGetErrorString(err));
 }
 
 int64_t tiles(int64_t C, int64_t M, int64_t K) { return C * ((M + TM - 1) / TM) * ((K + TK - 1) / TK); }
@@ -111,9 +112,8 @@ __global__ void sqgrad_gemm_kernel(Strided4<T> g, UAcc u, int64_t K, T* dst, int
   if (w.data != nullptr) return;
   // dst is (splits, C, M, K) partials, or the output itself when there is one split.
   T* base = dst + blockIdx.y * (g.size[1] * M * K) + c * M * K;
-  for_thread_tile(m0, k0, ty, tx, M, K, [&](int i, int j, int64_t off) {
-    base[off] = accumulate ? base[off] + acc[i][j] : acc[i][j];
-  });
+  for_thread_tile(m0, k0, ty, tx, M, K,
+                  [&](int i, int j, int64_t off) { base[off] = accumulate ? base[off] + acc[i][j] : acc[i][j]; });
 }
 
 template <typename T>
@@ -218,8 +218,8 @@ void launch_gemm(const Strided4<T>& g, const UAcc& u, int64_t K, T* out, bool ac
     sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, out, per_split, accumulate, Weights<T>{});
   } else {
     sqgrad_gemm_kernel<T, UAcc><<<grid, kThreads, 0, stream>>>(g, u, K, workspace, per_split, false, Weights<T>{});
-    reduce_splits<T><<<(int)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(workspace, used, n, out,
-                                                                                         accumulate);
+    reduce_splits<T>
+        <<<(int)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(workspace, used, n, out, accumulate);
   }
   check(cudaGetLastError(), "sqgrad_gemm");
 }
@@ -250,24 +250,21 @@ void sqgrad_norm(Strided3<T> g, Strided3<T> x, Strided3<T> mean, Strided3<T> rst
   if (w.data != nullptr) {
     const int64_t n = w.R * 2 * C;
     if (n > 0)
-      norm_reduce_weighted<T><<<(unsigned)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(ws, B, C, w,
-                                                                                                    out);
+      norm_reduce_weighted<T><<<(unsigned)std::min<int64_t>(4096, (n + 255) / 256), 256, 0, stream>>>(ws, B, C, w, out);
   } else {
     norm_reduce<T><<<(unsigned)((C + 255) / 256), 256, 0, stream>>>(ws, B, C, out);
   }
   check(cudaGetLastError(), "sqgrad_norm");
 }
 
-template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, float*, cudaStream_t,
-                                 Weights<float>);
+template void sqgrad_gemm<float>(Strided4<float>, Strided4<float>, float*, bool, float*, cudaStream_t, Weights<float>);
 template void sqgrad_gemm<double>(Strided4<double>, Strided4<double>, double*, bool, double*, cudaStream_t,
                                   Weights<double>);
 template void sqgrad_conv<float>(Strided4<float>, ConvInput<float>, float*, float*, cudaStream_t, Weights<float>);
-template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, double*, cudaStream_t,
-                                  Weights<double>);
-template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*,
-                                 double*, cudaStream_t, Weights<float>);
-template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>,
-                                  double*, double*, cudaStream_t, Weights<double>);
+template void sqgrad_conv<double>(Strided4<double>, ConvInput<double>, double*, double*, cudaStream_t, Weights<double>);
+template void sqgrad_norm<float>(Strided3<float>, Strided3<float>, Strided3<float>, Strided3<float>, float*, double*,
+                                 cudaStream_t, Weights<float>);
+template void sqgrad_norm<double>(Strided3<double>, Strided3<double>, Strided3<double>, Strided3<double>, double*,
+                                  double*, cudaStream_t, Weights<double>);
 
 }  // namespace fisherx::cuda
