@@ -1,6 +1,6 @@
 """Properties of the public distances (fisherx.ftd, distance, distance_column) and the contract of their ops:
 identities, range, asymmetry in the task setting, scale invariance, accuracy of tiny distances, bad input, and
-torch.compile / opcheck. Kernel-vs-reference on random inputs lives in tests/test_distance_kernels.py.
+torch.compile / opcheck. Kernel-vs-reference on random inputs lives in tests/distance/test_distance_kernels.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ They differ only in float64 rounding: summation order (fixed chunks vs torch's p
 one-pass formula vs the difference form. A float64 sum of n terms is off by at most about n·2⁻⁵³·Σ|x|, i.e.
 ~1.2e-10 relative for n = 2**20; RTOL = 1e-9 covers that worst case with room. Were a float32 kernel ever allowed to
 round in float32 (a float32 sqrt, say), its tolerance row in ``RTOL`` would have to grow to ~1e-6, and the
-accuracy tests of tests/test_distance.py would show whether that is acceptable.
+accuracy tests of tests/distance/test_distance.py would show whether that is acceptable.
 """
 
 from __future__ import annotations
