@@ -18,6 +18,7 @@ import torch
 
 from .._progress import Progress
 from ..models.training import seeded
+from . import runner
 from ._common import (
     accuracy,
     check_positive_ints,
@@ -28,15 +29,6 @@ from ._common import (
 )
 from .fuse import FuseRound
 from .genotype import Genotype
-from .runner import (
-    SearchResult,
-    SearchRun,
-    distinct_candidates,
-    load_round_state,
-    new_position,
-    new_seed,
-    train_epochs,
-)
 from .space import SearchSpace
 
 
@@ -57,7 +49,7 @@ def random_search(
     data_dir=None,
     checkpoint_every: int | None = 50,
     deterministic: bool = True,
-) -> SearchResult:
+) -> runner.SearchResult:
     """Random search with ``budget`` candidate-epochs: ⌊budget / epochs_per_candidate⌋ distinct architectures.
 
     Seeding, determinism, checkpoints (every candidate and every ``checkpoint_every`` weight steps) and ``cost`` are
@@ -87,11 +79,11 @@ def random_search(
         "seed": seed,
         "deterministic": deterministic,
     }
-    run = SearchRun(
+    run = runner.SearchRun(
         "random", config, out_dir, device, seed=seed, deterministic=deterministic, checkpoint_every=checkpoint_every
     )
     if run.done is not None:
-        return SearchResult.from_dict(run.done)
+        return runner.SearchResult.from_dict(run.done)
     with run.resumed(f"random search in {run.files.dir}"):
         inflight = run.inflight
         seen = {Genotype.from_dict(h["genotype"]).key() for h in run.history}
@@ -102,25 +94,25 @@ def random_search(
                 if inflight is not None:  # resume inside candidate i
                     g, cand_seed = Genotype.from_dict(inflight["genotype"]), inflight["seed"]
                 else:
-                    found = distinct_candidates(space, run.gen, 1, seen)
+                    found = runner.distinct_candidates(space, run.gen, 1, seen)
                     if not found:
                         break  # the space is exhausted: every architecture has been tried
                     g = found[0]
-                    cand_seed = new_seed(run.gen)
+                    cand_seed = runner.new_seed(run.gen)
                 seen.add(g.key())
                 with seeded(cand_seed, device):
                     net = space.build(g, in_channels, num_classes).to(device)
                 # A one-candidate FuseRound is plain training: softmax of a single α is 1, so c̄ = c.
                 solo = FuseRound([net], lr=lr, alpha_lr=0.0, weight_decay=weight_decay)
                 data_gen = torch.Generator().manual_seed(cand_seed)
-                pos = new_position()
+                pos = runner.new_position()
                 if inflight is not None:
-                    load_round_state(solo, data_gen, inflight)
+                    runner.load_round_state(solo, data_gen, inflight)
                     pos = inflight["position"]
                 inflight = None
                 run.round_base(i - 1)
                 extra = {"genotype": g.to_dict(), "seed": cand_seed, "position": pos}  # pos changes in place
-                losses = train_epochs(
+                losses = runner.train_epochs(
                     solo,
                     x_tr,
                     y_tr,
