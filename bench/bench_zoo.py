@@ -16,7 +16,8 @@ machine hits both alike; the table quotes the median and the worst of the per-ro
   a fresh subprocess, as a ratio to plain's growth.
 
 The markdown table goes to ``$FISHERX_ZOO_TABLE`` (default build/zoo-bench.md). The zoo's models are those of
-tests/fisher_models.py (``ZOO``, "bench" size); tests/fisher/test_fisher_zoo.py checks each against the naive per-sample loop.
+tests/fisher_models.py (``ZOO``, "bench" size); tests/fisher/test_fisher_zoo.py checks each against the naive
+per-sample loop.
 """
 
 from __future__ import annotations
