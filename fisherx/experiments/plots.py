@@ -122,7 +122,11 @@ def embedding_fidelity(result, arch: str | None = None) -> dict:
     - ``faithful``: stress ≤ :data:`MAX_STRESS` and that fraction ≥ :data:`MIN_PAIR_RATIO`.
     """
     d = _symmetric(result, arch)
-    xy, w = _mds(d, 2)
+    return _fidelity(result, d, *_mds(d, 2))
+
+
+def _fidelity(result, d: np.ndarray, xy: np.ndarray, w: np.ndarray) -> dict:
+    """:func:`embedding_fidelity` of the coordinates ``xy`` (eigenvalues ``w``) of the symmetric matrix ``d``."""
     e = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
     iu = np.triu_indices(len(d), 1)
     delta, emb = d[iu], e[iu]
@@ -167,7 +171,9 @@ def atlas(result, path=None, *, arch: str | None = None, ax=None, fallback: bool
 
 
 def _atlas_panel(result, a: str, ax, fallback: bool) -> None:
-    fit = embedding_fidelity(result, a)
+    d = _symmetric(result, a)
+    xy, w = _mds(d, 2)
+    fit = _fidelity(result, d, xy, w)
     if fallback and not fit["faithful"]:
         clustered_heatmap(result, a, ax=ax)
         src, dst, real, drawn = fit["worst_pair"] or ("", "", 0.0, 0.0)
@@ -178,7 +184,6 @@ def _atlas_panel(result, a: str, ax, fallback: bool) -> None:
             pad=_DENDROGRAM_PAD,
         )
         return
-    xy = embedding(result, a)
     ax.scatter(xy[:, 0], xy[:, 1], s=60, zorder=3)
     for i, name in enumerate(result.task_names):
         # Alternate label sides so that two tasks embedded close together stay readable.
