@@ -44,5 +44,8 @@ constexpr int kStats = 2;
 // the kernels take a second, exact pass over the rows concerned. S carries ~1e-13 relative error for long vectors,
 // so 1e3 keeps d² within ~1e-10 (1e6 did not: traces 1e12 apart at d = 0.8 came out wrong in the 9th digit).
 constexpr double kFtdRefineRatio = 1e3;
+// The CPU's float32 path forms each term of S in float32 (≤ 3e-7 relative, csrc/cpu/distance.cpp): a ratio of 4
+// keeps d within 3e-7·(1 + 4)/2 = 7.5e-7 relative; other rows take the exact pass.
+constexpr double kFtdRefineRatioF32 = 4.0;
 
 }  // namespace fisherx

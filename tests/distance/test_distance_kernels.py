@@ -8,9 +8,10 @@ Tolerances. The kernels widen float32 input to float64 (exactly) and accumulate 
 reference, so kernel and reference compute the same real number from the same exact inputs, for both input dtypes.
 They differ only in float64 rounding: summation order (fixed chunks vs torch's pairwise sum) and, for FTD, the
 one-pass formula vs the difference form. A float64 sum of n terms is off by at most about n·2⁻⁵³·Σ|x|, i.e.
-~1.2e-10 relative for n = 2**20; RTOL = 1e-9 covers that worst case with room. Were a float32 kernel ever allowed to
-round in float32 (a float32 sqrt, say), its tolerance row in ``RTOL`` would have to grow to ~1e-6, and the
-accuracy tests of tests/distance/test_distance.py would show whether that is acceptable.
+~1.2e-10 relative for n = 2**20; RTOL = 1e-9 covers that worst case with room. One exception: the CPU FTD kernel
+forms each term of float32 input in float32 (q = (a − b)/(√a + √b), ≤ 3e-7 relative per q², csrc/cpu/distance.cpp),
+documented to 1e-6 relative; its row says so in ``cpu_float32_rtol``, and tests/distance/test_distance.py checks
+that bound on tiny distances and extreme scales.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class OpInfo:
     error_scale: Callable | None = None
     atol: float = 0.0
     kwargs: dict = field(default_factory=dict)
+    cpu_float32_rtol: float | None = None  # where the CPU kernel forms float32 terms in float32 (module docstring)
 
 
 def _logdet(sigma2, normalize):
@@ -194,6 +196,7 @@ OPS = [
         kernel=lambda s, t: _ops.ftd_column(s, t, "sources", "target"),
         reference=lambda s, t: ref.ftd_column(s, t),
         atol=1e-12,
+        cpu_float32_rtol=1e-6,
     ),
     OpInfo(
         "cosine_column",
@@ -248,7 +251,8 @@ def test_kernel_matches_reference(op: OpInfo, sample: Sample, dtype, device):
     assert torch.isfinite(want).all(), "the sample must be valid input"
     scale = op.error_scale(src, tgt) if op.error_scale else want.abs()
     err = (got - want).abs()
-    bound = RTOL[dtype] * scale + op.atol
+    rtol = op.cpu_float32_rtol if op.cpu_float32_rtol and (device, dtype) == ("cpu", torch.float32) else RTOL[dtype]
+    bound = rtol * scale + op.atol
     assert (err <= bound).all(), f"max error {err.max().item():.3e}, allowed {bound.min().item():.3e}"
 
 
