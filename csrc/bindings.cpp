@@ -133,36 +133,30 @@ PYBIND11_MODULE(_C, m) {
                  fisherx::cpu::row_stats<T>(rows<T>(x, rows_, n, rs, s), dptr(stats), nt);
                });
              });
-  def_kernel(cpu, "ftd_column",
-             [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
-                std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, int nt) {
-               dispatch(dt, [&](auto t) {
-                 using T = decltype(t);
-                 fisherx::cpu::ftd_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out),
-                                             dptr(stats), nt);
-               });
-             });
   // Same arguments as the CUDA binding: `scale` holds the K sources' factors, then the target's.
   def_kernel(cpu, "logdet_column",
              [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
                 std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2, std::uintptr_t out, int nt) {
                dispatch(dt, [&](auto t) {
                  using T = decltype(t);
-                 const double* sc = reinterpret_cast<const double*>(scale);
-                 fisherx::cpu::logdet_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), sc, sc[K], sigma2,
-                                                dptr(out), nt);
+                 fisherx::cpu::logdet_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts),
+                                                reinterpret_cast<const double*>(scale), sigma2, dptr(out), nt);
                });
              });
-  def_kernel(cpu, "cosine_column",
-             [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
-                std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, int nt) {
-               dispatch(dt, [&](auto t) {
-                 using T = decltype(t);
-                 fisherx::cpu::cosine_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out),
-                                                dptr(stats), nt);
-               });
-             });
-
+  // FTD and cosine columns: one signature, the distances and every row's statistics.
+#define FISHERX_COLUMN(name)                                                                                         \
+  def_kernel(cpu, #name,                                                                                             \
+             [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,              \
+                std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, int nt) {                  \
+               dispatch(dt, [&](auto t) {                                                                            \
+                 using T = decltype(t);                                                                              \
+                 fisherx::cpu::name<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats), \
+                                       nt);                                                                          \
+               });                                                                                                   \
+             })
+  FISHERX_COLUMN(ftd_column);
+  FISHERX_COLUMN(cosine_column);
+#undef FISHERX_COLUMN
   // Fisher engine: per-sample squared-gradient sums (csrc/cpu/sqgrad.h).
   def_kernel(cpu, "sqgrad_gemm",
              [](const std::string& dt, std::uintptr_t g, Shape4 gs, Shape4 gst, std::uintptr_t u, Shape4 us, Shape4 ust,
@@ -208,16 +202,6 @@ PYBIND11_MODULE(_C, m) {
                  fisherx::cuda::row_stats<T>(rows<T>(x, rows_, n, rs, s), dptr(stats), dptr(ws), stream_of(stream));
                });
              });
-  def_kernel(
-      cuda, "ftd_column",
-      [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s, std::uintptr_t tgt,
-          int64_t ts, std::uintptr_t out, std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {
-        dispatch(dt, [&](auto t) {
-          using T = decltype(t);
-          fisherx::cuda::ftd_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),
-                                       dptr(ws), stream_of(stream));
-        });
-      });
   def_kernel(cuda, "logdet_column",
              [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
                  std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2, std::uintptr_t out,
@@ -229,16 +213,20 @@ PYBIND11_MODULE(_C, m) {
                                                  stream_of(stream));
                });
              });
-  def_kernel(
-      cuda, "cosine_column",
-      [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s, std::uintptr_t tgt,
-          int64_t ts, std::uintptr_t out, std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {
-        dispatch(dt, [&](auto t) {
-          using T = decltype(t);
-          fisherx::cuda::cosine_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),
-                                          dptr(ws), stream_of(stream));
-        });
-      });
+#define FISHERX_COLUMN(name)                                                                                          \
+  def_kernel(                                                                                                         \
+      cuda, #name,                                                                                                    \
+      [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s, std::uintptr_t tgt, \
+          int64_t ts, std::uintptr_t out, std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {           \
+        dispatch(dt, [&](auto t) {                                                                                    \
+          using T = decltype(t);                                                                                      \
+          fisherx::cuda::name<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),        \
+                                 dptr(ws), stream_of(stream));                                                        \
+        });                                                                                                           \
+      })
+  FISHERX_COLUMN(ftd_column);
+  FISHERX_COLUMN(cosine_column);
+#undef FISHERX_COLUMN
   // Fisher engine: per-sample squared-gradient sums (csrc/cuda/sqgrad.h).
   cuda.def("sqgrad_gemm_workspace", &fisherx::cuda::sqgrad_gemm_workspace);
   def_kernel(cuda, "sqgrad_gemm",

@@ -84,40 +84,28 @@ def _logdet(rows, target, sigma2, normalize, source_name, target_name):
     return _ops.differentiable["logdet_column"](rows, target, float(sigma2), bool(normalize), source_name, target_name)
 
 
-register_metric(
+def _two_arg_reference(reference):
+    return lambda s, t, sigma2, normalize: reference(s, t)
+
+
+_INF = float("inf")
+for _builtin in (
+    Metric("ftd", _two_arg("ftd_column"), "distance", 0.0, (0.0, 1.0), _two_arg_reference(ref.ftd_column), label="FTD"),
     Metric(
-        "ftd",
-        _two_arg("ftd_column"),
-        "distance",
-        0.0,
-        (0.0, 1.0),
-        lambda s, t, sigma2, normalize: ref.ftd_column(s, t),
-        label="FTD",
-    )
-)
-register_metric(
-    Metric(
-        "logdet",
-        _logdet,
-        "distance",
-        0.0,
-        (0.0, float("inf")),
-        ref.logdet_column,
-        uses_sigma2=True,
-        label="log-det distance",
-    )
-)
-register_metric(
+        "logdet", _logdet, "distance", 0.0, (0.0, _INF), ref.logdet_column, uses_sigma2=True, label="log-det distance"
+    ),
     Metric(
         "cosine",
         _two_arg("cosine_column"),
         "similarity",
         1.0,
         (0.0, 1.0),
-        lambda s, t, sigma2, normalize: ref.cosine_column(s, t),
+        _two_arg_reference(ref.cosine_column),
         label="cosine similarity",
-    )
-)
+    ),
+):
+    register_metric(_builtin)
+del _builtin
 
 
 def _layout(f: Mapping) -> list[tuple[str, tuple[int, ...]]]:

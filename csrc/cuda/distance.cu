@@ -217,6 +217,17 @@ void run_accumulate(const Rows<T>& src, const Rows<T>& tgt, int64_t rows, const 
   check(cudaGetLastError(), "launch");
 }
 
+// run_accumulate over `rows` rows, then each row's statistics (its first two sums: Σ and negatives) into stats;
+// returns the workspace that holds the sums.
+template <typename T, int M, typename F>
+Workspace sums_and_stats(const Rows<T>& src, const Rows<T>& tgt, int64_t rows, const F& f, double* workspace,
+                         double* stats, cudaStream_t stream) {
+  const Workspace ws(workspace, src.rows, src.n);
+  run_accumulate<T, M>(src, tgt, rows, f, ws, stream);
+  copy_stats<<<grid1(rows), kThreads, 0, stream>>>(ws.sums, M, rows, stats);
+  return ws;
+}
+
 }  // namespace
 
 int64_t workspace_doubles(int64_t K, int64_t n) { return (K + 1) * (blocks_for(n) * kMaxM + kMaxM + 1); }
@@ -224,18 +235,14 @@ int64_t workspace_doubles(int64_t K, int64_t n) { return (K + 1) * (blocks_for(n
 template <typename T>
 void row_stats(Rows<T> x, double* stats, double* workspace, cudaStream_t stream) {
   // Every row is a "source"; the target slot (row K) is not launched.
-  const Workspace ws(workspace, x.rows, x.n);
-  run_accumulate<T, 2>(x, x, x.rows, StatsAcc{}, ws, stream);
-  copy_stats<<<grid1(x.rows), kThreads, 0, stream>>>(ws.sums, 2, x.rows, stats);
+  sums_and_stats<T, 2>(x, x, x.rows, StatsAcc{}, workspace, stats, stream);
   check(cudaGetLastError(), "row_stats");
 }
 
 template <typename T>
 void ftd_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* workspace, cudaStream_t stream) {
   const int64_t K = src.rows;
-  const Workspace ws(workspace, K, src.n);
-  run_accumulate<T, 3>(src, tgt, K + 1, FtdAcc{}, ws, stream);
-  copy_stats<<<grid1(K + 1), kThreads, 0, stream>>>(ws.sums, 3, K + 1, stats);
+  const Workspace ws = sums_and_stats<T, 3>(src, tgt, K + 1, FtdAcc{}, workspace, stats, stream);
   ftd_finish<<<grid1(K), kThreads, 0, stream>>>(ws.sums, K, stats, out, ws.flag);
   // The refinement kernels run always but return at once for unflagged rows: no host round trip.
   run_accumulate<T, 1>(src, tgt, K, FtdRefineAcc{stats, ws.flag, K}, ws, stream);
@@ -255,11 +262,8 @@ void logdet_column(Rows<T> src, Rows<T> tgt, const double* src_scale, double sig
 
 template <typename T>
 void cosine_column(Rows<T> src, Rows<T> tgt, double* out, double* stats, double* workspace, cudaStream_t stream) {
-  const int64_t K = src.rows;
-  const Workspace ws(workspace, K, src.n);
-  run_accumulate<T, 4>(src, tgt, K + 1, CosineAcc{}, ws, stream);
-  copy_stats<<<grid1(K + 1), kThreads, 0, stream>>>(ws.sums, 4, K + 1, stats);
-  cosine_finish<<<grid1(K), kThreads, 0, stream>>>(ws.sums, K, stats, out);
+  const Workspace ws = sums_and_stats<T, 4>(src, tgt, src.rows + 1, CosineAcc{}, workspace, stats, stream);
+  cosine_finish<<<grid1(src.rows), kThreads, 0, stream>>>(ws.sums, src.rows, stats, out);
   check(cudaGetLastError(), "cosine_column");
 }
 
