@@ -4,6 +4,7 @@
 #include "cpu/sqgrad.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -33,61 +34,104 @@ constexpr int nr() {
 // kSquares = true: out[b][MR][NR] = (Σ_p gp[b][p][r]·up[b][p][j])² for each b, the per-sample squared tiles, for
 // the bootstrap path, which weights each sample differently in every replicate (see weighted_add).
 // gp, up packed and 64-byte aligned.
-template <typename T, bool kSquares>
+//
+// VW is the register width in bytes of the machine the code runs on. The tile (MR x NR, NR two 64-byte vectors)
+// is the packing layout and stays fixed; with 64-byte registers (AVX-512: 32 of them) one pass holds the tile and
+// its sums in 24 registers. With 32-byte (AVX2) or 16-byte ones (16 registers) that tile would spill on every
+// step (6-10x slower than torch's bmm on an AVX2 EPYC, measured), so the tile is swept in column strips of one
+// register: MR partial rows + MR sums + u + the broadcast = 14 registers, the packed g re-read once per strip.
+template <typename T, bool kSquares, int VW>
 __attribute__((always_inline)) inline void micro_impl(const T* __restrict gp, const T* __restrict up, int64_t nb,
                                                       int64_t P, T* __restrict out) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::lanes;
-  V a[MR][2];
-  if constexpr (!kSquares) {
-    for (int r = 0; r < MR; ++r)
-      for (int h = 0; h < 2; ++h) std::memcpy(&a[r][h], out + r * 2 * L + h * L, sizeof(V));
-  }
-  for (int64_t b = 0; b < nb; ++b) {
-    V t[MR][2];
-    for (int r = 0; r < MR; ++r) t[r][0] = t[r][1] = V{};
-    const T* gb = gp + b * P * MR;
-    const T* ub = up + b * P * 2 * L;
-    for (int64_t p = 0; p < P; ++p) {
-      V u0, u1;
-      std::memcpy(&u0, ub + p * 2 * L, sizeof(V));
-      std::memcpy(&u1, ub + p * 2 * L + L, sizeof(V));
-      const T* gv = gb + p * MR;
+  typedef T V __attribute__((vector_size(VW)));
+  constexpr int L = VW / sizeof(T);            // lanes of one register
+  constexpr int NR = nr<T>();                  // columns of the tile
+  constexpr int CG = VW == kVecBytes ? 2 : 1;  // registers per row in one strip
+  constexpr int kStrips = NR / (CG * L);
+  for (int q = 0; q < kStrips; ++q) {
+    const int c0 = q * CG * L;
+    V a[MR][CG];
+    if constexpr (!kSquares) {
+      for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < CG; ++h) std::memcpy(&a[r][h], out + r * NR + c0 + h * L, sizeof(V));
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      V t[MR][CG];
+      for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < CG; ++h) t[r][h] = V{};
+      const T* gb = gp + b * P * MR;
+      const T* ub = up + b * P * NR + c0;
+      for (int64_t p = 0; p < P; ++p) {
+        V u[CG];
+        for (int h = 0; h < CG; ++h) std::memcpy(&u[h], ub + p * NR + h * L, sizeof(V));
+        const T* gv = gb + p * MR;
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const T s = gv[r];
-        t[r][0] += s * u0;
-        t[r][1] += s * u1;
+        for (int r = 0; r < MR; ++r) {
+          const T s = gv[r];
+          for (int h = 0; h < CG; ++h) t[r][h] += s * u[h];
+        }
+      }
+      if constexpr (kSquares) {
+        T* o = out + b * MR * NR + c0;
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r)
+          for (int h = 0; h < CG; ++h) {
+            const V sq = t[r][h] * t[r][h];
+            std::memcpy(o + r * NR + h * L, &sq, sizeof(V));
+          }
+      } else {
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r)
+          for (int h = 0; h < CG; ++h) a[r][h] += t[r][h] * t[r][h];
       }
     }
-    if constexpr (kSquares) {
-      T* o = out + b * MR * 2 * L;
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const V s0 = t[r][0] * t[r][0], s1 = t[r][1] * t[r][1];
-        std::memcpy(o + r * 2 * L, &s0, sizeof(V));
-        std::memcpy(o + r * 2 * L + L, &s1, sizeof(V));
-      }
-    } else {
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        a[r][0] += t[r][0] * t[r][0];
-        a[r][1] += t[r][1] * t[r][1];
-      }
+    if constexpr (!kSquares) {
+      for (int r = 0; r < MR; ++r)
+        for (int h = 0; h < CG; ++h) std::memcpy(out + r * NR + c0 + h * L, &a[r][h], sizeof(V));
     }
-  }
-  if constexpr (!kSquares) {
-    for (int r = 0; r < MR; ++r)
-      for (int h = 0; h < 2; ++h) std::memcpy(out + r * 2 * L + h * L, &a[r][h], sizeof(V));
   }
 }
 
-FISHERX_MULTIVERSION void micro_sq(const float* gp, const float* up, int64_t nb, int64_t P, float* sq) {
-  micro_impl<float, true>(gp, up, nb, P, sq);
+// micro / micro_sq for the widest registers this CPU has: explicit per-ISA functions, not target_clones, because
+// the register width VW must differ between the versions (a clone only recompiles the same source).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+enum class Isa { Avx512, Avx2, Base };
+// The best ISA of this CPU, or a narrower one named by FISHERX_CPU_ISA (avx2, base: so tests cover every path).
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa best = __builtin_cpu_supports("x86-64-v4")   ? Isa::Avx512
+               : __builtin_cpu_supports("x86-64-v3") ? Isa::Avx2
+                                                     : Isa::Base;
+    const char* want = std::getenv("FISHERX_CPU_ISA");
+    if (want && std::strcmp(want, "base") == 0) return Isa::Base;
+    if (want && std::strcmp(want, "avx2") == 0 && best == Isa::Avx512) return Isa::Avx2;
+    return best;
+  }();
+  return isa;
 }
-FISHERX_MULTIVERSION void micro_sq(const double* gp, const double* up, int64_t nb, int64_t P, double* sq) {
-  micro_impl<double, true>(gp, up, nb, P, sq);
-}
+#define FISHERX_MICRO(name, T, kSq)                                                                                   \
+  __attribute__((target("arch=x86-64-v4"))) void name##_v4(const T* gp, const T* up, int64_t nb, int64_t P, T* out) { \
+    micro_impl<T, kSq, 64>(gp, up, nb, P, out);                                                                       \
+  }                                                                                                                   \
+  __attribute__((target("arch=x86-64-v3"))) void name##_v3(const T* gp, const T* up, int64_t nb, int64_t P, T* out) { \
+    micro_impl<T, kSq, 32>(gp, up, nb, P, out);                                                                       \
+  }                                                                                                                   \
+  void name(const T* gp, const T* up, int64_t nb, int64_t P, T* out) {                                                \
+    switch (cpu_isa()) {                                                                                              \
+      case Isa::Avx512:                                                                                               \
+        return name##_v4(gp, up, nb, P, out);                                                                         \
+      case Isa::Avx2:                                                                                                 \
+        return name##_v3(gp, up, nb, P, out);                                                                         \
+      default:                                                                                                        \
+        return micro_impl<T, kSq, 16>(gp, up, nb, P, out);                                                            \
+    }                                                                                                                 \
+  }
+#else
+#define FISHERX_MICRO(name, T, kSq) \
+  void name(const T* gp, const T* up, int64_t nb, int64_t P, T* out) { micro_impl<T, kSq, 16>(gp, up, nb, P, out); }
+#endif
+FISHERX_MICRO(micro_sq, float, true)
+FISHERX_MICRO(micro_sq, double, true)
 
 // out[r, rows, 0:kn] += Σ_{b<nb} w[r, b0+b]·sq[b][rows][0:kn] for every replicate r. ``out`` points at the tile's
 // first element in replicate 0; ``rstride`` is one replicate's size (C·M·K), ``ld`` the row stride (K). Four
@@ -150,12 +194,9 @@ FISHERX_MULTIVERSION void weighted_add(const double* sq, int64_t nb, int rows, i
   weighted_add_impl<double>(sq, nb, rows, kn, w, b0, out, rstride, ld);
 }
 
-FISHERX_MULTIVERSION void micro(const float* gp, const float* up, int64_t nb, int64_t P, float* acc) {
-  micro_impl<float, false>(gp, up, nb, P, acc);
-}
-FISHERX_MULTIVERSION void micro(const double* gp, const double* up, int64_t nb, int64_t P, double* acc) {
-  micro_impl<double, false>(gp, up, nb, P, acc);
-}
+FISHERX_MICRO(micro, float, false)
+FISHERX_MICRO(micro, double, false)
+#undef FISHERX_MICRO
 
 template <typename T>
 struct AlignedBuf {

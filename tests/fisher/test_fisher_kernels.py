@@ -198,3 +198,41 @@ def test_kernel_does_not_materialise_per_sample_gradients():
     grown_mb = (_status_kb("VmHWM") - before) / 1024
     assert out.shape == (1, 512, 4608)
     assert grown_mb < 200, f"peak memory grew by {grown_mb:.0f} MB"
+
+
+_ISA_SCRIPT = r"""
+import torch
+from fisherx import _ops
+from fisherx import _reference as ref
+
+g = torch.Generator().manual_seed(3)
+for dtype in (torch.float32, torch.float64):
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    # Odd sizes around the micro-tile (6 rows, 2 registers of columns), positions > 1, weights.
+    for B, C, P, M, K in [(5, 1, 1, 7, 33), (3, 2, 9, 13, 17), (4, 1, 1, 1, 1)]:
+        gg = torch.randn(B, C, P, M, generator=g, dtype=dtype)
+        uu = torch.randn(B, C, P, K, generator=g, dtype=dtype)
+        w = torch.rand(3, B, generator=g, dtype=dtype)
+        for weights in (None, w):
+            got, want = _ops.sqgrad_gemm(gg, uu, weights), ref.sqgrad_gemm(gg, uu, weights)
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+    x = torch.randn(3, 4, 11, 9, generator=g, dtype=dtype)
+    gc = torch.randn(3, 6, 9, 7, generator=g, dtype=dtype)
+    args = ([3, 3], [1, 1], [0, 0], [1, 1], 2)
+    got, want = _ops.sqgrad_conv(gc, x, *args), ref.sqgrad_conv(gc, x, *args)
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_every_cpu_micro_kernel_width_matches_reference(isa):
+    """The squared-GEMM micro-kernel has one version per register width (AVX-512, AVX2, baseline SSE2), picked at
+    run time; FISHERX_CPU_ISA forces a narrower one, so each version this CPU can run is checked here (the widest
+    by the rest of this file)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FISHERX_CPU_ISA=isa)
+    res = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
