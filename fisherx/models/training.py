@@ -258,6 +258,24 @@ def train(
     return result
 
 
+def train_from_scratch(
+    build: Callable[[], nn.Module],
+    task_data,
+    *,
+    seed: int,
+    device=None,
+    progress: bool = False,
+    epsilon: float | None = None,
+    **options,
+) -> TrainResult:
+    """:func:`train` the network ``build()`` makes under torch seeded with ``seed`` (the same initial weights every
+    time). Quiet and without an ε check unless asked: the network whose result is wanted (a search's winner, a
+    target's reference network). ``options``: :func:`train`'s others (``epochs``, ``batch_size``, ``lr``, ...)."""
+    with seeded(seed, device):
+        model = build()
+    return train(model, task_data, seed=seed, device=device, progress=progress, epsilon=epsilon, **options)
+
+
 def _val_score(model, xv, yv, loss, device, rec: dict) -> float:
     # One "higher is better" score for both kinds (accuracy, or minus the loss), so the checkpoint keeps one slot.
     if loss == "cross_entropy":

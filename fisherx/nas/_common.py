@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..io import FormatError, atomic_write_text, load_tree, save_tree
-from ..models.training import default_device, seeded, train
+from ..models.training import default_device, train_from_scratch
 
 
 def resolve_data(task: Any, data_dir=None):
@@ -115,27 +115,22 @@ def show_progress(progress: bool | None) -> bool:
 
 
 def final_training(
-    space, genotype, data, *, epochs: int, batch_size: int, lr: float, seed: int, device: torch.device, checkpoint=None
+    space, genotype, data, *, epochs: int, device: torch.device, checkpoint=None, **recipe
 ) -> tuple[dict, nn.Module]:
     """Train the winner from scratch on the training split (the papers retrain the found cell) with
     :func:`fisherx.models.train` (Adam, best-validation-epoch weights kept), then record its test accuracy once.
-    Returns (report, trained network); the report has test and validation accuracy, parameters and time.
-    ``checkpoint``: a file for :func:`fisherx.models.train`'s per-epoch checkpoints (resume after a kill)."""
+    ``recipe``: the training's ``batch_size``, ``lr`` and ``seed``. Returns (report, trained network); the report
+    has test and validation accuracy, parameters and time. ``checkpoint``: a file for
+    :func:`fisherx.models.train`'s per-epoch checkpoints (resume after a kill)."""
 
     in_channels, num_classes = shape_of(data)
-    with seeded(seed, device):
-        net = space.build(genotype, in_channels, num_classes)
-    res = train(
-        net,
+    res = train_from_scratch(
+        lambda: space.build(genotype, in_channels, num_classes),
         data,
         epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
         device=device,
-        progress=False,
-        epsilon=None,
         checkpoint=checkpoint,
+        **recipe,
     )
     return {
         "test_accuracy": float(res.test_accuracy),

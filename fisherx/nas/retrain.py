@@ -70,18 +70,10 @@ def retrain(
     device = pick_device(device)
     out = Path(out_dir) if out_dir is not None else None
     meter = CostMeter(device)
+    recipe = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}  # trained with, and recorded
+    checkpoint = out / "retrain_checkpoint.fx" if out is not None else None
     with reproducible(seed, device, deterministic=deterministic) as nondet, meter.stage("final_training"):
-        report, net = final_training(
-            space,
-            genotype,
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            checkpoint=out / "retrain_checkpoint.fx" if out is not None else None,
-        )
+        report, net = final_training(space, genotype, data, device=device, checkpoint=checkpoint, **recipe)
     t = getattr(data, "task", None) or task
     stages = meter.to_dict()["stages"]
     result = {
@@ -93,10 +85,7 @@ def retrain(
         "test_accuracy": report["test_accuracy"],
         "val_accuracy": report["val_accuracy"],
         "params": report["params"],
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
+        **recipe,
         "cost": {
             "stages": stages,
             "device": device_name(device),

@@ -64,18 +64,10 @@ def choose_source(
         raise ValueError("choose_source: no candidate networks to choose from")
     data = _data(target)
     device = default_device(device)
-    if target_model is None:
-        target_model = train(
-            fresh_copy(arch, data, seed),
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            progress=False,
-            epsilon=None,
-            loss=loss,
+    if target_model is None:  # trained from scratch: every parameter of a fresh network, as fine_tune trains
+        fresh = fresh_copy(arch, data, seed)
+        target_model = fine_tune(
+            fresh, data, epochs=epochs, seed=seed, loss=loss, batch_size=batch_size, lr=lr, device=device
         ).model
     names = list(candidates)
     values = [
