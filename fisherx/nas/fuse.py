@@ -32,7 +32,6 @@ Choices and why:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +45,6 @@ from ._common import (
     accuracy,
     batches,
     check_positive_ints,
-    data_fingerprint,
     logits_of,
     search_inputs,
     show_progress,
@@ -59,7 +57,6 @@ from .runner import (
     load_round_state,
     new_position,
     new_seed,
-    train_epochs,
 )
 from .space import SearchSpace
 
@@ -187,10 +184,7 @@ def fuse(
     if init is not None:
         space.check(init)
     data, device, (x_tr, y_tr), (x_val, y_val), (in_channels, num_classes) = search_inputs(task, data_dir, device)
-    config = {
-        "method": "fuse",
-        "space": space.to_dict(),
-        "data": data_fingerprint(data),
+    settings = {
         "candidates": candidates,
         "rounds": rounds,
         "alternations": alternations,
@@ -206,9 +200,7 @@ def fuse(
         "init": init.to_dict() if init is not None else None,
         "deterministic": deterministic,
     }
-    run = SearchRun(
-        "fuse", config, out_dir, device, seed=seed, deterministic=deterministic, checkpoint_every=checkpoint_every
-    )
+    run = SearchRun.of("fuse", space, data, settings, out_dir, device, checkpoint_every=checkpoint_every)
     if run.done is not None:
         return SearchResult.from_dict(run.done)
     best = init
@@ -255,16 +247,8 @@ def fuse(
                         "alternations": alts,
                         "steps": steps,
                     }
-                    losses = train_epochs(
-                        rnd,
-                        x_tr,
-                        y_tr,
-                        epochs=weight_epochs,
-                        batch_size=batch_size,
-                        gen=data_gen,
-                        device=device,
-                        pos=pos,
-                        on_step=functools.partial(run.step, rnd, data_gen, extra),
+                    losses = run.weight_steps(
+                        rnd, x_tr, y_tr, data_gen, pos, extra, epochs=weight_epochs, batch_size=batch_size
                     )
                     steps["weight_steps"] += len(losses)
                     info = rnd.alpha_phase(
@@ -308,14 +292,7 @@ def fuse(
                 )
         if best is None:  # rounds ≥ 1 is enforced, so this cannot happen unless the space yields nothing
             raise RuntimeError("FUSE found no candidate; the search space produced no architectures")
-        run.train_winner(
-            space,
-            best,
-            data,
-            final_epochs=final_epochs,
-            batch_size=batch_size,
-            lr=lr,
-        )
+        run.train_winner(space, best, data, final_epochs=final_epochs, batch_size=batch_size, lr=lr)
     return run.finish(
         method="fuse",
         alpha_steps=sum(h["alpha_steps"] for h in run.history),

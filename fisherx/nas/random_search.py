@@ -11,7 +11,6 @@ Resumable like FUSE: a checkpoint after every candidate and every few weight ste
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -22,7 +21,6 @@ from . import runner
 from ._common import (
     accuracy,
     check_positive_ints,
-    data_fingerprint,
     logits_of,
     search_inputs,
     show_progress,
@@ -66,10 +64,7 @@ def random_search(
             f"epochs each; raise the budget or lower epochs_per_candidate"
         )
     data, device, (x_tr, y_tr), (x_val, y_val), (in_channels, num_classes) = search_inputs(task, data_dir, device)
-    config = {
-        "method": "random",
-        "space": space.to_dict(),
-        "data": data_fingerprint(data),
+    settings = {
         "budget": budget,
         "epochs_per_candidate": epochs_per_candidate,
         "batch_size": batch_size,
@@ -79,9 +74,7 @@ def random_search(
         "seed": seed,
         "deterministic": deterministic,
     }
-    run = runner.SearchRun(
-        "random", config, out_dir, device, seed=seed, deterministic=deterministic, checkpoint_every=checkpoint_every
-    )
+    run = runner.SearchRun.of("random", space, data, settings, out_dir, device, checkpoint_every=checkpoint_every)
     if run.done is not None:
         return runner.SearchResult.from_dict(run.done)
     with run.resumed(f"random search in {run.files.dir}"):
@@ -112,16 +105,8 @@ def random_search(
                 inflight = None
                 run.round_base(i - 1)
                 extra = {"genotype": g.to_dict(), "seed": cand_seed, "position": pos}  # pos changes in place
-                losses = runner.train_epochs(
-                    solo,
-                    x_tr,
-                    y_tr,
-                    epochs=epochs_per_candidate,
-                    batch_size=batch_size,
-                    gen=data_gen,
-                    device=device,
-                    pos=pos,
-                    on_step=functools.partial(run.step, solo, data_gen, extra),
+                losses = run.weight_steps(
+                    solo, x_tr, y_tr, data_gen, pos, extra, epochs=epochs_per_candidate, batch_size=batch_size
                 )
                 per_epoch = len(losses) // epochs_per_candidate
                 last = losses[-per_epoch:]  # the last epoch's losses
@@ -147,14 +132,8 @@ def random_search(
         # Best validation accuracy; ties go to the earlier candidate.
         history = run.history
         best_i = max(range(len(history)), key=lambda k: (history[k]["val_accuracy"], -k))
-        run.train_winner(
-            space,
-            Genotype.from_dict(history[best_i]["genotype"]),
-            data,
-            final_epochs=final_epochs,
-            batch_size=batch_size,
-            lr=lr,
-        )
+        best = Genotype.from_dict(history[best_i]["genotype"])
+        run.train_winner(space, best, data, final_epochs=final_epochs, batch_size=batch_size, lr=lr)
     return run.finish(
         method="random",
         alpha_steps=0,

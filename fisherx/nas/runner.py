@@ -7,13 +7,15 @@ search generator that ``seed`` fixes, the cost meter, the reproducibility settin
 final training and saving it. Every strategy returns a :class:`SearchResult`.
 
 The pieces a strategy's loop uses: :func:`distinct_candidates` and :func:`new_seed` (all randomness from the
-search generator), :func:`train_epochs` with :func:`new_position` (weight steps from a resumable position),
-:func:`round_state` / :func:`load_round_state` (the in-flight state of a round).
+search generator), :func:`train_epochs` with :func:`new_position` (weight steps from a resumable position;
+:meth:`SearchRun.weight_steps` checkpoints them), :func:`round_state` / :func:`load_round_state` (the in-flight
+state of a round).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from ..io import save_tree
-from ._common import SearchFiles, batches, device_name, final_training
+from ._common import SearchFiles, batches, data_fingerprint, device_name, final_training
 from .cost import CostMeter
 from .determinism import check_environment, environment, reproducible, rng_state, set_rng_state
 from .genotype import Genotype
@@ -121,6 +123,19 @@ class SearchRun:
         self._base: dict = {}
         self._winner: tuple | None = None  # (space, genotype, final-training report, network)
 
+    @classmethod
+    def of(
+        cls, kind: str, space: SearchSpace, data, settings: dict, out_dir, device, *, checkpoint_every: int | None
+    ) -> SearchRun:
+        """The run of strategy ``kind`` searching ``space`` on ``data``, configured by the strategy's ``settings``
+        (every argument that changes its result, ``seed`` and ``deterministic`` among them) plus what every
+        strategy's configuration holds: the method, the space and the data's fingerprint. A resume must match it."""
+        config = {"method": kind, "space": space.to_dict(), "data": data_fingerprint(data), **settings}
+        seed, deterministic = settings["seed"], settings["deterministic"]
+        return cls(
+            kind, config, out_dir, device, seed=seed, deterministic=deterministic, checkpoint_every=checkpoint_every
+        )
+
     @contextlib.contextmanager
     def resumed(self, what: str) -> Iterator[SearchRun]:
         """The search's block: under :func:`fisherx.nas.determinism.reproducible` (``seed``; deterministic kernels
@@ -146,6 +161,25 @@ class SearchRun:
         if self.every and self.files.dir is not None and self.steps % self.every == 0:
             state = {**self._base, "generator": self.gen.get_state(), **run_state(self.device, self.meter, self.nondet)}
             self.files.save_state({**state, "inflight": round_state(rnd, data_gen, extra)})
+
+    def weight_steps(
+        self,
+        rnd,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        data_gen: torch.Generator,
+        pos: dict,
+        extra: dict,
+        *,
+        epochs: int,
+        batch_size: int,
+    ) -> list[float]:
+        """:func:`train_epochs` of ``rnd`` on (x, y) from ``pos`` with every step counted by :meth:`step`, so the
+        mid-round checkpoints hold ``rnd``, ``data_gen`` and ``extra``."""
+        on_step = functools.partial(self.step, rnd, data_gen, extra)
+        return train_epochs(
+            rnd, x, y, epochs=epochs, batch_size=batch_size, gen=data_gen, device=self.device, pos=pos, on_step=on_step
+        )
 
     def save_round(self, r: int, **extra: Any) -> None:
         """The checkpoint at the end of round ``r`` (plus the strategy's ``extra``), then the log of every round."""
