@@ -298,14 +298,11 @@ class _Run:
                     _networks.run_train_fn(user.train_fn, model, self.datas[i], seed, self.device)
                     summary = {"test_accuracy": _networks.accuracy(model, self.datas[i], user.loss, self.device)}
                 else:
-                    summary = train(
+                    summary = self.train(
                         model,
-                        self.datas[i],
-                        epochs=st.epochs,
-                        batch_size=st.batch_size,
-                        lr=st.lr,
-                        seed=seed,
-                        device=self.device,
+                        i,
+                        seed,
+                        st.epochs,
                         progress=self.progress,
                         epsilon=st.epsilon,
                         checkpoint=ckpt,
@@ -318,6 +315,20 @@ class _Run:
         model.load_state_dict(entry["state_dict"])
         model.to(self.device).eval()
         return self._judged(model, entry["summary"].get("test_accuracy"), f"{arch} seed {seed}", i, cfg)
+
+    def train(self, model, i: int, seed: int, epochs: int, **options):
+        """:func:`train` ``model`` on task i's data with the run's batch size, learning rate and device (every
+        network and head of a run shares them); ``options``: progress, ε and the rest of train's."""
+        return train(
+            model,
+            self.datas[i],
+            epochs=epochs,
+            batch_size=self.s.batch_size,
+            lr=self.s.lr,
+            seed=seed,
+            device=self.device,
+            **options,
+        )
 
     def given_network(self, i: int):
         """networks[task i] as given (no training): (model in eval mode, test accuracy, its cache configuration)."""
@@ -368,14 +379,11 @@ class _Run:
                 probe.classifier.reset_parameters()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EpsilonWarning)
-                train(
+                self.train(
                     probe,
-                    self.datas[j],
-                    epochs=st.head_epochs,
-                    batch_size=st.batch_size,
-                    lr=st.lr,
-                    seed=seed,
-                    device=self.device,
+                    j,
+                    seed,
+                    st.head_epochs,
                     progress=False,
                     epsilon=None,
                     trainable=probe.classifier.parameters(),
