@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..experiments.demo import SIZES, run_demo
+from ..experiments.demo import SIZES, DemoConfig, run_demo
 from . import options
 
 NAME = "demo"
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = replace(SIZES[args.size], **_changes(args))
+    config = _config(args)
     out = Path(args.out)
     summary = run_demo(out, config, progress=not args.quiet, argv=getattr(args, "argv", [NAME])[1:])
     print((out / "table.txt").read_text())
@@ -50,9 +50,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _changes(args: argparse.Namespace) -> dict:
-    """The fields of the chosen size that the command line overrides."""
+def _config(args: argparse.Namespace) -> DemoConfig:
+    """The chosen size with the fields the command line overrides (``--epochs`` and ``--rounds`` reach into its
+    search budget: ``--epochs`` trains the dictionary's ε-networks as long as the distance stage's)."""
+    size = SIZES[args.size]
     changes: dict = {}
+    search: dict = {}
     if args.data:
         changes["data"] = args.data
     if args.archs:
@@ -60,9 +63,9 @@ def _changes(args: argparse.Namespace) -> dict:
     if args.seeds is not None:
         changes["seeds"] = tuple(args.seeds)
     if args.epochs is not None:
-        changes["epochs"] = changes["eps_epochs"] = args.epochs
+        changes["epochs"] = search["eps_epochs"] = args.epochs
     if args.rounds is not None:
-        changes["rounds"] = args.rounds
+        search["rounds"] = args.rounds
     if args.device:
         changes["device"] = args.device
-    return changes
+    return replace(size, search=replace(size.search, **search), **changes)

@@ -14,13 +14,13 @@ import argparse
 from pathlib import Path
 
 from ..io import FormatError, atomic_write_text
-from ..nas.space import SearchSpace
-from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+from ..nas.ta_nas import INDEX, SearchBudget, TaskDictionary, add_baseline, ta_nas
 from ..tasks import preset
 from . import options
 
 NAME = "search"
 HELP = "TA-NAS for a preset's task against a dictionary of baseline tasks"
+BUDGET = SearchBudget()  # the defaults of the options that make up a SearchBudget
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,15 +44,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "data-dir")
     p.add_argument("--arch", default="cnn", help="ε-network architecture of a new dictionary")
     p.add_argument(
-        "--eps-epochs", type=options.count, default=10, help="training epochs of a new dictionary's ε-networks"
+        "--eps-epochs",
+        type=options.count,
+        default=BUDGET.eps_epochs,
+        help="training epochs of a new dictionary's ε-networks",
     )
     p.add_argument("--eps-seed", type=int, default=0, help="initialisation seed of a new dictionary's ε-networks")
     options.add(p, "fisher-samples")
-    p.add_argument("--width", type=options.count, default=8, help="channels of the first cells (even)")
-    p.add_argument("--depth", type=options.count, default=3, help="number of cells")
-    p.add_argument("--candidates", type=options.count, default=3, help="new candidates per FUSE round (memory ∝ C+1)")
-    options.add(p, "rounds")
-    p.add_argument("--alternations", type=options.count, default=10, help="max weight/α alternations per round")
+    p.add_argument("--width", type=options.count, default=BUDGET.width, help="channels of the first cells (even)")
+    p.add_argument("--depth", type=options.count, default=BUDGET.depth, help="number of cells")
+    p.add_argument(
+        "--candidates",
+        type=options.count,
+        default=BUDGET.candidates,
+        help="new candidates per FUSE round (memory ∝ C+1)",
+    )
+    options.add(p, "rounds", default=BUDGET.rounds)
+    p.add_argument(
+        "--alternations", type=options.count, default=BUDGET.alternations, help="max weight/α alternations per round"
+    )
     p.add_argument(
         "--weight-epochs", type=options.count, default=1, help="passes over the training data per alternation"
     )
@@ -62,10 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=10,
         help="passes over the validation data per alternation (cheap: cached logits)",
     )
-    options.add(p, "batch-size", default=64)
+    options.add(p, "batch-size", default=BUDGET.batch_size)
     options.add(p, "lr", default=3e-3)
     p.add_argument("--alpha-lr", type=options.rate, default=0.05, help="Adam learning rate of α")
-    p.add_argument("--final-epochs", type=options.count, default=20, help="epochs of the winner's final training")
+    p.add_argument(
+        "--final-epochs", type=options.count, default=BUDGET.final_epochs, help="epochs of the winner's final training"
+    )
     p.add_argument(
         "--compare",
         default="random",
@@ -118,16 +130,13 @@ def _run(args: argparse.Namespace) -> int:
     baselines = [task(n) for n in args.baselines] if args.baselines else []
     compare = () if args.compare in ("", "none") else tuple(args.compare.split(","))
     progress = False if args.quiet else None
+    budget = SearchBudget.pick(vars(args))
     search = dict(
-        candidates=args.candidates,
-        rounds=args.rounds,
-        alternations=args.alternations,
+        budget.fuse_options(),
         weight_epochs=args.weight_epochs,
         alpha_epochs=args.alpha_epochs,
-        batch_size=args.batch_size,
         lr=args.lr,
         alpha_lr=args.alpha_lr,
-        final_epochs=args.final_epochs,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
@@ -144,11 +153,11 @@ def _run(args: argparse.Namespace) -> int:
             head_width=max(d.num_classes for d in datas),
             in_channels=datas[0].in_channels,
             image_size=datas[0].image_size,
-            eps_epochs=args.eps_epochs,
+            eps_epochs=budget.eps_epochs,
             eps_seed=args.eps_seed,
             exist_ok=True,
         )
-    general = SearchSpace.general(width=args.width, depth=args.depth)
+    general = budget.general_space()
     out = Path(args.out)
     for b in baselines:
         if b.name not in dictionary and b.name != target.name:

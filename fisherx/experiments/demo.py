@@ -16,14 +16,13 @@ import json
 import platform
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..io import atomic_write_text
-from ..nas.space import SearchSpace
-from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
+from ..nas.ta_nas import SearchBudget, TaskDictionary, add_baseline, ta_nas
 from ..tasks import preset
 from . import metrics as _metrics
 from .distances import task_distances
@@ -31,7 +30,8 @@ from .distances import task_distances
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run. ``SIZES`` holds the presets; every field can be overridden from the command line."""
+    """Sizes of one demo run. ``SIZES`` holds the presets; ``fisherx demo`` overrides some fields (and some of
+    ``search``, the TA-NAS stage's budget) from the command line."""
 
     data: str = "digits"
     archs: tuple = ("mlp", "cnn")
@@ -40,14 +40,7 @@ class DemoConfig:
     fisher_samples: int | None = None
     target: str = "T2"
     nas_arch: str = "cnn"
-    eps_epochs: int = 15
-    width: int = 8
-    depth: int = 3
-    candidates: int = 3
-    rounds: int = 3
-    alternations: int = 3
-    final_epochs: int = 10
-    batch_size: int = 64
+    search: SearchBudget = SearchBudget(eps_epochs=15, rounds=3, alternations=3, final_epochs=10)
     seed: int = 0
     device: str | None = None
     extra: dict = field(default_factory=dict)
@@ -60,14 +53,9 @@ SIZES = {
         seeds=(0, 1),
         epochs=3,
         fisher_samples=150,
-        eps_epochs=3,
-        width=4,
-        depth=2,
-        candidates=2,
-        rounds=1,
-        alternations=1,
-        final_epochs=1,
-        batch_size=256,
+        search=SearchBudget(
+            eps_epochs=3, width=4, depth=2, candidates=2, rounds=1, alternations=1, final_epochs=1, batch_size=256
+        ),
     ),
     # The README's main job: about ten minutes on a 2-core CPU.
     "default": DemoConfig(),
@@ -76,14 +64,9 @@ SIZES = {
         archs=("vgg16", "resnet18", "densenet121"),
         seeds=tuple(range(10)),
         epochs=100,
-        eps_epochs=100,
-        width=16,
-        depth=5,
-        candidates=3,
-        rounds=100,
-        alternations=10,
-        final_epochs=100,
-        batch_size=128,
+        search=SearchBudget(
+            eps_epochs=100, width=16, depth=5, rounds=100, alternations=10, final_epochs=100, batch_size=128
+        ),
     ),
 }
 
@@ -132,30 +115,18 @@ def run_demo(out, config: DemoConfig = SIZES["default"], *, progress: bool = Tru
     # 3. TA-NAS for the target against the other tasks as baselines ----------------------------------------------
     t0 = time.perf_counter()
     datas = {t.name: t.load() for t in tasks}
-    dict_path = out / "dictionary"
-    if (dict_path / INDEX).exists():
-        dictionary = TaskDictionary(dict_path)
-    else:
-        first = next(iter(datas.values()))
-        dictionary = TaskDictionary.create(
-            dict_path,
-            arch=config.nas_arch,
-            head_width=result.head_width,
-            in_channels=first.in_channels,
-            image_size=first.image_size,
-            eps_epochs=config.eps_epochs,
-            eps_seed=config.seed,
-            exist_ok=True,
-        )
-    search = dict(
-        candidates=config.candidates,
-        rounds=config.rounds,
-        alternations=config.alternations,
-        final_epochs=config.final_epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
+    first = next(iter(datas.values()))
+    dictionary = TaskDictionary.open_or_create(
+        out / "dictionary",
+        arch=config.nas_arch,
+        head_width=result.head_width,
+        in_channels=first.in_channels,
+        image_size=first.image_size,
+        eps_epochs=config.search.eps_epochs,
+        eps_seed=config.seed,
     )
-    general = SearchSpace.general(width=config.width, depth=config.depth)
+    search = dict(config.search.fuse_options(), seed=config.seed)
+    general = config.search.general_space()
 
     for t in tasks:
         if t.name != config.target and t.name not in dictionary:
@@ -215,7 +186,7 @@ def _summary(config, result, report, timings, argv) -> dict:
         "python": platform.python_version(),
         "device": report.cost["device"],
         "command": "fisherx demo " + " ".join(shlex.quote(a) for a in (argv or [])),
-        "config": {k: v for k, v in config.__dict__.items() if k != "extra"},
+        "config": _config_dict(config),
         "tasks": result.task_names,
         "metric": result.metric,
         "head": {"mode": result.head_mode, "width": result.head_width},
@@ -248,6 +219,12 @@ def _summary(config, result, report, timings, argv) -> dict:
         "timings_s": timings,
         "cache": dict(result.stats),
     }
+
+
+def _config_dict(config: DemoConfig) -> dict:
+    """The configuration as summary.json has always held it: one flat object, the search budget's fields included."""
+    flat = {k: v for k, v in config.__dict__.items() if k not in ("extra", "search")}
+    return {**flat, **asdict(config.search)}
 
 
 def _claims(result) -> dict:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..io import atomic_write_text
+from ..nas.ta_nas import SearchBudget, TaskDictionary, add_baseline, ta_nas, train_eps_network
+from . import demo as _demo
 from . import trust as _trust
 
 VERDICTS = ("holds", "within noise", "fails")
@@ -392,32 +394,17 @@ def paired_comparison(a, b, level: float = _trust.LEVEL, alpha: float = 0.05) ->
 
 @dataclass(frozen=True)
 class NasCompareConfig:
-    """Sizes of :func:`nas_comparison`. The defaults are tiny (seconds per search on digits)."""
+    """Sizes of :func:`nas_comparison`. The defaults are tiny (seconds per search on digits): ``search`` is the
+    smallest demo's budget."""
 
     data: str = "digits"
     target: str = "T2"
     eps_seeds: tuple = (0, 1, 2)
     search_seeds: tuple = (0, 1, 2)
     arch: str = "cnn"
-    eps_epochs: int = 3
-    width: int = 4
-    depth: int = 2
-    candidates: int = 2
-    rounds: int = 1
-    alternations: int = 1
-    final_epochs: int = 1
-    batch_size: int = 256
+    search: SearchBudget = _demo.SIZES["smallest"].search
     fisher_samples: int | None = 150
     max_train_per_label: int | None = None  # cap the tasks' training data (tests: 30)
-
-
-def _demo_search(size: str) -> dict:
-    """The search budget of the demo's ``size`` (one definition of the paper-size search)."""
-    from . import demo as _demo
-
-    cfg = _demo.SIZES[size]
-    keys = ("eps_epochs", "width", "depth", "candidates", "rounds", "alternations", "final_epochs", "batch_size")
-    return {k: getattr(cfg, k) for k in keys}
 
 
 NAS_SIZES = {
@@ -425,40 +412,27 @@ NAS_SIZES = {
     "smallest": NasCompareConfig(max_train_per_label=30),
     # the run measured in docs/reproduce.md (digits, 100 training samples per label; ~8 min per 9 pairs, 1 thread).
     "default": NasCompareConfig(
-        eps_epochs=10,
-        width=8,
-        candidates=3,
-        rounds=3,
-        alternations=3,
-        final_epochs=10,
-        batch_size=64,
+        search=SearchBudget(eps_epochs=10, depth=2, rounds=3, alternations=3, final_epochs=10),
         max_train_per_label=100,
     ),
     # closer to the papers (a GPU): the demo's paper-size search, with every test sample in each Fisher.
-    "paper": NasCompareConfig(fisher_samples=None, **_demo_search("paper")),
+    "paper": NasCompareConfig(fisher_samples=None, search=_demo.SIZES["paper"].search),
 }
 
 
 def _dictionary_for(path, base, family: dict, eps_seed: int, datas: dict, device):
     """A dictionary with ``base``'s baselines (spaces, genotypes) and ε-networks trained from ``eps_seed``."""
-    from ..nas.ta_nas import INDEX, TaskDictionary, train_eps_network
-
-    path = Path(path)
     fam = family["eps"]
-    d = (
-        TaskDictionary(path)
-        if (path / INDEX).exists()
-        else TaskDictionary.create(
-            path,
-            arch=family["arch"],
-            head_width=family["head_width"],
-            in_channels=family["in_channels"],
-            image_size=family["image_size"],
-            eps_epochs=fam["epochs"],
-            eps_seed=eps_seed,
-            eps_batch_size=fam["batch_size"],
-            eps_lr=fam["lr"],
-        )
+    d = TaskDictionary.open_or_create(
+        path,
+        arch=family["arch"],
+        head_width=family["head_width"],
+        in_channels=family["in_channels"],
+        image_size=family["image_size"],
+        eps_epochs=fam["epochs"],
+        eps_seed=eps_seed,
+        eps_batch_size=fam["batch_size"],
+        eps_lr=fam["lr"],
     )
     for name in base.names():
         if name not in d:
@@ -477,8 +451,6 @@ def nas_comparison(out, config: NasCompareConfig = NasCompareConfig(), *, device
     baseline's space and random search in the same space with the candidate-epochs FUSE spent. The pairs
     (TA-NAS, random) of test accuracies are compared by :func:`paired_comparison`. Writes ``nas_comparison.json``
     under ``out``; every search checkpoints there, so a rerun resumes."""
-    from ..nas.space import SearchSpace
-    from ..nas.ta_nas import INDEX, TaskDictionary, add_baseline, ta_nas
     from ..tasks import preset
 
     out = Path(out)
@@ -490,28 +462,17 @@ def nas_comparison(out, config: NasCompareConfig = NasCompareConfig(), *, device
     datas = {n: t.load() for n, t in tasks.items()}
     first = datas[config.target]
     width = max(d.num_classes for d in datas.values())
-    search = dict(
-        candidates=config.candidates,
-        rounds=config.rounds,
-        alternations=config.alternations,
-        final_epochs=config.final_epochs,
-        batch_size=config.batch_size,
+    search = config.search.fuse_options()
+    base = TaskDictionary.open_or_create(
+        out / f"dictionary_e{config.eps_seeds[0]}",
+        arch=config.arch,
+        head_width=width,
+        in_channels=first.in_channels,
+        image_size=first.image_size,
+        eps_epochs=config.search.eps_epochs,
+        eps_seed=config.eps_seeds[0],
     )
-    base_path = out / f"dictionary_e{config.eps_seeds[0]}"
-    base = (
-        TaskDictionary(base_path)
-        if (base_path / INDEX).exists()
-        else TaskDictionary.create(
-            base_path,
-            arch=config.arch,
-            head_width=width,
-            in_channels=first.in_channels,
-            image_size=first.image_size,
-            eps_epochs=config.eps_epochs,
-            eps_seed=config.eps_seeds[0],
-        )
-    )
-    general = SearchSpace.general(width=config.width, depth=config.depth)
+    general = config.search.general_space()
     for i, n in enumerate(t for t in tasks if t != config.target):
         if n not in base:
             # One search seed per baseline: with a shared seed every baseline's FUSE draws the same candidates, and
@@ -564,7 +525,12 @@ def nas_comparison(out, config: NasCompareConfig = NasCompareConfig(), *, device
             )
     distinct = _independent_pairs(runs)
     res = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        # flat, as before the search budget was its own object: its fields beside the others
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in {**config.__dict__, **asdict(config.search)}.items()
+            if k != "search"
+        },
         "runs": runs,
         "seconds": time.perf_counter() - t0,
         "closest_by_eps_seed": {str(r["eps_seed"]): r["closest"] for r in runs},

@@ -4,7 +4,8 @@
   the skeleton; :class:`Genotype` an architecture as data; :class:`SearchSpace` the ops/node counts/skeleton.
 - :func:`fuse`: FUSE search with per-round checkpoints; :func:`random_search`: the equal-budget baseline; both
   strategies on :mod:`~fisherx.nas.runner`'s shared scaffold (:class:`SearchRun`), returning a :class:`SearchResult`.
-- :func:`ta_nas` with a :class:`TaskDictionary` of solved baselines (:func:`add_baseline`).
+- :func:`ta_nas` with a :class:`TaskDictionary` of solved baselines (:func:`add_baseline`); :class:`SearchBudget`
+  the sizes of one such pipeline (ε-epochs, the general space's skeleton, FUSE's budget).
 - :mod:`~fisherx.nas.formats`: DARTS and NAS-Bench-201 converters; :mod:`~fisherx.nas.determinism`: seeding and
   deterministic kernels; :mod:`~fisherx.nas.cost`: per-stage cost accounting.
 """
@@ -20,7 +21,15 @@ from .ops import OP_NAMES, make_op
 from .random_search import random_search
 from .runner import SearchResult, SearchRun
 from .space import SearchSpace, SearchSpaceError
-from .ta_nas import DictionaryEntry, TaNasResult, TaskDictionary, add_baseline, ta_nas, train_eps_network
+from .ta_nas import (
+    DictionaryEntry,
+    SearchBudget,
+    TaNasResult,
+    TaskDictionary,
+    add_baseline,
+    ta_nas,
+    train_eps_network,
+)
 
 __all__ = [
     "ConversionError",
@@ -32,6 +41,7 @@ __all__ = [
     "Network",
     "NondeterminismWarning",
     "OP_NAMES",
+    "SearchBudget",
     "SearchResult",
     "SearchRun",
     "SearchSpace",

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from filelock import FileLock
 from torch import nn
@@ -54,6 +54,38 @@ DICTIONARY_VERSION = 1
 INDEX = "dictionary.json"
 LOCK = ".dictionary.lock"  # the inter-process lock every change to the index takes (filelock)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """The sizes of one TA-NAS pipeline, kept together so that the demo, the reproduction and ``fisherx search``
+    state them once: ``eps_epochs`` of a new dictionary's ε-networks, the general space's skeleton (``width``,
+    ``depth``) and FUSE's budget (``candidates``, ``rounds``, ``alternations``, ``final_epochs``, ``batch_size``).
+    The defaults are ``fisherx search``'s."""
+
+    eps_epochs: int = 10
+    width: int = 8
+    depth: int = 3
+    candidates: int = 3
+    rounds: int = 10
+    alternations: int = 10
+    final_epochs: int = 20
+    batch_size: int = 64
+    # the fields that are FUSE's own keyword arguments (the others size the ε-networks and the space)
+    FUSE_FIELDS: ClassVar[tuple[str, ...]] = ("candidates", "rounds", "alternations", "final_epochs", "batch_size")
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> SearchBudget:
+        """The budget whose fields are read from ``values`` (e.g. ``vars(args)``); other keys are ignored."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def fuse_options(self) -> dict:
+        """The keyword arguments of :func:`fisherx.nas.fuse` (and so of :func:`add_baseline`, :func:`ta_nas`)."""
+        return {k: getattr(self, k) for k in self.FUSE_FIELDS}
+
+    def general_space(self) -> SearchSpace:
+        """The general space (all operations) on this budget's skeleton: where the baselines are searched."""
+        return SearchSpace.general(width=self.width, depth=self.depth)
 
 
 def _dictionary_lock(path: Path) -> FileLock:
@@ -212,6 +244,17 @@ class TaskDictionary:
                 + "\n",
             )
         return cls(path)
+
+    @classmethod
+    def open_or_create(cls, path, **family) -> TaskDictionary:
+        """The dictionary at ``path`` as it is, when there is one; else a new one, :meth:`create` with ``family``.
+
+        Unlike ``create(..., exist_ok=True)``, an existing dictionary is not compared with ``family``, so a rerun with
+        other ε settings (``fisherx demo --epochs``) keeps the dictionary, and the networks, it already made."""
+        path = Path(path)
+        if (path / INDEX).exists():
+            return cls(path)
+        return cls.create(path, exist_ok=True, **family)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
