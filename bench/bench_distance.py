@@ -73,32 +73,17 @@ def _raw_cuda(op: str, src: torch.Tensor, tgt: torch.Tensor):
     ws = _ops._workspace(k, n, dev)
     scale = torch.ones(k + 1, dtype=torch.float64, device=dev)
     stream = _ops._stream(dev)
-    a, rs, s = src.data_ptr(), src.stride(0), src.stride(1)
+    (addr, _, rs, s, table), _ = _ops._rows(src, dev)  # the kernels' view of the (K, n) matrix
+    rows = (addr, k, n, rs, s, table)
+    tg = (tgt.data_ptr(), tgt.stride(0))
     if op == "trace":
-        return lambda: C.row_stats(dt, tgt.data_ptr(), 1, n, n, tgt.stride(0), stats.data_ptr(), ws.data_ptr(), stream)
-    if op.startswith("ftd"):
-        return lambda: C.ftd_column(
-            dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(), stats.data_ptr(), ws.data_ptr(), stream
+        return lambda: C.row_stats(
+            dt, tgt.data_ptr(), 1, n, n, tgt.stride(0), 0, stats.data_ptr(), ws.data_ptr(), stream
         )
     if op == "logdet":
-        return lambda: C.logdet_column(
-            dt,
-            a,
-            k,
-            n,
-            rs,
-            s,
-            tgt.data_ptr(),
-            tgt.stride(0),
-            scale.data_ptr(),
-            SIGMA2,
-            out.data_ptr(),
-            ws.data_ptr(),
-            stream,
-        )
-    return lambda: C.cosine_column(
-        dt, a, k, n, rs, s, tgt.data_ptr(), tgt.stride(0), out.data_ptr(), stats.data_ptr(), ws.data_ptr(), stream
-    )
+        return lambda: C.logdet_column(dt, *rows, *tg, scale.data_ptr(), SIGMA2, out.data_ptr(), ws.data_ptr(), stream)
+    kernel = C.ftd_column if op.startswith("ftd") else C.cosine_column
+    return lambda: kernel(dt, *rows, *tg, out.data_ptr(), stats.data_ptr(), ws.data_ptr(), stream)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -167,24 +152,62 @@ def _floor_ratios(kernel, floor, rounds: int) -> tuple[float, float]:
     return statistics.median(ratios), max(ratios)
 
 
+# op -> (K, call(sources: list of K (n,) tensors, target)). The column reads K separate tensors in place.
 FLOOR_OPS = {
-    "ftd": lambda s, t: fisherx.ftd(s[0], t),
-    "logdet": lambda s, t: fisherx.distance(s[0], t, "logdet", sigma2=SIGMA2),
-    "cosine": lambda s, t: fisherx.distance(s[0], t, "cosine"),
+    "ftd": (1, lambda s, t: fisherx.ftd(s[0], t)),
+    "logdet": (1, lambda s, t: fisherx.distance(s[0], t, "logdet", sigma2=SIGMA2)),
+    "cosine": (1, lambda s, t: fisherx.distance(s[0], t, "cosine")),
+    "ftd_column_list_K4": (4, lambda s, t: fisherx.distance_column(s, t, "ftd")),
 }
 
 
 @pytest.mark.parametrize("floor", ["sum", "copy"])
 @pytest.mark.parametrize("op", list(FLOOR_OPS))
 def test_distance_vs_memory_floor(benchmark, summary, op, floor):
-    """Kernel time / time of torch.sum (read-only) or Tensor.copy_ over the same 2·10^7 float32 (the source and the
-    target of one distance), median and worst of per-round ratios; printed in the summary as "floor" groups."""
-    src, tgt = _inputs(1, FLOOR_N, "cpu")
-    both = torch.cat([src[0], tgt])
+    """Kernel time / time of torch.sum (read-only) or Tensor.copy_ over the same (K + 1)·10^7 float32 (the K
+    sources and the target), median and worst of per-round ratios; printed in the summary as "floor" groups."""
+    k, call = FLOOR_OPS[op]
+    src, tgt = _inputs(k, FLOOR_N, "cpu")
+    rows = [r.clone() for r in src]  # K separate tensors, as K Fisher results are
+    both = torch.cat([src.reshape(-1), tgt])
     dst = torch.empty_like(both)
     floor_call = (lambda: both.sum()) if floor == "sum" else (lambda: dst.copy_(both))  # noqa: E731
-    kernel = lambda: FLOOR_OPS[op](src, tgt)  # noqa: E731
+    kernel = lambda: call(rows, tgt)  # noqa: E731
     kernel(), floor_call()  # warm-up
     median, worst = benchmark.pedantic(lambda: _floor_ratios(kernel, floor_call, FLOOR_ROUNDS), rounds=1, iterations=1)
     benchmark.extra_info.update(median_ratio=median, worst_ratio=worst)
     print(f"\n{op} / {floor} at 10^7 float32: median {median:.2f}x, worst {worst:.2f}x over {FLOOR_ROUNDS} rounds")
+
+
+def test_column_of_a_list_vs_stacking(benchmark):
+    """distance_column over K = 4 separate 10^7 float32 Fishers, read in place through the address table, against
+    stacking them first (what a list cost before) and against one (K, n) matrix; interleaved, per-round ratios."""
+    import statistics
+    import time
+
+    src, tgt = _inputs(4, FLOOR_N, "cpu")
+    rows = [r.clone() for r in src]
+    calls = {
+        "list": lambda: fisherx.distance_column(rows, tgt),
+        "stack_then_column": lambda: fisherx.distance_column(torch.stack(rows), tgt),
+        "matrix": lambda: fisherx.distance_column(src, tgt),
+    }
+    for call in calls.values():
+        call()  # warm-up
+
+    def rounds():
+        ratios: dict[str, list[float]] = {"stack_then_column": [], "matrix": []}
+        for _ in range(FLOOR_ROUNDS):
+            times = {}
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                times[name] = time.perf_counter() - t0
+            for name in ratios:
+                ratios[name].append(times["list"] / times[name])
+        return {name: (statistics.median(r), max(r)) for name, r in ratios.items()}
+
+    result = benchmark.pedantic(rounds, rounds=1, iterations=1)
+    for name, (median, worst) in result.items():
+        benchmark.extra_info[f"list_over_{name}"] = median
+        print(f"\nlist in place / {name}, K = 4 at 10^7 float32: median {median:.2f}x, worst {worst:.2f}x")

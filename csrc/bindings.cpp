@@ -31,9 +31,10 @@ const T* cptr(std::uintptr_t p) {
 }
 double* dptr(std::uintptr_t p) { return reinterpret_cast<double*>(p); }
 
+// The sources of a distance kernel: a strided matrix, or (table != 0) K row addresses at `table`.
 template <typename T>
-Rows<T> rows(std::uintptr_t p, int64_t K, int64_t n, int64_t row_stride, int64_t stride) {
-  return Rows<T>{cptr<T>(p), K, n, row_stride, stride};
+Rows<T> rows(std::uintptr_t p, int64_t K, int64_t n, int64_t row_stride, int64_t stride, std::uintptr_t table = 0) {
+  return Rows<T>{cptr<T>(p), K, n, row_stride, stride, reinterpret_cast<const T* const*>(table)};
 }
 
 // Fisher engine (sqgrad kernels): a strided view from an address plus sizes and strides in elements.
@@ -127,33 +128,35 @@ PYBIND11_MODULE(_C, m) {
   auto cpu = m.def_submodule("cpu", "CPU kernels");
   def_kernel(cpu, "row_stats",
              [](const std::string& dt, std::uintptr_t x, int64_t rows_, int64_t n, int64_t rs, int64_t s,
-                std::uintptr_t stats, int nt) {
+                std::uintptr_t table, std::uintptr_t stats, int nt) {
                dispatch(dt, [&](auto t) {
                  using T = decltype(t);
-                 fisherx::cpu::row_stats<T>(rows<T>(x, rows_, n, rs, s), dptr(stats), nt);
+                 fisherx::cpu::row_stats<T>(rows<T>(x, rows_, n, rs, s, table), dptr(stats), nt);
                });
              });
   // Same arguments as the CUDA binding: `scale` holds the K sources' factors, then the target's.
-  def_kernel(cpu, "logdet_column",
-             [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
-                std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2, std::uintptr_t out, int nt) {
-               dispatch(dt, [&](auto t) {
-                 using T = decltype(t);
-                 fisherx::cpu::logdet_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts),
-                                                reinterpret_cast<const double*>(scale), sigma2, dptr(out), nt);
-               });
-             });
+  def_kernel(
+      cpu, "logdet_column",
+      [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s, std::uintptr_t table,
+         std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2, std::uintptr_t out, int nt) {
+        dispatch(dt, [&](auto t) {
+          using T = decltype(t);
+          fisherx::cpu::logdet_column<T>(rows<T>(src, K, n, rs, s, table), rows<T>(tgt, 1, n, 0, ts),
+                                         reinterpret_cast<const double*>(scale), sigma2, dptr(out), nt);
+        });
+      });
   // FTD and cosine columns: one signature, the distances and every row's statistics.
-#define FISHERX_COLUMN(name)                                                                                         \
-  def_kernel(cpu, #name,                                                                                             \
-             [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,              \
-                std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, int nt) {                  \
-               dispatch(dt, [&](auto t) {                                                                            \
-                 using T = decltype(t);                                                                              \
-                 fisherx::cpu::name<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats), \
-                                       nt);                                                                          \
-               });                                                                                                   \
-             })
+#define FISHERX_COLUMN(name)                                                                                           \
+  def_kernel(                                                                                                          \
+      cpu, #name,                                                                                                      \
+      [](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s, std::uintptr_t table, \
+         std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, int nt) {                           \
+        dispatch(dt, [&](auto t) {                                                                                     \
+          using T = decltype(t);                                                                                       \
+          fisherx::cpu::name<T>(rows<T>(src, K, n, rs, s, table), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),   \
+                                nt);                                                                                   \
+        });                                                                                                            \
+      })
   FISHERX_COLUMN(ftd_column);
   FISHERX_COLUMN(cosine_column);
 #undef FISHERX_COLUMN
@@ -196,34 +199,35 @@ PYBIND11_MODULE(_C, m) {
   cuda.def("workspace_doubles", &fisherx::cuda::workspace_doubles);
   def_kernel(cuda, "row_stats",
              [=](const std::string& dt, std::uintptr_t x, int64_t rows_, int64_t n, int64_t rs, int64_t s,
-                 std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {
+                 std::uintptr_t table, std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {
                dispatch(dt, [&](auto t) {
                  using T = decltype(t);
-                 fisherx::cuda::row_stats<T>(rows<T>(x, rows_, n, rs, s), dptr(stats), dptr(ws), stream_of(stream));
+                 fisherx::cuda::row_stats<T>(rows<T>(x, rows_, n, rs, s, table), dptr(stats), dptr(ws),
+                                             stream_of(stream));
                });
              });
   def_kernel(cuda, "logdet_column",
              [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,
-                 std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2, std::uintptr_t out,
-                 std::uintptr_t ws, std::uintptr_t stream) {
+                 std::uintptr_t table, std::uintptr_t tgt, int64_t ts, std::uintptr_t scale, double sigma2,
+                 std::uintptr_t out, std::uintptr_t ws, std::uintptr_t stream) {
                dispatch(dt, [&](auto t) {
                  using T = decltype(t);
-                 fisherx::cuda::logdet_column<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts),
+                 fisherx::cuda::logdet_column<T>(rows<T>(src, K, n, rs, s, table), rows<T>(tgt, 1, n, 0, ts),
                                                  reinterpret_cast<const double*>(scale), sigma2, dptr(out), dptr(ws),
                                                  stream_of(stream));
                });
              });
-#define FISHERX_COLUMN(name)                                                                                          \
-  def_kernel(                                                                                                         \
-      cuda, #name,                                                                                                    \
-      [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s, std::uintptr_t tgt, \
-          int64_t ts, std::uintptr_t out, std::uintptr_t stats, std::uintptr_t ws, std::uintptr_t stream) {           \
-        dispatch(dt, [&](auto t) {                                                                                    \
-          using T = decltype(t);                                                                                      \
-          fisherx::cuda::name<T>(rows<T>(src, K, n, rs, s), rows<T>(tgt, 1, n, 0, ts), dptr(out), dptr(stats),        \
-                                 dptr(ws), stream_of(stream));                                                        \
-        });                                                                                                           \
-      })
+#define FISHERX_COLUMN(name)                                                                                     \
+  def_kernel(cuda, #name,                                                                                        \
+             [=](const std::string& dt, std::uintptr_t src, int64_t K, int64_t n, int64_t rs, int64_t s,         \
+                 std::uintptr_t table, std::uintptr_t tgt, int64_t ts, std::uintptr_t out, std::uintptr_t stats, \
+                 std::uintptr_t ws, std::uintptr_t stream) {                                                     \
+               dispatch(dt, [&](auto t) {                                                                        \
+                 using T = decltype(t);                                                                          \
+                 fisherx::cuda::name<T>(rows<T>(src, K, n, rs, s, table), rows<T>(tgt, 1, n, 0, ts), dptr(out),  \
+                                        dptr(stats), dptr(ws), stream_of(stream));                               \
+               });                                                                                               \
+             })
   FISHERX_COLUMN(ftd_column);
   FISHERX_COLUMN(cosine_column);
 #undef FISHERX_COLUMN

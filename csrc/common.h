@@ -25,12 +25,21 @@ inline DType parse_dtype(const std::string& s) {
   throw std::invalid_argument("fisherx kernels support float32 and float64, got " + s);
 }
 
-// A (rows x n) matrix given by its first element and two strides, in elements. A single vector is one row.
+#if defined(__CUDACC__)
+#define FISHERX_HOST_DEVICE __host__ __device__
+#else
+#define FISHERX_HOST_DEVICE
+#endif
+
+// A (rows x n) matrix given by its first element and two strides, in elements. A single vector is one row. With a
+// `table` (rows addresses, in the kernel's memory space), row k starts at table[k] instead, and `data` and
+// `row_stride` are unused: K separate tensors are read in place, without stacking them into one matrix first.
 template <typename T>
 struct Rows {
   const T* data;
   int64_t rows, n, row_stride, stride;
-  const T* row(int64_t k) const { return data + k * row_stride; }
+  const T* const* table = nullptr;
+  FISHERX_HOST_DEVICE const T* row(int64_t k) const { return table ? table[k] : data + k * row_stride; }
 };
 
 // Per-row statistics every distance kernel reports so the caller can reject bad input without another pass:

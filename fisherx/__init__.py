@@ -11,7 +11,7 @@ from . import (  # noqa: F401  (fisherx.tasks.Task, fisherx.models.build, fisher
     transfer,  # noqa: F401  (fisherx.transfer.choose_source, fisherx.transfer.transfer_affinity, ...)
 )
 from ._ops import build_info
-from .distance import distance, distance_column, ftd
+from .distance import distance, distance_column, distance_matrix, ftd
 from .experiments import TaskDistanceResult, task_distances
 from .fisher import FisherDiag, fisher_diag
 from .tasks import Task, TaskData
@@ -23,6 +23,7 @@ __all__ = [
     "build_info",
     "distance",
     "distance_column",
+    "distance_matrix",
     "ftd",
     "FisherDiag",
     "fisher_diag",

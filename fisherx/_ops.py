@@ -108,6 +108,19 @@ def check_column(sources: torch.Tensor, target: torch.Tensor, src_name: str, tgt
         raise TypeError(f"{src_name} is {sources.dtype} but {tgt_name} is {target.dtype}; convert one of them")
 
 
+def check_sources(sources: Sources, target: torch.Tensor, src_name: str, tgt_name: str) -> None:
+    """check_column for a (K, n) tensor or a list of K (n,) tensors (each named by its own line of ``src_name``)."""
+    if isinstance(sources, torch.Tensor):
+        check_column(sources, target, src_name, tgt_name)
+        return
+    for row, name in zip(sources, _row_names(src_name, len(sources)), strict=True):
+        _check_float(row, name)
+        _check_float(target, tgt_name)
+        if row.dim() != 1:
+            raise ValueError(f"expected {name} of shape (n,), got {tuple(row.shape)}")
+        check_column(row[None], target, name, tgt_name)
+
+
 def _row_names(src_name: str, k: int) -> list[str]:
     """Names of the K source rows for error messages: K names joined by newlines, or one name indexed per row."""
     names = src_name.split("\n")
@@ -129,9 +142,36 @@ def _raise_on_bad_rows(stats: torch.Tensor, names: list[str], need_positive_trac
             raise ValueError(f"{name} has zero trace, so its unit-trace normalisation is undefined")
 
 
-def _rows(t: torch.Tensor) -> tuple[int, int, int, int]:
-    """(address, rows, row stride, element stride) of a 2-D tensor, for the kernels."""
-    return t.data_ptr(), t.shape[0], t.stride(0), t.stride(1)
+# The K source rows of a distance kernel: one (K, n) tensor, or a list of K (n,) tensors read in place.
+Sources = torch.Tensor | list[torch.Tensor]
+
+
+def _num_rows(sources: Sources) -> int:
+    return sources.shape[0] if isinstance(sources, torch.Tensor) else len(sources)
+
+
+def _rows(sources: Sources, device: torch.device) -> tuple[tuple[int, int, int, int, int], list[torch.Tensor]]:
+    """The kernels' (address, rows, row stride, element stride, table address) of ``sources``, and the tensors
+    that must stay alive until the launch. A list is passed as a table of its rows' addresses (on ``device``),
+    so K separate Fishers are read where they are instead of being stacked into a (K, n) copy first; the rows
+    share one element stride (when their strides differ, the rows that are not contiguous are copied)."""
+    if isinstance(sources, torch.Tensor):
+        return (sources.data_ptr(), sources.shape[0], sources.stride(0), sources.stride(1), 0), []
+    if not sources:
+        return (0, 0, 0, 1, 0), []
+    n = sources[0].shape[0]
+    rows, stride = sources, sources[0].stride(0) if n > 1 else 1
+    if n > 1 and any(r.stride(0) != stride for r in rows):
+        rows, stride = [r.contiguous() for r in rows], 1  # copies only the rows that are not contiguous
+    table = torch.tensor([r.data_ptr() for r in rows], dtype=torch.int64).to(device)
+    return (rows[0].data_ptr(), len(rows), 0, stride, table.data_ptr()), [table, *rows]
+
+
+def _stacked(sources: Sources, target: torch.Tensor) -> torch.Tensor:
+    """``sources`` as one (K, n) tensor (the reference path; a list is copied)."""
+    if isinstance(sources, torch.Tensor):
+        return sources
+    return torch.stack(sources) if sources else target.new_empty((0, target.shape[0]))
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -150,15 +190,20 @@ def _stream(device: torch.device) -> int:
 # row_stats: the trace (and negative count) of every row in one pass
 
 
-def _row_stats_kernel(x: torch.Tensor, backend: str) -> torch.Tensor:
-    stats = torch.empty(x.shape[0], 2, dtype=torch.float64, device=x.device)
-    if x.shape[0] == 0:
+def _row_stats_kernel(x: Sources, backend: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    """(rows, 2) statistics of a (rows, n) tensor or of a list of (n,) tensors (then ``like`` is one of them)."""
+    like = x if isinstance(x, torch.Tensor) else like
+    assert like is not None
+    k, n = _num_rows(x), like.shape[-1]
+    stats = torch.empty(k, 2, dtype=torch.float64, device=like.device)
+    if k == 0:
         return stats
-    addr, k, rs, s = _rows(x)
     if backend == "reference":
-        return stats.copy_(ref.row_stats(x))
-    args = (_dtype_name(x), addr, k, x.shape[1], rs, s, stats.data_ptr())
-    _launch("row_stats", backend, x.device, args, workspace=lambda: _workspace(k, x.shape[1], x.device))
+        return stats.copy_(ref.row_stats(_stacked(x, like)))
+    rows, keep = _rows(x, like.device)
+    args = (_dtype_name(like), rows[0], k, n, *rows[2:], stats.data_ptr())
+    _launch("row_stats", backend, like.device, args, workspace=lambda: _workspace(k, n, like.device))
+    del keep
     return stats
 
 
@@ -187,35 +232,77 @@ def trace(x: torch.Tensor) -> torch.Tensor:
 
 
 def _checked_column(
-    kernel: str, reference, sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str
+    kernel: str, reference, sources: Sources, target: torch.Tensor, source_name: str, target_name: str
 ) -> torch.Tensor:
     """Run the column kernel ``kernel`` (ftd_column, cosine_column), whose pass also yields every row's statistics,
     and reject bad input by name; the PyTorch ``reference`` where no compiled kernel can run."""
-    check_column(sources, target, source_name, target_name)
-    k, n = sources.shape
+    check_sources(sources, target, source_name, target_name)
+    k, n = _num_rows(sources), target.shape[0]
     names = _row_names(source_name, k) + [target_name]
-    backend = _backend(sources)
+    backend = _backend(target)
     if backend == "reference":
-        _raise_on_bad_rows(torch.cat([ref.row_stats(sources), ref.row_stats(target[None])]), names)
-        return reference(sources, target)
-    out = torch.empty(k, dtype=torch.float64, device=sources.device)
-    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=sources.device)
-    addr, _, rs, s = _rows(sources)
+        stacked = _stacked(sources, target)
+        _raise_on_bad_rows(torch.cat([ref.row_stats(stacked), ref.row_stats(target[None])]), names)
+        return reference(stacked, target)
+    out = torch.empty(k, dtype=torch.float64, device=target.device)
+    stats = torch.empty(k + 1, 2, dtype=torch.float64, device=target.device)
+    rows, keep = _rows(sources, target.device)
     args = (
-        _dtype_name(sources),
-        addr,
+        _dtype_name(target),
+        rows[0],
         k,
         n,
-        rs,
-        s,
+        *rows[2:],
         target.data_ptr(),
         target.stride(0),
         out.data_ptr(),
         stats.data_ptr(),
     )
-    _launch(kernel, backend, sources.device, args, workspace=lambda: _workspace(k, n, sources.device))
+    _launch(kernel, backend, target.device, args, workspace=lambda: _workspace(k, n, target.device))
+    del keep  # the address table and copied rows, alive until the launch
     _raise_on_bad_rows(stats, names)
     return out
+
+
+def _ftd_column(sources: Sources, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
+    return _checked_column("ftd_column", ref.ftd_column, sources, target, source_name, target_name)
+
+
+def _cosine_column(sources: Sources, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
+    return _checked_column("cosine_column", ref.cosine_column, sources, target, source_name, target_name)
+
+
+def _logdet_column(
+    sources: Sources, target: torch.Tensor, sigma2: float, normalize: bool, source_name: str, target_name: str
+) -> torch.Tensor:
+    check_sources(sources, target, source_name, target_name)
+    if not 0.0 < sigma2 < math.inf:
+        raise ValueError(f"sigma2 must be positive and finite, got {sigma2}")
+    k, n = _num_rows(sources), target.shape[0]
+    backend = _backend(target)
+    stats = torch.cat([_row_stats_kernel(sources, backend, target), _row_stats_kernel(target[None], backend)])
+    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name], need_positive_trace=normalize)
+    if backend == "reference" or n == 0:
+        return ref.logdet_column(_stacked(sources, target), target, sigma2, normalize)
+    scale = (1.0 / stats[:, 0]) if normalize else torch.ones(k + 1, dtype=torch.float64, device=target.device)
+    out = torch.empty(k, dtype=torch.float64, device=target.device)
+    rows, keep = _rows(sources, target.device)
+    # scale holds the K sources' factors then the target's (its last entry), on the sources' device.
+    args = (_dtype_name(target), rows[0], k, n, *rows[2:], target.data_ptr(), target.stride(0), scale.data_ptr())
+    _launch(
+        "logdet_column",
+        backend,
+        target.device,
+        (*args, sigma2, out.data_ptr()),
+        workspace=lambda: _workspace(k, n, target.device),
+    )
+    del keep
+    return out
+
+
+# The column kernels on a list of K (n,) tensors read in place (no stacking copy), without autograd: for callers
+# that hold separate Fishers and need no gradient (fisherx.distance_column picks this path when it can).
+in_place = {"ftd_column": _ftd_column, "cosine_column": _cosine_column, "logdet_column": _logdet_column}
 
 
 @torch.library.custom_op("fisherx::ftd_column", mutates_args=())
@@ -224,7 +311,7 @@ def ftd_column(sources: torch.Tensor, target: torch.Tensor, source_name: str, ta
 
     d_k = (1/√2)·‖√F̂_k − √F̂_target‖₂, with F̂ = F / tr(F).
     """
-    return _checked_column("ftd_column", ref.ftd_column, sources, target, source_name, target_name)
+    return _ftd_column(sources, target, source_name, target_name)
 
 
 @ftd_column.register_fake
@@ -240,28 +327,7 @@ def logdet_column(
 
     d_k = (1/n)·|Σ_j log((a_kj + σ²)/(b_j + σ²))|, on unit-trace vectors when ``normalize``.
     """
-    check_column(sources, target, source_name, target_name)
-    if not 0.0 < sigma2 < math.inf:
-        raise ValueError(f"sigma2 must be positive and finite, got {sigma2}")
-    k, n = sources.shape
-    stats = torch.cat([row_stats(sources), row_stats(target[None])])
-    _raise_on_bad_rows(stats, _row_names(source_name, k) + [target_name], need_positive_trace=normalize)
-    backend = _backend(sources)
-    if backend == "reference" or n == 0:
-        return ref.logdet_column(sources, target, sigma2, normalize)
-    scale = (1.0 / stats[:, 0]) if normalize else torch.ones(k + 1, dtype=torch.float64, device=sources.device)
-    out = torch.empty(k, dtype=torch.float64, device=sources.device)
-    addr, _, rs, s = _rows(sources)
-    # scale holds the K sources' factors then the target's (its last entry), on the sources' device.
-    args = (_dtype_name(sources), addr, k, n, rs, s, target.data_ptr(), target.stride(0), scale.data_ptr(), sigma2)
-    _launch(
-        "logdet_column",
-        backend,
-        sources.device,
-        (*args, out.data_ptr()),
-        workspace=lambda: _workspace(k, n, sources.device),
-    )
-    return out
+    return _logdet_column(sources, target, sigma2, normalize, source_name, target_name)
 
 
 @logdet_column.register_fake
@@ -272,7 +338,7 @@ def _(sources, target, sigma2, normalize, source_name, target_name):
 @torch.library.custom_op("fisherx::cosine_column", mutates_args=())
 def cosine_column(sources: torch.Tensor, target: torch.Tensor, source_name: str, target_name: str) -> torch.Tensor:
     """Cosine similarity Σ_j a_kj·b_j / (‖a_k‖·‖b‖) of every source row against the target: (K,) float64."""
-    return _checked_column("cosine_column", ref.cosine_column, sources, target, source_name, target_name)
+    return _cosine_column(sources, target, source_name, target_name)
 
 
 @cosine_column.register_fake

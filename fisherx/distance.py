@@ -38,6 +38,8 @@ class Metric:
       against.
     - ``uses_sigma2``: whether ``sigma2`` changes the value (recorded in results only then).
     - ``label``: how tables and figures name it ("FTD"); the name when empty.
+    - ``column_in_place``: optionally the same column over a list of K (n,) tensors, read where they are (no
+      stacking copy), for inputs that need no gradient; :func:`distance_column` uses it when it can.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Metric:
     reference: Callable[..., torch.Tensor]
     uses_sigma2: bool = False
     label: str = ""
+    column_in_place: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.kind not in ("distance", "similarity"):
@@ -73,15 +76,26 @@ def get_metric(name: str) -> Metric:
     return METRICS.lookup(name)
 
 
-def _two_arg(op_name: str):
+def _two_arg(op: Callable[..., torch.Tensor]):
     def column(rows, target, sigma2, normalize, source_name, target_name):
-        return _ops.differentiable[op_name](rows, target, source_name, target_name)
+        return op(rows, target, source_name, target_name)
 
     return column
 
 
-def _logdet(rows, target, sigma2, normalize, source_name, target_name):
-    return _ops.differentiable["logdet_column"](rows, target, float(sigma2), bool(normalize), source_name, target_name)
+def _logdet(op: Callable[..., torch.Tensor]):
+    def column(rows, target, sigma2, normalize, source_name, target_name):
+        return op(rows, target, float(sigma2), bool(normalize), source_name, target_name)
+
+    return column
+
+
+def _builtin_columns(op_name: str, adapt) -> dict:
+    """The differentiable (K, n) column of the op and its in-place list form, adapted to Metric's signature."""
+    return {
+        "column": adapt(_ops.differentiable[op_name]),
+        "column_in_place": adapt(_ops.in_place[op_name]),
+    }
 
 
 def _two_arg_reference(reference):
@@ -90,18 +104,33 @@ def _two_arg_reference(reference):
 
 _INF = float("inf")
 for _builtin in (
-    Metric("ftd", _two_arg("ftd_column"), "distance", 0.0, (0.0, 1.0), _two_arg_reference(ref.ftd_column), label="FTD"),
     Metric(
-        "logdet", _logdet, "distance", 0.0, (0.0, _INF), ref.logdet_column, uses_sigma2=True, label="log-det distance"
+        "ftd",
+        kind="distance",
+        self_value=0.0,
+        range=(0.0, 1.0),
+        reference=_two_arg_reference(ref.ftd_column),
+        label="FTD",
+        **_builtin_columns("ftd_column", _two_arg),
+    ),
+    Metric(
+        "logdet",
+        kind="distance",
+        self_value=0.0,
+        range=(0.0, _INF),
+        reference=ref.logdet_column,
+        uses_sigma2=True,
+        label="log-det distance",
+        **_builtin_columns("logdet_column", _logdet),
     ),
     Metric(
         "cosine",
-        _two_arg("cosine_column"),
-        "similarity",
-        1.0,
-        (0.0, 1.0),
-        _two_arg_reference(ref.cosine_column),
+        kind="similarity",
+        self_value=1.0,
+        range=(0.0, 1.0),
+        reference=_two_arg_reference(ref.cosine_column),
         label="cosine similarity",
+        **_builtin_columns("cosine_column", _two_arg),
     ),
 ):
     register_metric(_builtin)
@@ -218,12 +247,68 @@ def distance_column(
         if len(names) != len(sources):  # zip() below would silently drop the unnamed sources
             raise ValueError(f"got {len(sources)} sources but {len(names)} names")
         flats, tgt = _aligned(sources, target, names, target_name)
-        if not flats:
-            return torch.empty(0, dtype=torch.float64)
-        for f, n in zip(flats, names, strict=True):
-            if f.shape != tgt.shape or f.device != tgt.device or f.dtype != tgt.dtype:
-                # Let the op name the problem precisely.
-                _ops.check_column(f[None] if f.dim() == 1 else f, tgt, n, target_name)
-        rows = flats[0][None] if len(flats) == 1 else torch.stack(flats)
         src_name = "\n".join(names)  # the op names each bad row by its own name
+        _ops.check_sources(flats, tgt, src_name, target_name)
+        if entry.column_in_place is not None and _plain([*flats, tgt]):
+            return entry.column_in_place(flats, tgt, sigma2, normalize, src_name, target_name)
+        rows = torch.stack(flats) if len(flats) > 1 else flats[0][None] if flats else tgt.new_empty((0, len(tgt)))
     return entry.column(rows, tgt, sigma2, normalize, src_name, target_name)
+
+
+def _plain(tensors: list[torch.Tensor]) -> bool:
+    """Whether the column may read these tensors in place: ordinary CPU/CUDA tensors that no gradient, torch.func
+    transform or torch.compile trace needs to see through (those take the stacked, differentiable op)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    return all(
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.device.type in ("cpu", "cuda")
+        and not (grad and t.requires_grad)
+        for t in tensors
+    )
+
+
+def distance_matrix(
+    fishers: Sequence[Sequence[FisherLike]],
+    metric: str = "ftd",
+    sigma2: float = DEFAULT_SIGMA2,
+    normalize: bool = True,
+    names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """The K×K task-distance matrix from a K×K grid of Fishers: a (K, K) float64 tensor.
+
+    ``fishers[a][b]`` is F_ab, the Fisher of the network trained on task a evaluated on task b's data, so
+    ``d[a, b] = metric(F_ab, F_bb)`` (for FTD, (1/√2)·‖√F̂_ab − √F̂_bb‖). Every Fisher is read once, in place: column
+    b is one kernel pass over the K − 1 sources F_ab (a ≠ b) and its target F_bb. The diagonal compares F_bb with
+    itself, so it holds the metric's self value (0 for a distance, 1 for cosine) without a pass of its own.
+    ``names``: the K task names, for error messages (``F[a→b]``); 0, 1, ... otherwise.
+    """
+    entry = get_metric(metric)
+    grid = [list(row) for row in fishers]
+    k = len(grid)
+    names = [str(i) for i in range(k)] if names is None else [str(n) for n in names]
+    if len(names) != k:
+        raise ValueError(f"got {k} rows of Fishers but {len(names)} names")
+    for a, row in enumerate(grid):
+        if len(row) != k:
+            raise ValueError(f"fishers must be a K×K grid: row {a} ({names[a]}) has {len(row)} entries, K = {k}")
+    out = torch.full((k, k), entry.self_value, dtype=torch.float64)
+    for b in range(k):
+        others = [a for a in range(k) if a != b]
+        if not others:
+            # A single task: still check its Fisher (a column with no sources checks its target).
+            distance_column([], grid[b][b], metric, sigma2, normalize, [], f"F[{names[b]}→{names[b]}]")
+            continue
+        col = distance_column(
+            [grid[a][b] for a in others],
+            grid[b][b],
+            metric=metric,
+            sigma2=sigma2,
+            normalize=normalize,
+            names=[f"F[{names[a]}→{names[b]}]" for a in others],
+            target_name=f"F[{names[b]}→{names[b]}]",
+        )
+        out = out.to(col.device)
+        out[others, b] = col
+    return out

@@ -338,7 +338,7 @@ std::vector<double> sums_and_stats(const Op& op, Rows<T> src, Rows<T> tgt, doubl
 template <typename T>
 void row_stats(Rows<T> x, double* stats, int nthreads) {
   if (x.rows == 0) return;
-  copy_stats(accumulate(StatsOp{}, x, Rows<T>{x.data, 1, x.n, 0, x.stride}, nthreads), StatsOp::M, x.rows, 0, stats);
+  copy_stats(accumulate(StatsOp{}, x, Rows<T>{x.row(0), 1, x.n, 0, x.stride}, nthreads), StatsOp::M, x.rows, 0, stats);
 }
 
 template <typename T>

@@ -23,8 +23,8 @@ void check(cudaError_t err, const char* what) {
 int64_t blocks_for(int64_t n) { return std::clamp<int64_t>((n + kThreads * 4 - 1) / (kThreads * 4), 1, kMaxBlocks); }
 
 template <typename T>
-__device__ __forceinline__ double load(const Rows<T>& r, int64_t k, int64_t j) {
-  return static_cast<double>(r.data[k * r.row_stride + j * r.stride]);
+__device__ __forceinline__ double load(const T* row, int64_t stride, int64_t j) {
+  return static_cast<double>(row[j * stride]);
 }
 
 // Block-wide sum of M values per thread; the result is valid in thread 0.
@@ -60,19 +60,23 @@ __global__ void accumulate(Rows<T> src, Rows<T> tgt, F f, double* partial) {
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0;
   const int64_t stride = nb * kThreads;
+  // Row addresses once, before the loop (a table lookup for a list of tensors).
+  const T* tb = tgt.row(0);
+  const T* ak = k < K ? src.row(k) : tb;
+  const int64_t sa = k < K ? src.stride : tgt.stride, sb = tgt.stride;
   int64_t j = blockIdx.y * (int64_t)kThreads + threadIdx.x;
   for (; j + 3 * stride < n; j += 4 * stride) {
     double a[4], b[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) b[u] = load(tgt, 0, j + u * stride);
+    for (int u = 0; u < 4; ++u) b[u] = load(tb, sb, j + u * stride);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) a[u] = k < K ? load(src, k, j + u * stride) : b[u];
+    for (int u = 0; u < 4; ++u) a[u] = k < K ? load(ak, sa, j + u * stride) : b[u];
 #pragma unroll
     for (int u = 0; u < 4; ++u) f(k, a[u], b[u], acc);
   }
   for (; j < n; j += stride) {
-    const double b = load(tgt, 0, j);
-    const double a = k < K ? load(src, k, j) : b;
+    const double b = load(tb, sb, j);
+    const double a = k < K ? load(ak, sa, j) : b;
     f(k, a, b, acc);
   }
   block_sum<M>(acc);

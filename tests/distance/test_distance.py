@@ -13,6 +13,7 @@ import torch
 import fisherx
 from fisherx import _ops
 from fisherx import _reference as ref
+from fisherx.distance import get_metric
 
 DTYPES = (torch.float32, torch.float64)
 DEVICES = [
@@ -494,3 +495,113 @@ def test_check_same_layout_is_public():
     check_same_layout({"w": torch.ones(2)}, {"w": torch.zeros(2)}, "x", "y")
     with pytest.raises(ValueError, match="only in y: b"):
         check_same_layout({"w": torch.ones(2)}, {"w": torch.zeros(2), "b": torch.zeros(1)}, "x", "y")
+
+
+@pytest.mark.parametrize("metric", ["ftd", "logdet", "cosine"])
+def test_column_reads_a_list_in_place_without_stacking(metric, monkeypatch):
+    """Separate Fishers (FisherDiag results, or tensors) go to the kernel as a table of their addresses: nothing
+    is stacked into a (K, n) copy, and the values are those of the stacked column."""
+    gen = torch.Generator().manual_seed(11)
+    sources = [torch.rand(3001, generator=gen, dtype=torch.float64) for _ in range(4)]
+    target = torch.rand(3001, generator=gen, dtype=torch.float64)
+    want = fisherx.distance_column(torch.stack(sources), target, metric=metric)
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("distance_column stacked its sources")
+
+    monkeypatch.setattr(torch, "stack", no_stack)
+    got = fisherx.distance_column(sources, target, metric=metric)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("metric", ["ftd", "logdet", "cosine"])
+def test_column_of_a_list_stays_differentiable(metric):
+    """A source that requires grad takes the differentiable op, so gradients reach every list entry."""
+    gen = torch.Generator().manual_seed(12)
+    sources = [torch.rand(50, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2)]
+    target = torch.rand(50, generator=gen, dtype=torch.float64, requires_grad=True)
+    fisherx.distance_column(sources, target, metric=metric).sum().backward()
+    assert all(s.grad is not None and torch.isfinite(s.grad).all() for s in sources)
+    assert target.grad is not None
+    with torch.no_grad():  # no gradient wanted: the in-place path, the same values
+        assert torch.equal(
+            fisherx.distance_column(sources, target, metric=metric),
+            fisherx.distance_column(torch.stack(sources), target, metric=metric),
+        )
+
+
+def test_column_of_a_list_names_the_bad_entry():
+    rows = [torch.rand(5), torch.rand(6)]
+    with pytest.raises(ValueError, match=r"length mismatch: b has 6 entries per row, t has 5"):
+        fisherx.distance_column(rows, torch.rand(5), names=["a", "b"], target_name="t")
+    with pytest.raises(ValueError, match=r"b is on meta but t is on cpu"):
+        fisherx.distance_column(
+            [torch.rand(5), torch.rand(5, device="meta")], torch.rand(5), names=["a", "b"], target_name="t"
+        )
+
+
+def _grid(k: int, n: int, seed: int) -> list[list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.rand(n, generator=gen, dtype=torch.float64) for _ in range(k)] for _ in range(k)]
+
+
+@pytest.mark.parametrize("metric", ["ftd", "logdet", "cosine"])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_distance_matrix_is_metric_of_f_ab_against_f_bb(metric, k):
+    grid = _grid(k, 257, seed=k)
+    got = fisherx.distance_matrix(grid, metric=metric)
+    assert got.shape == (k, k) and got.dtype == torch.float64
+    self_value = get_metric(metric).self_value
+    for a in range(k):
+        for b in range(k):
+            want = self_value if a == b else fisherx.distance(grid[a][b], grid[b][b], metric).item()
+            assert got[a, b].item() == pytest.approx(want, rel=1e-12, abs=1e-15), (a, b)
+    if k > 1 and metric == "ftd":
+        assert not torch.allclose(got, got.T), "FTD is asymmetric: d[a, b] uses F_ab, d[b, a] uses F_ba"
+
+
+def test_distance_matrix_reads_each_fisher_once(monkeypatch):
+    """K² Fishers in, K columns out: every off-diagonal F_ab is a source exactly once, every F_bb a target once,
+    and none is stacked into a copy."""
+    k = 4
+    grid = _grid(k, 101, seed=9)
+    entry = get_metric("ftd")
+    seen: list[int] = []
+    real = entry.column_in_place
+    assert real is not None
+
+    def spy(rows, target, *args):
+        seen.extend(r.data_ptr() for r in rows)
+        seen.append(target.data_ptr())
+        return real(rows, target, *args)
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("distance_matrix stacked its Fishers")
+
+    monkeypatch.setattr(torch, "stack", no_stack)
+    object.__setattr__(entry, "column_in_place", spy)  # a frozen table entry: set and restore by hand
+    try:
+        fisherx.distance_matrix(grid)
+    finally:
+        object.__setattr__(entry, "column_in_place", real)
+    assert sorted(seen) == sorted(f.data_ptr() for row in grid for f in row)
+
+
+def test_distance_matrix_checks_its_grid():
+    grid = _grid(3, 11, seed=1)
+    with pytest.raises(ValueError, match=r"row 1 \(b\) has 2 entries, K = 3"):
+        fisherx.distance_matrix([grid[0], grid[1][:2], grid[2]], names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="got 3 rows of Fishers but 2 names"):
+        fisherx.distance_matrix(grid, names=["a", "b"])
+    grid[2][0] = -grid[2][0]
+    with pytest.raises(ValueError, match=r"F\[c→a\] has 11 negative entries"):
+        fisherx.distance_matrix(grid, names=["a", "b", "c"])
+
+
+def test_distance_matrix_is_differentiable():
+    grid = _grid(3, 20, seed=2)
+    for row in grid:
+        for f in row:
+            f.requires_grad_()
+    fisherx.distance_matrix(grid).sum().backward()
+    assert all(f.grad is not None for row in grid for f in row)

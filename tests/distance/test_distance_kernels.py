@@ -156,11 +156,14 @@ class OpInfo:
     atol: float = 0.0
     kwargs: dict = field(default_factory=dict)
     cpu_float32_rtol: float | None = None  # where the CPU kernel forms float32 terms in float32 (module docstring)
+    # The same op over a list of K (n,) tensors read in place (_ops.in_place), where the op has that form.
+    in_place: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor] | None = None
 
 
 def _logdet(sigma2, normalize):
     return dict(
         kernel=lambda s, t: _ops.logdet_column(s, t, sigma2, normalize, "sources", "target"),
+        in_place=lambda s, t: _ops.in_place["logdet_column"](s, t, sigma2, normalize, "sources", "target"),
         reference=lambda s, t: ref.logdet_column(s, t, sigma2, normalize),
         error_scale=_logdet_scale(sigma2, normalize),
         # The unit-trace entry a·(1/A) is rounded once (2^-53 relative) before the log, which turns that into an
@@ -194,6 +197,7 @@ OPS = [
     OpInfo(
         "ftd_column",
         kernel=lambda s, t: _ops.ftd_column(s, t, "sources", "target"),
+        in_place=lambda s, t: _ops.in_place["ftd_column"](s, t, "sources", "target"),
         reference=lambda s, t: ref.ftd_column(s, t),
         atol=1e-12,
         cpu_float32_rtol=1e-6,
@@ -201,6 +205,7 @@ OPS = [
     OpInfo(
         "cosine_column",
         kernel=lambda s, t: _ops.cosine_column(s, t, "sources", "target"),
+        in_place=lambda s, t: _ops.in_place["cosine_column"](s, t, "sources", "target"),
         reference=lambda s, t: ref.cosine_column(s, t),
         atol=1e-12,
     ),
@@ -254,6 +259,45 @@ def test_kernel_matches_reference(op: OpInfo, sample: Sample, dtype, device):
     rtol = op.cpu_float32_rtol if op.cpu_float32_rtol and (device, dtype) == ("cpu", torch.float32) else RTOL[dtype]
     bound = rtol * scale + op.atol
     assert (err <= bound).all(), f"max error {err.max().item():.3e}, allowed {bound.min().item():.3e}"
+
+
+IN_PLACE_CASES = [c for c in _cases() if c.values[0].in_place is not None]
+
+
+@pytest.mark.parametrize("op,sample,dtype,device", IN_PLACE_CASES)
+def test_in_place_list_matches_the_matrix_kernel_exactly(op: OpInfo, sample: Sample, dtype, device):
+    """The rows of the sample as K separate tensors (same strides) read through the address table: the same
+    kernel loop over the same numbers, so bit-for-bit the (K, n) result."""
+    src, tgt = make_sample(sample, op.domain, dtype, device)
+    assert op.in_place is not None
+    assert torch.equal(op.in_place(list(src.unbind(0)), tgt), op.kernel(src, tgt))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("op", [o for o in OPS if o.in_place is not None], ids=lambda o: o.name)
+def test_in_place_list_of_mixed_layouts_matches_reference(op: OpInfo, dtype):
+    """Rows with different strides (a column of a matrix, a contiguous vector, every 3rd entry of another): the
+    non-contiguous ones are copied, so the table holds rows of one stride; the values match the reference."""
+    n = 1001
+    gen = torch.Generator().manual_seed(3)
+    wide = _values(gen, (n, 4), op.domain, dtype, n)
+    rows = [wide[:, 1], _values(gen, (n,), op.domain, dtype, n), _values(gen, (3 * n,), op.domain, dtype, n)[::3]]
+    tgt = wide[:, 2]
+    assert op.in_place is not None
+    got = op.in_place(rows, tgt)
+    want = op.reference(torch.stack(rows), tgt)
+    scale = op.error_scale(torch.stack(rows), tgt) if op.error_scale else want.abs()
+    rtol = op.cpu_float32_rtol if op.cpu_float32_rtol and dtype == torch.float32 else RTOL[dtype]
+    assert ((got - want).abs() <= rtol * scale + op.atol).all(), (got, want)
+    assert [r.stride(0) for r in rows] == [4, 1, 3], "the input list itself is left as it was"
+
+
+@pytest.mark.parametrize("op", [o for o in OPS if o.in_place is not None], ids=lambda o: o.name)
+def test_in_place_empty_list_still_checks_the_target(op: OpInfo):
+    assert op.in_place is not None
+    assert op.in_place([], torch.rand(5, dtype=torch.float64)).shape == (0,)
+    with pytest.raises(ValueError, match="target contains NaN"):
+        op.in_place([], torch.tensor([1.0, float("nan")], dtype=torch.float64))
 
 
 # ----------------------------------------------------------------------------------------------------------------
