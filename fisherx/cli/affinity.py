@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["ahp", "gain"],
         help="the affinity in table.txt and the figure (affinity.json holds both)",
     )
-    p.add_argument("--image-size", type=options.count, default=None, help="resize the images to this side")
-    p.add_argument("--cache-dir", default=None, help="cache of networks, Fishers and fine-tunes (default OUT/cache)")
+    options.add(p, "image-size")
+    options.add(p, "cache-dir", help="cache of networks, Fishers and fine-tunes (default OUT/cache)")
 
 
 def run(args: argparse.Namespace) -> int:

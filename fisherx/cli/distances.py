@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add(p, "epochs", help="training epochs per network (the papers: 100)")
     options.add(p, "data-dir")
     options.add(p, "out", help="output folder: result.json, distances.csv, table.txt, *.png")
-    p.add_argument("--cache-dir", default=None, help="cache of networks and Fishers (default OUT/cache)")
+    options.add(p, "cache-dir")
     p.add_argument("--metric", default="ftd", choices=list(METRICS))
     p.add_argument(
         "--head",
@@ -60,12 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epsilon", type=options.epsilon, default=0.1, help="warn when a network's test accuracy < 1 - epsilon"
     )
-    p.add_argument(
-        "--bootstrap",
-        type=options.nonnegative,
-        default=0,
-        help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)",
-    )
+    options.add(p, "bootstrap")
     p.add_argument(
         "--gates",
         default="warn",
@@ -73,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sanity gates (accuracy vs epsilon, collapsed Fisher, d[a,a] = 0): warn, refuse or off",
     )
     options.add(p, "fisher-samples", "max-train-per-label")
-    p.add_argument("--image-size", type=options.count, default=None, help="resize images (image folders default to 32)")
+    options.add(p, "image-size", help="resize the images to this side (image folders default to 32)")
     options.add(p, "task-seed", "device", "quiet")
 
 

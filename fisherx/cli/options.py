@@ -123,6 +123,15 @@ OPTIONS: dict[str, dict] = {
     "fisher-samples": dict(type=count, default=None, help="at most this many test samples per Fisher"),
     "max-train-per-label": dict(type=count, default=None, help="cap training samples per label"),
     "task-seed": dict(type=int, default=0, help="seed of the balanced draw and validation split"),
+    "image-size": dict(type=count, default=None, help="resize the images to this side"),
+    "cache-dir": dict(default=None, help="cache of networks and Fishers (default OUT/cache): a rerun resumes from it"),
+    "bootstrap": dict(
+        type=nonnegative,
+        default=0,
+        help="bootstrap replicates per Fisher over the test samples: intervals and P(closest) (0: none)",
+    ),
+    "width": dict(type=count, default=None, help="the skeleton's width: channels of the first cells (even)"),
+    "depth": dict(type=count, default=None, help="the skeleton's number of cells"),
 }
 
 

@@ -38,18 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated Fisher estimators: empirical, mc, minibatch_authors (default: all three)",
     )
     options.add(p, "epochs", default=None)  # default: the size's (the papers: 100)
-    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates per Fisher")
+    options.add(p, "bootstrap", default=None)  # default: the size's
     p.add_argument(
         "--protocol",
         default=None,
         choices=["papers", "full"],
         help="papers (default: balanced train and test sets) or full (the full test split)",
     )
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="cache of networks and Fishers (default OUT/cache; share one "
-        "between runs of other architectures or estimators)",
+    options.add(
+        p,
+        "cache-dir",
+        help="cache of networks and Fishers (default OUT/cache; share one between runs of other architectures or "
+        "estimators)",
     )
     options.add(p, "data-dir", "max-train-per-label")
     p.add_argument("--search-seeds", type=options.int_list, default=(0, 1, 2), help="nas: comma-separated search seeds")

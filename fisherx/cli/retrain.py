@@ -26,15 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="the task's name in the preset, e.g. T2")
     options.add(p, "epochs", default=20)
     options.add(p, "out", help="output folder: retrain_result.json, retrain_weights.fx")
-    p.add_argument(
-        "--width",
-        type=options.count,
-        default=None,
-        help="override (or, for a file without a space, give) the skeleton's width",
-    )
-    p.add_argument(
-        "--depth", type=options.count, default=None, help="override (or give) the skeleton's number of cells"
-    )
+    # The file's skeleton, overridden (or given, for a file without a space).
+    options.add(p, "width", help="override (or, for a file without a space, give) the skeleton's width")
+    options.add(p, "depth", help="override (or give) the skeleton's number of cells")
     options.add(p, "batch-size", default=64)
     options.add(p, "lr", default=3e-3)
     options.add(p, "seed", "data-dir", "max-train-per-label", "task-seed", "device")

@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eps-seed", type=int, default=0, help="initialisation seed of a new dictionary's ε-networks")
     options.add(p, "fisher-samples")
-    p.add_argument("--width", type=options.count, default=BUDGET.width, help="channels of the first cells (even)")
-    p.add_argument("--depth", type=options.count, default=BUDGET.depth, help="number of cells")
+    options.add(p, "width", default=BUDGET.width)
+    options.add(p, "depth", default=BUDGET.depth)
     p.add_argument(
         "--candidates",
         type=options.count,
