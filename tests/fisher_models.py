@@ -464,6 +464,37 @@ class SharedLayers(nn.Module):
         return self.out(h if h.dim() == 2 else h.mean(1))
 
 
+class SharedCalls(nn.Module):
+    """Layers called on an input that is the same for every sample, their outputs broadcast over the batch: a
+    learned position embedding of (1, T) position ids (as Hugging Face models call it) and one of arange(T) used
+    twice (added and multiplied), a Linear on a fixed grid, a LayerNorm of a buffer; and ``mixed``, whose output is
+    also used in a matmul (so it must not take the shared route)."""
+
+    def __init__(self, d=4, t=3):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+        self.wpe = nn.Embedding(t + 2, d)
+        self.pos = nn.Embedding(t, d)
+        self.grid = nn.Linear(2, d)
+        self.norm = nn.LayerNorm(d)
+        self.mixed = nn.Linear(d, d)
+        self.register_buffer("coords", torch.randn(t, 2))
+        self.register_buffer("table", torch.randn(t, d))
+        self.register_buffer("square", torch.randn(d, d) / d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        t = x.shape[1]
+        ids = torch.arange(t, device=x.device)
+        h = self.lin(x) + self.wpe(ids[None])
+        p = self.pos(ids)
+        h = torch.tanh(h * p) + p + self.grid(self.coords)
+        h = h - self.norm(self.table)
+        m = self.mixed(self.square)
+        h = torch.tanh(h + m[0]) @ m
+        return self.head(h.mean(1))
+
+
 class BroadcastParams(nn.Module):
     """Bare parameters broadcast over the batch in a forward: a class token (expand + cat), a position table
     added as (1, T, d) and as (T, d) (no batch dim), a layer scale multiplied in place; and ``mixed``, broadcast

@@ -13,6 +13,10 @@ call uses each parameter. Every parameter then gets a route:
 - ``broadcast``: used only broadcast over the batch in elementwise ops or ``expand`` (a class token, a position
   table added in a forward, a layer scale): the capture expands it to the batch behind a tap, whose gradient row i
   is sample i's (:class:`_BroadcastTaps`);
+- ``shared``: owned by a position-wise layer (Linear, Embedding, a norm) called once on an input that is the same
+  for every sample, whose output is then only broadcast over the batch (a learned position embedding
+  ``pos(arange(T))`` added to the token embeddings): the output's broadcast uses are tapped like a broadcast
+  parameter's, and the layer's rule runs on its input repeated for the B samples with those per-sample gradients;
 - ``external``: used by code outside any module holding it (e.g. ``h @ self.embed.weight.T`` in a parent's
   forward): per-sample gradients of the whole model by ``torch.func``, chunked (correct, slower).
 
@@ -194,12 +198,28 @@ class _UseRecorder(TorchFunctionMode):
         self.parents: dict[tuple[nn.Module | None, int], set] = {}  # module call → the calls it runs inside
         self.uses: dict[str, list[tuple[nn.Module | None, int]]] = {}  # None: outside any module
         self.broadcast: dict[str, bool] = {}  # name → every use so far broadcasts it over the batch
+        # A module call's single tensor output, by id (the tensor is held so that its id is not reused), and
+        # whether each later use broadcasts it over the batch (absent: never used).
+        self.outputs: dict[int, tuple[tuple[nn.Module, int], torch.Tensor]] = {}
+        self.out_broadcast: dict[tuple[nn.Module, int], bool] = {}
+
+    def watch(self, site: tuple[nn.Module, int], out) -> None:
+        if isinstance(out, torch.Tensor):
+            self.outputs[id(out)] = (site, out)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         for a in tree_flatten((args, kwargs))[0]:
-            name = self.ids.get(id(a)) if isinstance(a, torch.Tensor) else None
+            if not isinstance(a, torch.Tensor):
+                continue
+            made = self.outputs.get(id(a))
+            if made is not None and made[1] is a:
+                made_by = made[0]
+                self.out_broadcast[made_by] = self.out_broadcast.get(made_by, True) and _broadcast_use(
+                    func, args, a, out, self.n
+                )
+            name = self.ids.get(id(a))
             if name is not None:
                 site = self.stack[-1] if self.stack else (None, 0)
                 lst = self.uses.setdefault(name, [])
@@ -295,7 +315,10 @@ def _probe(model: nn.Module, x, rec: _UseRecorder | None, found: dict):
         stack.append((mod, c))
 
     def post(mod, args, out):
-        rows[stack.pop()] = _out_rows(out, mod, _rule_of(found, mod))
+        site = stack.pop()
+        rows[site] = _out_rows(out, mod, _rule_of(found, mod))
+        if rec is not None:
+            rec.watch(site, out)
 
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre))
@@ -325,6 +348,7 @@ class _Plan:
         rule_of: dict = {}  # find_rule once per module
         counts, rows = _probe(model, _slice(x, slice(0, n1)), rec, rule_of)
         bcast = dict(rec.broadcast)
+        out_bcast = dict(rec.out_broadcast)
         # A module call is batched when the leading size of its outputs follows the batch size: with a second probe
         # on one more sample, a coincidence (a position embedding of length 2, say) cannot pass for a batch dim.
         # The batch dim of each call: 0 (or the dims its rule declares), 1 for a position-wise layer on
@@ -334,12 +358,14 @@ class _Plan:
             rec2 = _UseRecorder(ids, n1 + 1)
             _, rows2 = _probe(model, _slice(x, slice(0, n1 + 1)), rec2, rule_of)
             bcast = {k: v and rec2.broadcast.get(k, False) for k, v in bcast.items()}
+            out_bcast = {k: v and rec2.out_broadcast.get(k, False) for k, v in out_bcast.items()}
             for site, rs in rows2.items():
                 d = batched.get(site)
                 batched[site] = d if d is not None and _batched_dim(rs, n1 + 1) == d else None
         self.seq_first: set[nn.Module] = set()  # rule-routed position-wise layers called on (T, B, ...)
         self.calls = counts
         self.rule: dict[nn.Module, dict[str, str]] = {}  # module → {local name: full name}
+        self.shared: dict[nn.Module, dict[str, str]] = {}  # the same, for the shared calls (see the module doc)
         self.fallback: dict[nn.Module, dict[str, str]] = {}  # module → {relative name: full name}
         self.tied: dict[str, list[tuple[nn.Module, int, str]]] = {}  # full name → [(module, call, relative name)]
         self.external: list[str] = []
@@ -363,13 +389,32 @@ class _Plan:
             if not sites:
                 self.unused.append(name)
                 continue
-            self._route(name, p, sites, [batched.get(site) for site in sites], rule_of)
+            dims = [batched.get(site) for site in sites]
+            if (
+                first is not None
+                and own_rule
+                and dims == [None]
+                and out_bcast.get((first, 0), False)
+                and self._shared(first, name, p, rule_of)
+            ):
+                continue
+            self._route(name, p, sites, dims, rule_of)
         for mod in self.fallback:
             warn_once(mod)
         if self.external:
             warn_external(model, self.external)
         # The rule of every hooked module, looked up once here (the capture asks for it at every call).
         self.rules: dict[nn.Module, Callable | None] = {m: _rule_of(rule_of, m) for m in self.hooked()}
+
+    def _shared(self, mod: nn.Module, name: str, p: torch.Tensor, rule_of: dict) -> bool:
+        """Route ``p`` of ``mod`` (called once, not batched, its output only broadcast) as a shared call, if
+        ``mod`` is position-wise: only then is its rule's result on an input repeated B times that of B samples."""
+        if not isinstance(mod, POSITIONWISE) or self.calls[mod] != 1:
+            return False
+        own = _rule_param(mod, _rule_of(rule_of, mod), p, _holds(mod, p))
+        assert own is not None  # the caller checked own_rule
+        self.shared.setdefault(mod, {})[own] = name
+        return True
 
     def _route(self, name: str, p: torch.Tensor, sites: list, dims: list, rule_of: dict):
         rel: list = [_holds(m, p) for m, _ in sites]
@@ -396,6 +441,7 @@ class _Plan:
         new = object.__new__(_Plan)
         new.calls = {f(m): c for m, c in self.calls.items()}
         new.rule = {f(m): d for m, d in self.rule.items()}
+        new.shared = {f(m): d for m, d in self.shared.items()}
         new.fallback = {f(m): d for m, d in self.fallback.items()}
         new.tied = {n: [(f(m), c, r) for m, c, r in sites] for n, sites in self.tied.items()}
         new.rules = {f(m): r for m, r in self.rules.items()}
@@ -404,12 +450,8 @@ class _Plan:
         return new
 
     def hooked(self) -> list[nn.Module]:
-        mods = list(self.rule) + [m for m in self.fallback if m not in self.rule]
-        for sites in self.tied.values():
-            for m, _, _ in sites:
-                if m not in mods:
-                    mods.append(m)
-        return mods
+        mods = [*self.rule, *self.shared, *self.fallback, *(m for sites in self.tied.values() for m, _, _ in sites)]
+        return list(dict.fromkeys(mods))  # each once: a module hooked twice would be captured twice
 
 
 # The plan of the last call per model, keyed on everything it was derived from (see _plan_key), with module names in
@@ -496,40 +538,72 @@ def _batch_first(x, batch: int):
 
 
 class _BroadcastTaps(TorchFunctionMode):
-    """During the capture forward: each broadcast use of a parameter p (see _broadcast_use) gets p expanded to the
+    """During the capture forward: each broadcast use of a tensor p (see _broadcast_use) gets p expanded to the
     batch, pe = p.expand(shape), passed through a tap; the tap's gradient row i is ∂ℓ_i/∂pe_i, which summed over the
-    broadcast dims is sample i's gradient of p from that use (B × p's size, like the activation it is added to)."""
+    broadcast dims is sample i's gradient of p from that use (B × p's size, like the activation it is added to).
+    p is a broadcast parameter, or the output of a shared call (:meth:`watch`); each use's rows go to p's list."""
 
     def __init__(self, engine: _Engine, names: list[str]):
         super().__init__()
         self.engine = engine
         self.ids = {id(engine.acc_param[n]): n for n in names}
+        self.outputs: dict[int, tuple[torch.Tensor, list]] = {}  # a shared call's output (held: ids stay unique)
+
+    def watch(self, out: torch.Tensor, sink: list) -> None:
+        self.outputs[id(out)] = (out, sink)
+
+    def _sink(self, a) -> list | None:
+        if not isinstance(a, torch.Tensor):
+            return None
+        name = self.ids.get(id(a))
+        if name is not None:
+            return self.engine.broadcast_grads.setdefault(name, [])
+        made = self.outputs.get(id(a))
+        return made[1] if made is not None and made[0] is a else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        hit = [i for i, a in enumerate(args[:2]) if isinstance(a, torch.Tensor) and id(a) in self.ids]
+        hit = [(i, sink) for i, a in enumerate(args[:2]) if (sink := self._sink(a)) is not None]
         if not hit:
             return func(*args, **kwargs)
-        i = hit[0]
+        i, sink = hit[0]
         p = args[i]
         if func is torch.Tensor.expand:
-            return self._tap(p, func(*args, **kwargs))
+            return self._tap(p, func(*args, **kwargs), sink)
         shape = torch.broadcast_shapes(*(a.shape for a in args if isinstance(a, torch.Tensor)))
         new = list(args)
-        new[i] = self._tap(p, p.expand(shape))
+        new[i] = self._tap(p, p.expand(shape), sink)
         return func(*new, **kwargs)
 
-    def _tap(self, p: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
-        name, engine = self.ids[id(p)], self.engine
+    def _tap(self, p: torch.Tensor, pe: torch.Tensor, sink: list) -> torch.Tensor:
+        shape = tuple(p.shape)
 
         def handler(grads):
             g = grads[0]
-            lead = (1,) * (g.dim() - p.dim()) + tuple(p.shape)  # p aligned right; dim 0 is the batch
+            lead = (1,) * (g.dim() - len(shape)) + shape  # p aligned right; dim 0 is the batch
             dims = [d for d in range(1, g.dim()) if lead[d] == 1 and g.shape[d] != 1]
             per = g.sum(dims, keepdim=True) if dims else g
-            engine.broadcast_grads.setdefault(name, []).append(per.reshape(g.shape[0], *p.shape))
+            sink.append(per.reshape(g.shape[0], *shape))
 
-        return _Tap.apply(engine.anchor, handler, False, pe)[0]
+        return _Tap.apply(self.engine.anchor, handler, False, pe)[0]
+
+
+def _repeat(acts: Activations, b: int) -> Activations:
+    """A call's inputs as a batch of ``b`` identical samples (expanded views, no copy)."""
+
+    def rep(t):
+        return t.expand(b, *t.shape)
+
+    return Activations(_map(rep, tuple(acts)), _map(rep, acts.kwargs))
+
+
+def _check_versions(mod: nn.Module, versions: list) -> None:
+    for t, v in versions:
+        if t._version != v:
+            raise RuntimeError(
+                f"fisher_diag: an input of {type(mod).__name__} was modified in place after the layer ran; its "
+                "per-sample gradients cannot be computed"
+            )
 
 
 def _layer_inputs(args: tuple, kwargs: dict) -> tuple[Activations, list]:
@@ -560,7 +634,9 @@ class _Engine:
         self.calls: dict[nn.Module, int] = {}
         self.tied_uses: dict[tuple[nn.Module, int], tuple] = {}
         self.broadcast_grads: dict[str, list[torch.Tensor]] = {}  # name → per-sample gradients of each use
-        self.taps = _BroadcastTaps(self, plan.broadcast) if plan.broadcast else None
+        # A shared call's (inputs, per-sample gradients of its output's uses), during a batch.
+        self.shared_calls: dict[nn.Module, tuple[Activations, list[tuple[torch.Tensor, int]], list]] = {}
+        self.taps = _BroadcastTaps(self, plan.broadcast) if plan.broadcast or plan.shared else None
         self.handles = []
         for m in plan.hooked():
             self.handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
@@ -576,6 +652,14 @@ class _Engine:
         call = self.calls.get(mod, 0)
         self.calls[mod] = call + 1
         single = isinstance(out, torch.Tensor)
+        if mod in self.plan.shared:
+            # The same for every sample: its output's broadcast uses are tapped instead (finish_broadcast).
+            if single and out.requires_grad and self.taps is not None:
+                acts, versions = _layer_inputs(args, kwargs)
+                sink: list = []
+                self.shared_calls[mod] = (acts, versions, sink)
+                self.taps.watch(out, sink)
+            return None
         # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
         outs, spec = ([out], None) if single else tree_flatten(out)
         if not single and not all(o is None or isinstance(o, (torch.Tensor, *_PLAIN)) for o in outs):
@@ -607,12 +691,7 @@ class _Engine:
             full = [None] * n_out
             for i, g in zip(pos, grads, strict=True):
                 full[i] = g.transpose(0, 1) if seq else g
-            for t, v in versions:
-                if t._version != v:
-                    raise RuntimeError(
-                        f"fisher_diag: an input of {type(mod).__name__} was modified in place after "
-                        "the layer ran; its per-sample gradients cannot be computed"
-                    )
+            _check_versions(mod, versions)
             self._on_backward(mod, call, acts, full[0] if single else tree_unflatten(full, _spec(spec)))
 
         # A view cannot be marked dirty without autograd routing its gradient around the tap (Linear on (B, T, in)
@@ -639,22 +718,26 @@ class _Engine:
             cur = self.acc[name] = torch.zeros(*self.lead, *p.shape, dtype=p.dtype, device=p.device)
         cur.add_(value.to(cur.dtype), alpha=self.scale)
 
+    def _apply_rule(self, mod: nn.Module, names: dict[str, str], acts, g) -> None:
+        """Add the result of ``mod``'s rule on (``acts``, ``g``) to the accumulators of ``names`` (local → full)."""
+        rule = self.plan.rules[mod]
+        assert rule is not None  # plan.rule and plan.shared name only modules that have one
+        if self.weights is None:
+            res = rule(mod, acts, g)
+        elif supports_weights(rule):
+            res = rule(mod, acts, g, weights=self.weights)
+        else:  # a user rule without bootstrap support: its parameters' replicates come from the fallback
+            res = fallback_rule(
+                mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()}, weights=self.weights
+            )
+        own = getattr(rule, "__module__", "").startswith(__package__ + ".rules")  # a user rule may keep its result
+        for local, full in names.items():
+            self._add(full, res[local], own)
+
     def _on_backward(self, mod, call, acts, g):
         names = self.plan.rule.get(mod)
         if names:
-            rule = self.plan.rules[mod]
-            assert rule is not None  # plan.rule names only modules that have one
-            if self.weights is None:
-                res = rule(mod, acts, g)
-            elif supports_weights(rule):
-                res = rule(mod, acts, g, weights=self.weights)
-            else:  # a user rule without bootstrap support: its parameters' replicates come from the fallback
-                res = fallback_rule(
-                    mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()}, weights=self.weights
-                )
-            own = getattr(rule, "__module__", "").startswith(__package__ + ".rules")  # a user rule may keep its result
-            for local, full in names.items():
-                self._add(full, res[local], own)
+            self._apply_rule(mod, names, acts, g)
         names = self.plan.fallback.get(mod)
         if names:
             res = fallback_rule(
@@ -671,6 +754,15 @@ class _Engine:
             tot = per[0] if len(per) == 1 else torch.stack(per).sum(0)
             self._add(name, batch_sum(tot.square(), self.weights))
         self.broadcast_grads.clear()
+        for mod, (acts, versions, per) in self.shared_calls.items():
+            if not per:  # no use reached the loss
+                continue
+            _check_versions(mod, versions)
+            g = per[0] if len(per) == 1 else torch.stack(per).sum(0)
+            # The call's input, the same for every sample, as a batch of B: a position-wise rule then gives
+            # Σ_i (∂ℓ_i/∂θ)² from the per-sample output gradients g.
+            self._apply_rule(mod, self.plan.shared[mod], _repeat(acts, g.shape[0]), g)
+        self.shared_calls.clear()
 
     def finish_tied(self, batch: int):
         """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter: in closed form where every use's layer gives its
@@ -1265,6 +1357,9 @@ def _run_batch(engine: _Engine, model, x, y, b: int, k: int, start: int, loss, k
         engine.anchor = None
         engine.tied_uses.clear()
         engine.broadcast_grads.clear()
+        engine.shared_calls.clear()
+        if engine.taps is not None:
+            engine.taps.outputs.clear()
 
 
 def _progress(total, enabled: bool) -> Progress:

@@ -15,6 +15,7 @@ from fisher_models import (
     BroadcastParams,
     FunctionalUse,
     Residual,
+    SharedCalls,
     SharedLayers,
     TiedLM,
     TransformerBlock,
@@ -218,6 +219,12 @@ CASES = [
         lambda dt: (torch.randn(B, 3, 4, dtype=dt), torch.randint(0, 3, (B,))),
         "cross_entropy",
     ),
+    (
+        "shared-calls",
+        SharedCalls,
+        lambda dt: (torch.randn(B, 3, 4, dtype=dt), torch.randint(0, 3, (B,))),
+        "cross_entropy",
+    ),
     ("unknown-module-fallback", WithUnknown, _vec(4, 3), "cross_entropy"),
     (
         "multihead-attention-fallback",
@@ -414,6 +421,23 @@ def test_broadcast_parameters_take_the_tap_route():
     plan = engine._PLANS[model][1]
     assert plan.broadcast == ["cls", "pos", "pos2", "scale"]
     assert "mixed" in plan.external + list(plan.fallback.get("", {}).values())
+
+
+def test_shared_calls_take_the_tap_route():
+    # Position-wise layers run once on an input the samples share (position ids, a fixed grid, a buffer), whose
+    # outputs are only broadcast over the batch, use their rules on the tapped per-sample gradients; one whose
+    # output also meets a matmul stays on the whole-model route.
+    from fisherx.fisher import engine
+
+    model = SharedCalls().double().eval()
+    x, y = torch.randn(B, 3, 4, dtype=torch.float64), torch.randint(0, 3, (B,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mixed's (one-time) whole-model warning
+        fisherx.fisher_diag(model, (x, y), progress=False)
+    plan = engine._PLANS[model][1]
+    shared = sorted(full for names in plan.shared.values() for full in names.values())
+    assert shared == ["grid.bias", "grid.weight", "norm.bias", "norm.weight", "pos.weight", "wpe.weight"]
+    assert sorted(plan.external) == ["mixed.bias", "mixed.weight"]
 
 
 def test_plan_is_cached_and_invalidated(monkeypatch):

@@ -8,7 +8,6 @@ import copy
 import warnings
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -243,15 +242,24 @@ def test_hugging_face_bert_dict_batches():
     _close(f, _naive(m, inputs, y, select=lambda o: o.logits))
 
 
-def test_hugging_face_bert_without_position_ids_uses_the_whole_model_path():
-    # Without position_ids, BERT looks its position table up on (1, T) ids shared by the batch: that parameter
-    # takes the whole-model torch.func path (which HF's mask code cannot run under vmap with an attention_mask).
+def test_hugging_face_bert_default_position_ids_take_the_shared_route():
+    # Without position_ids, BERT looks its position table up on (1, T) ids shared by the batch and adds the result
+    # to the token embeddings: a shared call, whose per-sample gradients come from taps on that addition. (It once
+    # took the whole-model torch.func path, which HF's mask code cannot run under vmap with an attention_mask.)
+    from fisherx.fisher import engine
+
     m = _bert()
     g = torch.Generator().manual_seed(4)
-    inputs = {"input_ids": torch.randint(0, 40, (5, 6), generator=g)}
+    inputs = {
+        "input_ids": torch.randint(0, 40, (5, 6), generator=g),
+        "attention_mask": torch.ones(5, 6, dtype=torch.long),
+    }
+    inputs["attention_mask"][:2, 4:] = 0
     y = torch.randint(0, 3, (5,), generator=g)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback, no whole-model path
         f = fisher_diag(m, [{**inputs, "labels": y}], progress=False)
+    plan = engine._PLANS[m][1]
+    assert plan.external == []
+    assert "bert.embeddings.position_embeddings.weight" in plan.shared["bert.embeddings.position_embeddings"].values()
     _close(f, _naive(copy.deepcopy(m), inputs, y, select=lambda o: o.logits))
-    assert np.isfinite(sum(float(v.sum()) for v in f.values()))
