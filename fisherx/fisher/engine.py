@@ -210,6 +210,10 @@ class _UseRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if isinstance(out, (bool, int, float, str, torch.dtype, torch.device, torch.Size)) or out is None:
+            # Metadata (p.dtype, p.shape, p.device, p.dim()) and values read off a tensor carry no gradient: not a use
+            # (a forward doing x.to(self.fc.weight.dtype) keeps fc's weight on its rule).
+            return out
         for a in tree_flatten((args, kwargs))[0]:
             if not isinstance(a, torch.Tensor):
                 continue
@@ -525,6 +529,22 @@ class _Tap(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+class _Owned(torch.autograd.Function):
+    """A layer whose rule also gives the gradients of its inputs (``input_grads`` hook: the recurrent rules, whose
+    BPTT computes them anyway): its outputs, cut from the fused kernel's graph, behind one node whose backward
+    runs the rule and hands back the input gradients, so autograd never runs that kernel's own backward."""
+
+    @staticmethod
+    def forward(ctx, anchor, backward, n_in, *tensors):
+        ctx.backward_fn, ctx.n_in = backward, n_in
+        ctx.set_materialize_grads(False)  # unused outputs: None, as the rules expect
+        return tuple(t.clone() for t in tensors[n_in:])  # clones: later in-place ops must not touch a saved output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None, None, *ctx.backward_fn(grads), *([None] * len(grads)))
+
+
 def _detach(x):
     return _map(torch.Tensor.detach, x)
 
@@ -653,12 +673,7 @@ class _Engine:
         self.calls[mod] = call + 1
         single = isinstance(out, torch.Tensor)
         if mod in self.plan.shared:
-            # The same for every sample: its output's broadcast uses are tapped instead (finish_broadcast).
-            if single and out.requires_grad and self.taps is not None:
-                acts, versions = _layer_inputs(args, kwargs)
-                sink: list = []
-                self.shared_calls[mod] = (acts, versions, sink)
-                self.taps.watch(out, sink)
+            self._watch_shared(mod, args, kwargs, out)
             return None
         # Outputs may nest (an LSTM returns (output, (h_n, c_n))) and hold None (attention weights not asked for).
         outs, spec = ([out], None) if single else tree_flatten(out)
@@ -683,6 +698,9 @@ class _Engine:
                 f"must have the batch as dim {[dims[i] for i in pos]} (they did in the first batch)"
             )
         acts, versions = _layer_inputs(args, kwargs)
+        owner = hook(rule, "input_grads")
+        if owner is not None and self._owns(mod, call, owner):
+            return self._owned(mod, owner, (args, kwargs), acts, versions, outs, spec, pos)
         if seq:  # the rule sees batch-first views
             acts = Activations(_batch_first(tuple(acts), self.batch), _batch_first(acts.kwargs, self.batch))
         n_out = len(outs)
@@ -704,6 +722,48 @@ class _Engine:
         for i, t in zip(pos, tapped, strict=True):
             new[i] = t
         return tree_unflatten(new, _spec(spec))
+
+    def _watch_shared(self, mod: nn.Module, args, kwargs, out) -> None:
+        """A shared call, the same for every sample: its output's broadcast uses are tapped (finish_broadcast)."""
+        if isinstance(out, torch.Tensor) and out.requires_grad and self.taps is not None:
+            acts, versions = _layer_inputs(args, kwargs)
+            sink: list = []
+            self.shared_calls[mod] = (acts, versions, sink)
+            self.taps.watch(out, sink)
+
+    def _owns(self, mod: nn.Module, call: int, owner) -> bool:
+        """Whether ``mod``'s rule covers this call alone (no fallback, not a tied use), so that its ``input_grads``
+        hook may take the place of autograd's backward through the layer."""
+        if mod not in self.plan.rule or mod in self.plan.fallback or mod in self.plan.seq_first:
+            return False
+        if any((mod, call) == (m, c) for sites in self.plan.tied.values() for m, c, _ in sites):
+            return False
+        return self.weights is None or supports_weights(owner)
+
+    def _owned(self, mod: nn.Module, owner, inputs: tuple, acts, versions: list, outs: list, spec, pos: list):
+        """The layer's outputs behind an :class:`_Owned` node (see there)."""
+        ins = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
+        need = [i for i, t in enumerate(ins) if t.requires_grad]
+        n_out, names = len(outs), self.plan.rule[mod]
+
+        def backward(grads):
+            full: list = [None] * n_out
+            for i, g in zip(pos, grads, strict=True):
+                full[i] = g
+            _check_versions(mod, versions)
+            g = full[0] if spec is None else tree_unflatten(full, spec)
+            res, in_grads = owner(mod, acts, g) if self.weights is None else owner(mod, acts, g, weights=self.weights)
+            for local, full_name in names.items():
+                self._add(full_name, res[local])
+            return [in_grads[i] for i in need]
+
+        new = list(outs)
+        owned = _Owned.apply(
+            self.anchor, backward, len(need), *[ins[i] for i in need], *[outs[i].detach() for i in pos]
+        )
+        for i, t in zip(pos, owned, strict=True):
+            new[i] = t
+        return new[0] if spec is None else tree_unflatten(new, spec)
 
     def _add(self, name: str, value: torch.Tensor, own: bool = True):
         """acc[name] += scale·value. An accumulator starts as None and, when ``own`` (``value`` is a fresh tensor

@@ -440,6 +440,33 @@ def test_shared_calls_take_the_tap_route():
     assert sorted(plan.external) == ["mixed.bias", "mixed.weight"]
 
 
+def test_reading_a_parameters_metadata_is_not_a_use():
+    # A forward that reads a weight's dtype, shape or device (to cast or size its input) does not move that weight
+    # off its layer's rule: the read carries no gradient.
+    from fisherx.fisher import engine
+
+    class Casting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            w = self.fc.weight
+            x = x.to(dtype=w.dtype, device=w.device)[:, : w.shape[1]]
+            return self.fc(x * w.dim())
+
+    model = Casting().double().eval()
+    x, y = torch.randn(B, 5), torch.randint(0, 3, (B,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback, no whole-model path
+        f = fisherx.fisher_diag(model, (x, y), progress=False)
+    plan = engine._PLANS[model][1]
+    assert plan.rule == {"fc": {"weight": "fc.weight", "bias": "fc.bias"}} and not plan.fallback
+    ref = naive_fisher(model, x, y)
+    for n, r in ref.items():
+        assert torch.allclose(f[n], r, rtol=1e-10, atol=0)
+
+
 def test_plan_is_cached_and_invalidated(monkeypatch):
     # A loop of small calls probes once; a change of input shape, parameter set, parameter object or training
     # flags probes again, and the results stay exact.

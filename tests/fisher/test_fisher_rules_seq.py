@@ -73,6 +73,22 @@ class RecurrentLM(nn.Module):
         return logits.transpose(1, 2)
 
 
+class RawRecurrent(nn.Module):
+    """A recurrent layer straight on the float input (which needs no gradient), its output then changed in place:
+    the rule's own backward must neither need an input gradient nor see the in-place change."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.rnn = _rnn(mode, num_layers=2)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, idx):
+        x = torch.nn.functional.one_hot(idx, V).to(self.head.weight.dtype)[..., :6]
+        out, _ = self.rnn(x)
+        out.mul_(2.0)
+        return self.head(out).transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Embedding → nn.MultiheadAttention (self- or cross-attention, any call options) → per-token logits; the returned
     attention weights, when asked for, feed the logits too."""
@@ -199,6 +215,8 @@ RECURRENT += [
         _tokens(),
     ),
     ("LSTM-B1", lambda: RecurrentLM(_rnn("LSTM", num_layers=2), use_state=True), _tokens(b=1)),
+    ("LSTM-raw-input-inplace-output", lambda: RawRecurrent("LSTM"), _tokens()),
+    ("GRU-raw-input-inplace-output", lambda: RawRecurrent("GRU"), _tokens()),
     (
         "GRU-T1-seqfirst-hx",
         lambda: RecurrentLM(_rnn("GRU", batch_first=False), use_state=True, init_state=True),
@@ -298,6 +316,23 @@ def test_matches_naive_per_sample_loop(case, dtype, rules_only):
     model = build().to(dtype).eval()
     f = fisherx.fisher_diag(model, (x, y), progress=False)
     _assert_close(f, naive_fisher(model, x, y), dtype, name)
+
+
+@pytest.mark.parametrize("block", [1, 100], ids=["block-per-step", "uneven-blocks"])
+@pytest.mark.parametrize("case", [c for c in RECURRENT if c[0].startswith(("LSTM", "GRU"))], ids=lambda c: c[0])
+def test_recurrent_backward_in_blocks_of_steps(case, block, monkeypatch, rules_only):
+    # The LSTM and GRU backward form their step factors a block of steps at a time (BLOCK elements); the cases
+    # above fit in one block, so here each step is its own block (1) or the 5 steps split 2 + 2 + 1 (100 elements
+    # against B·H = 35).
+    from fisherx.fisher.rules import recurrent
+
+    monkeypatch.setattr(recurrent, "BLOCK", block)
+    name, build, inputs = case
+    torch.manual_seed(zlib.crc32(name.encode()))
+    x, y = inputs(torch.float64)
+    model = build().double().eval()
+    f = fisherx.fisher_diag(model, (x, y), progress=False)
+    _assert_close(f, naive_fisher(model, x, y), torch.float64, name)
 
 
 BOOT = [

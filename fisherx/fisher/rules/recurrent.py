@@ -88,112 +88,128 @@ def _input_part(x, p) -> torch.Tensor:
     return torch.nn.functional.linear(x, p["w_ih"][1], b_ih if b_hh is None else b_ih + b_hh)
 
 
+def _previous(h0: torch.Tensor, out: torch.Tensor, d: int) -> torch.Tensor:
+    """The state each step starts from, time-major: h0 then the outputs, shifted by one in processing order (one
+    concatenation rather than a copy per step)."""
+    return torch.cat([h0[None], out[:-1]]) if d == 0 else torch.cat([out[1:], h0[None]])
+
+
 def _lstm_forward(layer, x, p, h, c, d):
-    """Run one LSTM direction; return its outputs (T, B, H_out) and what its backward needs."""
+    """Run one LSTM direction; return its outputs (T, B, H_out) and what its backward needs. Each step writes its
+    results into preallocated slices (out=): at small batches the step loop is bound by the number of ops."""
     t_len, b, _ = x.shape
     hs = layer.hidden_size
     w_hr = p["w_hr"][1]
+    h0 = h
     pre = _input_part(x, p)
     acts = torch.empty_like(pre)  # i, f, g, o after their nonlinearity
     cs = x.new_empty(t_len + 1, b, hs)  # cs[s] is c before step s (in processing order), cs[T] the last c
-    hprev = x.new_empty(t_len, b, h.shape[-1])
+    cs[0] = c
+    tcs = x.new_empty(t_len, b, hs)  # tanh c_t, time-major
     ms = x.new_empty(t_len, b, hs) if w_hr is not None else None
     out = x.new_empty(t_len, b, h.shape[-1])
     w_hh_t = p["w_hh"][1].t()
+    gates = x.new_empty(b, 4 * hs)  # one step's pre-activations
     for s, t in enumerate(_steps(t_len, d)):
-        hprev[t] = h
-        cs[s] = c
-        gates = torch.addmm(pre[t], h, w_hh_t)
         a = acts[t]
-        torch.sigmoid(gates[:, : 2 * hs], out=a[:, : 2 * hs])
+        torch.addmm(pre[t], h, w_hh_t, out=gates)
+        torch.sigmoid(gates, out=a)  # g's sigmoid is overwritten by its tanh
         torch.tanh(gates[:, 2 * hs : 3 * hs], out=a[:, 2 * hs : 3 * hs])
-        torch.sigmoid(gates[:, 3 * hs :], out=a[:, 3 * hs :])
-        c = a[:, hs : 2 * hs] * c + a[:, :hs] * a[:, 2 * hs : 3 * hs]
-        m = a[:, 3 * hs :] * c.tanh()
-        if w_hr is not None:
-            assert ms is not None  # allocated with the projection
-            ms[t] = m
-            h = m @ w_hr.t()
-        else:
-            h = m
-        out[t] = h
-    cs[t_len] = c
-    return out, {"acts": acts, "cs": cs, "hprev": hprev, "ms": ms}
+        c = torch.mul(a[:, hs : 2 * hs], c, out=cs[s + 1]).addcmul_(a[:, :hs], a[:, 2 * hs : 3 * hs])
+        m = torch.mul(a[:, 3 * hs :], torch.tanh(c, out=tcs[t]), out=out[t] if ms is None else ms[t])
+        h = m if w_hr is None else torch.mm(m, w_hr.t(), out=out[t])
+    return out, {"acts": acts, "cs": cs, "tcs": tcs, "hprev": _previous(h0, out, d), "ms": ms}
+
+
+def _blocks(t_len: int, width: int, d: int):
+    """The backward's steps (reverse processing order) in blocks of consecutive time indices (lo, hi, steps), each
+    about :data:`BLOCK` elements of a (B, width) step: the factors that do not depend on the incoming gradient are
+    formed a block at a time, in few ops (the loop is op-bound at small batches) on data that stays in cache (a
+    whole-sequence pass is memory-bound at large ones)."""
+    n = max(1, BLOCK // max(1, width))
+    steps = list(reversed(_steps(t_len, d)))
+    for s in range(0, t_len, n):
+        blk = steps[s : s + n]
+        yield min(blk), max(blk) + 1, blk
+
+
+BLOCK = 1 << 16
 
 
 def _lstm_backward(layer, st, p, dout, dh, dc, d):
-    """BPTT of one LSTM direction: (δ of the gate pre-activations (T, B, 4H), δh at each step for W_hr or None)."""
-    t_len = dout.shape[0]
+    """BPTT of one LSTM direction: δ of the gate pre-activations (T, B, 4H) (for W_ih, and again for W_hh), δh at
+    each step for W_hr (or None), and the gradients of the initial h and c."""
+    t_len, b = dout.shape[:2]
     hs = layer.hidden_size
-    acts, cs = st["acts"], st["cs"]
+    acts, cs, tcs = st["acts"], st["cs"], st["tcs"]
+    c_prev = cs[:-1] if d == 0 else cs[:-1].flip(0)  # time-major
     w_hr = p["w_hr"][1]
     dgates = torch.empty_like(acts)
     dhs = torch.empty_like(dout) if w_hr is not None else None
     w_hh = p["w_hh"][1]
-    steps = list(_steps(t_len, d))
-    for s in range(t_len - 1, -1, -1):
-        t = steps[s]
-        dh = dh + dout[t]
-        if w_hr is not None:
-            assert dhs is not None
-            dhs[t] = dh
-            dm = dh @ w_hr
-        else:
-            dm = dh
-        a = acts[t]
-        i, f, g, o = a[:, :hs], a[:, hs : 2 * hs], a[:, 2 * hs : 3 * hs], a[:, 3 * hs :]
-        tc = cs[s + 1].tanh()
-        dc = dc + dm * o * (1 - tc * tc)
-        dg_ = dgates[t]
-        torch.mul(dm * tc, o * (1 - o), out=dg_[:, 3 * hs :])
-        torch.mul(dc * g, i * (1 - i), out=dg_[:, :hs])
-        torch.mul(dc * cs[s], f * (1 - f), out=dg_[:, hs : 2 * hs])
-        torch.mul(dc * i, 1 - g * g, out=dg_[:, 2 * hs : 3 * hs])
-        dc = dc * f
-        dh = dg_ @ w_hh
-    return dgates, dgates, dhs
+    for lo, hi, blk in _blocks(t_len, b * hs, d):
+        i, f, g, o = acts[lo:hi].split(hs, dim=-1)
+        tc = tcs[lo:hi]
+        k_c = o * (1 - tc * tc)  # δc += δm k_c
+        k_o = tc * o * (1 - o)  # δo = δm k_o
+        k_ifg = torch.stack([g * i * (1 - i), c_prev[lo:hi] * f * (1 - f), i * (1 - g * g)], dim=2)  # δ{i,f,g}=δc k
+        for t in blk:
+            dh = dh + dout[t]
+            if dhs is not None:
+                dhs[t] = dh
+                dm = dh @ w_hr
+            else:
+                dm = dh
+            k = t - lo
+            dc = torch.addcmul(dc, dm, k_c[k])
+            dg_ = dgates[t]
+            torch.mul(dc[:, None, :], k_ifg[k], out=dg_[:, : 3 * hs].unflatten(1, (3, hs)))
+            torch.mul(dm, k_o[k], out=dg_[:, 3 * hs :])
+            dc = dc * f[k]
+            dh = dg_ @ w_hh
+    return dgates, dgates, dhs, dh, dc
 
 
 def _gru_forward(layer, x, p, h, c, d):
     t_len, b, _ = x.shape
     hs = layer.hidden_size
+    h0 = h
     pre = torch.nn.functional.linear(x, p["w_ih"][1], p["b_ih"][1])
     rz = x.new_empty(t_len, b, 2 * hs)
     ns = x.new_empty(t_len, b, hs)
-    nh = x.new_empty(t_len, b, hs)  # W_hn h + b_hn, which r multiplies
-    hprev = x.new_empty(t_len, b, hs)
+    gh = x.new_empty(t_len, b, 3 * hs)  # W_hh h + b_hh; r multiplies its n part
     out = x.new_empty(t_len, b, hs)
-    w_hh, b_hh = p["w_hh"][1], p["b_hh"][1]
+    w_hh_t, b_hh = p["w_hh"][1].t(), p["b_hh"][1]
     for t in _steps(t_len, d):
-        hprev[t] = h
-        gh = h @ w_hh.t() if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
-        torch.sigmoid(pre[t, :, : 2 * hs] + gh[:, : 2 * hs], out=rz[t])
-        nh[t] = gh[:, 2 * hs :]
-        torch.tanh(pre[t, :, 2 * hs :] + rz[t, :, :hs] * nh[t], out=ns[t])
-        z = rz[t, :, hs:]
-        h = ns[t] + z * (h - ns[t])
-        out[t] = h
-    return out, {"rz": rz, "ns": ns, "nh": nh, "hprev": hprev}
+        ght = torch.mm(h, w_hh_t, out=gh[t]) if b_hh is None else torch.addmm(b_hh, h, w_hh_t, out=gh[t])
+        torch.sigmoid(torch.add(pre[t, :, : 2 * hs], ght[:, : 2 * hs], out=rz[t]), out=rz[t])
+        n = torch.tanh(torch.addcmul(pre[t, :, 2 * hs :], rz[t, :, :hs], ght[:, 2 * hs :], out=ns[t]), out=ns[t])
+        h = torch.lerp(n, h, rz[t, :, hs:], out=out[t])  # (1 − z) n + z h
+    return out, {"rz": rz, "ns": ns, "nh": gh[..., 2 * hs :], "hprev": _previous(h0, out, d)}
 
 
 def _gru_backward(layer, st, p, dout, dh, dc, d):
-    t_len = dout.shape[0]
+    t_len, b = dout.shape[:2]
     hs = layer.hidden_size
     rz, ns, nh, hprev = st["rz"], st["ns"], st["nh"], st["hprev"]
-    dgi = rz.new_empty(t_len, rz.shape[1], 3 * hs)
+    dgi = rz.new_empty(t_len, b, 3 * hs)
     dgh = torch.empty_like(dgi)
     w_hh = p["w_hh"][1]
-    for t in reversed(_steps(t_len, d)):
-        dh = dh + dout[t]
-        r, z, n = rz[t, :, :hs], rz[t, :, hs:], ns[t]
-        dn = dh * (1 - z) * (1 - n * n)
-        dgi[t, :, 2 * hs :] = dn
-        torch.mul(dh * (hprev[t] - n), z * (1 - z), out=dgi[t, :, hs : 2 * hs])
-        torch.mul(dn * nh[t], r * (1 - r), out=dgi[t, :, :hs])
-        dgh[t, :, : 2 * hs] = dgi[t, :, : 2 * hs]
-        torch.mul(dn, r, out=dgh[t, :, 2 * hs :])
-        dh = dh * z + dgh[t] @ w_hh
-    return dgi, dgh, None
+    for lo, hi, blk in _blocks(t_len, b * hs, d):  # see _blocks
+        r, z, n = rz[lo:hi, :, :hs], rz[lo:hi, :, hs:], ns[lo:hi]
+        k_n = (1 - z) * (1 - n * n)  # δn = δh k_n
+        k_z = (hprev[lo:hi] - n) * z * (1 - z)  # δz = δh k_z
+        k_r = nh[lo:hi] * r * (1 - r)  # δr = δn k_r
+        for t in blk:
+            k = t - lo
+            dh = dh + dout[t]
+            dn = torch.mul(dh, k_n[k], out=dgi[t, :, 2 * hs :])
+            torch.mul(dh, k_z[k], out=dgi[t, :, hs : 2 * hs])
+            torch.mul(dn, k_r[k], out=dgi[t, :, :hs])
+            dgh[t, :, : 2 * hs] = dgi[t, :, : 2 * hs]
+            torch.mul(dn, r[k], out=dgh[t, :, 2 * hs :])
+            dh = torch.addmm(dh * z[k], dgh[t], w_hh)
+    return dgi, dgh, None, dh, None
 
 
 def _rnn_forward(layer, x, p, h, c, d):
@@ -219,7 +235,7 @@ def _rnn_backward(layer, st, p, dout, dh, dc, d):
         y = out[t]
         torch.mul(dh, (1 - y * y) if layer.mode == "RNN_TANH" else (y > 0).to(y.dtype), out=dpre[t])
         dh = dpre[t] @ w_hh
-    return dpre, dpre, None
+    return dpre, dpre, None, dh, None
 
 
 _IMPL = {
@@ -262,9 +278,9 @@ def _square_sums(p, dgi, dgh, dhs, x, st, weights) -> dict:
     return out
 
 
-@register_rule(nn.LSTM, nn.GRU, nn.RNN)
-def recurrent(layer: nn.RNNBase, activations, backprops, weights=None) -> dict:
-    """Σ_i (∂ℓ_i/∂θ)² of every weight and bias of the recurrent layer (or the R weighted sums, see the module)."""
+def _run(layer: nn.RNNBase, activations, backprops, weights, input_grads: bool):
+    """The rule's result and, with ``input_grads``, the gradients of the layer's input and initial state (what
+    autograd's backward through the fused kernel would give), from the same recomputation and BPTT."""
     x, hx = _inputs(layer, activations)
     t_len, b, _ = x.shape
     d_num = 2 if layer.bidirectional else 1
@@ -284,12 +300,14 @@ def recurrent(layer: nn.RNNBase, activations, backprops, weights=None) -> dict:
         g_out, g_h, g_c = _split_grads(layer, backprops, t_len, b, x)
         hsz = layer.proj_size or layer.hidden_size
         res = {}
+        dh0: list = [None] * (layer.num_layers * d_num)
+        dc0: list = [None] * (layer.num_layers * d_num)
         for lyr in range(layer.num_layers - 1, -1, -1):
             dx = None
             for d in range(d_num):
                 idx = lyr * d_num + d
                 p = _params(layer, lyr, d)
-                dgi, dgh, dhs = bwd(
+                dgi, dgh, dhs, dh0[idx], dc0[idx] = bwd(
                     layer,
                     states[idx],
                     p,
@@ -299,11 +317,34 @@ def recurrent(layer: nn.RNNBase, activations, backprops, weights=None) -> dict:
                     d,
                 )
                 res.update(_square_sums(p, dgi, dgh, dhs, inputs[lyr], states[idx], weights))
-                if lyr:
+                if lyr or input_grads:
                     part = dgi @ p["w_ih"][1]
                     dx = part if dx is None else dx + part
             g_out = dx
-    return res
+    if not input_grads:
+        return res, None
+    assert g_out is not None  # layer 0's input gradient
+    grads = [g_out if not layer.batch_first else g_out.transpose(0, 1)]
+    if hx is not None:
+        grads.append(torch.stack(dh0))
+        if layer.mode == "LSTM":
+            grads.append(torch.stack(dc0))
+    return res, grads
 
 
-attach_hooks(recurrent, batch_dims=_batch_dims)
+@register_rule(nn.LSTM, nn.GRU, nn.RNN)
+def recurrent(layer: nn.RNNBase, activations, backprops, weights=None) -> dict:
+    """Σ_i (∂ℓ_i/∂θ)² of every weight and bias of the recurrent layer (or the R weighted sums, see the module)."""
+    return _run(layer, activations, backprops, weights, False)[0]
+
+
+def with_input_grads(layer: nn.RNNBase, activations, backprops, weights=None) -> tuple[dict, list]:
+    """The rule's result and the gradients of the layer's tensor inputs, in the order they are passed (input,
+    then h0 and, for the LSTM, c0): the engine then skips autograd's own backward through the fused kernel,
+    whose work the BPTT above repeats."""
+    res, grads = _run(layer, activations, backprops, weights, True)
+    assert grads is not None
+    return res, grads
+
+
+attach_hooks(recurrent, batch_dims=_batch_dims, input_grads=with_input_grads)
