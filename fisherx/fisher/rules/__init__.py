@@ -54,7 +54,8 @@ def register_rule(*module_types: type, replace: bool = False) -> Callable[[Rule]
 def attach_hooks(rule: Rule, **hooks: Callable) -> None:
     """Give ``rule`` optional hooks the engine looks up by name (:func:`hook`): ``factors`` (the per-sample factors
     of a weight used more than once, for the closed form over uses), ``batch_dims`` and ``claims`` (which outputs
-    a layer's rule covers)."""
+    a layer's rule covers), ``input_grads`` (the rule's result together with the gradients of the layer's tensor
+    inputs, in the order they are passed: the engine then skips autograd's backward through the layer)."""
     for name, fn in hooks.items():
         setattr(rule, name, fn)
 
