@@ -135,64 +135,93 @@ FISHERX_MICRO(micro_sq, double, true)
 
 // out[r, rows, 0:kn] += Σ_{b<nb} w[r, b0+b]·sq[b][rows][0:kn] for every replicate r. ``out`` points at the tile's
 // first element in replicate 0; ``rstride`` is one replicate's size (C·M·K), ``ld`` the row stride (K). Four
-// replicates at a time share each load of a squared row (8 FMAs per 2 vector loads), their output rows held in
-// registers over the batch chunk; the squared tiles of the chunk stay in L1/L2. No branch on zero weights: a
-// Poisson(1) weight is 0 for 37% of the samples, at random, which a branch would mispredict.
-template <typename T, int RB>
+// replicates at a time share each load of a squared row, their output rows held in registers over the batch chunk;
+// the squared tiles of the chunk stay in L1/L2. No branch on zero weights: a Poisson(1) weight is 0 for 37% of the
+// samples, at random, which a branch would mispredict. As in micro_impl, VW is the register width: the row of NR
+// columns is swept in strips of CG registers, so that the RB·CG sums stay in registers (the former 64-byte
+// vectors took two registers each on AVX2 and spilled).
+template <typename T, int RB, int VW>
 __attribute__((always_inline)) inline void weighted_rows(const T* __restrict sq, int64_t nb, int i, int64_t kn,
                                                          const Weights<T>& w, int64_t r0, int64_t b0, T* __restrict out,
                                                          int64_t rstride, int64_t ld) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::lanes;
-  alignas(kVecBytes) T row[2 * L];
-  V a[RB][2];
-  for (int q = 0; q < RB; ++q) {
-    const T* o = out + (r0 + q) * rstride + i * ld;
-    for (int64_t j = 0; j < 2 * L; ++j) row[j] = j < kn ? o[j] : T(0);
-    std::memcpy(&a[q][0], row, sizeof(V));
-    std::memcpy(&a[q][1], row + L, sizeof(V));
-  }
+  typedef T V __attribute__((vector_size(VW)));
+  constexpr int L = VW / sizeof(T);
+  constexpr int NR = nr<T>();
+  constexpr int CG = VW == kVecBytes ? 2 : 1;
   const T* wr[RB];
   for (int q = 0; q < RB; ++q) wr[q] = w.data + (r0 + q) * w.stride_r + b0 * w.stride_b;
-  for (int64_t b = 0; b < nb; ++b) {
-    V s0, s1;
-    std::memcpy(&s0, sq + (b * MR + i) * 2 * L, sizeof(V));
-    std::memcpy(&s1, sq + (b * MR + i) * 2 * L + L, sizeof(V));
-#pragma GCC unroll 4
+  for (int c0 = 0; c0 < kn; c0 += CG * L) {
+    const int64_t cn = std::min<int64_t>(CG * L, kn - c0);  // columns of this strip inside the tile
+    alignas(kVecBytes) T row[CG * L];
+    V a[RB][CG];
     for (int q = 0; q < RB; ++q) {
-      const T wv = wr[q][b * w.stride_b];
-      a[q][0] += wv * s0;
-      a[q][1] += wv * s1;
+      const T* o = out + (r0 + q) * rstride + i * ld + c0;
+      for (int64_t j = 0; j < CG * L; ++j) row[j] = j < cn ? o[j] : T(0);
+      for (int h = 0; h < CG; ++h) std::memcpy(&a[q][h], row + h * L, sizeof(V));
     }
-  }
-  for (int q = 0; q < RB; ++q) {
-    T* o = out + (r0 + q) * rstride + i * ld;
-    std::memcpy(row, &a[q][0], sizeof(V));
-    std::memcpy(row + L, &a[q][1], sizeof(V));
-    for (int64_t j = 0; j < kn; ++j) o[j] = row[j];
+    for (int64_t b = 0; b < nb; ++b) {
+      V s[CG];
+      for (int h = 0; h < CG; ++h) std::memcpy(&s[h], sq + (b * MR + i) * NR + c0 + h * L, sizeof(V));
+#pragma GCC unroll 4
+      for (int q = 0; q < RB; ++q) {
+        const T wv = wr[q][b * w.stride_b];
+        for (int h = 0; h < CG; ++h) a[q][h] += wv * s[h];
+      }
+    }
+    for (int q = 0; q < RB; ++q) {
+      T* o = out + (r0 + q) * rstride + i * ld + c0;
+      for (int h = 0; h < CG; ++h) std::memcpy(row + h * L, &a[q][h], sizeof(V));
+      for (int64_t j = 0; j < cn; ++j) o[j] = row[j];
+    }
   }
 }
 
-template <typename T>
+template <typename T, int VW>
 __attribute__((always_inline)) inline void weighted_add_impl(const T* __restrict sq, int64_t nb, int rows, int64_t kn,
                                                              const Weights<T>& w, int64_t b0, T* __restrict out,
                                                              int64_t rstride, int64_t ld) {
   constexpr int RB = 4;
   for (int i = 0; i < rows; ++i) {
     int64_t r = 0;
-    for (; r + RB <= w.R; r += RB) weighted_rows<T, RB>(sq, nb, i, kn, w, r, b0, out, rstride, ld);
-    for (; r < w.R; ++r) weighted_rows<T, 1>(sq, nb, i, kn, w, r, b0, out, rstride, ld);
+    for (; r + RB <= w.R; r += RB) weighted_rows<T, RB, VW>(sq, nb, i, kn, w, r, b0, out, rstride, ld);
+    for (; r < w.R; ++r) weighted_rows<T, 1, VW>(sq, nb, i, kn, w, r, b0, out, rstride, ld);
   }
 }
 
-FISHERX_MULTIVERSION void weighted_add(const float* sq, int64_t nb, int rows, int64_t kn, const Weights<float>& w,
-                                       int64_t b0, float* out, int64_t rstride, int64_t ld) {
-  weighted_add_impl<float>(sq, nb, rows, kn, w, b0, out, rstride, ld);
-}
-FISHERX_MULTIVERSION void weighted_add(const double* sq, int64_t nb, int rows, int64_t kn, const Weights<double>& w,
-                                       int64_t b0, double* out, int64_t rstride, int64_t ld) {
-  weighted_add_impl<double>(sq, nb, rows, kn, w, b0, out, rstride, ld);
-}
+// One version per register width, dispatched like FISHERX_MICRO.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FISHERX_WEIGHTED(T)                                                                                     \
+  __attribute__((target("arch=x86-64-v4"))) void weighted_add_v4(const T* sq, int64_t nb, int rows, int64_t kn, \
+                                                                 const Weights<T>& w, int64_t b0, T* out,       \
+                                                                 int64_t rstride, int64_t ld) {                 \
+    weighted_add_impl<T, 64>(sq, nb, rows, kn, w, b0, out, rstride, ld);                                        \
+  }                                                                                                             \
+  __attribute__((target("arch=x86-64-v3"))) void weighted_add_v3(const T* sq, int64_t nb, int rows, int64_t kn, \
+                                                                 const Weights<T>& w, int64_t b0, T* out,       \
+                                                                 int64_t rstride, int64_t ld) {                 \
+    weighted_add_impl<T, 32>(sq, nb, rows, kn, w, b0, out, rstride, ld);                                        \
+  }                                                                                                             \
+  void weighted_add(const T* sq, int64_t nb, int rows, int64_t kn, const Weights<T>& w, int64_t b0, T* out,     \
+                    int64_t rstride, int64_t ld) {                                                              \
+    switch (cpu_isa()) {                                                                                        \
+      case Isa::Avx512:                                                                                         \
+        return weighted_add_v4(sq, nb, rows, kn, w, b0, out, rstride, ld);                                      \
+      case Isa::Avx2:                                                                                           \
+        return weighted_add_v3(sq, nb, rows, kn, w, b0, out, rstride, ld);                                      \
+      default:                                                                                                  \
+        return weighted_add_impl<T, 16>(sq, nb, rows, kn, w, b0, out, rstride, ld);                             \
+    }                                                                                                           \
+  }
+#else
+#define FISHERX_WEIGHTED(T)                                                                                 \
+  void weighted_add(const T* sq, int64_t nb, int rows, int64_t kn, const Weights<T>& w, int64_t b0, T* out, \
+                    int64_t rstride, int64_t ld) {                                                          \
+    weighted_add_impl<T, 16>(sq, nb, rows, kn, w, b0, out, rstride, ld);                                    \
+  }
+#endif
+FISHERX_WEIGHTED(float)
+FISHERX_WEIGHTED(double)
+#undef FISHERX_WEIGHTED
 
 FISHERX_MICRO(micro, float, false)
 FISHERX_MICRO(micro, double, false)

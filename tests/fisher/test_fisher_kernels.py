@@ -37,6 +37,8 @@ def _gemm_samples(dtype, device):
         (r(2, 1, 300, 5), r(2, 1, 300, 3), torch.cat([_poisson(2, 2, dtype, device), r(1, 2).mul(0)])),
     )
     yield "boot-empty-batch", (r(0, 1, 4, 3), r(0, 1, 4, 6), r(2, 0))
+    # R = 9: two blocks of four replicates and a single one; K = 45 ends in a partial tile and a partial strip.
+    yield "boot-many-replicates", (r(7, 1, 5, 11), r(7, 1, 5, 45), _poisson(9, 7, dtype, device))
 
 
 def _norm_samples(dtype, device):
@@ -212,7 +214,7 @@ for dtype in (torch.float32, torch.float64):
     for B, C, P, M, K in [(5, 1, 1, 7, 33), (3, 2, 9, 13, 17), (4, 1, 1, 1, 1)]:
         gg = torch.randn(B, C, P, M, generator=g, dtype=dtype)
         uu = torch.randn(B, C, P, K, generator=g, dtype=dtype)
-        w = torch.rand(3, B, generator=g, dtype=dtype)
+        w = torch.rand(9, B, generator=g, dtype=dtype)  # two blocks of four replicates and one more
         for weights in (None, w):
             got, want = _ops.sqgrad_gemm(gg, uu, weights), ref.sqgrad_gemm(gg, uu, weights)
             torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
