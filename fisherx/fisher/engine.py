@@ -753,8 +753,9 @@ class _Engine:
             _check_versions(mod, versions)
             g = full[0] if spec is None else tree_unflatten(full, spec)
             res, in_grads = owner(mod, acts, g) if self.weights is None else owner(mod, acts, g, weights=self.weights)
+            own = getattr(owner, "__module__", "").startswith(__package__ + ".rules")  # as in _apply_rule
             for local, full_name in names.items():
-                self._add(full_name, res[local])
+                self._add(full_name, res[local], own)
             return [in_grads[i] for i in need]
 
         new = list(outs)
@@ -810,19 +811,23 @@ class _Engine:
 
     def finish_broadcast(self):
         """Σ_i (Σ_uses ∂ℓ_i/∂p|_use)² for the parameters broadcast over the batch, from the taps' per-sample rows."""
+        # The taps append to these lists, made in the forward, at every backward: with several label draws per
+        # batch (kind="mc") each draw's rows are used, then the list is emptied in place for the next draw.
         for name, per in self.broadcast_grads.items():
-            tot = per[0] if len(per) == 1 else torch.stack(per).sum(0)
-            self._add(name, batch_sum(tot.square(), self.weights))
-        self.broadcast_grads.clear()
-        for mod, (acts, versions, per) in self.shared_calls.items():
             if not per:  # no use reached the loss
+                continue
+            tot = per[0] if len(per) == 1 else torch.stack(per).sum(0)
+            per.clear()
+            self._add(name, batch_sum(tot.square(), self.weights))
+        for mod, (acts, versions, per) in self.shared_calls.items():
+            if not per:
                 continue
             _check_versions(mod, versions)
             g = per[0] if len(per) == 1 else torch.stack(per).sum(0)
+            per.clear()
             # The call's input, the same for every sample, as a batch of B: a position-wise rule then gives
             # Σ_i (∂ℓ_i/∂θ)² from the per-sample output gradients g.
             self._apply_rule(mod, self.plan.shared[mod], _repeat(acts, g.shape[0]), g)
-        self.shared_calls.clear()
 
     def finish_tied(self, batch: int):
         """Σ_i (Σ_uses ∂ℓ_i/∂θ|_use)² for every tied parameter: in closed form where every use's layer gives its

@@ -440,6 +440,28 @@ def test_shared_calls_take_the_tap_route():
     assert sorted(plan.external) == ["mixed.bias", "mixed.weight"]
 
 
+@pytest.mark.parametrize("cls", [BroadcastParams, SharedCalls], ids=["broadcast-params", "shared-calls"])
+def test_several_label_draws_reach_the_tap_routes(cls, monkeypatch):
+    # kind="mc" runs one backward per label draw over the same forward: every draw's rows from the broadcast taps
+    # must be used (the same Fisher as with those parameters on the whole-model route, same draws).
+    from fisherx.fisher import engine
+
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    x, y = torch.randn(B, 3, 4, dtype=torch.float64), torch.randint(0, 3, (B,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        torch.manual_seed(1)
+        taps = fisherx.fisher_diag(model, (x, y), kind="mc", mc_samples=3, progress=False)
+        monkeypatch.setattr(engine, "_broadcast_use", lambda *a, **k: False)  # no tap route: whole-model path
+        other = copy.deepcopy(model)  # a new plan
+        torch.manual_seed(1)
+        whole = fisherx.fisher_diag(other, (x, y), kind="mc", mc_samples=3, progress=False)
+    assert not engine._PLANS[other][1].broadcast and not engine._PLANS[other][1].shared
+    for n in whole:
+        torch.testing.assert_close(taps[n], whole[n], rtol=1e-10, atol=0)
+
+
 def test_reading_a_parameters_metadata_is_not_a_use():
     # A forward that reads a weight's dtype, shape or device (to cast or size its input) does not move that weight
     # off its layer's rule: the read carries no gradient.
