@@ -210,9 +210,9 @@ class _UseRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if isinstance(out, (bool, int, float, str, torch.dtype, torch.device, torch.Size)) or out is None:
-            # Metadata (p.dtype, p.shape, p.device, p.dim()) and values read off a tensor carry no gradient: not a use
-            # (a forward doing x.to(self.fc.weight.dtype) keeps fc's weight on its rule).
+        if not isinstance(out, torch.Tensor) and not any(isinstance(t, torch.Tensor) for t in tree_flatten(out)[0]):
+            # Metadata (p.dtype, p.shape, p.device, p.dim()) and values read off a tensor (p.item(), p.tolist())
+            # carry no gradient: not a use (a forward doing x.to(self.fc.weight.dtype) keeps fc's weight on its rule).
             return out
         for a in tree_flatten((args, kwargs))[0]:
             if not isinstance(a, torch.Tensor):

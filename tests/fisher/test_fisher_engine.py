@@ -475,7 +475,7 @@ def test_reading_a_parameters_metadata_is_not_a_use():
         def forward(self, x):
             w = self.fc.weight
             x = x.to(dtype=w.dtype, device=w.device)[:, : w.shape[1]]
-            return self.fc(x * w.dim())
+            return self.fc(x * w.dim() * len(w.tolist()) / w.size(0))
 
     model = Casting().double().eval()
     x, y = torch.randn(B, 5), torch.randint(0, 3, (B,))
