@@ -466,9 +466,9 @@ class SharedLayers(nn.Module):
 
 class SharedCalls(nn.Module):
     """Layers called on an input that is the same for every sample, their outputs broadcast over the batch: a
-    learned position embedding of (1, T) position ids (as Hugging Face models call it) and one of arange(T) used
-    twice (added and multiplied), a Linear on a fixed grid, a LayerNorm of a buffer; and ``mixed``, whose output is
-    also used in a matmul (so it must not take the shared route)."""
+    learned position embedding of (1, T) position ids (as Hugging Face models call it, moved with .to) and one of
+    arange(T) used twice (added and multiplied), a Linear on a fixed grid, a LayerNorm of a buffer; and ``mixed``,
+    whose output is also used in a matmul (so it must not take the shared route)."""
 
     def __init__(self, d=4, t=3):
         super().__init__()
@@ -486,7 +486,7 @@ class SharedCalls(nn.Module):
     def forward(self, x):
         t = x.shape[1]
         ids = torch.arange(t, device=x.device)
-        h = self.lin(x) + self.wpe(ids[None])
+        h = self.lin(x) + self.wpe(ids[None]).to(x.device)  # .to hands the same tensor on, as in HF's GPT-2
         p = self.pos(ids)
         h = torch.tanh(h * p) + p + self.grid(self.coords)
         h = h - self.norm(self.table)

@@ -218,7 +218,7 @@ class _UseRecorder(TorchFunctionMode):
             if not isinstance(a, torch.Tensor):
                 continue
             made = self.outputs.get(id(a))
-            if made is not None and made[1] is a:
+            if made is not None and made[1] is a and out is not a:  # x.to(its own device) hands x itself on
                 made_by = made[0]
                 self.out_broadcast[made_by] = self.out_broadcast.get(made_by, True) and _broadcast_use(
                     func, args, a, out, self.n
@@ -583,7 +583,10 @@ class _BroadcastTaps(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        hit = [(i, sink) for i, a in enumerate(args[:2]) if (sink := self._sink(a)) is not None]
+        # The plan saw only broadcast uses of these tensors, and calls that hand a shared output on unchanged
+        # (x.to(its own device)): those pass through untapped.
+        broadcasting = func is torch.Tensor.expand or func in _ELEMENTWISE or func in _INPLACE
+        hit = [(i, sink) for i, a in enumerate(args[:2]) if (sink := self._sink(a)) is not None] if broadcasting else []
         if not hit:
             return func(*args, **kwargs)
         i, sink = hit[0]

@@ -263,3 +263,27 @@ def test_hugging_face_bert_default_position_ids_take_the_shared_route():
     assert plan.external == []
     assert "bert.embeddings.position_embeddings.weight" in plan.shared["bert.embeddings.position_embeddings"].values()
     _close(f, _naive(copy.deepcopy(m), inputs, y, select=lambda o: o.logits))
+
+
+def test_hugging_face_gpt2_on_rules_only():
+    # GPT-2's projections are Hugging Face Conv1D layers (a Linear with its weight stored (in, out)), ruled by
+    # qualified name; its position table is looked up on (1, T) ids and moved with .to(device) before the addition
+    # (a shared call all the same). No fallback, no whole-model path, exact against the per-sample loop.
+    transformers = pytest.importorskip("transformers")
+    from fisherx.fisher import engine
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=2, num_labels=3, pad_token_id=0,
+        bos_token_id=1, eos_token_id=1,
+    )  # fmt: skip
+    m = transformers.GPT2ForSequenceClassification(cfg).double().eval()
+    g = torch.Generator().manual_seed(5)
+    inputs = {"input_ids": torch.randint(1, 40, (5, 7), generator=g)}
+    y = torch.randint(0, 3, (5,), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        f = fisher_diag(m, [{**inputs, "labels": y}], progress=False)
+    plan = engine._PLANS[m][1]
+    assert not plan.fallback and plan.external == [] and "transformer.wpe" in plan.shared
+    _close(f, _naive(copy.deepcopy(m), inputs, y, select=lambda o: o.logits))

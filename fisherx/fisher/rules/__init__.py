@@ -32,7 +32,9 @@ from ..._registry import Registry, decorator_for
 # rule(layer, activations, backprops[, weights=None]) -> {param_name: summed squares}; the layer's type varies.
 Rule = Callable[..., dict]
 
-RULES: Registry[type, Rule] = Registry("layer rule")
+# Keys: a module type, or the qualified name "package.module.Class" of a third-party layer, so that its rule needs no
+# import of that package (Hugging Face's GPT-2 Conv1D, see linear.py).
+RULES: Registry[type | str, Rule] = Registry("layer rule")
 
 
 class Activations(tuple):
@@ -46,8 +48,9 @@ class Activations(tuple):
         return obj
 
 
-def register_rule(*module_types: type, replace: bool = False) -> Callable[[Rule], Rule]:
-    """Decorator: register ``rule`` for the given module types (``replace=True`` to override a built-in rule)."""
+def register_rule(*module_types: type | str, replace: bool = False) -> Callable[[Rule], Rule]:
+    """Decorator: register ``rule`` for the given module types, or qualified class names such as
+    ``"transformers.pytorch_utils.Conv1D"`` (``replace=True`` to override a built-in rule)."""
     return decorator_for(RULES, *module_types, replace=replace)
 
 
@@ -92,9 +95,10 @@ def find_rule(module: nn.Module) -> Rule | None:
     """
     cls = type(module)
     for base in cls.__mro__:
-        if base in RULES:
+        key = base if base in RULES else f"{base.__module__}.{base.__qualname__}"
+        if key in RULES:
             return (
-                RULES[base] if base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None) else None
+                RULES[key] if base is cls or getattr(cls, "forward", None) is getattr(base, "forward", None) else None
             )
     return None
 

@@ -37,28 +37,42 @@ def _weighted_sqgemm(g2: torch.Tensor, a2: torch.Tensor, weights: torch.Tensor) 
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-@register_rule(nn.Linear)
-def linear(layer: nn.Linear, activations, backprops, weights=None) -> dict:
-    """Σ_i (∂ℓ_i/∂W)² and Σ_i (∂ℓ_i/∂b)² of ``y = x Wᵀ + b`` (or their R weighted sums, see the module)."""
-    a, g = activations[0], backprops
+def _squares(name: str, a: torch.Tensor, g: torch.Tensor, weight, bias, weights) -> dict:
+    """{"weight": (out, in), "bias": (out,)} summed squares of an affine map x ↦ x·Wᵀ + b from its inputs ``a``
+    (B, ..., in) and output gradients ``g`` (B, ..., out), for the parameters that require grad."""
     out = {}
     if a.dim() < 2:
-        raise ValueError(f"Linear got an unbatched input of shape {tuple(a.shape)}; fisher_diag needs a batch dim")
+        raise ValueError(f"{name} got an unbatched input of shape {tuple(a.shape)}; fisher_diag needs a batch dim")
     if a.dim() == 2:
-        a2, g2 = a, g
-        if layer.weight.requires_grad:
-            out["weight"] = g2.square().t() @ a2.square() if weights is None else _weighted_sqgemm(g2, a2, weights)
-        if layer.bias is not None and layer.bias.requires_grad:
-            out["bias"] = batch_sum(g2.square(), weights)
+        if weight.requires_grad:
+            out["weight"] = g.square().t() @ a.square() if weights is None else _weighted_sqgemm(g, a, weights)
+        if bias is not None and bias.requires_grad:
+            out["bias"] = batch_sum(g.square(), weights)
         return out
     b = a.shape[0]
     a3 = a.reshape(b, -1, a.shape[-1])
     g3 = g.reshape(b, -1, g.shape[-1])
-    if layer.weight.requires_grad:
+    if weight.requires_grad:
         w = None if weights is None else weights.to(g3.dtype)
         out["weight"] = _ops.sqgrad_gemm(g3.unsqueeze(1), a3.unsqueeze(1), w)[..., 0, :, :]
-    if layer.bias is not None and layer.bias.requires_grad:
+    if bias is not None and bias.requires_grad:
         out["bias"] = batch_sum(g3.sum(1).square(), weights)
+    return out
+
+
+@register_rule(nn.Linear)
+def linear(layer: nn.Linear, activations, backprops, weights=None) -> dict:
+    """Σ_i (∂ℓ_i/∂W)² and Σ_i (∂ℓ_i/∂b)² of ``y = x Wᵀ + b`` (or their R weighted sums, see the module)."""
+    return _squares("Linear", activations[0], backprops, layer.weight, layer.bias, weights)
+
+
+@register_rule("transformers.pytorch_utils.Conv1D")
+def hf_conv1d(layer: nn.Module, activations, backprops, weights=None) -> dict:
+    """Hugging Face's ``Conv1D`` (GPT-2's projections): a Linear whose weight is stored as (in, out), ``y = x W + b``;
+    the Linear squares, transposed. Registered by name, so fisherx never imports transformers."""
+    out = _squares("Conv1D", activations[0], backprops, layer.weight, layer.bias, weights)
+    if "weight" in out:
+        out["weight"] = out["weight"].transpose(-1, -2).contiguous()
     return out
 
 
