@@ -2,6 +2,7 @@
 
     pytest bench/bench_seq.py --benchmark-only -p no:cacheprovider     # every case, ratios in extra_info + a table
     python bench/bench_seq.py [--rounds 9] [--case lstm-32]             # the same, printed
+    python bench/bench_seq.py --own-backward --rounds 9                  # LSTM/GRU: the rule's backward vs autograd's
 
 Models (token inputs, Embedding(100, ·) in front, per-token cross-entropy over 10 classes, T = 32):
 ``transformer`` nn.TransformerEncoder of 2 layers (d=64, 4 heads, feed-forward 128, batch_first, eval);
@@ -15,6 +16,7 @@ the median and the worst round are reported (the machine is shared: only ratios 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -110,6 +112,59 @@ def _line(r: dict) -> str:
     )
 
 
+@contextlib.contextmanager
+def _autograd_backward():
+    """fisher_diag as before the recurrent rules' input_grads hook: autograd runs its backward through the fused
+    kernel, the rule only adds the squares."""
+    from fisherx.fisher.rules import recurrent
+
+    hook = recurrent.recurrent.input_grads
+    del recurrent.recurrent.input_grads
+    try:
+        yield
+    finally:
+        recurrent.recurrent.input_grads = hook
+
+
+def _fisher_autograd(model, x, y):
+    with _autograd_backward():
+        return _fisher(model, x, y)
+
+
+def measure_owned(case: str, rounds: int = ROUNDS) -> dict:
+    """Interleaved rounds of plain, fisher_diag with autograd's backward through the recurrent kernel, and
+    fisher_diag with the rule's own (the default): both ratios to plain per round, their median and worst."""
+    torch.set_num_threads(1)
+    model, x, y = _setup(case)
+    for fn in (_plain, _fisher_autograd, _fisher):
+        fn(model, x, y)
+    times: dict = {fn: [] for fn in (_plain, _fisher_autograd, _fisher)}
+    for _ in range(rounds):
+        for fn in times:
+            times[fn].append(_timed(fn, model, x, y))
+    out = {"case": case}
+    for key, fn in (("autograd", _fisher_autograd), ("owned", _fisher)):
+        ratios = [f / p for f, p in zip(times[fn], times[_plain], strict=True)]
+        out[f"{key}_median"], out[f"{key}_worst"] = statistics.median(ratios), max(ratios)
+    return out
+
+
+def _owned_line(r: dict) -> str:
+    return (
+        f"{r['case']:<16} vs plain: autograd backward {r['autograd_median']:.2f}x (worst {r['autograd_worst']:.2f}x)"
+        f"  rule's own backward {r['owned_median']:.2f}x (worst {r['owned_worst']:.2f}x)"
+    )
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("transformer")])
+def test_recurrent_own_backward(benchmark, case):
+    r = measure_owned(case)
+    benchmark.extra_info.update(r)
+    model, x, y = _setup(case)
+    benchmark.pedantic(_fisher, args=(model, x, y), rounds=3, warmup_rounds=1)
+    print("\n" + _owned_line(r))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_seq_ratio(benchmark, case):
     r = measure(case)
@@ -123,6 +178,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--case", action="append", choices=CASES, help="default: every case")
+    ap.add_argument("--own-backward", action="store_true", help="recurrent cases: the rule's backward vs autograd's")
     args = ap.parse_args()
     for c in args.case or CASES:
-        print(_line(measure(c, args.rounds)), flush=True)
+        if args.own_backward:
+            if not c.startswith("transformer"):
+                print(_owned_line(measure_owned(c, args.rounds)), flush=True)
+        else:
+            print(_line(measure(c, args.rounds)), flush=True)

@@ -620,6 +620,12 @@ def _repeat(acts: Activations, b: int) -> Activations:
     return Activations(_map(rep, tuple(acts)), _map(rep, acts.kwargs))
 
 
+def _builtin(rule) -> bool:
+    """Whether ``rule`` is one of fisherx's, whose results are fresh tensors the accumulator may take over (a user
+    rule may keep what it returns)."""
+    return getattr(rule, "__module__", "").startswith(__package__ + ".rules")
+
+
 def _check_versions(mod: nn.Module, versions: list) -> None:
     for t, v in versions:
         if t._version != v:
@@ -756,7 +762,7 @@ class _Engine:
             _check_versions(mod, versions)
             g = full[0] if spec is None else tree_unflatten(full, spec)
             res, in_grads = owner(mod, acts, g) if self.weights is None else owner(mod, acts, g, weights=self.weights)
-            own = getattr(owner, "__module__", "").startswith(__package__ + ".rules")  # as in _apply_rule
+            own = _builtin(owner)
             for local, full_name in names.items():
                 self._add(full_name, res[local], own)
             return [in_grads[i] for i in need]
@@ -794,7 +800,7 @@ class _Engine:
             res = fallback_rule(
                 mod, acts, g, {loc: self.acc_param[full] for loc, full in names.items()}, weights=self.weights
             )
-        own = getattr(rule, "__module__", "").startswith(__package__ + ".rules")  # a user rule may keep its result
+        own = _builtin(rule)
         for local, full in names.items():
             self._add(full, res[local], own)
 
